@@ -1,0 +1,45 @@
+# anonlab: every target sets itself up (uv, then `uv sync --frozen`) on a machine with python3.
+SHELL := /bin/bash
+UV_VERSION := 0.13.9
+UV := $(shell command -v uv 2>/dev/null || echo .tools/venv/bin/uv)
+export UV_PYTHON_DOWNLOADS := never
+RUN := $(UV) run --frozen
+
+.PHONY: setup demo test lint format config benchmarks clean
+
+.tools/venv/bin/uv:
+	python3 -m venv .tools/venv
+	.tools/venv/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+.venv/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen
+	touch $@
+
+setup: .venv/.synced
+
+## demo: the whole pipeline on the built-in synthetic data (dvc repro)
+demo: setup
+	$(RUN) dvc repro
+
+
+## test: lint, format check, and the test suite
+test: setup lint
+	$(RUN) pytest
+
+lint: setup
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+
+format: setup
+	$(RUN) ruff check --fix .
+	$(RUN) ruff format .
+
+## config: rewrite params.yaml from conf/
+config: setup
+	$(RUN) anonlab config
+
+benchmarks: setup
+	$(RUN) python benchmarks/review_throughput.py
+
+clean:
+	rm -rf artifacts .pytest_cache .ruff_cache

@@ -1,0 +1,56 @@
+"""The manifest formats: one JSON line per image, written by collect, filtered by review.
+
+Paths in a manifest (`path`) are relative to the raw store folder (`artifacts/raw`), so a store
+can be moved or synced as a whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data.atomic import read_jsonl, write_jsonl
+
+MANIFEST = "manifest.jsonl"
+
+
+@dataclass(frozen=True)
+class ManifestRecord:
+    """One unique image (by content) in the raw store."""
+
+    sha256: str
+    path: str  # in the store, relative to artifacts/raw: images/<sha[:2]>/<sha>.<ext>
+    source: str  # the source's name (config `name`, else its uri)
+    source_path: str  # where it was found: a local path or a URL
+    session: str  # capture session (a drive, a day)
+    width: int
+    height: int
+    format: str  # JPEG, PNG, TIFF, WEBP
+    bit_depth: int  # bits per channel
+    channels: int
+    size: int  # bytes
+    source_version: str  # what identifies an unchanged source file (size + mtime, or ETag)
+    collected_at: str  # ISO 8601, UTC
+    delete_after: str  # ISO 8601, UTC: collected_at + retention
+    orientation: int | None = None  # EXIF orientation (1-8) when present
+    captured_at: str | None = None  # EXIF DateTimeOriginal when present
+    has_gps: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> ManifestRecord:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in row.items() if k in names})
+
+
+def read_manifest(path: str | Path) -> list[ManifestRecord]:
+    return [ManifestRecord.from_dict(row) for row in read_jsonl(path)]
+
+
+def write_manifest(path: str | Path, records: list[ManifestRecord]) -> None:
+    write_jsonl(path, (r.to_dict() for r in records))

@@ -1,0 +1,160 @@
+"""The `anonlab` command line: one sub-command per lifecycle step, `key=value` overrides on each.
+
+Stage modules are imported only when their command runs, so `anonlab --help` is instant and a
+command never pays for the libraries of another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from data.errors import AnonlabError
+
+log = logging.getLogger("anonlab")
+
+OVERRIDES_HELP = (
+    "key=value overrides applied on top of params.yaml (Hydra syntax: "
+    "collect.synthetic.count=50, review.blur_threshold=25.5, collect.sources=[{uri:/data}])"
+)
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from data.atomic import write_text
+    from data.config import compose, validate
+    from serving.params import Params
+
+    text = compose(Path(args.conf), args.overrides)
+    import yaml
+
+    validate(yaml.safe_load(text), Params)
+    target = Path(args.params)
+    if args.check:
+        current = target.read_text(encoding="utf-8") if target.exists() else None
+        if current != text:
+            print(f"{target} is stale: run `anonlab config` and commit it", file=sys.stderr)
+            return 1
+        print(f"{target} is up to date with {args.conf}/")
+        return 0
+    write_text(target, text)
+    print(f"wrote {target} from {args.conf}/")
+    return 0
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from data.collect import run_collect
+    from serving.params import load_project
+
+    project = load_project(args.params, args.overrides)
+    p = project.params
+    report = run_collect(
+        p.collect, project.artifacts / "raw", taxonomy=p.taxonomy, root=project.root
+    )
+    print(report.summary())
+    return 0
+
+
+def _cmd_review(args: argparse.Namespace) -> int:
+    from data.review import run_review
+    from serving.params import load_project
+
+    project = load_project(args.params, args.overrides)
+    report = run_review(
+        project.params.review, project.artifacts / "raw", project.artifacts / "reviewed"
+    )
+    print(report.summary())
+    return 0
+
+
+# name -> (one-line help, longer description, extra arguments, handler)
+Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[..., int]]
+
+
+def _no_args(_: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--conf", default="conf", help="the Hydra config folder (default: conf)")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 when params.yaml differs from a fresh composition",
+    )
+
+
+COMMANDS: dict[str, Command] = {
+    "config": (
+        "compose conf/ into params.yaml",
+        "Compose the Hydra tree in conf/ (with overrides, e.g. collect=s3 or "
+        "collect.synthetic.count=50), validate it, and write params.yaml, the file every "
+        "stage reads and DVC tracks. Commit params.yaml together with conf/.",
+        _config_args,
+        _cmd_config,
+    ),
+    "collect": (
+        "gather images from the configured sources into the content-addressed store",
+        "Read every source in collect.sources (local folders and globs, fsspec URLs such as "
+        "s3://, the built-in synthetic source), verify each image, store it once under "
+        "artifacts/raw/images/<sha256[:2]>/<sha256>.<ext>, and write manifest.jsonl, "
+        "duplicates.jsonl, quarantine.jsonl and metrics.json. Re-runs are incremental: files "
+        "seen before (same path, size and modification time) are not read again.",
+        _no_args,
+        _cmd_collect,
+    ),
+    "review": (
+        "drop low-value images (duplicates, dark, over-exposed, blurry, too small)",
+        "Score every collected image on a reduced-resolution decode and reject exact and "
+        "near-duplicates (keeping the sharpest of each cluster), too dark, over-exposed, blurry "
+        "and too small images. Writes artifacts/reviewed/: manifest.jsonl (kept), "
+        "rejected.jsonl (reason and score each), report.html (thumbnails per reason, nearest "
+        "the threshold first) and metrics.json.",
+        _no_args,
+        _cmd_review,
+    ),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="anonlab",
+        description="Train, evaluate and ship image-anonymization models. "
+        "Every command reads params.yaml (written from conf/ by `anonlab config`) and takes "
+        "key=value overrides after its options.",
+    )
+    parser.add_argument(
+        "--params",
+        default="params.yaml",
+        help="the resolved configuration to read (default: params.yaml in this folder)",
+    )
+    verbosity = parser.add_mutually_exclusive_group()
+    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    verbosity.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (short, description, add_args, handler) in COMMANDS.items():
+        p = sub.add_parser(name, help=short, description=description)
+        add_args(p)
+        p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+        p.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except AnonlabError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

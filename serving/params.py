@@ -1,0 +1,49 @@
+"""The root schema of params.yaml, assembled from each stage's section, and loading it.
+
+It lives at the top of the dependency chain because it names every stage's section; stage code
+receives only the sections it reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from data.config import (
+    CollectConfig,
+    PathsConfig,
+    ReviewConfig,
+    Section,
+    TaxonomyConfig,
+    apply_overrides,
+    read_params,
+    validate,
+)
+
+
+class Params(Section):
+    seed: int
+    paths: PathsConfig
+    taxonomy: TaxonomyConfig
+    collect: CollectConfig
+    review: ReviewConfig
+
+
+@dataclass(frozen=True)
+class Project:
+    """A validated configuration and the project root its relative paths start from."""
+
+    root: Path
+    params: Params
+
+    @property
+    def artifacts(self) -> Path:
+        return (self.root / self.params.paths.artifacts).resolve()
+
+
+def load_project(params_path: str | Path, overrides: Sequence[str] = ()) -> Project:
+    """Read params.yaml, apply `key=value` overrides, validate; ConfigError on any problem."""
+    params_path = Path(params_path).resolve()
+    raw = apply_overrides(read_params(params_path), overrides)
+    return Project(root=params_path.parent, params=validate(raw, Params))
