@@ -69,7 +69,7 @@ class SourceConfig(Section):
 
     @property
     def label(self) -> str:
-        return self.name or self.uri
+        return self.name or self.uri.rstrip("/")
 
 
 class SyntheticConfig(Section):
@@ -256,4 +256,3 @@ def _unwrap(annotation: Any, part: int | str | None) -> Any:
         field = annotation.model_fields.get(part)
         return field.annotation if field else None
     return None
-

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from data.atomic import read_jsonl, write_jsonl
 
@@ -42,15 +42,55 @@ class ManifestRecord:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, row: dict[str, Any]) -> ManifestRecord:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in row.items() if k in names})
+
+R = TypeVar("R")
+
+
+def from_row(cls: type[R], row: dict[str, Any]) -> R:
+    """Build record `cls` from a JSON row; keys the record does not know are ignored.
+
+    A missing required key raises TypeError, which readers turn into a clear error.
+    """
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in row.items() if k in names})
 
 
 def read_manifest(path: str | Path) -> list[ManifestRecord]:
-    return [ManifestRecord.from_dict(row) for row in read_jsonl(path)]
+    return [from_row(ManifestRecord, row) for row in read_jsonl(path)]
 
 
 def write_manifest(path: str | Path, records: list[ManifestRecord]) -> None:
     write_jsonl(path, (r.to_dict() for r in records))
+
+
+@dataclass(frozen=True)
+class DuplicateRecord:
+    """A file whose content is already in the store under another path (`duplicate_of`)."""
+
+    sha256: str
+    duplicate_of: str  # source_path of the manifest record that holds this content
+    source: str
+    source_path: str
+    session: str
+    size: int
+    source_version: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class QuarantineRecord:
+    """A file that was not taken in, and why (`reason` is a stable name, `detail` explains)."""
+
+    source: str
+    source_path: str
+    session: str
+    size: int
+    source_version: str
+    reason: str
+    detail: str
+    quarantined_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -19,7 +19,9 @@ def _enabled() -> bool:
     return sys.stderr.isatty()
 
 
-def bar(items: Iterable[T] | None = None, *, total: int | None = None, desc: str, unit: str = "img"):
+def bar(
+    items: Iterable[T] | None = None, *, total: int | None = None, desc: str, unit: str = "img"
+) -> tqdm:
     """A tqdm bar over `items`, or updated by hand (`.update(n)`) when there are none."""
     return tqdm(
         items,

@@ -1,0 +1,352 @@
+"""The collect stage: gather images from every configured source into a content-addressed store.
+
+Each file found ends up in exactly one of three places, and the counts add up:
+- `manifest.jsonl`: the first file with a given content (sha256), stored once under
+  `images/<sha256[:2]>/<sha256>.<ext>`;
+- `duplicates.jsonl`: every further file with content already in the store;
+- `quarantine.jsonl`: files that are not whole, supported images, with the reason.
+
+The manifest mirrors the configured sources: content no longer found in any source leaves the
+manifest and its stored copy is deleted (raw imagery is personal data; keep no more than the
+sources hold). Re-runs are incremental: a file whose path and version (size + modification
+time, or ETag) are unchanged is not read again. Retention: every record carries
+`delete_after = collected_at + retention_days`; `collected_at` is when its content first
+entered the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from data import atomic
+from data.config import CollectConfig, TaxonomyConfig
+from data.errors import AnonlabError
+from data.image_info import STORE_EXTENSION, BadImage, ImageInfo, inspect_image
+from data.manifest import (
+    MANIFEST,
+    DuplicateRecord,
+    ManifestRecord,
+    QuarantineRecord,
+    from_row,
+    read_manifest,
+    write_manifest,
+)
+from data.progress import bar
+from data.sources import SYNTHETIC, list_source
+
+log = logging.getLogger(__name__)
+
+DUPLICATES = "duplicates.jsonl"
+QUARANTINE = "quarantine.jsonl"
+METRICS = "metrics.json"
+# Ground truth of the synthetic source, in Label Studio's JSON export format.
+SYNTHETIC_EXPORT = "synthetic/labelstudio_export.json"
+# Label Studio serves local files under this URL, relative to its document root: the
+# artifacts folder (see annotate serve).
+LABEL_STUDIO_LOCAL_FILES = "/data/local-files/?d=raw/"
+
+
+@dataclass
+class _Candidate:
+    """A file to examine: where it is, and how to read it when it must be read."""
+
+    source: str
+    url: str
+    session: str
+    size: int
+    version: str
+    read: Callable[[], bytes]
+    extra: dict[str, Any] = field(default_factory=dict)
+    task: Callable[[str], dict[str, Any]] | None = None  # synthetic: its Label Studio task
+
+
+@dataclass
+class _Outcome:
+    sha256: str | None = None
+    info: ImageInfo | None = None
+    bad: BadImage | None = None
+    reread: bool = True
+
+
+@dataclass
+class CollectReport:
+    seen: int = 0
+    images: int = 0
+    new: int = 0
+    duplicate: int = 0
+    quarantined: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    ignored: int = 0
+    quarantined_by_reason: dict[str, int] = field(default_factory=dict)
+    seen_by_source: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    def summary(self) -> str:
+        lines = [
+            f"collect: {self.seen} files seen = {self.images} images stored "
+            f"+ {self.duplicate} duplicates + {self.quarantined} quarantined",
+            f"  new this run: {self.new}   unchanged (not re-read): {self.unchanged}   "
+            f"removed (no longer in any source): {self.removed}   "
+            f"ignored (not image files): {self.ignored}",
+        ]
+        for reason, n in sorted(self.quarantined_by_reason.items()):
+            lines.append(f"  quarantined, {reason}: {n}")
+        return "\n".join(lines)
+
+
+def run_collect(
+    cfg: CollectConfig, raw_dir: Path, *, taxonomy: TaxonomyConfig, root: Path
+) -> CollectReport:
+    """Collect every source of `cfg` into `raw_dir`; return the counts, also in metrics.json."""
+    raw_dir = Path(raw_dir)
+    now = datetime.now(UTC).replace(microsecond=0)
+    Image.MAX_IMAGE_PIXELS = cfg.max_pixels  # Pillow's own bomb guard at our limit
+    previous = _Previous.load(raw_dir)
+    report = CollectReport()
+
+    candidates: list[_Candidate] = []
+    for i, src in enumerate(cfg.sources):
+        if src.uri == SYNTHETIC:
+            candidates.extend(_synthetic_candidates(cfg, src.label, taxonomy))
+            continue
+        listing = list_source(src, f"collect.sources[{i}]", root)
+        report.ignored += listing.ignored
+        for f in listing.files:
+            candidates.append(
+                _Candidate(
+                    source=src.label,
+                    url=f.url,
+                    session=f.session,
+                    size=f.size,
+                    version=f.version,
+                    read=_reader(listing.fs, f.path),
+                )
+            )
+    seen_urls: set[tuple[str, str]] = set()
+    unique = []
+    for c in candidates:  # overlapping sources (a folder and a glob inside it) count once
+        if (c.source, c.url) not in seen_urls:
+            seen_urls.add((c.source, c.url))
+            unique.append(c)
+    candidates = unique
+
+    def examine(c: _Candidate) -> _Outcome:
+        cached = previous.outcome(c, raw_dir)
+        return cached if cached is not None else _examine(c, raw_dir, cfg.max_pixels)
+
+    manifest: dict[str, ManifestRecord] = {}
+    duplicates: list[DuplicateRecord] = []
+    quarantine: list[QuarantineRecord] = []
+    tasks: list[dict[str, Any]] = []
+    retention = timedelta(days=cfg.retention_days)
+    progress = bar(total=len(candidates), desc="collect", unit="file")
+    with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
+        for c, out in zip(candidates, pool.map(examine, candidates), strict=True):
+            progress.update(1)
+            report.seen += 1
+            report.seen_by_source[c.source] = report.seen_by_source.get(c.source, 0) + 1
+            report.unchanged += 0 if out.reread else 1
+            if out.bad is not None:
+                old = previous.quarantine.get((c.source, c.url))
+                quarantine.append(
+                    QuarantineRecord(
+                        source=c.source,
+                        source_path=c.url,
+                        session=c.session,
+                        size=c.size,
+                        source_version=c.version,
+                        reason=out.bad.reason,
+                        detail=out.bad.detail,
+                        quarantined_at=old.quarantined_at if old else now.isoformat(),
+                    )
+                )
+            elif out.sha256 in manifest:
+                duplicates.append(
+                    DuplicateRecord(
+                        sha256=out.sha256,
+                        duplicate_of=manifest[out.sha256].source_path,
+                        source=c.source,
+                        source_path=c.url,
+                        session=c.session,
+                        size=c.size,
+                        source_version=c.version,
+                    )
+                )
+            else:
+                assert out.sha256 is not None and out.info is not None
+                first = previous.manifest.get(out.sha256)
+                collected_at = datetime.fromisoformat(first.collected_at) if first else now
+                manifest[out.sha256] = _record(c, out.sha256, out.info, collected_at, retention)
+                if c.task is not None:
+                    tasks.append(c.task(LABEL_STUDIO_LOCAL_FILES + manifest[out.sha256].path))
+            progress.set_postfix(
+                new=sum(1 for s in manifest if s not in previous.manifest),
+                dup=len(duplicates),
+                quarantined=len(quarantine),
+                refresh=False,
+            )
+    progress.close()
+
+    report.images = len(manifest)
+    report.new = sum(1 for sha in manifest if sha not in previous.manifest)
+    report.duplicate = len(duplicates)
+    report.quarantined = len(quarantine)
+    report.quarantined_by_reason = dict(Counter(q.reason for q in quarantine))
+    removed = [r for sha, r in previous.manifest.items() if sha not in manifest]
+    report.removed = len(removed)
+    assert report.seen == report.images + report.duplicate + report.quarantined
+
+    write_manifest(raw_dir / MANIFEST, list(manifest.values()))
+    atomic.write_jsonl(raw_dir / DUPLICATES, (d.to_dict() for d in duplicates))
+    atomic.write_jsonl(raw_dir / QUARANTINE, (q.to_dict() for q in quarantine))
+    if any(s.uri == SYNTHETIC for s in cfg.sources):
+        atomic.write_json(raw_dir / SYNTHETIC_EXPORT, tasks)
+    atomic.write_json(raw_dir / METRICS, report.to_dict())
+    for r in removed:  # only once the new manifest no longer names them
+        (raw_dir / r.path).unlink(missing_ok=True)
+    if quarantine:
+        log.warning("%d file(s) quarantined, see %s", len(quarantine), raw_dir / QUARANTINE)
+    return report
+
+
+def _reader(fs: Any, path: str) -> Callable[[], bytes]:
+    return lambda: fs.cat_file(path)
+
+
+def _examine(c: _Candidate, raw_dir: Path, max_pixels: int) -> _Outcome:
+    """Read, hash, verify and store one file (runs in a worker thread)."""
+    try:
+        data = c.read()
+    except OSError as e:
+        return _Outcome(bad=BadImage("unreadable", f"cannot read the file: {e}"))
+    try:
+        info = inspect_image(data, c.url, max_pixels)
+    except BadImage as e:
+        return _Outcome(bad=e)
+    sha = hashlib.sha256(data).hexdigest()
+    target = raw_dir / _store_path(sha, info.format)
+    if not target.exists():
+        atomic.write_bytes(target, data)
+    return _Outcome(sha256=sha, info=info)
+
+
+def _store_path(sha: str, fmt: str) -> str:
+    return f"images/{sha[:2]}/{sha}{STORE_EXTENSION[fmt]}"
+
+
+def _record(
+    c: _Candidate, sha: str, info: ImageInfo, collected_at: datetime, retention: timedelta
+) -> ManifestRecord:
+    return ManifestRecord(
+        sha256=sha,
+        path=_store_path(sha, info.format),
+        source=c.source,
+        source_path=c.url,
+        session=c.session,
+        width=info.width,
+        height=info.height,
+        format=info.format,
+        bit_depth=info.bit_depth,
+        channels=info.channels,
+        size=c.size,
+        source_version=c.version,
+        collected_at=collected_at.isoformat(),
+        delete_after=(collected_at + retention).isoformat(),
+        orientation=info.orientation,
+        captured_at=info.captured_at,
+        has_gps=info.has_gps,
+        extra=c.extra,
+    )
+
+
+def _synthetic_candidates(
+    cfg: CollectConfig, label: str, taxonomy: TaxonomyConfig
+) -> Iterator[_Candidate]:
+    """The synthetic source's images, generated now; each carries its ground-truth task."""
+    from data.synthetic import generate, labelstudio_task
+
+    unknown = {"face", "person", "license_plate", "vehicle"} - set(taxonomy.classes)
+    if unknown:
+        raise AnonlabError(
+            f"the synthetic source draws {sorted(unknown)}, which taxonomy.classes lacks; "
+            "add them or remove `synthetic` from collect.sources"
+        )
+    for img in generate(cfg.synthetic):
+        data = img.encode()
+        yield _Candidate(
+            source=label,
+            url=f"synthetic://{cfg.synthetic.seed}/{img.name}",
+            session=img.session,
+            size=len(data),
+            version="sha256:" + hashlib.sha256(data).hexdigest(),
+            read=lambda data=data: data,
+            extra={"synthetic": {"index": img.index, "kind": img.kind}},
+            task=lambda url, img=img: labelstudio_task(img, url, img.index + 1),
+        )
+
+
+@dataclass
+class _Previous:
+    """What the last run recorded, to skip files that have not changed since."""
+
+    manifest: dict[str, ManifestRecord]
+    by_url: dict[tuple[str, str], tuple[str, str]]  # (source, url) -> (version, sha256)
+    quarantine: dict[tuple[str, str], QuarantineRecord]
+
+    @classmethod
+    def load(cls, raw_dir: Path) -> _Previous:
+        try:
+            records = read_manifest(raw_dir / MANIFEST)
+            dups = [from_row(DuplicateRecord, r) for r in atomic.read_jsonl(raw_dir / DUPLICATES)]
+            quarantined = [
+                from_row(QuarantineRecord, r) for r in atomic.read_jsonl(raw_dir / QUARANTINE)
+            ]
+        except (json.JSONDecodeError, TypeError, KeyError) as e:
+            raise AnonlabError(
+                f"the previous collect outputs in {raw_dir} are damaged ({e}); move the folder "
+                "away and collect again"
+            ) from None
+        by_url = {(r.source, r.source_path): (r.source_version, r.sha256) for r in records}
+        by_url.update({(d.source, d.source_path): (d.source_version, d.sha256) for d in dups})
+        return cls(
+            manifest={r.sha256: r for r in records},
+            by_url=by_url,
+            quarantine={(q.source, q.source_path): q for q in quarantined},
+        )
+
+    def outcome(self, c: _Candidate, raw_dir: Path) -> _Outcome | None:
+        """The last run's verdict on `c` when `c` is unchanged and its stored copy is there."""
+        key = (c.source, c.url)
+        q = self.quarantine.get(key)
+        # A read error may be passing (a network hiccup): such files are tried again.
+        if q is not None and q.source_version == c.version and q.reason != "unreadable":
+            return _Outcome(bad=BadImage(q.reason, q.detail), reread=False)
+        version, sha = self.by_url.get(key, (None, None))
+        record = self.manifest.get(sha) if sha else None
+        if version != c.version or record is None or not (raw_dir / record.path).exists():
+            return None
+        info = ImageInfo(
+            format=record.format,
+            width=record.width,
+            height=record.height,
+            bit_depth=record.bit_depth,
+            channels=record.channels,
+            orientation=record.orientation,
+            captured_at=record.captured_at,
+            has_gps=record.has_gps,
+        )
+        return _Outcome(sha256=sha, info=info, reread=False)

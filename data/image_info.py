@@ -1,0 +1,147 @@
+"""Inspect one image file: verify that it decodes completely and read what the manifest records.
+
+Every reason an image can be refused has a name (`BadImage.reason`), so collect can quarantine
+it with that reason instead of failing or dropping it.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+
+from PIL import Image, UnidentifiedImageError
+
+# Formats the platform takes in, and the file extensions that announce each of them.
+FORMAT_EXTENSIONS: dict[str, tuple[str, ...]] = {
+    "JPEG": (".jpg", ".jpeg", ".jpe"),
+    "PNG": (".png",),
+    "TIFF": (".tif", ".tiff"),
+    "WEBP": (".webp",),
+}
+IMAGE_EXTENSIONS = frozenset(ext for exts in FORMAT_EXTENSIONS.values() for ext in exts)
+STORE_EXTENSION = {fmt: exts[0] for fmt, exts in FORMAT_EXTENSIONS.items()}
+
+_EXIF_ORIENTATION = 0x0112
+_EXIF_DATETIME = 0x0132
+_EXIF_IFD = 0x8769
+_EXIF_DATETIME_ORIGINAL = 0x9003
+_GPS_IFD = 0x8825
+_TIFF_BITS_PER_SAMPLE = 258
+
+# Bits per channel for the Pillow modes whose depth the mode itself says.
+_MODE_BITS = {"1": 1, "L": 8, "LA": 8, "P": 8, "RGB": 8, "RGBA": 8, "CMYK": 8, "YCbCr": 8}
+_MODE_BITS.update({"I;16": 16, "I;16B": 16, "I;16L": 16, "I;16N": 16, "I": 32, "F": 32})
+
+
+class BadImage(Exception):
+    """An image that cannot be taken in; `reason` is a stable name, `detail` says more."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    width: int
+    height: int
+    bit_depth: int
+    channels: int
+    orientation: int | None
+    captured_at: str | None
+    has_gps: bool
+
+
+def inspect_image(data: bytes, name: str, max_pixels: int) -> ImageInfo:
+    """Verify that `data` (the file called `name`) is a whole, supported image; describe it.
+
+    Raises BadImage with reason `empty`, `undecodable`, `unsupported_format`, `wrong_extension`,
+    `too_many_pixels` (a decompression bomb: checked from the header, before decoding) or
+    `truncated`.
+    """
+    if not data:
+        raise BadImage("empty", "the file has zero bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise BadImage("too_many_pixels", str(e)) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        reason = "truncated" if "truncated" in str(e).lower() else "undecodable"
+        raise BadImage(reason, f"not a readable image ({e})") from None
+
+    fmt = img.format or "unknown"
+    if fmt == "MPO":  # multi-picture JPEG from some cameras: the first frame is a plain JPEG
+        fmt = "JPEG"
+    if fmt not in FORMAT_EXTENSIONS:
+        raise BadImage("unsupported_format", f"{fmt} images are not supported")
+    ext = PurePosixPath(name).suffix.lower()
+    if ext not in FORMAT_EXTENSIONS[fmt]:
+        raise BadImage("wrong_extension", f"the content is {fmt} but the name ends in '{ext}'")
+
+    width, height = img.size
+    if width * height > max_pixels:
+        raise BadImage(
+            "too_many_pixels",
+            f"{width}x{height} = {width * height} pixels exceeds collect.max_pixels={max_pixels}",
+        )
+    bit_depth = _bit_depth(img, data)
+    channels = len(img.getbands())
+    orientation, captured_at, has_gps = _exif(img)
+
+    if fmt == "JPEG":
+        # Decoding at 1/8 scale still reads every entropy-coded byte, so truncation and
+        # corruption are found at a fraction of a full decode's cost.
+        img.draft(img.mode, (max(1, width // 8), max(1, height // 8)))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
+    except OSError as e:
+        reason = "truncated" if "truncated" in str(e).lower() else "undecodable"
+        raise BadImage(reason, str(e)) from None
+    except (ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise BadImage("undecodable", str(e)) from None
+    return ImageInfo(fmt, width, height, bit_depth, channels, orientation, captured_at, has_gps)
+
+
+def _bit_depth(img: Image.Image, data: bytes) -> int:
+    if img.format == "PNG" and data[12:16] == b"IHDR":
+        # Pillow reads 16-bit colour PNGs as 8-bit RGB; the header keeps the file's depth.
+        return int(data[24])
+    if img.format == "TIFF":
+        bits = img.tag_v2.get(_TIFF_BITS_PER_SAMPLE)
+        if bits:
+            return int(bits[0] if isinstance(bits, tuple) else bits)
+    return _MODE_BITS.get(img.mode, 8)
+
+
+def _exif(img: Image.Image) -> tuple[int | None, str | None, bool]:
+    try:
+        exif = img.getexif()
+    except Exception:  # a broken EXIF block does not make the pixels unusable
+        return None, None, False
+    orientation = exif.get(_EXIF_ORIENTATION)
+    raw_time = exif.get_ifd(_EXIF_IFD).get(_EXIF_DATETIME_ORIGINAL) or exif.get(_EXIF_DATETIME)
+    gps = exif.get_ifd(_GPS_IFD)
+    return (
+        int(orientation) if isinstance(orientation, int) and 1 <= orientation <= 8 else None,
+        _exif_time(raw_time),
+        bool(gps),
+    )
+
+
+def _exif_time(value: object) -> str | None:
+    """EXIF 'YYYY:MM:DD HH:MM:SS' as ISO 8601 (camera local time, no zone); None if malformed."""
+    if not isinstance(value, str) or len(value) < 19:
+        return None
+    date, _, time = value.strip("\x00 ").partition(" ")
+    parts = date.split(":")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts) or len(time) < 8:
+        return None
+    return f"{parts[0]}-{parts[1]}-{parts[2]}T{time[:8]}"

@@ -1,0 +1,218 @@
+"""collect: every source kind, every quarantine reason, incremental re-runs, nothing lost."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data.atomic import read_jsonl
+from data.collect import CollectReport, run_collect
+from data.errors import AnonlabError
+from data.manifest import read_manifest
+from serving.cli import main
+from serving.params import Project, load_project
+from tests.images import encode, jpeg_bytes, pil_bytes, texture, write
+
+
+def collect(params_file: Path, *overrides: str) -> tuple[Project, CollectReport]:
+    project = load_project(params_file, overrides)
+    p = project.params
+    report = run_collect(
+        p.collect, project.artifacts / "raw", taxonomy=p.taxonomy, root=project.root
+    )
+    return project, report
+
+
+def folder(path: Path, **extra: str) -> str:
+    items = ",".join(f"{k}:{v}" for k, v in {"uri": str(path), **extra}.items())
+    return f"collect.sources=[{{{items}}}]"
+
+
+def raw(project: Project) -> Path:
+    return project.artifacts / "raw"
+
+
+def check_counts_add_up(project: Project, report: CollectReport) -> None:
+    manifest = read_manifest(raw(project) / "manifest.jsonl")
+    dups = read_jsonl(raw(project) / "duplicates.jsonl")
+    quarantine = read_jsonl(raw(project) / "quarantine.jsonl")
+    assert report.seen == len(manifest) + len(dups) + len(quarantine)
+    assert (report.images, report.duplicate, report.quarantined) == (
+        len(manifest),
+        len(dups),
+        len(quarantine),
+    )
+    metrics = json.loads((raw(project) / "metrics.json").read_text())
+    assert metrics["seen"] == report.seen and metrics["images"] == report.images
+
+
+@pytest.fixture
+def drive(tmp_path: Path) -> Path:
+    """A capture folder with one image of every accepted format and depth."""
+    d = tmp_path / "drives" / "drive-07"
+    shot = datetime(2026, 5, 4, 10, 30, 15)
+    write(d / "a.jpg", jpeg_bytes(texture(64, 48, 1), captured=shot, gps=True, orientation=6))
+    write(d / "b.png", pil_bytes(texture(40, 30, 2), "PNG"))
+    gray16 = (np.linspace(0, 65535, 50 * 20).reshape(20, 50)).astype(np.uint16)
+    write(d / "c.tif", encode(gray16, ".tiff"))
+    write(d / "d.png", encode(texture(30, 20, 3).astype(np.uint16) * 257, ".png"))
+    write(d / "e.webp", pil_bytes(texture(33, 21, 4), "WEBP", quality=80))
+    write(d / "f.tiff", pil_bytes(texture(24, 16, 5)[..., 0], "TIFF"))
+    write(d / "notes.txt", b"not an image")
+    return d
+
+
+def test_folder_source_records_every_format(params_file: Path, drive: Path) -> None:
+    project, report = collect(params_file, folder(drive))
+    rows = {Path(r.source_path).name: r for r in read_manifest(raw(project) / "manifest.jsonl")}
+    assert sorted(rows) == ["a.jpg", "b.png", "c.tif", "d.png", "e.webp", "f.tiff"]
+    assert report.ignored == 1  # notes.txt: counted, not an image
+    a = rows["a.jpg"]
+    assert (a.format, a.width, a.height, a.bit_depth, a.channels) == ("JPEG", 64, 48, 8, 3)
+    assert (a.orientation, a.captured_at, a.has_gps) == (6, "2026-05-04T10:30:15", True)
+    assert a.session == "drive-07"  # derived from the folder
+    assert (rows["c.tif"].format, rows["c.tif"].bit_depth, rows["c.tif"].channels) == (
+        "TIFF",
+        16,
+        1,
+    )
+    assert (rows["d.png"].bit_depth, rows["d.png"].channels) == (16, 3)
+    assert (rows["e.webp"].format, rows["f.tiff"].bit_depth) == ("WEBP", 8)
+    assert rows["b.png"].has_gps is False and rows["b.png"].captured_at is None
+    for r in rows.values():
+        stored = raw(project) / r.path
+        assert stored.read_bytes() == Path(r.source_path).read_bytes()
+        assert r.path == f"images/{r.sha256[:2]}/{r.sha256}{stored.suffix}"
+        kept = datetime.fromisoformat(r.delete_after) - datetime.fromisoformat(r.collected_at)
+        assert kept == timedelta(days=180)
+    check_counts_add_up(project, report)
+
+
+def test_retention_and_explicit_session_come_from_config(params_file: Path, drive: Path) -> None:
+    project, _ = collect(
+        params_file, folder(drive / "*.jpg", session="day-1"), "collect.retention_days=30"
+    )
+    (r,) = read_manifest(raw(project) / "manifest.jsonl")
+    assert r.session == "day-1"
+    kept = datetime.fromisoformat(r.delete_after) - datetime.fromisoformat(r.collected_at)
+    assert kept == timedelta(days=30)
+
+
+def test_exact_duplicates_across_sources_are_stored_once(params_file: Path, tmp_path: Path) -> None:
+    data = jpeg_bytes(texture(64, 48, 9))
+    write(tmp_path / "s1" / "x.jpg", data)
+    write(tmp_path / "s2" / "copy.jpg", data)
+    write(tmp_path / "s2" / "other.jpg", jpeg_bytes(texture(64, 48, 10)))
+    sources = f"collect.sources=[{{uri:{tmp_path / 's1'}}},{{uri:{tmp_path / 's2'}}}]"
+    project, report = collect(params_file, sources)
+    assert (report.seen, report.images, report.duplicate) == (3, 2, 1)
+    (dup,) = read_jsonl(raw(project) / "duplicates.jsonl")
+    assert dup["source_path"].endswith("copy.jpg") and dup["duplicate_of"].endswith("x.jpg")
+    assert len(list((raw(project) / "images").rglob("*.jpg"))) == 2
+    check_counts_add_up(project, report)
+
+
+def test_every_bad_file_is_quarantined_with_its_reason(params_file: Path, tmp_path: Path) -> None:
+    d = tmp_path / "bad"
+    good = jpeg_bytes(texture(120, 90, 1))
+    write(d / "ok.jpg", good)
+    write(d / "empty.jpg", b"")
+    write(d / "truncated.jpg", good[: len(good) // 2])
+    write(d / "garbage.jpg", b"this is text, not a JPEG" * 20)
+    write(d / "png-named.jpg", pil_bytes(texture(20, 20, 2), "PNG"))
+    write(d / "huge.png", pil_bytes(np.zeros((200, 300, 3), np.uint8), "PNG"))
+    write(d / "animation.png", pil_bytes(texture(8, 8), "GIF"))
+    project, report = collect(params_file, folder(d), "collect.max_pixels=50000")
+    reasons = {
+        Path(q["source_path"]).name: q for q in read_jsonl(raw(project) / "quarantine.jsonl")
+    }
+    assert {k: v["reason"] for k, v in reasons.items()} == {
+        "empty.jpg": "empty",
+        "truncated.jpg": "truncated",
+        "garbage.jpg": "undecodable",
+        "png-named.jpg": "wrong_extension",
+        "huge.png": "too_many_pixels",
+        "animation.png": "unsupported_format",
+    }
+    assert "PNG" in reasons["png-named.jpg"]["detail"]
+    assert "collect.max_pixels=50000" in reasons["huge.png"]["detail"]
+    assert report.images == 1 and report.quarantined == 6
+    assert report.quarantined_by_reason["truncated"] == 1
+    check_counts_add_up(project, report)
+    # Quarantined files are never copied into the store.
+    assert len(list((raw(project) / "images").rglob("*.*"))) == 1
+
+
+def test_rerun_reads_nothing_new_and_picks_up_added_files(params_file: Path, drive: Path) -> None:
+    project, first = collect(params_file, folder(drive))
+    before = {p: p.stat().st_mtime_ns for p in (raw(project) / "images").rglob("*.*")}
+    _, again = collect(params_file, folder(drive))
+    assert (again.seen, again.new, again.unchanged) == (first.seen, 0, first.seen)
+    assert {p: p.stat().st_mtime_ns for p in (raw(project) / "images").rglob("*.*")} == before
+    rows = read_manifest(raw(project) / "manifest.jsonl")
+    first_rows = {r.sha256: r.collected_at for r in rows}
+
+    write(drive / "g.jpg", jpeg_bytes(texture(50, 50, 77)))
+    _, third = collect(params_file, folder(drive))
+    assert (third.new, third.unchanged, third.images) == (1, first.seen, first.images + 1)
+    rows = read_manifest(raw(project) / "manifest.jsonl")
+    # Retention clocks of images already stored do not restart.
+    assert all(first_rows[r.sha256] == r.collected_at for r in rows if r.sha256 in first_rows)
+
+
+def test_changed_and_deleted_files_update_the_store(params_file: Path, drive: Path) -> None:
+    project, first = collect(params_file, folder(drive))
+    old = {Path(r.source_path).name: r for r in read_manifest(raw(project) / "manifest.jsonl")}
+    (drive / "b.png").unlink()
+    write(drive / "a.jpg", jpeg_bytes(texture(64, 48, 123)))  # same name, new content
+    _, report = collect(params_file, folder(drive))
+    assert (report.removed, report.new) == (2, 1)
+    rows = {Path(r.source_path).name: r for r in read_manifest(raw(project) / "manifest.jsonl")}
+    assert "b.png" not in rows and rows["a.jpg"].sha256 != old["a.jpg"].sha256
+    assert not (raw(project) / old["b.png"].path).exists()
+    assert not (raw(project) / old["a.jpg"].path).exists()
+
+
+def test_missing_source_is_a_clear_error_and_keeps_previous_outputs(
+    params_file: Path, drive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    project, _ = collect(params_file, folder(drive))
+    manifest = (raw(project) / "manifest.jsonl").read_bytes()
+    missing = tmp_path / "no-such-drive"
+    code = main(["--params", str(params_file), "collect", folder(drive), folder(missing)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "collect.sources[0]" in err and str(missing) in err and "does not exist" in err
+    assert "Traceback" not in err
+    assert (raw(project) / "manifest.jsonl").read_bytes() == manifest
+    with pytest.raises(AnonlabError, match="matches no files"):
+        collect(params_file, folder(tmp_path / "*.jpeg"))
+
+
+def test_credentials_in_the_config_are_refused(
+    params_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = "collect.sources=[{uri:'s3://b/x',storage_options:{secret:hunter2}}]"
+    assert main(["--params", str(params_file), "collect", source]) == 2
+    err = capsys.readouterr().err
+    assert "collect.sources[0].storage_options" in err and "environment" in err
+    assert "AWS_SECRET_ACCESS_KEY" in err
+
+
+def test_synthetic_source_writes_images_and_label_studio_ground_truth(params_file: Path) -> None:
+    project, report = collect(params_file, "collect.synthetic.count=6")
+    assert report.seen == 6 and report.images == 6
+    rows = read_manifest(raw(project) / "manifest.jsonl")
+    assert {r.source for r in rows} == {"synthetic"}
+    assert all(r.captured_at and r.session.startswith("synthetic") for r in rows)
+    tasks = json.loads((raw(project) / "synthetic" / "labelstudio_export.json").read_text())
+    assert len(tasks) == 6
+    urls = {t["data"]["image"] for t in tasks}
+    assert urls == {f"/data/local-files/?d=raw/{r.path}" for r in rows}
+    # Growing the count appends images: the first six are unchanged, not re-collected.
+    _, more = collect(params_file, "collect.synthetic.count=9")
+    assert (more.images, more.new) == (9, 3)
