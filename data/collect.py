@@ -213,8 +213,8 @@ def run_collect(
     write_manifest(raw_dir / MANIFEST, list(manifest.values()))
     atomic.write_jsonl(raw_dir / DUPLICATES, (d.to_dict() for d in duplicates))
     atomic.write_jsonl(raw_dir / QUARANTINE, (q.to_dict() for q in quarantine))
-    if any(s.uri == SYNTHETIC for s in cfg.sources):
-        atomic.write_json(raw_dir / SYNTHETIC_EXPORT, tasks)
+    # Written even when empty, so the file a pipeline declares is always there.
+    atomic.write_json(raw_dir / SYNTHETIC_EXPORT, tasks)
     atomic.write_json(raw_dir / METRICS, report.to_dict())
     for r in removed:  # only once the new manifest no longer names them
         (raw_dir / r.path).unlink(missing_ok=True)

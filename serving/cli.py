@@ -23,13 +23,13 @@ OVERRIDES_HELP = (
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
     from data.atomic import write_text
     from data.config import compose, validate
     from serving.params import Params
 
     text = compose(Path(args.conf), args.overrides)
-    import yaml
-
     validate(yaml.safe_load(text), Params)
     target = Path(args.params)
     if args.check:
@@ -45,10 +45,11 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
-    from data.collect import run_collect
     from serving.params import load_project
 
     project = load_project(args.params, args.overrides)
+    from data.collect import run_collect
+
     p = project.params
     report = run_collect(
         p.collect, project.artifacts / "raw", taxonomy=p.taxonomy, root=project.root
@@ -58,10 +59,11 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
 
 def _cmd_review(args: argparse.Namespace) -> int:
-    from data.review import run_review
     from serving.params import load_project
 
     project = load_project(args.params, args.overrides)
+    from data.review import run_review
+
     report = run_review(
         project.params.review, project.artifacts / "raw", project.artifacts / "reviewed"
     )

@@ -1,0 +1,99 @@
+"""The command line and the configuration: params.yaml is fresh, bad config is a clear error."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from data.config import compose
+from serving.cli import COMMANDS, main
+from tests.conftest import REPO
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_committed_params_yaml_is_a_fresh_composition_of_conf() -> None:
+    committed = (REPO / "params.yaml").read_text(encoding="utf-8")
+    assert committed == compose(REPO / "conf"), (
+        "params.yaml is stale: run `anonlab config` (make config) and commit it"
+    )
+
+
+def test_config_check_reports_a_stale_params_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copytree(REPO / "conf", tmp_path / "conf")
+    monkeypatch.chdir(tmp_path)
+    assert run(capsys, "config")[0] == 0
+    assert run(capsys, "config", "--check")[0] == 0
+    params = tmp_path / "params.yaml"
+    params.write_text(params.read_text().replace("count: 48", "count: 47"))
+    code, _, err = run(capsys, "config", "--check")
+    assert code == 1 and "stale" in err
+    # Group overrides compose like `dvc exp run -S`.
+    assert run(capsys, "config", "collect.synthetic.count=50")[0] == 0
+    assert "count: 50" in params.read_text()
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        (
+            "collect.synthetic.cuont=5",
+            ["collect.synthetic.cuont = 5", "unknown key", "allowed keys here:", "count"],
+        ),
+        ("collect.synthetic.count=many", ["collect.synthetic.count = 'many'", "integer"]),
+        ("review.dark_threshold=1.5", ["review.dark_threshold = 1.5", "less than or equal to 1"]),
+        ("collect.workers=0", ["collect.workers = 0", "greater than or equal to 1"]),
+        ("collect.sources=[]", ["collect.sources = []", "at least 1 item"]),
+        ("collect.sources=[{url:/data}]", ["collect.sources[0].url", "unknown key", "uri"]),
+        ("colect.workers=2", ["colect = {'workers': 2}", "unknown key", "collect"]),
+        ("collect.synthetic.count", ["cannot parse override 'collect.synthetic.count'"]),
+    ],
+)
+def test_bad_config_names_key_value_and_what_is_allowed(
+    params_file: Path, capsys: pytest.CaptureFixture[str], override: str, expected: list[str]
+) -> None:
+    code, _, err = run(capsys, "--params", str(params_file), "collect", override)
+    assert code == 2
+    for text in expected:
+        assert text in err
+    assert "Traceback" not in err
+    # No stage starts work on a bad config.
+    assert not (params_file.parent / "artifacts").exists()
+
+
+def test_bad_conf_tree_does_not_overwrite_params(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copytree(REPO / "conf", tmp_path / "conf")
+    monkeypatch.chdir(tmp_path)
+    assert run(capsys, "config")[0] == 0
+    before = (tmp_path / "params.yaml").read_text()
+    review = tmp_path / "conf" / "review" / "default.yaml"
+    review.write_text(review.read_text().replace("blur_threshold: 40.0", "blur_threshold: -1"))
+    code, _, err = run(capsys, "config")
+    assert code == 2 and "review.blur_threshold = -1" in err
+    assert (tmp_path / "params.yaml").read_text() == before
+
+
+def test_missing_params_file_says_how_to_make_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "--params", str(tmp_path / "params.yaml"), "review")
+    assert code == 2 and "anonlab config" in err
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_explains_itself(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert f"anonlab {command}" in out and "key=value" in out

@@ -1,0 +1,67 @@
+"""The DVC pipeline in a real DVC repository: `dvc repro` and `dvc exp run -S` run the stages."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+
+def sh(cwd: Path, *argv: str) -> str:
+    env = {
+        **os.environ,
+        # The project's console scripts (anonlab, dvc) are beside this interpreter.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "GIT_AUTHOR_NAME": "test",
+        "GIT_AUTHOR_EMAIL": "test@example.invalid",
+        "GIT_COMMITTER_NAME": "test",
+        "GIT_COMMITTER_EMAIL": "test@example.invalid",
+        "DVC_NO_ANALYTICS": "1",
+    }
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"{' '.join(argv)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A fresh git + DVC repository holding the project's pipeline and configuration."""
+    work = tmp_path / "repo"
+    work.mkdir()
+    shutil.copytree(REPO / "conf", work / "conf")
+    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+        shutil.copy(REPO / name, work / name)
+    sh(work, "git", "init", "-q")
+    sh(work, "dvc", "init", "-q")
+    sh(work, "dvc", "config", "hydra.enabled", "true")
+    sh(work, "git", "add", "-A")
+    sh(work, "git", "commit", "-qm", "pipeline")
+    return work
+
+
+def counts(work: Path) -> tuple[int, int, int]:
+    raw = json.loads((work / "artifacts/raw/metrics.json").read_text())
+    reviewed = json.loads((work / "artifacts/reviewed/metrics.json").read_text())
+    return raw["images"], reviewed["kept"], reviewed["rejected"]
+
+
+def test_exp_run_with_a_hydra_override_runs_collect_and_review(repo: Path) -> None:
+    sh(repo, "dvc", "exp", "run", "-S", "collect.synthetic.count=10")
+    assert yaml.safe_load((repo / "params.yaml").read_text())["collect"]["synthetic"]["count"] == 10
+    images, kept, rejected = counts(repo)
+    assert images == 10 and kept + rejected == 10
+    manifest = (repo / "artifacts/raw/manifest.jsonl").read_text().splitlines()
+    assert len(manifest) == 10
+    # Nothing changed: DVC skips both stages.
+    out = sh(repo, "dvc", "repro")
+    assert "didn't change, skipping" in out
+    metrics = sh(repo, "dvc", "metrics", "show", "--json")
+    assert "artifacts/reviewed/metrics.json" in metrics
