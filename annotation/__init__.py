@@ -1,1 +1,1 @@
-"""annotation"""
+"""Label Studio: labeling config from the taxonomy, push, pull, format conversion."""

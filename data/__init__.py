@@ -1,1 +1,1 @@
-"""data"""
+"""Data stages (collect, review, prepare), image inspection, manifests, the synthetic source."""

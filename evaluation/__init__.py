@@ -1,1 +1,1 @@
-"""evaluation"""
+"""Scoring (anonymization recall, COCO AP), evaluate, validate."""

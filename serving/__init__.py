@@ -1,1 +1,1 @@
-"""serving"""
+"""Export of artifacts, the blurring runtime, and the `anonlab` command line."""

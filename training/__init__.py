@@ -1,1 +1,1 @@
-"""training"""
+"""Models (torchvision Mask R-CNN + FPN, Keypoint R-CNN), datasets, the training loop."""

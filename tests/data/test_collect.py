@@ -165,7 +165,7 @@ def test_rerun_reads_nothing_new_and_picks_up_added_files(params_file: Path, dri
 
 
 def test_changed_and_deleted_files_update_the_store(params_file: Path, drive: Path) -> None:
-    project, first = collect(params_file, folder(drive))
+    project, _ = collect(params_file, folder(drive))
     old = {Path(r.source_path).name: r for r in read_manifest(raw(project) / "manifest.jsonl")}
     (drive / "b.png").unlink()
     write(drive / "a.jpg", jpeg_bytes(texture(64, 48, 123)))  # same name, new content
