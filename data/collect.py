@@ -68,7 +68,7 @@ class _Candidate:
     version: str
     read: Callable[[], bytes]
     extra: dict[str, Any] = field(default_factory=dict)
-    task: Callable[[str], dict[str, Any]] | None = None  # synthetic: its Label Studio task
+    task: dict[str, Any] | None = None  # synthetic: its ground truth as a Label Studio task
 
 
 @dataclass
@@ -192,7 +192,7 @@ def run_collect(
                 collected_at = datetime.fromisoformat(first.collected_at) if first else now
                 manifest[out.sha256] = _record(c, out.sha256, out.info, collected_at, retention)
                 if c.task is not None:
-                    tasks.append(c.task(LABEL_STUDIO_LOCAL_FILES + manifest[out.sha256].path))
+                    tasks.append(c.task)
             progress.set_postfix(
                 new=sum(1 for s in manifest if s not in previous.manifest),
                 dup=len(duplicates),
@@ -287,15 +287,18 @@ def _synthetic_candidates(
         )
     for img in generate(cfg.synthetic):
         data = img.encode()
+        sha = hashlib.sha256(data).hexdigest()
+        # The task is made now, so that the image and its masks are freed as we go.
+        url = LABEL_STUDIO_LOCAL_FILES + _store_path(sha, "JPEG")
         yield _Candidate(
             source=label,
             url=f"synthetic://{cfg.synthetic.seed}/{img.name}",
             session=img.session,
             size=len(data),
-            version="sha256:" + hashlib.sha256(data).hexdigest(),
+            version=f"sha256:{sha}",
             read=lambda data=data: data,
             extra={"synthetic": {"index": img.index, "kind": img.kind}},
-            task=lambda url, img=img: labelstudio_task(img, url, img.index + 1),
+            task=labelstudio_task(img, url, img.index + 1),
         )
 
 
