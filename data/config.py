@@ -14,7 +14,7 @@ import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -101,6 +101,7 @@ class ReviewConfig(Section):
     overexposed_threshold: float = Field(ge=0, le=1)
     blur_threshold: float = Field(ge=0)
     near_duplicate_hamming: int = Field(ge=0, le=64)
+    near_duplicate_scope: Literal["session", "all"]
     work_size: int = Field(ge=32, le=4096)
     report_thumbnails: int = Field(ge=0)
     workers: int = Field(ge=1, le=64)
