@@ -70,6 +70,16 @@ class _Candidate:
     extra: dict[str, Any] = field(default_factory=dict)
     task: dict[str, Any] | None = None  # synthetic: its ground truth as a Label Studio task
 
+    def origin(self) -> dict[str, Any]:
+        """The fields every record of this file starts with: where it came from."""
+        return {
+            "source": self.source,
+            "source_path": self.url,
+            "session": self.session,
+            "size": self.size,
+            "source_version": self.version,
+        }
+
 
 @dataclass
 class _Outcome:
@@ -118,31 +128,7 @@ def run_collect(
     previous = _Previous.load(raw_dir)
     report = CollectReport()
 
-    candidates: list[_Candidate] = []
-    for i, src in enumerate(cfg.sources):
-        if src.uri == SYNTHETIC:
-            candidates.extend(_synthetic_candidates(cfg, src.label, taxonomy))
-            continue
-        listing = list_source(src, f"collect.sources[{i}]", root)
-        report.ignored += listing.ignored
-        for f in listing.files:
-            candidates.append(
-                _Candidate(
-                    source=src.label,
-                    url=f.url,
-                    session=f.session,
-                    size=f.size,
-                    version=f.version,
-                    read=_reader(listing.fs, f.path),
-                )
-            )
-    seen_urls: set[tuple[str, str]] = set()
-    unique = []
-    for c in candidates:  # overlapping sources (a folder and a glob inside it) count once
-        if (c.source, c.url) not in seen_urls:
-            seen_urls.add((c.source, c.url))
-            unique.append(c)
-    candidates = unique
+    candidates = _candidates(cfg, taxonomy, root, report)
 
     def examine(c: _Candidate) -> _Outcome:
         cached = previous.outcome(c, raw_dir)
@@ -164,11 +150,7 @@ def run_collect(
                 old = previous.quarantine.get((c.source, c.url))
                 quarantine.append(
                     QuarantineRecord(
-                        source=c.source,
-                        source_path=c.url,
-                        session=c.session,
-                        size=c.size,
-                        source_version=c.version,
+                        **c.origin(),
                         reason=out.bad.reason,
                         detail=out.bad.detail,
                         quarantined_at=old.quarantined_at if old else now.isoformat(),
@@ -179,11 +161,7 @@ def run_collect(
                     DuplicateRecord(
                         sha256=out.sha256,
                         duplicate_of=manifest[out.sha256].source_path,
-                        source=c.source,
-                        source_path=c.url,
-                        session=c.session,
-                        size=c.size,
-                        source_version=c.version,
+                        **c.origin(),
                     )
                 )
             else:
@@ -223,6 +201,34 @@ def run_collect(
     return report
 
 
+def _candidates(
+    cfg: CollectConfig, taxonomy: TaxonomyConfig, root: Path, report: CollectReport
+) -> list[_Candidate]:
+    """Every file of every source, in config order then path order; a file listed twice under
+    one source name counts once."""
+    candidates: dict[tuple[str, str], _Candidate] = {}
+    for i, src in enumerate(cfg.sources):
+        if src.uri == SYNTHETIC:
+            found = list(_synthetic_candidates(cfg, src.label, taxonomy))
+        else:
+            listing = list_source(src, f"collect.sources[{i}]", root)
+            report.ignored += listing.ignored
+            found = [
+                _Candidate(
+                    source=src.label,
+                    url=f.url,
+                    session=f.session,
+                    size=f.size,
+                    version=f.version,
+                    read=_reader(listing.fs, f.path),
+                )
+                for f in listing.files
+            ]
+        for c in found:
+            candidates.setdefault((c.source, c.url), c)
+    return list(candidates.values())
+
+
 def _reader(fs: Any, path: str) -> Callable[[], bytes]:
     return lambda: fs.cat_file(path)
 
@@ -254,16 +260,12 @@ def _record(
     return ManifestRecord(
         sha256=sha,
         path=_store_path(sha, info.format),
-        source=c.source,
-        source_path=c.url,
-        session=c.session,
+        **c.origin(),
         width=info.width,
         height=info.height,
         format=info.format,
         bit_depth=info.bit_depth,
         channels=info.channels,
-        size=c.size,
-        source_version=c.version,
         collected_at=collected_at.isoformat(),
         delete_after=(collected_at + retention).isoformat(),
         orientation=info.orientation,

@@ -16,8 +16,15 @@ from data.atomic import read_jsonl, write_jsonl
 MANIFEST = "manifest.jsonl"
 
 
+class Record:
+    """A JSON line of a manifest-like file."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
 @dataclass(frozen=True)
-class ManifestRecord:
+class ManifestRecord(Record):
     """One unique image (by content) in the raw store."""
 
     sha256: str
@@ -38,9 +45,6 @@ class ManifestRecord:
     captured_at: str | None = None  # EXIF DateTimeOriginal when present
     has_gps: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 R = TypeVar("R")
@@ -64,7 +68,7 @@ def write_manifest(path: str | Path, records: list[ManifestRecord]) -> None:
 
 
 @dataclass(frozen=True)
-class DuplicateRecord:
+class DuplicateRecord(Record):
     """A file whose content is already in the store under another path (`duplicate_of`)."""
 
     sha256: str
@@ -75,12 +79,9 @@ class DuplicateRecord:
     size: int
     source_version: str
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
 
 @dataclass(frozen=True)
-class QuarantineRecord:
+class QuarantineRecord(Record):
     """A file that was not taken in, and why (`reason` is a stable name, `detail` explains)."""
 
     source: str
@@ -91,6 +92,3 @@ class QuarantineRecord:
     reason: str
     detail: str
     quarantined_at: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
