@@ -41,6 +41,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 import numpy as np
+from PIL import Image
 
 from data import review_report
 from data.atomic import staged_dir, write_json, write_jsonl, write_text
@@ -149,6 +150,9 @@ def run_review(cfg: ReviewConfig, raw_dir: Path, out_dir: Path) -> ReviewReport:
     """
     started = time.perf_counter()
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    # Every stored image passed collect's own pixel limit (collect.max_pixels, which may be
+    # above Pillow's default guard); review must not reject those as unreadable.
+    Image.MAX_IMAGE_PIXELS = None
     records = _read_raw_manifest(raw_dir)
     log.info("review: %d images from %s", len(records), raw_dir)
 
