@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from annotation.config import AnnotationConfig
 from data.config import (
     CollectConfig,
     PathsConfig,
@@ -28,6 +29,7 @@ class Params(Section):
     taxonomy: TaxonomyConfig
     collect: CollectConfig
     review: ReviewConfig
+    annotation: AnnotationConfig
 
 
 @dataclass(frozen=True)
