@@ -71,7 +71,20 @@ def _cmd_review(args: argparse.Namespace) -> int:
     return 0
 
 
-# name -> (one-line help, longer description, extra arguments, handler)
+def _cmd_annotate_pull(args: argparse.Namespace) -> int:
+    from serving.params import load_project
+
+    project = load_project(args.params, args.overrides)
+    from annotation.pull import run_pull
+
+    p = project.params
+    report = run_pull(p.annotation, p.taxonomy, project.artifacts, project.root)
+    print(report.summary())
+    return 0
+
+
+# name -> (one-line help, longer description, extra arguments, handler); a name of two words
+# is a sub-command of the group named by the first (see GROUPS).
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[..., int]]
 
 
@@ -117,6 +130,27 @@ COMMANDS: dict[str, Command] = {
         _no_args,
         _cmd_review,
     ),
+    "annotate pull": (
+        "take annotations back: an immutable snapshot of the export, converted to COCO",
+        "Export every task from Label Studio (annotation.source=server) or read a Label "
+        "Studio JSON export file (annotation.source=export, annotation.export_file=FILE), keep "
+        "it byte for byte under artifacts/annotations/snapshots/ (never overwritten), and "
+        "convert it to artifacts/annotations/coco.json for the images review kept. Skipped, "
+        "cancelled and conflicting tasks, degenerate geometry and keypoints that fit no person "
+        "are listed with task ids in artifacts/annotations/pull_report.json. A failed pull "
+        "writes nothing.",
+        _no_args,
+        _cmd_annotate_pull,
+    ),
+}
+
+GROUPS: dict[str, tuple[str, str]] = {
+    "annotate": (
+        "Label Studio: serve, push images with pre-annotations, pull annotations, status",
+        "Annotators work in Label Studio; these commands feed it images and take their work "
+        "back as training data. Credentials come from the environment: ANONLAB_LS_TOKEN (API "
+        "token), ANONLAB_LS_USERNAME and ANONLAB_LS_PASSWORD (the admin user of `serve`).",
+    ),
 }
 
 
@@ -136,8 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     verbosity.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    groups: dict[str, argparse._SubParsersAction] = {}
     for name, (short, description, add_args, handler) in COMMANDS.items():
-        p = sub.add_parser(name, help=short, description=description)
+        group, _, leaf = name.rpartition(" ")
+        if group and group not in groups:
+            g_short, g_description = GROUPS[group]
+            g = sub.add_parser(group, help=g_short, description=g_description)
+            groups[group] = g.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
+        p = (groups[group] if group else sub).add_parser(leaf, help=short, description=description)
         add_args(p)
         p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
         p.set_defaults(handler=handler)

@@ -53,15 +53,17 @@ def counts(work: Path) -> tuple[int, int, int]:
     return raw["images"], reviewed["kept"], reviewed["rejected"]
 
 
-def test_exp_run_with_a_hydra_override_runs_collect_and_review(repo: Path) -> None:
+def test_exp_run_with_a_hydra_override_runs_the_pipeline(repo: Path) -> None:
     sh(repo, "dvc", "exp", "run", "-S", "collect.synthetic.count=10")
     assert yaml.safe_load((repo / "params.yaml").read_text())["collect"]["synthetic"]["count"] == 10
     images, kept, rejected = counts(repo)
     assert images == 10 and kept + rejected == 10
     manifest = (repo / "artifacts/raw/manifest.jsonl").read_text().splitlines()
     assert len(manifest) == 10
+    coco = json.loads((repo / "artifacts/annotations/coco.json").read_text())
+    assert len(coco["images"]) == kept and coco["annotations"]
     # Nothing changed: DVC skips both stages.
     out = sh(repo, "dvc", "repro")
-    assert "didn't change, skipping" in out
+    assert out.count("didn't change, skipping") == 3
     metrics = sh(repo, "dvc", "metrics", "show", "--json")
     assert "artifacts/reviewed/metrics.json" in metrics

@@ -93,7 +93,7 @@ def test_missing_params_file_says_how_to_make_one(
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_command_explains_itself(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
-        main([command, "--help"])
+        main([*command.split(), "--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert f"anonlab {command}" in out and "key=value" in out

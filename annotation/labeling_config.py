@@ -1,0 +1,129 @@
+"""The Label Studio labeling interface, generated from the taxonomy.
+
+Control names are fixed, because exports, the converter (`annotation.convert`) and the
+synthetic ground truth (`data.synthetic.labelstudio_task`) all refer to regions by them:
+
+| control      | tag               | draws                                           |
+|--------------|-------------------|-------------------------------------------------|
+| `image`      | `Image`           | the image (`$image`), zoomable                  |
+| `ellipse`    | `EllipseLabels`   | faces                                           |
+| `polygon`    | `PolygonLabels`   | persons, vehicles, plates as 4-point polygons   |
+| `brush`      | `BrushLabels`     | persons, vehicles (pixel masks)                 |
+| `rectangle`  | `RectangleLabels` | plates, as rotatable rectangles                 |
+| `keypoint`   | `KeyPointLabels`  | head keypoints, one label per keypoint name     |
+
+Regions linked by the relation `same_object` are one object (an object split by an occluder
+or by a panorama's seam, a person and its keypoints). A class the mapping does not know gets
+polygon, brush and rectangle, so annotators can still label it with any shape.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+
+from data.errors import ConfigError
+
+IMAGE = "image"
+SAME_OBJECT = "same_object"
+
+# Control name -> Label Studio tag.
+CONTROL_TAGS = {
+    "ellipse": "EllipseLabels",
+    "polygon": "PolygonLabels",
+    "brush": "BrushLabels",
+    "rectangle": "RectangleLabels",
+    "keypoint": "KeyPointLabels",
+}
+# Which controls offer each known class: the shapes that fit it best.
+CLASS_CONTROLS: dict[str, tuple[str, ...]] = {
+    "face": ("ellipse",),
+    "person": ("polygon", "brush"),
+    "vehicle": ("polygon", "brush"),
+    "license_plate": ("rectangle", "polygon"),
+}
+UNKNOWN_CLASS_CONTROLS = ("polygon", "brush", "rectangle")
+KEYPOINT_CONTROL = "keypoint"
+
+# Colours an annotator tells apart at a glance for the known labels; others are spread around
+# the hue circle.
+_COLOURS = {
+    "face": "#ff2d55",
+    "person": "#1e90ff",
+    "license_plate": "#ffd60a",
+    "vehicle": "#34c759",
+    "nose": "#ff9500",
+    "left_eye": "#af52de",
+    "right_eye": "#00c7be",
+    "left_ear": "#ff3bd4",
+    "right_ear": "#8e8e93",
+}
+_GOLDEN = 0.6180339887498949
+
+
+def control_for(label: str) -> tuple[str, ...]:
+    """The controls (by name) in which the class `label` can be drawn."""
+    return CLASS_CONTROLS.get(label, UNKNOWN_CLASS_CONTROLS)
+
+
+def labels_by_control(classes: Sequence[str], keypoints: Sequence[str]) -> dict[str, list[str]]:
+    """Control name -> its labels, in taxonomy order; controls without labels are left out."""
+    _check_names("classes", classes)
+    _check_names("keypoints", keypoints)
+    out: dict[str, list[str]] = {name: [] for name in CONTROL_TAGS}
+    for label in classes:
+        for control in control_for(label):
+            out[control].append(label)
+    out[KEYPOINT_CONTROL] = list(keypoints)
+    return {name: labels for name, labels in out.items() if labels}
+
+
+def labeling_config(classes: Sequence[str], keypoints: Sequence[str]) -> str:
+    """The labeling interface XML for a taxonomy (`TaxonomyConfig.classes`, `.keypoints`)."""
+    colours = label_colours([*classes, *keypoints])
+    view = ET.Element("View")
+    ET.SubElement(view, "Image", name=IMAGE, value=f"${IMAGE}", zoom="true")
+    for control, labels in labels_by_control(classes, keypoints).items():
+        attrs = {"name": control, "toName": IMAGE}
+        if control == "brush":
+            attrs["smart"] = "false"
+        if control == KEYPOINT_CONTROL:
+            attrs["strokeWidth"] = "2"
+        if control == "rectangle":
+            attrs["canRotate"] = "true"
+        tag = ET.SubElement(view, CONTROL_TAGS[control], attrs)
+        for label in labels:
+            ET.SubElement(tag, "Label", value=label, background=colours[label])
+    relations = ET.SubElement(view, "Relations")
+    ET.SubElement(relations, "Relation", value=SAME_OBJECT)
+    ET.indent(view)
+    return ET.tostring(view, encoding="unicode") + "\n"
+
+
+def label_colours(labels: Sequence[str]) -> dict[str, str]:
+    """A distinct `#rrggbb` per label: fixed ones for the known labels, hues for the rest."""
+    out: dict[str, str] = {}
+    used = set()
+    n = 0
+    for label in labels:
+        colour = _COLOURS.get(label)
+        while colour is None or colour in used:
+            # Golden-ratio hue steps never repeat and stay far apart for small label counts.
+            r, g, b = colorsys.hsv_to_rgb((0.11 + n * _GOLDEN) % 1.0, 0.75, 0.95)
+            colour = f"#{round(r * 255):02x}{round(g * 255):02x}{round(b * 255):02x}"
+            n += 1
+        out[label] = colour
+        used.add(colour)
+    return out
+
+
+def _check_names(what: str, names: Sequence[str]) -> None:
+    if isinstance(names, str):
+        raise ConfigError(f"taxonomy.{what} must be a list of names, not the string {names!r}")
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"taxonomy.{what}: {name!r} is not a name (a non-empty string)")
+    duplicates = sorted({name for name in names if list(names).count(name) > 1})
+    if duplicates:
+        raise ConfigError(f"taxonomy.{what}: {', '.join(duplicates)} listed more than once")
