@@ -31,7 +31,8 @@ class AnnotationConfig(Section):
     source: Literal["export", "server"]
     export_file: str
     url: str
-    project_title: str = Field(min_length=1)
+    # Label Studio refuses titles shorter than 3 characters.
+    project_title: str = Field(min_length=3)
     batch_size: int = Field(ge=1, le=10000)
     timeout_s: float = Field(gt=0)
     retries: int = Field(ge=0, le=10)

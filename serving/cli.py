@@ -71,6 +71,36 @@ def _cmd_review(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_annotate_serve(args: argparse.Namespace) -> int:
+    from serving.params import load_project
+
+    project = load_project(args.params, args.overrides)
+    from annotation.server import serve
+
+    return serve(project.params.annotation, project.root, project.artifacts)
+
+
+def _cmd_annotate_push(args: argparse.Namespace) -> int:
+    from serving.params import load_project
+
+    project = load_project(args.params, args.overrides)
+    from annotation.push import run_push
+
+    p = project.params
+    print(run_push(p.annotation, p.taxonomy, project.artifacts).summary())
+    return 0
+
+
+def _cmd_annotate_status(args: argparse.Namespace) -> int:
+    from serving.params import load_project
+
+    project = load_project(args.params, args.overrides)
+    from annotation.status import run_status
+
+    print(run_status(project.params.annotation, project.artifacts).summary())
+    return 0
+
+
 def _cmd_annotate_pull(args: argparse.Namespace) -> int:
     from serving.params import load_project
 
@@ -129,6 +159,32 @@ COMMANDS: dict[str, Command] = {
         "the threshold first) and metrics.json.",
         _no_args,
         _cmd_review,
+    ),
+    "annotate serve": (
+        "run a local Label Studio on loopback (foreground; Ctrl-C stops it)",
+        "Start Label Studio headless at annotation.serve.host:port with its data in "
+        "annotation.serve.data_dir, serving the images of artifacts/ as local files (no "
+        "copies are uploaded). The admin user and API token come from ANONLAB_LS_USERNAME, "
+        "ANONLAB_LS_PASSWORD and ANONLAB_LS_TOKEN; they are never printed or logged.",
+        _no_args,
+        _cmd_annotate_serve,
+    ),
+    "annotate push": (
+        "import reviewed images as tasks, with pre-annotations, least certain first",
+        "Create the Label Studio project (annotation.project_title) once, keep its labeling "
+        "interface in step with the taxonomy, and import the reviewed images that are not yet "
+        "tasks, in batches of annotation.batch_size. Each task carries predictions (the MLflow "
+        "champion model when there is one, else OpenCV's Haar face and plate cascades); the "
+        "least certain images are imported first. Re-running never duplicates a task.",
+        _no_args,
+        _cmd_annotate_push,
+    ),
+    "annotate status": (
+        "tasks total, annotated, skipped, by annotator; reviewed images not yet in Label Studio",
+        "Summarise the Label Studio project: tasks total, annotated, skipped or cancelled, "
+        "annotations per annotator, and how many reviewed images are not yet tasks.",
+        _no_args,
+        _cmd_annotate_status,
     ),
     "annotate pull": (
         "take annotations back: an immutable snapshot of the export, converted to COCO",

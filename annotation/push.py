@@ -1,0 +1,504 @@
+"""`anonlab annotate push`: reviewed images into Label Studio, pre-annotated, uncertain first.
+
+The project (found by `annotation.project_title`, created once) gets the labeling interface of
+the taxonomy, updated when the taxonomy changes, and a local-files storage on `artifacts/raw`
+so that Label Studio serves the images from the store. Every reviewed image that is not yet a
+task (compared by `data.image`, the local-files URL) becomes one, in batches of
+`annotation.batch_size`: pushing again never duplicates a task. The project id is kept in
+`annotations/project.json`.
+
+Pre-annotations are Label Studio predictions, from the MLflow registry's `champion` model
+when there is one (`champion_predictions`), otherwise from OpenCV's bundled Haar cascades:
+faces (`haarcascade_frontalface_default`) as ellipses, plates
+(`haarcascade_russian_plate_number`) as rectangles, found on the image reduced to a long side
+of 800 pixels.
+
+Import order, uncertain first. A Haar detection's confidence is c = n / (n + 8), n being the
+number of overlapping raw detections the cascade merged into it (more neighbours, surer). An
+image's uncertainty is
+
+    U = ( mean over detections of (1 - |2c - 1|)  +  D ) / 2
+
+where D, the disagreement of two face cascades, is the share of faces found by only one of
+`frontalface_default` and `frontalface_alt2` (matched at IoU >= 0.3) among the faces either
+found. An image on which no cascade finds anything gets U = 0.5, between the confident images
+(U -> 0) and the contested ones (U -> 1). Tasks are imported by decreasing U, so Label Studio's
+default sequential queue hands annotators the least certain images first. Each prediction's
+`score` is 1 - U, so the project's "uncertainty sampling" (lowest score first) agrees.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from annotation.client import LabelStudio, connect
+from annotation.config import AnnotationConfig
+from data import atomic
+from data.collect import LABEL_STUDIO_LOCAL_FILES
+from data.config import TaxonomyConfig
+from data.errors import AnonlabError
+from data.manifest import MANIFEST, ManifestRecord, read_manifest
+from data.progress import bar, progress
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = Path("annotations") / "project.json"
+STORAGE_TITLE = "anonlab raw store"
+
+WORK_SIZE = 800  # long side of the image the cascades look at
+NEIGHBOUR_SCALE = 8.0  # c = n / (n + NEIGHBOUR_SCALE)
+MATCH_IOU = 0.3
+NO_DETECTION_UNCERTAINTY = 0.5
+# A Haar face box spans brows to mouth; the face to blur reaches from forehead to chin.
+FACE_HEIGHT_FACTOR = 1.25
+
+FACE = "face"
+PLATE = "license_plate"
+
+
+@dataclass(frozen=True)
+class Detection:
+    """A box found on the working image (pixels), with a confidence in [0, 1]."""
+
+    label: str
+    x: float
+    y: float
+    w: float
+    h: float
+    confidence: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The pre-annotation of one image: Label Studio regions and how uncertain they are."""
+
+    result: list[dict[str, Any]]
+    uncertainty: float
+    model_version: str
+
+    def as_task_prediction(self) -> dict[str, Any]:
+        return {
+            "model_version": self.model_version,
+            "score": round(1.0 - self.uncertainty, 4),
+            "result": self.result,
+        }
+
+
+@dataclass
+class PushReport:
+    url: str
+    project_id: int
+    project_created: bool
+    config_updated: bool
+    reviewed: int
+    already: int  # reviewed images that were tasks before this push
+    imported: int
+    model_version: str | None  # of the new tasks' predictions
+    uncertainty: list[float] = field(default_factory=list)  # of the new tasks, import order
+
+    def summary(self) -> str:
+        state = "created" if self.project_created else "found"
+        lines = [
+            f"push: {self.imported} new tasks in Label Studio project {self.project_id} "
+            f"({state}) at {self.url}",
+            f"  reviewed images: {self.reviewed}, already tasks: {self.already}",
+        ]
+        if self.config_updated:
+            lines.append("  labeling interface updated from the taxonomy")
+        if self.imported:
+            lines.append(
+                f"  pre-annotations: {self.model_version}, most uncertain first "
+                f"(uncertainty {self.uncertainty[0]:.2f} .. {self.uncertainty[-1]:.2f})"
+            )
+        return "\n".join(lines)
+
+
+def image_url(record: ManifestRecord) -> str:
+    """The task's `data.image`: the image in the store, through Label Studio's local files."""
+    return LABEL_STUDIO_LOCAL_FILES + record.path
+
+
+def run_push(cfg: AnnotationConfig, taxonomy: TaxonomyConfig, artifacts: Path) -> PushReport:
+    """Create or update the project and import the reviewed images that are not tasks yet."""
+    artifacts = Path(artifacts).resolve()
+    records = read_reviewed(artifacts)
+    from annotation.labeling_config import labeling_config
+
+    xml = labeling_config(taxonomy.classes, taxonomy.keypoints)
+    client = connect(cfg)
+    try:
+        project_id, created, updated = ensure_project(client, cfg.project_title, xml, artifacts)
+        ensure_local_storage(client, project_id, artifacts / "raw")
+        existing = client.task_image_urls(project_id)
+        new = [r for r in records if image_url(r) not in existing]
+        log.info(
+            "%d reviewed images, %d already tasks, %d to import",
+            len(records),
+            len(records) - len(new),
+            len(new),
+        )
+        predictions = preannotate(new, artifacts / "raw", taxonomy)
+        order = uncertain_first([p.uncertainty for p in predictions])
+        imported = 0
+        with bar(total=len(new), desc="push", unit="task") as pbar:
+            for start in range(0, len(order), cfg.batch_size):
+                batch = order[start : start + cfg.batch_size]
+                tasks = [
+                    {
+                        "data": {"image": image_url(new[i])},
+                        "predictions": [predictions[i].as_task_prediction()],
+                    }
+                    for i in batch
+                ]
+                imported += _import(client, project_id, tasks, imported, len(new))
+                pbar.update(len(batch))
+        versions = {p.model_version for p in predictions}
+        model_version = predictions[order[0]].model_version if predictions else None
+        if model_version is not None and len(versions) == 1:
+            # Label Studio shows annotators the predictions of the project's model version only.
+            project = client.get_project(project_id) or {}
+            if project.get("model_version") != model_version:
+                client.set_model_version(project_id, model_version)
+    finally:
+        client.close()
+    return PushReport(
+        url=cfg.url,
+        project_id=project_id,
+        project_created=created,
+        config_updated=updated,
+        reviewed=len(records),
+        already=len(records) - len(new),
+        imported=imported,
+        model_version=model_version,
+        uncertainty=[predictions[i].uncertainty for i in order],
+    )
+
+
+def read_reviewed(artifacts: Path) -> list[ManifestRecord]:
+    path = artifacts / "reviewed" / MANIFEST
+    if not path.is_file():
+        raise AnonlabError(f"{path} not found: run `anonlab review` first")
+    try:
+        return read_manifest(path)
+    except (TypeError, ValueError) as e:
+        raise AnonlabError(
+            f"{path} is not a manifest written by review ({e}): run `anonlab review` again"
+        ) from None
+
+
+def ensure_project(
+    client: LabelStudio, title: str, xml: str, artifacts: Path
+) -> tuple[int, bool, bool]:
+    """The project's id, whether it was created, and whether its labeling config was updated.
+
+    The id in the state file is used when the server still has that project under that
+    title; otherwise the project is looked up by title, and created when there is none.
+    """
+    state_path = artifacts / STATE_FILE
+    state = _read_state(state_path)
+    project = None
+    if state.get("url") == client.url and isinstance(state.get("project_id"), int):
+        project = client.get_project(state["project_id"])
+        if project is not None and project.get("title") != title:
+            project = None
+    if project is None:
+        found = client.find_project(title)
+        project = client.get_project(found) if found is not None else None
+    created = updated = False
+    if project is None:
+        project_id = client.create_project(title, xml)
+        created = True
+    else:
+        project_id = int(project["id"])
+        if _normalize_xml(project.get("label_config", "")) != _normalize_xml(xml):
+            log.info("taxonomy changed: updating the labeling interface of project %d", project_id)
+            try:
+                client.update_label_config(project_id, xml)
+            except AnonlabError as e:
+                raise AnonlabError(
+                    f"{e}. Label Studio keeps a label that existing annotations use: restore "
+                    "it in taxonomy, or relabel those annotations first"
+                ) from None
+            updated = True
+    atomic.write_json(state_path, {"url": client.url, "project_id": project_id, "title": title})
+    return project_id, created, updated
+
+
+def ensure_local_storage(client: LabelStudio, project_id: int, raw_dir: Path) -> None:
+    """Register `raw_dir` as the project's local-files storage unless one already covers it.
+
+    Label Studio serves `/data/local-files/` only for files under a storage of the project;
+    the server must run with the artifacts folder as its document root (as `annotate serve`
+    does).
+    """
+    raw = str(raw_dir)
+    for path in client.local_storage_paths(project_id):
+        if raw == path or raw.startswith(path.rstrip("/") + "/"):
+            return
+    try:
+        client.add_local_storage(project_id, raw, STORAGE_TITLE)
+    except AnonlabError as e:
+        raise AnonlabError(
+            f"Label Studio cannot serve the images in {raw} ({e}). Start it with `anonlab "
+            "annotate serve`, or run it with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and "
+            f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={raw_dir.parent}"
+        ) from None
+
+
+def preannotate(
+    records: Sequence[ManifestRecord], raw_dir: Path, taxonomy: TaxonomyConfig
+) -> list[Prediction]:
+    """One prediction per record: the champion model's when there is one, else Haar's."""
+    if not records:
+        return []
+    champion = champion_predictions(records, raw_dir, taxonomy)
+    if champion is not None:
+        return champion
+    haar = HaarDetector()
+    return [
+        haar.predict(r, raw_dir, taxonomy)
+        for r in progress(records, total=len(records), desc="pre-annotate")
+    ]
+
+
+def champion_predictions(
+    records: Sequence[ManifestRecord], raw_dir: Path, taxonomy: TaxonomyConfig
+) -> list[Prediction] | None:
+    """Hook: pre-annotations from the MLflow registry's `champion` model; None when there is none.
+
+    Returns None without touching MLflow when MLFLOW_TRACKING_URI is not set (so that push never
+    creates a tracking database as a side effect), and when no registered model has a version
+    aliased `champion`. Training does not register models yet, and there is no loader for a
+    registered model here: a champion that is found is reported and None is returned, so the
+    Haar cascades pre-annotate. When training registers models, load the champion here and
+    return one Prediction per record (its `model_version` "<name>/<version>").
+    """
+    if not os.environ.get("MLFLOW_TRACKING_URI") or not records:
+        return None
+    try:
+        from mlflow.tracking import MlflowClient  # imported only when a registry is configured
+
+        registry = MlflowClient()
+        for model in registry.search_registered_models():
+            if "champion" in (getattr(model, "aliases", None) or {}):
+                version = model.aliases["champion"]
+                log.warning(
+                    "champion model %s version %s is registered, but loading registered "
+                    "models is not implemented yet: pre-annotating with Haar cascades",
+                    model.name,
+                    version,
+                )
+                return None
+    except Exception as e:  # an unreachable registry must not stop annotation
+        log.warning("MLflow registry not readable (%s): pre-annotating with Haar cascades", e)
+    return None
+
+
+class HaarDetector:
+    """OpenCV's bundled Haar cascades: faces (two cascades, for disagreement) and plates."""
+
+    def __init__(self) -> None:
+        import cv2
+
+        def load(name: str) -> Any:
+            cascade = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, name))
+            if cascade.empty():
+                raise AnonlabError(
+                    f"OpenCV's Haar cascade {name} is missing from {cv2.data.haarcascades}: "
+                    "reinstall opencv-python-headless"
+                )
+            return cascade
+
+        self.model_version = f"haar-opencv-{cv2.__version__}"
+        self._face = load("haarcascade_frontalface_default.xml")
+        self._face_alt = load("haarcascade_frontalface_alt2.xml")
+        self._plate = load("haarcascade_russian_plate_number.xml")
+
+    def predict(
+        self, record: ManifestRecord, raw_dir: Path, taxonomy: TaxonomyConfig
+    ) -> Prediction:
+        from data.image_scores import decode_working
+
+        try:
+            work = decode_working(raw_dir / record.path, WORK_SIZE, record.orientation)
+        except (OSError, ValueError) as e:
+            # Review read this image; a file that broke since gets no pre-annotation, not a
+            # failed push: the annotator sees the broken image and can skip it.
+            log.warning("%s: not readable for pre-annotation (%s)", record.path, e)
+            return Prediction([], NO_DETECTION_UNCERTAINTY, self.model_version)
+        faces, faces_alt, plates = self.detect(work.luma)
+        if FACE not in taxonomy.classes:
+            faces, faces_alt = [], []
+        if PLATE not in taxonomy.classes:
+            plates = []
+        height, width = work.luma.shape[:2]
+        detections = faces + plates
+        full_w, full_h = _upright_size(record)
+        return Prediction(
+            result=to_regions(detections, width, height, full_w, full_h),
+            uncertainty=image_uncertainty(detections, faces, faces_alt),
+            model_version=self.model_version,
+        )
+
+    def detect(self, luma: Any) -> tuple[list[Detection], list[Detection], list[Detection]]:
+        """Faces by the default cascade, faces by the second cascade, plates."""
+        import cv2
+
+        luma = cv2.equalizeHist(luma)
+        side = max(luma.shape[:2])
+        min_face = max(12, side // 100)
+        return (
+            _run(self._face, luma, FACE, 1.1, 3, (min_face, min_face)),
+            _run(self._face_alt, luma, FACE, 1.1, 3, (min_face, min_face)),
+            _run(self._plate, luma, PLATE, 1.1, 3, (24, 8)),
+        )
+
+
+def _run(
+    cascade: Any, luma: Any, label: str, scale: float, neighbours: int, min_size: tuple[int, int]
+) -> list[Detection]:
+    boxes, counts = cascade.detectMultiScale2(
+        luma, scaleFactor=scale, minNeighbors=neighbours, minSize=min_size
+    )
+    return [
+        Detection(label, float(x), float(y), float(w), float(h), neighbour_confidence(int(n)))
+        for (x, y, w, h), n in zip(boxes, counts, strict=True)
+    ]
+
+
+def neighbour_confidence(neighbours: int) -> float:
+    """A cascade detection's confidence from how many raw detections it merged."""
+    n = max(0, neighbours)
+    return n / (n + NEIGHBOUR_SCALE)
+
+
+def image_uncertainty(
+    detections: Sequence[Detection],
+    faces: Sequence[Detection],
+    faces_other: Sequence[Detection],
+) -> float:
+    """U of the module docstring: confidence ambiguity and face-cascade disagreement, in [0, 1].
+
+    `detections` are what the image is pre-annotated with; `faces` and `faces_other` are the
+    faces of the two cascades that are compared.
+    """
+    if not detections and not faces_other:
+        return NO_DETECTION_UNCERTAINTY
+    if detections:
+        ambiguity = sum(1.0 - abs(2.0 * d.confidence - 1.0) for d in detections) / len(detections)
+    else:
+        ambiguity = NO_DETECTION_UNCERTAINTY
+    return (ambiguity + disagreement(faces, faces_other)) / 2.0
+
+
+def disagreement(a: Sequence[Detection], b: Sequence[Detection]) -> float:
+    """The share of objects found by only one of `a` and `b` (greedy IoU matching)."""
+    if not a and not b:
+        return 0.0
+    unmatched_b = list(b)
+    matched = 0
+    for det in sorted(a, key=lambda d: -d.confidence):
+        best = max(unmatched_b, key=lambda o: iou(det, o), default=None)
+        if best is not None and iou(det, best) >= MATCH_IOU:
+            unmatched_b.remove(best)
+            matched += 1
+    union = len(a) + len(b) - matched
+    return (union - matched) / union
+
+
+def iou(a: Detection, b: Detection) -> float:
+    ix = max(0.0, min(a.x + a.w, b.x + b.w) - max(a.x, b.x))
+    iy = max(0.0, min(a.y + a.h, b.y + b.h) - max(a.y, b.y))
+    inter = ix * iy
+    union = a.w * a.h + b.w * b.h - inter
+    return inter / union if union > 0 else 0.0
+
+
+def uncertain_first(uncertainties: Sequence[float]) -> list[int]:
+    """Indices by decreasing uncertainty; ties keep their order (the manifest's)."""
+    return sorted(range(len(uncertainties)), key=lambda i: -uncertainties[i])
+
+
+def to_regions(
+    detections: Sequence[Detection], width: int, height: int, full_w: int, full_h: int
+) -> list[dict[str, Any]]:
+    """Label Studio regions, in percent of the image: faces as ellipses, plates as rectangles.
+
+    `width`, `height`: the image the boxes were found on; `full_w`, `full_h`: the image as the
+    annotator sees it (upright, full resolution), recorded as `original_width/height`.
+    """
+    out = []
+    for i, d in enumerate(detections):
+        common = {
+            "id": f"pre{i}",
+            "to_name": "image",
+            "original_width": full_w,
+            "original_height": full_h,
+            "image_rotation": 0,
+            "score": round(d.confidence, 4),
+        }
+        if d.label == FACE:
+            value = {
+                "x": _pct(d.x + d.w / 2, width),
+                "y": _pct(d.y + d.h / 2, height),
+                "radiusX": _pct(d.w / 2, width),
+                "radiusY": _pct(d.h / 2 * FACE_HEIGHT_FACTOR, height),
+                "rotation": 0,
+                "ellipselabels": [FACE],
+            }
+            out.append({**common, "from_name": "ellipse", "type": "ellipselabels", "value": value})
+        else:
+            value = {
+                "x": _pct(d.x, width),
+                "y": _pct(d.y, height),
+                "width": _pct(d.w, width),
+                "height": _pct(d.h, height),
+                "rotation": 0,
+                "rectanglelabels": [d.label],
+            }
+            out.append(
+                {**common, "from_name": "rectangle", "type": "rectanglelabels", "value": value}
+            )
+    return out
+
+
+def _pct(pixels: float, size: int) -> float:
+    return round(100.0 * pixels / size, 4)
+
+
+def _upright_size(record: ManifestRecord) -> tuple[int, int]:
+    # EXIF orientations 5-8 turn the image a quarter: a viewer shows it height x width.
+    if record.orientation in (5, 6, 7, 8):
+        return record.height, record.width
+    return record.width, record.height
+
+
+def _import(
+    client: LabelStudio, project_id: int, tasks: list[dict[str, Any]], done: int, total: int
+) -> int:
+    try:
+        return client.import_tasks(project_id, tasks)
+    except AnonlabError as e:
+        raise AnonlabError(
+            f"{e}. {done} of {total} new tasks were imported before this; run `anonlab annotate "
+            "push` again to import the rest (tasks already there are not imported twice)"
+        ) from None
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    import json
+
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def _normalize_xml(xml: str) -> str:
+    return "".join(xml.split())
