@@ -117,6 +117,16 @@ class LabelStudio:
             )
         return min(ids) if ids else None
 
+    def require_project(self, title: str) -> int:
+        """The id of the project titled `title`; AnonlabError saying what to do if there is none."""
+        project = self.find_project(title)
+        if project is None:
+            raise AnonlabError(
+                f"no Label Studio project titled '{title}' at {self.url}: run "
+                "`anonlab annotate push` first, or set annotation.project_title"
+            )
+        return project
+
     def get_project(self, project_id: int) -> dict[str, Any] | None:
         """The project's settings (title, label_config, model_version, ...), None if absent."""
         return self.request("GET", f"/api/projects/{project_id}", missing_ok=True)

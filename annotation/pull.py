@@ -24,10 +24,10 @@ from urllib.parse import parse_qs, urlparse
 
 from annotation.config import AnnotationConfig
 from annotation.convert import ImageRef, check_export, to_coco
+from annotation.push import read_reviewed
 from data import atomic
 from data.config import TaxonomyConfig
 from data.errors import AnonlabError
-from data.manifest import MANIFEST, ManifestRecord, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def run_pull(
     cfg: AnnotationConfig, taxonomy: TaxonomyConfig, artifacts: Path, root: Path
 ) -> PullReport:
     """Snapshot the export and convert it to COCO under `artifacts/annotations/`."""
-    reviewed = _reviewed(artifacts)
+    reviewed = read_reviewed(artifacts)
     raw, origin = _fetch(cfg, root)
     tasks = _parse(raw, origin)
 
@@ -133,13 +133,6 @@ def image_sha256(task: dict[str, Any]) -> str | None:
     return stem if len(stem) == 64 and all(c in "0123456789abcdef" for c in stem) else None
 
 
-def _reviewed(artifacts: Path) -> list[ManifestRecord]:
-    path = artifacts / "reviewed" / MANIFEST
-    if not path.is_file():
-        raise AnonlabError(f"{path} not found: run `anonlab review` before pulling annotations")
-    return read_manifest(path)
-
-
 def _fetch(cfg: AnnotationConfig, root: Path) -> tuple[bytes, str]:
     """The export's raw bytes, and where they came from."""
     if cfg.source == "export":
@@ -153,13 +146,10 @@ def _fetch(cfg: AnnotationConfig, root: Path) -> tuple[bytes, str]:
     from annotation.client import connect
 
     client = connect(cfg)
-    project = client.find_project(cfg.project_title)
-    if project is None:
-        raise AnonlabError(
-            f"no Label Studio project titled '{cfg.project_title}' at {cfg.url}: run "
-            "`anonlab annotate push` first, or set annotation.project_title"
-        )
-    tasks = client.export_tasks(project)
+    try:
+        tasks = client.export_tasks(client.require_project(cfg.project_title))
+    finally:
+        client.close()
     return json.dumps(tasks, ensure_ascii=False, indent=1).encode("utf-8"), cfg.url
 
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from annotation.client import TaskCounts, connect
 from annotation.config import AnnotationConfig
 from annotation.push import image_url, read_reviewed
-from data.errors import AnonlabError
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +79,7 @@ def run_status(cfg: AnnotationConfig, artifacts: Path) -> StatusReport:
     records = read_reviewed(Path(artifacts).resolve())
     client = connect(cfg)
     try:
-        project_id = client.find_project(cfg.project_title)
-        if project_id is None:
-            raise AnonlabError(
-                f"no Label Studio project titled '{cfg.project_title}' at {cfg.url}: run "
-                "`anonlab annotate push` first, or set annotation.project_title"
-            )
+        project_id = client.require_project(cfg.project_title)
         tasks = client.task_counts(project_id)
         users = client.users()
     finally:
