@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,21 @@ def test_missing_inputs_say_what_to_run(params_file: Path, tmp_path: Path) -> No
     project = load_project(params_file)
     with pytest.raises(AnonlabError, match="anonlab review"):
         pull(project)
+
+
+def test_a_server_that_cannot_be_reached_writes_nothing(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = pull(project)
+    coco = (annotations(project) / "coco.json").read_bytes()
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    monkeypatch.setenv("ANONLAB_LS_TOKEN", "0123456789abcdef")
+    overrides = ("annotation.source=server", f"annotation.url={url}", "annotation.retries=1")
+    with pytest.raises(AnonlabError) as error:
+        pull(project, *overrides, "annotation.timeout_s=2")
+    assert url in str(error.value) and "anonlab annotate serve" in str(error.value)
+    assert "0123456789abcdef" not in str(error.value)
+    assert (annotations(project) / "coco.json").read_bytes() == coco
+    assert list((annotations(project) / "snapshots").iterdir()) == [first.snapshot]
