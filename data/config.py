@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from data.errors import ConfigError
 
@@ -105,6 +112,53 @@ class ReviewConfig(Section):
     work_size: int = Field(ge=32, le=4096)
     report_thumbnails: int = Field(ge=0)
     workers: int = Field(ge=1, le=64)
+
+
+class ReferenceSetConfig(Section):
+    """A named held-out set: never in train or val. Selected from the annotated images by
+    capture session or by tag (a source name, or a tag in a manifest record's extra["tags"]),
+    or given as an external COCO file with its images."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    sessions: list[str] = Field(default_factory=list)
+    tags: list[str] = Field(default_factory=list)
+    coco: str | None = None
+    images: str | None = None  # the external COCO file's image folder; default: its folder
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> ReferenceSetConfig:
+        if bool(self.coco) == bool(self.sessions or self.tags):
+            raise ValueError(
+                f"reference set '{self.name}' needs either sessions/tags or a coco file, "
+                "not both and not neither"
+            )
+        return self
+
+
+class TilingConfig(Section):
+    # Tile side in pixels: the training input size. Larger images are cut into tiles.
+    size: int = Field(ge=64)
+    overlap: int = Field(ge=0)
+    # An object cut by a tile edge is kept when at least this share of its pixels is inside.
+    min_visible: float = Field(ge=0, le=1)
+    # Share of the tiles without objects that are kept (hard negatives: signs, posters).
+    empty_ratio: float = Field(ge=0, le=1)
+    jpeg_quality: int = Field(ge=50, le=100)
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> TilingConfig:
+        if self.overlap >= self.size:
+            raise ValueError(f"overlap ({self.overlap}) must be smaller than size ({self.size})")
+        return self
+
+
+class PrepareConfig(Section):
+    seed: int
+    val_ratio: float = Field(ge=0, lt=1)
+    reference_sets: list[ReferenceSetConfig]
+    # Train images within this many pHash bits of a reference image are leaks (an error).
+    leak_hamming: int = Field(ge=0, le=64)
+    tiling: TilingConfig
 
 
 class PathsConfig(Section):

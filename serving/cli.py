@@ -113,6 +113,17 @@ def _cmd_annotate_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from serving.params import load_project
+
+    project = load_project(args.params, args.overrides)
+    from data.prepare import run_prepare
+
+    p = project.params
+    print(run_prepare(p.prepare, p.taxonomy, project.artifacts, project.root).summary())
+    return 0
+
+
 # name -> (one-line help, longer description, extra arguments, handler); a name of two words
 # is a sub-command of the group named by the first (see GROUPS).
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[..., int]]
@@ -197,6 +208,17 @@ COMMANDS: dict[str, Command] = {
         "writes nothing.",
         _no_args,
         _cmd_annotate_pull,
+    ),
+    "prepare": (
+        "build train/val/reference datasets: session splits, leak check, tiles",
+        "Take the reference sets out (prepare.reference_sets: by session, tag or an external "
+        "COCO file), split the remaining capture sessions into train and val (stratified by "
+        "class and object size), refuse any train image that equals or nearly equals a "
+        "reference image, and cut large images and panoramas into overlapping tiles (the "
+        "seam wraps). Writes artifacts/prepared/: train.json, val.json, ref-<name>.json, "
+        "tiles/, stats.json, sizes.json.",
+        _no_args,
+        _cmd_prepare,
     ),
 }
 

@@ -14,6 +14,7 @@ from annotation.config import AnnotationConfig
 from data.config import (
     CollectConfig,
     PathsConfig,
+    PrepareConfig,
     ReviewConfig,
     Section,
     TaxonomyConfig,
@@ -30,6 +31,7 @@ class Params(Section):
     collect: CollectConfig
     review: ReviewConfig
     annotation: AnnotationConfig
+    prepare: PrepareConfig
 
 
 @dataclass(frozen=True)

@@ -54,16 +54,21 @@ def counts(work: Path) -> tuple[int, int, int]:
 
 
 def test_exp_run_with_a_hydra_override_runs_the_pipeline(repo: Path) -> None:
-    sh(repo, "dvc", "exp", "run", "-S", "collect.synthetic.count=10")
-    assert yaml.safe_load((repo / "params.yaml").read_text())["collect"]["synthetic"]["count"] == 10
+    holdout = "prepare.reference_sets=[{name:holdout,sessions:[synthetic-drive-001]}]"
+    sh(repo, "dvc", "exp", "run", "-S", "collect.synthetic.count=24", "-S", holdout)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    assert params["collect"]["synthetic"]["count"] == 24
+    assert params["prepare"]["reference_sets"][0]["sessions"] == ["synthetic-drive-001"]
     images, kept, rejected = counts(repo)
-    assert images == 10 and kept + rejected == 10
+    assert images == 24 and kept + rejected == 24
     manifest = (repo / "artifacts/raw/manifest.jsonl").read_text().splitlines()
-    assert len(manifest) == 10
+    assert len(manifest) == 24
     coco = json.loads((repo / "artifacts/annotations/coco.json").read_text())
     assert len(coco["images"]) == kept and coco["annotations"]
-    # Nothing changed: DVC skips both stages.
+    stats = json.loads((repo / "artifacts/prepared/stats.json").read_text())
+    assert stats["train"]["images"] and stats["ref-holdout"]["images"]
+    # Nothing changed: DVC skips every stage.
     out = sh(repo, "dvc", "repro")
-    assert out.count("didn't change, skipping") == 3
+    assert out.count("didn't change, skipping") == 4
     metrics = sh(repo, "dvc", "metrics", "show", "--json")
     assert "artifacts/reviewed/metrics.json" in metrics
