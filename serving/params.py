@@ -22,6 +22,7 @@ from data.config import (
     read_params,
     validate,
 )
+from training.config import AugmentConfig
 
 
 class Params(Section):
@@ -32,6 +33,7 @@ class Params(Section):
     review: ReviewConfig
     annotation: AnnotationConfig
     prepare: PrepareConfig
+    augment: AugmentConfig
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,11 @@ def test_config_check_reports_a_stale_params_file(
         ("collect.sources=[{url:/data}]", ["collect.sources[0].url", "unknown key", "uri"]),
         ("colect.workers=2", ["colect = {'workers': 2}", "unknown key", "collect"]),
         ("collect.synthetic.count", ["cannot parse override 'collect.synthetic.count'"]),
+        ("augment.transforms=[{p:0.5}]", ["augment.transforms", "needs a `name`"]),
+        (
+            "prepare.tiling.overlap=600",
+            ["prepare.tiling", "overlap (600) must be smaller than size (512)"],
+        ),
     ],
 )
 def test_bad_config_names_key_value_and_what_is_allowed(

@@ -366,3 +366,26 @@ def test_random_pipelines_keep_keypoints_on_their_masks_and_handedness() -> None
             assert handedness(person[0]) == expected
             checked += 1
     assert checked >= 10
+
+
+def test_the_committed_augmentation_config_builds() -> None:
+    from serving.params import load_project
+    from tests.conftest import REPO
+
+    params = load_project(REPO / "params.yaml").params
+    augmenter = build_augmenter(
+        params.augment.transforms,
+        keypoint_names=params.taxonomy.keypoints,
+        min_visibility=params.augment.min_visibility,
+        seed=0,
+        where="augment.transforms",
+    )
+    image = np.full((600, 700, 3), 128, np.uint8)
+    target = {
+        "boxes": np.array([[10, 20, 110, 220]], np.float32),
+        "labels": np.array([2], np.int64),
+        "masks": np.pad(np.ones((200, 100), np.uint8), ((20, 380), (10, 590)))[None],
+        "keypoints": np.zeros((1, len(params.taxonomy.keypoints), 3), np.float32),
+    }
+    out_image, out = augmenter(image, target)
+    assert out_image.dtype == np.uint8 and out["masks"].shape[1:] == out_image.shape[:2]
