@@ -158,6 +158,8 @@ def run_prepare(
                 for b, n in per_bucket.items()
             ],
         )
+    if not datasets["train"]["images"]:
+        log.warning("train is empty: every annotated image is in a reference set or in val")
     if split.missing_in_val:
         log.warning("val has no objects of %s", ", ".join(map("/".join, split.missing_in_val)))
     return PrepareReport(

@@ -144,3 +144,13 @@ def test_a_leak_into_a_reference_set_is_caught_and_named(pipeline: Project, tmp_
     assert "copy.jpg" in str(error.value) and "synthetic://" in str(error.value)
     assert "other.jpg" not in str(error.value) and "nothing written" in str(error.value)
     assert (pipeline.artifacts / "prepared/train.json").read_bytes() == before
+
+
+def test_reference_sets_by_tag(pipeline: Project) -> None:
+    missing = r"'night'.*no annotated images tagged \['night-shift'\]"
+    with pytest.raises(AnonlabError, match=missing):
+        prepare(pipeline, "prepare.reference_sets=[{name:night,tags:[night-shift]}]")
+    # A source name is a tag: here it selects every image, leaving nothing to train on.
+    report = prepare(pipeline, "prepare.reference_sets=[{name:all,tags:[synthetic]}]")
+    assert report.images["train"] == report.images["val"] == 0
+    assert report.images["ref-all"] == len(load(pipeline, "ref-all")["images"]) > 0
