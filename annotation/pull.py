@@ -24,10 +24,10 @@ from urllib.parse import parse_qs, urlparse
 
 from annotation.config import AnnotationConfig
 from annotation.convert import ImageRef, check_export, to_coco
-from annotation.push import read_reviewed
 from data import atomic
 from data.config import TaxonomyConfig
 from data.errors import AnonlabError
+from data.manifest import read_reviewed
 
 log = logging.getLogger(__name__)
 

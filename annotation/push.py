@@ -42,7 +42,7 @@ from data import atomic
 from data.collect import LABEL_STUDIO_LOCAL_FILES
 from data.config import TaxonomyConfig
 from data.errors import AnonlabError
-from data.manifest import MANIFEST, ManifestRecord, read_manifest
+from data.manifest import ManifestRecord, read_reviewed
 from data.progress import bar, progress
 
 log = logging.getLogger(__name__)
@@ -177,18 +177,6 @@ def run_push(cfg: AnnotationConfig, taxonomy: TaxonomyConfig, artifacts: Path) -
         model_version=model_version,
         uncertainty=[predictions[i].uncertainty for i in order],
     )
-
-
-def read_reviewed(artifacts: Path) -> list[ManifestRecord]:
-    path = artifacts / "reviewed" / MANIFEST
-    if not path.is_file():
-        raise AnonlabError(f"{path} not found: run `anonlab review` first")
-    try:
-        return read_manifest(path)
-    except (TypeError, ValueError) as e:
-        raise AnonlabError(
-            f"{path} is not a manifest written by review ({e}): run `anonlab review` again"
-        ) from None
 
 
 def ensure_project(

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from annotation.client import TaskCounts, connect
 from annotation.config import AnnotationConfig
-from annotation.push import image_url, read_reviewed
+from annotation.push import image_url
+from data.manifest import read_reviewed
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from data.atomic import read_jsonl, write_jsonl
+from data.errors import AnonlabError
 
 MANIFEST = "manifest.jsonl"
 
@@ -92,3 +93,16 @@ class QuarantineRecord(Record):
     reason: str
     detail: str
     quarantined_at: str
+
+
+def read_reviewed(artifacts: str | Path) -> list[ManifestRecord]:
+    """The images review kept (`artifacts/reviewed/manifest.jsonl`): what later stages use."""
+    path = Path(artifacts) / "reviewed" / MANIFEST
+    if not path.is_file():
+        raise AnonlabError(f"{path} not found: run `anonlab review` first")
+    try:
+        return read_manifest(path)
+    except (TypeError, ValueError) as e:
+        raise AnonlabError(
+            f"{path} is not a manifest written by review ({e}): run `anonlab review` again"
+        ) from None

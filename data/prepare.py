@@ -39,7 +39,7 @@ from data import atomic
 from data.config import PrepareConfig, ReferenceSetConfig, TaxonomyConfig
 from data.errors import AnonlabError
 from data.leakage import find_leaks
-from data.manifest import MANIFEST, ManifestRecord, read_manifest
+from data.manifest import ManifestRecord, read_reviewed
 from data.progress import progress
 from data.size_buckets import BUCKETS, size_bucket
 from data.splits import split_sessions
@@ -70,7 +70,7 @@ def run_prepare(
 ) -> PrepareReport:
     """Write `artifacts/prepared/` from the reviewed manifest and the annotations."""
     artifacts = Path(artifacts)
-    records = {r.sha256: r for r in _read_reviewed(artifacts)}
+    records = {r.sha256: r for r in read_reviewed(artifacts)}
     coco = _read_annotations(artifacts)
     categories = _categories(taxonomy)
     _check_categories(coco, taxonomy)
@@ -177,13 +177,6 @@ def _dataset_file(name: str) -> str:
 def _describe(image: str, records: dict[str, ManifestRecord]) -> str:
     """Where an image came from: its source path (store images), else its path."""
     return records[image].source_path if image in records else image
-
-
-def _read_reviewed(artifacts: Path) -> list[ManifestRecord]:
-    path = artifacts / "reviewed" / MANIFEST
-    if not path.is_file():
-        raise AnonlabError(f"{path} not found: run `anonlab review` first")
-    return read_manifest(path)
 
 
 def _read_annotations(artifacts: Path) -> dict[str, Any]:
