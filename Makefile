@@ -40,6 +40,7 @@ config: setup
 
 benchmarks: setup
 	$(RUN) python benchmarks/review_throughput.py
+	$(RUN) python benchmarks/loader_throughput.py
 
 clean:
 	rm -rf artifacts .pytest_cache .ruff_cache
