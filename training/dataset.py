@@ -94,6 +94,7 @@ class CocoDetection(Dataset[tuple[torch.Tensor, Target]]):
             # Crops and resizes change the area; the mask's pixel count is the new one.
             out["area"] = _areas(out["masks"], out["boxes"])
             target = out
+        target = _without_empty_boxes(target)
         tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         result: Target = {
             "boxes": torch.from_numpy(target["boxes"]).reshape(-1, 4),
@@ -107,6 +108,18 @@ class CocoDetection(Dataset[tuple[torch.Tensor, Target]]):
             result["keypoints"] = torch.from_numpy(target["keypoints"])
         # uint8 -> float32 in one pass: dividing a float64 intermediate would double the cost.
         return tensor.to(torch.float32).div_(255.0), result
+
+
+def _without_empty_boxes(target: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Drop instances whose box has no width or height (an empty mask, a degenerate box):
+    torchvision's detection models refuse them, and they carry nothing to learn from."""
+    boxes = target["boxes"].reshape(-1, 4)
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    if keep.all():
+        return target
+    return {
+        k: (v[keep] if k != "image_id" and len(v) == len(keep) else v) for k, v in target.items()
+    }
 
 
 def _check_categories(categories: list[dict[str, Any]], classes: list[str], where: Path) -> None:

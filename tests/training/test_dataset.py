@@ -210,3 +210,16 @@ def test_worker_init_fn_seeds_the_augmenter(
     partial(worker_init_fn, base_seed=100)(2)
     worker_init_fn(2)
     assert seeds == [102, 12345]
+
+
+def test_instances_with_degenerate_boxes_are_dropped(coco_file: Path) -> None:
+    data = json.loads(coco_file.read_text())
+    flat = {**_ann(np.pad(np.ones((1, 1), np.uint8), ((0, 47), (0, 63))), 4), "image_id": 1}
+    flat["bbox"] = [5, 5, 0, 3]  # no width: torchvision's models refuse such a box
+    data["annotations"].append({**flat, "id": 99})
+    coco_file.write_text(json.dumps(data))
+    _, target = _dataset(coco_file)[0]
+    # The zero-width vehicle is gone from every field; the person and the plate stay.
+    assert target["labels"].tolist() == [2, 3]
+    assert len(target["boxes"]) == len(target["masks"]) == len(target["keypoints"]) == 2
+    assert len(target["area"]) == len(target["iscrowd"]) == 2
