@@ -169,10 +169,11 @@ def run_collect(
                 first = previous.manifest.get(out.sha256)
                 collected_at = datetime.fromisoformat(first.collected_at) if first else now
                 manifest[out.sha256] = _record(c, out.sha256, out.info, collected_at, retention)
+                report.new += first is None
                 if c.task is not None:
                     tasks.append(c.task)
             progress.set_postfix(
-                new=sum(1 for s in manifest if s not in previous.manifest),
+                new=report.new,
                 dup=len(duplicates),
                 quarantined=len(quarantine),
                 refresh=False,
@@ -180,7 +181,6 @@ def run_collect(
     progress.close()
 
     report.images = len(manifest)
-    report.new = sum(1 for sha in manifest if sha not in previous.manifest)
     report.duplicate = len(duplicates)
     report.quarantined = len(quarantine)
     report.quarantined_by_reason = dict(Counter(q.reason for q in quarantine))

@@ -112,10 +112,14 @@ def run_prepare(
     split = split_sessions(strata, counts, val_ratio=cfg.val_ratio, seed=cfg.seed)
     in_val = set(split.val)
 
+    splits = {
+        "train": [img for img in pool if session_of[img["id"]] not in in_val],
+        "val": [img for img in pool if session_of[img["id"]] in in_val],
+    }
+
     # 3. Leaks.
-    train_images = [img for img in pool if session_of[img["id"]] not in in_val]
     leaks = find_leaks(
-        {img["sha256"]: _phash(records[img["sha256"]]) for img in train_images},
+        {img["sha256"]: _phash(records[img["sha256"]]) for img in splits["train"]},
         ref_hashes,
         max_hamming=cfg.leak_hamming,
     )
@@ -135,10 +139,6 @@ def run_prepare(
     out_dir = artifacts / "prepared"
     rng = np.random.default_rng(cfg.seed)
     with atomic.staged_dir(out_dir) as stage:
-        splits = {
-            "train": [img for img in pool if session_of[img["id"]] not in in_val],
-            "val": [img for img in pool if session_of[img["id"]] in in_val],
-        }
         datasets = {
             name: _tiled(chosen, anns_by_image, categories, cfg, artifacts, stage, rng, name)
             for name, chosen in splits.items()
