@@ -63,13 +63,12 @@ import numpy as np
 from pycocotools import mask as mask_util
 
 from annotation.labeling_config import SAME_OBJECT
+from data.coco import KEYPOINT_CLASS
+from data.coco import categories as coco_categories
 from data.errors import AnonlabError
 from data.progress import bar
 
 log = logging.getLogger(__name__)
-
-# The class whose instances carry the taxonomy's keypoints.
-KEYPOINT_CLASS = "person"
 
 # Issue kinds: stable names, what they mean and what was done.
 ISSUE_KINDS = {
@@ -144,13 +143,8 @@ def to_coco(
 ) -> Conversion:
     """Convert a Label Studio export to COCO; see the module docstring for the rules."""
     check_export(tasks)
-    category_ids = {name: k for k, name in enumerate(classes, start=1)}
-    categories: list[dict[str, Any]] = []
-    for name, cid in category_ids.items():
-        category: dict[str, Any] = {"id": cid, "name": name, "supercategory": name}
-        if name == KEYPOINT_CLASS:
-            category.update(keypoints=list(keypoints), skeleton=[])
-        categories.append(category)
+    categories = coco_categories(classes, keypoints)
+    category_ids = {c["name"]: c["id"] for c in categories}
 
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []

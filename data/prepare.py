@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image
 
 from data import atomic
+from data.coco import categories as coco_categories
 from data.config import PrepareConfig, ReferenceSetConfig, TaxonomyConfig
 from data.errors import AnonlabError
 from data.leakage import find_leaks
@@ -72,7 +73,7 @@ def run_prepare(
     artifacts = Path(artifacts)
     records = {r.sha256: r for r in read_reviewed(artifacts)}
     coco = _read_annotations(artifacts)
-    categories = _categories(taxonomy)
+    categories = coco_categories(taxonomy.classes, taxonomy.keypoints)
     _check_categories(coco, taxonomy)
 
     images = [i for i in coco["images"] if i.get("sha256") in records]
@@ -190,14 +191,6 @@ def _read_annotations(artifacts: Path) -> dict[str, Any]:
     if not isinstance(coco, dict) or not {"images", "annotations", "categories"} <= coco.keys():
         raise AnonlabError(f"{path} is not a COCO file: run `anonlab annotate pull` again")
     return coco
-
-
-def _categories(taxonomy: TaxonomyConfig) -> list[dict[str, Any]]:
-    categories = [{"id": i + 1, "name": name} for i, name in enumerate(taxonomy.classes)]
-    for c in categories:
-        if c["name"] == "person":
-            c.update(keypoints=list(taxonomy.keypoints), skeleton=[])
-    return categories
 
 
 def _check_categories(coco: dict[str, Any], taxonomy: TaxonomyConfig) -> None:
