@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from datetime import datetime
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 from PIL import Image
+
+from data.manifest import ManifestRecord
 
 
 def texture(width: int, height: int, seed: int = 0) -> np.ndarray:
@@ -61,3 +64,28 @@ def pil_bytes(arr: np.ndarray, fmt: str, **kwargs: object) -> bytes:
     out = io.BytesIO()
     Image.fromarray(arr).save(out, fmt, **kwargs)
     return out.getvalue()
+
+
+def store_jpeg(
+    artifacts: Path, data: bytes, *, width: int, height: int, source_path: str, session: str
+) -> ManifestRecord:
+    """Put JPEG `data` into the raw store under `artifacts` as collect would; its record."""
+    sha = hashlib.sha256(data).hexdigest()
+    rel = f"images/{sha[:2]}/{sha}.jpg"
+    write(artifacts / "raw" / rel, data)
+    return ManifestRecord(
+        sha256=sha,
+        path=rel,
+        source="test",
+        source_path=source_path,
+        session=session,
+        width=width,
+        height=height,
+        format="JPEG",
+        bit_depth=8,
+        channels=3,
+        size=len(data),
+        source_version=f"sha256:{sha}",
+        collected_at="2026-11-22T00:00:00+00:00",
+        delete_after="2027-05-21T00:00:00+00:00",
+    )

@@ -3,7 +3,6 @@ annotator would, pull: the COCO geometry is what was drawn, within one pixel."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -22,31 +21,19 @@ from data.manifest import ManifestRecord, write_manifest
 from data.synthetic import CLASSES, KEYPOINTS, SyntheticImage, generate, labelstudio_task
 from tests.annotation.conftest import LabelStudioUnderTest
 from tests.conftest import REPO
+from tests.images import store_jpeg
 
 TAXONOMY = TaxonomyConfig(classes=list(CLASSES), keypoints=list(KEYPOINTS))
 
 
 def store(artifacts: Path, img: SyntheticImage) -> ManifestRecord:
-    data = img.encode()
-    sha = hashlib.sha256(data).hexdigest()
-    rel = f"images/{sha[:2]}/{sha}.jpg"
-    (artifacts / "raw" / rel).parent.mkdir(parents=True, exist_ok=True)
-    (artifacts / "raw" / rel).write_bytes(data)
-    return ManifestRecord(
-        sha256=sha,
-        path=rel,
-        source="synthetic",
-        source_path=img.name,
-        session=img.session,
+    return store_jpeg(
+        artifacts,
+        img.encode(),
         width=img.width,
         height=img.height,
-        format="JPEG",
-        bit_depth=8,
-        channels=3,
-        size=len(data),
-        source_version=f"sha256:{sha}",
-        collected_at="2026-11-22T00:00:00+00:00",
-        delete_after="2027-05-21T00:00:00+00:00",
+        source_path=img.name,
+        session=img.session,
     )
 
 

@@ -3,7 +3,6 @@ uncertain-first ordering on hand-made detections."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -30,7 +29,7 @@ from data.config import TaxonomyConfig
 from data.errors import AnonlabError
 from data.manifest import ManifestRecord, write_manifest
 from tests.annotation.conftest import LabelStudioUnderTest, free_port
-from tests.images import jpeg_bytes, texture
+from tests.images import jpeg_bytes, store_jpeg, texture
 
 REPO = Path(__file__).resolve().parents[2]
 TAXONOMY = TaxonomyConfig(
@@ -47,33 +46,17 @@ def annotation_cfg(url: str, title: str, **overrides: object) -> AnnotationConfi
 
 def add_images(artifacts: Path, seeds: list[int]) -> list[ManifestRecord]:
     """Store one small JPEG per seed in the raw store; their manifest records."""
-    records = []
-    for seed in seeds:
-        data = jpeg_bytes(texture(160 + seed, 120, seed))
-        sha = hashlib.sha256(data).hexdigest()
-        rel = f"images/{sha[:2]}/{sha}.jpg"
-        path = artifacts / "raw" / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        records.append(
-            ManifestRecord(
-                sha256=sha,
-                path=rel,
-                source="test",
-                source_path=f"/cam/{seed}.jpg",
-                session="s1",
-                width=160 + seed,
-                height=120,
-                format="JPEG",
-                bit_depth=8,
-                channels=3,
-                size=len(data),
-                source_version=f"sha256:{sha}",
-                collected_at="2025-01-01T00:00:00+00:00",
-                delete_after="2026-01-01T00:00:00+00:00",
-            )
+    return [
+        store_jpeg(
+            artifacts,
+            jpeg_bytes(texture(160 + seed, 120, seed)),
+            width=160 + seed,
+            height=120,
+            source_path=f"/cam/{seed}.jpg",
+            session="s1",
         )
-    return records
+        for seed in seeds
+    ]
 
 
 def review(artifacts: Path, records: list[ManifestRecord]) -> None:
