@@ -13,6 +13,9 @@ one CPU with torch and OpenCV on one thread:
   (b) the same dataset without augmentation (decode, RLE masks, targets, to tensor);
   (c) the decode floor: PIL decode + to-tensor only, no masks or targets.
 
+All three yield uint8 CxHxW tensors, as the dataset does (float conversion happens on the
+model's device).
+
 The three take turns every 20 samples, so load from other processes weighs on all alike; each
 figure is the median over the rounds. Target (from the issue): (a) at least 40 samples/s.
 """
@@ -168,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     def floor(i: int) -> torch.Tensor:
         path = folder / plain.images[i]["file_name"]
         pixels = np.array(Image.open(path).convert("RGB"))
-        return torch.from_numpy(pixels).permute(2, 0, 1).to(torch.float32).div_(255.0)
+        return torch.from_numpy(pixels).permute(2, 0, 1)
 
     methods: dict[str, Callable[[int], object]] = {
         "(a) dataset + default augmentation": augmented.__getitem__,

@@ -257,6 +257,32 @@ def test_night_darkening_darkens() -> None:
     assert out_image[..., 2].mean() > out_image[..., 0].mean()
 
 
+def test_night_darkening_noise_has_the_configured_spread() -> None:
+    # No gamma or tint: what is left is the grain, the same on all three channels.
+    image = np.full((200, 300, 3), 128, np.uint8)
+    empty = {
+        "boxes": np.zeros((0, 4), np.float32),
+        "labels": np.zeros(0, np.int64),
+        "masks": np.zeros((0, 200, 300), np.uint8),
+        "keypoints": np.zeros((0, 5, 3), np.float32),
+    }
+    spec = [
+        {
+            "name": "NightDarkening",
+            "gamma_range": [1.0, 1.0],
+            "blue_tint_range": [0.0, 0.0],
+            "noise_std_range": [6.0, 6.0],
+            "p": 1.0,
+        }
+    ]
+    out_image, _ = _apply(spec, image, empty)
+    grain = out_image.astype(np.float32) - 128
+    assert abs(grain.mean()) < 0.1
+    assert 5.7 < grain.std() < 6.3
+    np.testing.assert_array_equal(out_image[..., 0], out_image[..., 2])
+    assert np.mean(np.abs(grain[..., 0]) > 12) > 0.03  # tails beyond 2 sigma, as a normal has
+
+
 def test_seed_makes_the_pipeline_deterministic() -> None:
     spec = [
         {"name": "HorizontalFlip", "p": 0.5},
@@ -320,6 +346,20 @@ def test_empty_target() -> None:
         ),
         ([{"p": 0.5}], ["augment[0]", "needs a 'name'"]),
         ([{"name": "OverlayElements"}], ["augment[0].name", "cannot move bboxes, keypoints"]),
+        # Instance masks travel as bits of one array: nothing may blend, fill or relabel them.
+        (
+            [{"name": "Rotate", "mask_interpolation": 1}],
+            ["augment[0].mask_interpolation = 1", "exact bits", "cv2.INTER_NEAREST"],
+        ),
+        (
+            [{"name": "CoarseDropout", "fill_mask": 1}],
+            ["augment[0].fill_mask = 1", "belongs to no instance"],
+        ),
+        ([{"name": "MaskDropout"}], ["augment[0].name", "mask values as object labels"]),
+        (
+            [{"name": "CropNonEmptyMaskIfExists", "height": 8, "width": 8, "ignore_values": [1]}],
+            ["augment[0].ignore_values = [1]", "no class values"],
+        ),
     ],
 )
 def test_bad_spec_is_a_config_error_naming_the_entry(spec: list[dict], expected: list[str]) -> None:

@@ -20,6 +20,7 @@ from training.dataset import (
     GroupedBatchSampler,
     aspect_ratio_groups,
     collate,
+    images_to_float,
     worker_init_fn,
 )
 
@@ -91,10 +92,13 @@ def _extent(mask: torch.Tensor) -> list[float]:
 
 def test_targets_have_torchvision_shapes_and_dtypes(coco_file: Path) -> None:
     image, target = _dataset(coco_file)[0]
-    assert image.shape == (3, 48, 64) and image.dtype == torch.float32
-    assert image.min() >= 0.0 and image.max() <= 1.0
-    expected = np.asarray(Image.open(coco_file.parent / "tiles/1.png"), np.float32) / 255
-    assert torch.allclose(image, torch.from_numpy(expected).permute(2, 0, 1), atol=1e-6)
+    assert image.shape == (3, 48, 64) and image.dtype == torch.uint8
+    expected = np.array(Image.open(coco_file.parent / "tiles/1.png"))
+    assert torch.equal(image, torch.from_numpy(expected).permute(2, 0, 1))
+    # What the model is fed: float in [0, 1], the same pixels.
+    (as_float,) = images_to_float([image], "cpu")
+    assert as_float.dtype == torch.float32
+    assert torch.allclose(as_float * 255, image.float(), atol=1e-4)
     assert target["boxes"].shape == (2, 4) and target["boxes"].dtype == torch.float32
     assert target["labels"].tolist() == [2, 3] and target["labels"].dtype == torch.int64
     assert target["masks"].shape == (2, 48, 64) and target["masks"].dtype == torch.uint8
@@ -223,3 +227,12 @@ def test_instances_with_degenerate_boxes_are_dropped(coco_file: Path) -> None:
     assert target["labels"].tolist() == [2, 3]
     assert len(target["boxes"]) == len(target["masks"]) == len(target["keypoints"]) == 2
     assert len(target["area"]) == len(target["iscrowd"]) == 2
+
+
+def test_a_mask_of_the_wrong_size_names_the_annotation(coco_file: Path) -> None:
+    coco = json.loads(coco_file.read_text(encoding="utf-8"))
+    wrong = mask_utils.encode(np.asfortranarray(np.ones((10, 10), np.uint8)))
+    coco["annotations"][1]["segmentation"] = {"size": [10, 10], "counts": wrong["counts"].decode()}
+    coco_file.write_text(json.dumps(coco), encoding="utf-8")
+    with pytest.raises(AnonlabError, match=r"annotation 2: bad segmentation: RLE size \[10, 10\]"):
+        _dataset(coco_file)[0]
