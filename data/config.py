@@ -269,6 +269,8 @@ def _dotted(loc: Sequence[int | str]) -> str:
 
 def _describe(err: Any, model: type[BaseModel]) -> str:
     loc = tuple(err["loc"])
+    if not loc:  # a check across sections: its message names the keys
+        return str(err["msg"]).removeprefix("Value error, ")
     key = _dotted(loc)
     value = err.get("input")
     if err["type"] == "extra_forbidden":

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import model_validator
+
 from annotation.config import AnnotationConfig
 from data.config import (
     CollectConfig,
@@ -22,7 +24,7 @@ from data.config import (
     read_params,
     validate,
 )
-from training.config import AugmentConfig
+from training.config import AugmentConfig, ModelConfig, TrainConfig
 
 
 class Params(Section):
@@ -34,6 +36,25 @@ class Params(Section):
     annotation: AnnotationConfig
     prepare: PrepareConfig
     augment: AugmentConfig
+    models: dict[str, ModelConfig]
+    train: TrainConfig
+
+    @model_validator(mode="after")
+    def _models_known(self) -> Params:
+        for name in self.train.models:
+            if name not in self.models:
+                raise ValueError(
+                    f"train.models = {self.train.models!r}: {name!r} is not defined; "
+                    f"defined models (conf/model/, under models.<name>): {', '.join(self.models)}"
+                )
+        for name, model in self.models.items():
+            unknown = [c for c in model.classes if c not in self.taxonomy.classes]
+            if unknown:
+                raise ValueError(
+                    f"models.{name}.classes = {model.classes!r}: {unknown} not in "
+                    f"taxonomy.classes {self.taxonomy.classes}"
+                )
+        return self
 
 
 @dataclass(frozen=True)
