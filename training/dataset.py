@@ -44,7 +44,8 @@ Target = dict[str, torch.Tensor]
 class CocoDetection(Dataset[tuple[torch.Tensor, Target]]):
     """One sample per COCO image, annotated or not (empty tiles are negatives, kept on purpose).
 
-    Targets: `boxes` (N, 4) float32 xyxy, `labels` (N,) int64 (the file's category ids, 1..n),
+    Targets: `boxes` (N, 4) float32 xyxy, `labels` (N,) int64 (1..m in `model_classes` order;
+    by default all the file's classes, whose ids are 1..n in `classes` order),
     `masks` (N, H, W) uint8, `keypoints` (N, K, 3) float32 (zeros for instances without any;
     only when `keypoints` is true), `image_id` int64, `area` (N,) float32, `iscrowd` (N,) int64.
     """
@@ -57,6 +58,7 @@ class CocoDetection(Dataset[tuple[torch.Tensor, Target]]):
         keypoint_names: Sequence[str],
         augmenter: Augmenter | None = None,
         keypoints: bool = True,
+        model_classes: Sequence[str] | None = None,
     ) -> None:
         self.coco_file = Path(coco_file)
         self.root = self.coco_file.parent
@@ -71,8 +73,18 @@ class CocoDetection(Dataset[tuple[torch.Tensor, Target]]):
         _check_categories(coco.get("categories", []), self.classes, self.coco_file)
         self.images: list[dict[str, Any]] = list(coco["images"])
         self.annotations: dict[int, list[dict[str, Any]]] = {img["id"]: [] for img in self.images}
+        # A model may detect a subset of the file's classes (Keypoint R-CNN: persons only): its
+        # labels are 1..m in `model_classes` order and other classes' annotations are left out.
+        self.model_classes = list(model_classes) if model_classes is not None else self.classes
+        unknown = [c for c in self.model_classes if c not in self.classes]
+        if unknown:
+            raise AnonlabError(f"model classes {unknown} are not in {self.coco_file}'s classes")
+        relabel = {self.classes.index(c) + 1: i + 1 for i, c in enumerate(self.model_classes)}
         for ann in coco["annotations"]:
-            self.annotations[ann["image_id"]].append(ann)
+            if ann["category_id"] in relabel:
+                self.annotations[ann["image_id"]].append(
+                    {**ann, "category_id": relabel[ann["category_id"]]}
+                )
 
     def __len__(self) -> int:
         return len(self.images)

@@ -236,3 +236,16 @@ def test_a_mask_of_the_wrong_size_names_the_annotation(coco_file: Path) -> None:
     coco_file.write_text(json.dumps(coco), encoding="utf-8")
     with pytest.raises(AnonlabError, match=r"annotation 2: bad segmentation: RLE size \[10, 10\]"):
         _dataset(coco_file)[0]
+
+
+def test_a_model_of_some_classes_sees_only_those_relabelled(coco_file: Path) -> None:
+    persons = _dataset(coco_file, model_classes=["person"])
+    _, target = persons[0]
+    assert target["labels"].tolist() == [1]  # the person; the plate is left out
+    assert target["keypoints"][0, 0].tolist() == [16, 8, 2]
+    _, target = persons[1]
+    assert target["labels"].shape == (0,)  # only a face there
+    plates = _dataset(coco_file, model_classes=["license_plate"])
+    assert plates[0][1]["labels"].tolist() == [1]
+    with pytest.raises(AnonlabError, match=r"model classes \['bicycle'\] are not in"):
+        _dataset(coco_file, model_classes=["bicycle"])
