@@ -76,6 +76,13 @@ class ModelConfig(Section):
     # Images are resized so the short side is min_size (long side at most max_size).
     min_size: int = Field(ge=32)
     max_size: int = Field(ge=32)
+    # Region proposals kept per image after NMS (2x that before NMS), in training and inference.
+    proposals_per_image: int = Field(ge=1)
+    # Proposals sampled per image to train the box and mask heads (a quarter positives at most).
+    # The mask head costs about 0.5 GFLOP per positive: the main lever of CPU training time.
+    rois_per_image: int = Field(ge=1)
+    # Detections per image at inference (masks are computed for each).
+    detections_per_image: int = Field(ge=1)
 
     @field_validator("backbone")
     @classmethod
