@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -124,6 +125,73 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_overrides(overrides: Sequence[str]) -> list[str]:
+    """`resume=true` means `train.resume=true`: a key without a dot that is not a root key of
+    params.yaml is taken as a key of the train section."""
+    roots = {"seed", "paths", "taxonomy", "collect", "review", "annotation", "prepare"}
+    roots |= {"augment", "models", "train"}
+    out = []
+    for item in overrides:
+        key, eq, value = item.partition("=")
+        bare = key.lstrip("+~")
+        if eq and "." not in bare and bare not in roots:
+            item = f"{key[: len(key) - len(bare)]}train.{bare}={value}"
+        out.append(item)
+    return out
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from serving.params import load_project
+
+    project = load_project(args.params, _train_overrides(args.overrides))
+    from training.loop import TrainingInterrupted, TrainSetup, run_train
+
+    p = project.params
+    names = [args.model] if args.model else list(p.train.models)
+    for name in names:
+        if name not in p.models:
+            raise AnonlabError(
+                f"--model {name}: not a model of this project; models (conf/model/): "
+                f"{', '.join(p.models)}"
+            )
+    for name in names:
+        setup = TrainSetup(
+            name=name,
+            model=p.models[name],
+            train=p.train,
+            augment=p.augment,
+            taxonomy=p.taxonomy,
+            seed=p.seed,
+            artifacts=project.artifacts,
+            root=project.root,
+        )
+        try:
+            result = run_train(setup)
+        except TrainingInterrupted as e:
+            print(f"error: {e}", file=sys.stderr)
+            return e.exit_code
+        if int(os.environ.get("RANK", "0")) == 0:
+            best = result.best.get("mean_recall")
+            untrained = result.untrained.get("mean_recall")
+            print(
+                f"{name}: {result.steps} steps; val mean recall {_fmt(best)} "
+                f"(untrained {_fmt(untrained)}) -> {result.out_dir}"
+            )
+    return 0
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        help="the model to train (a name under models:, from conf/model/); default: each of "
+        "train.models in turn",
+    )
+
+
 # name -> (one-line help, longer description, extra arguments, handler); a name of two words
 # is a sub-command of the group named by the first (see GROUPS).
 Command = tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[..., int]]
@@ -219,6 +287,19 @@ COMMANDS: dict[str, Command] = {
         "tiles/, stats.json, sizes.json.",
         _no_args,
         _cmd_prepare,
+    ),
+    "train": (
+        "train a detector (Mask R-CNN or Keypoint R-CNN), resumable, on one or many GPUs",
+        "Train models.<name> (conf/model/) on artifacts/prepared/train.json with the train "
+        "section: validation recall on val.json every train.val_every steps picks "
+        "checkpoints/best.pt and weights.safetensors; checkpoints/last.pt is written every "
+        "train.checkpoint_every steps, on SIGTERM or Ctrl-C, and before stopping on a NaN "
+        "loss. `anonlab train resume=true` continues exactly (short keys mean train.<key>). "
+        "Several GPUs or machines: torchrun --nproc-per-node=N --no-python anonlab train. "
+        "Every run is tracked in MLflow (MLFLOW_TRACKING_URI, else mlflow.db) and registered "
+        "under the model's name.",
+        _train_args,
+        _cmd_train,
     ),
 }
 

@@ -55,7 +55,19 @@ def counts(work: Path) -> tuple[int, int, int]:
 
 def test_exp_run_with_a_hydra_override_runs_the_pipeline(repo: Path) -> None:
     holdout = "prepare.reference_sets=[{name:holdout,sessions:[synthetic-drive-001]}]"
-    sh(repo, "dvc", "exp", "run", "-S", "collect.synthetic.count=24", "-S", holdout)
+    # One training step per model: the train stages run, quickly.
+    sh(
+        repo,
+        "dvc",
+        "exp",
+        "run",
+        "-S",
+        "collect.synthetic.count=24",
+        "-S",
+        holdout,
+        "-S",
+        "train.max_steps=1",
+    )
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["collect"]["synthetic"]["count"] == 24
     assert params["prepare"]["reference_sets"][0]["sessions"] == ["synthetic-drive-001"]
@@ -69,6 +81,9 @@ def test_exp_run_with_a_hydra_override_runs_the_pipeline(repo: Path) -> None:
     assert stats["train"]["images"] and stats["ref-holdout"]["images"]
     # Nothing changed: DVC skips every stage.
     out = sh(repo, "dvc", "repro")
-    assert out.count("didn't change, skipping") == 4
+    assert out.count("didn't change, skipping") == 4 + len(params["train"]["models"])
+    for model in params["train"]["models"]:
+        trained = json.loads((repo / f"artifacts/models/{model}/metrics.json").read_text())
+        assert trained["steps"] == 1 and (repo / f"artifacts/models/{model}").is_dir()
     metrics = sh(repo, "dvc", "metrics", "show", "--json")
     assert "artifacts/reviewed/metrics.json" in metrics

@@ -1,0 +1,251 @@
+"""The training loop on the synthetic data: determinism, exact resume, signals, NaN, DDP, MLflow.
+
+A tiny Mask R-CNN (ResNet-18 FPN at 64-96 px) keeps each run to seconds on the CPU; the data is
+the real pipeline's output (collect, review, annotate pull, prepare on synthetic images).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from data.collect import run_collect
+from data.config import compose
+from data.prepare import run_prepare
+from data.review import run_review
+from serving.cli import main as cli_main
+from serving.params import Project, load_project
+from tests.conftest import REPO
+
+MODEL = "maskrcnn_mobilenet_v3_fpn"
+DATA = [
+    "collect.synthetic.count=24",
+    "prepare.reference_sets=[{name:holdout,sessions:[synthetic-drive-001]}]",
+]
+TINY = [
+    f"train.models=[{MODEL}]",
+    f"models.{MODEL}.backbone=resnet18",
+    f"models.{MODEL}.trainable_layers=5",
+    f"models.{MODEL}.min_size=64",
+    f"models.{MODEL}.max_size=96",
+    f"models.{MODEL}.proposals_per_image=50",
+    f"models.{MODEL}.rois_per_image=16",
+    f"models.{MODEL}.detections_per_image=10",
+    "train.max_steps=6",
+    "train.batch_size=2",
+    "train.val_every=3",
+    "train.checkpoint_every=2",
+    "train.log_every=1",
+    "train.schedule.warmup_steps=2",
+]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project folder whose artifacts/prepared holds the synthetic train and val splits."""
+    from annotation.pull import run_pull
+
+    root = tmp_path_factory.mktemp("train-data")
+    (root / "params.yaml").write_text(compose(REPO / "conf", [*DATA, *TINY]), encoding="utf-8")
+    project = load_project(root / "params.yaml")
+    p = project.params
+    run_collect(p.collect, project.artifacts / "raw", taxonomy=p.taxonomy, root=project.root)
+    run_review(p.review, project.artifacts / "raw", project.artifacts / "reviewed")
+    run_pull(p.annotation, p.taxonomy, project.artifacts, project.root)
+    run_prepare(p.prepare, p.taxonomy, project.artifacts, project.root)
+    return root
+
+
+def _project(prepared: Path, where: Path, *overrides: str) -> Project:
+    """A fresh project in `where` that reads `prepared`'s splits (its own models/ and MLflow)."""
+    where.mkdir(parents=True, exist_ok=True)
+    shutil.copy(prepared / "params.yaml", where / "params.yaml")
+    (where / "artifacts").mkdir(exist_ok=True)
+    link = where / "artifacts" / "prepared"
+    if not link.exists():
+        link.symlink_to(prepared / "artifacts" / "prepared")
+    # The images the prepared files name live under artifacts/raw.
+    raw = where / "artifacts" / "raw"
+    if not raw.exists():
+        raw.symlink_to(prepared / "artifacts" / "raw")
+    return load_project(where / "params.yaml", list(overrides))
+
+
+def _train(project: Project, name: str = MODEL):
+    from training.loop import TrainSetup, run_train
+
+    p = project.params
+    return run_train(
+        TrainSetup(
+            name=name,
+            model=p.models[name],
+            train=p.train,
+            augment=p.augment,
+            taxonomy=p.taxonomy,
+            seed=p.seed,
+            artifacts=project.artifacts,
+            root=project.root,
+        )
+    )
+
+
+def _last_weights(project: Project) -> dict[str, torch.Tensor]:
+    from training.checkpoint import load_checkpoint
+
+    return load_checkpoint(project.artifacts / "models" / MODEL / "checkpoints" / "last.pt")[
+        "model"
+    ]
+
+
+def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+
+
+def test_a_seeded_run_repeats_and_an_interrupted_run_resumes_exactly(
+    prepared: Path, tmp_path: Path
+) -> None:
+    first = _project(prepared, tmp_path / "a")
+    result = _train(first)
+    assert result.steps == 6
+    out = first.artifacts / "models" / MODEL
+    for name in ("weights.safetensors", "config.yaml", "metrics.json", "curves/loss.json"):
+        assert (out / name).is_file(), name
+    assert (out / "checkpoints" / "best.pt").is_file()
+
+    second = _project(prepared, tmp_path / "b")
+    _train(second)
+    _assert_same(_last_weights(first), _last_weights(second))
+
+    # Interrupt a third run with SIGTERM as soon as its first checkpoint is on disk.
+    from training.loop import TrainingInterrupted
+
+    third = _project(prepared, tmp_path / "c")
+    last = third.artifacts / "models" / MODEL / "checkpoints" / "last.pt"
+
+    def terminate_after_first_checkpoint() -> None:
+        deadline = time.monotonic() + 120
+        while not last.exists() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    killer = threading.Thread(target=terminate_after_first_checkpoint, daemon=True)
+    killer.start()
+    with pytest.raises(TrainingInterrupted) as stopped:
+        _train(third)
+    killer.join()
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    assert "resume=true" in str(stopped.value)
+    from training.checkpoint import load_checkpoint
+
+    assert 2 <= load_checkpoint(last)["step"] < 6
+
+    resumed = _train(_project(prepared, tmp_path / "c", "train.resume=true"))
+    assert resumed.steps == 6
+    _assert_same(_last_weights(first), _last_weights(third))
+
+
+def test_training_is_tracked_in_mlflow(prepared: Path, tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    project = _project(prepared, tmp_path / "p", "train.max_steps=3", "train.val_every=3")
+    _train(project)
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("anonlab/train")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.optimizer.lr"] == str(project.params.train.optimizer.lr)
+    assert run.data.params["model.backbone"] == "resnet18"
+    assert run.data.tags["anonlab.model"] == MODEL
+    history = client.get_metric_history(run.info.run_id, "val/loss")
+    assert [m.step for m in history] == [0, 3]  # the untrained model, then after training
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3]
+    (version,) = client.search_model_versions(f"name='{MODEL}'")
+    assert version.run_id == run.info.run_id
+
+
+def test_a_non_finite_loss_stops_with_a_checkpoint_and_names_the_loss(
+    prepared: Path, tmp_path: Path
+) -> None:
+    from training.loop import TrainingDiverged
+    from training.models import build_model, save_weights
+
+    base = _project(prepared, tmp_path / "n")
+    model = build_model(base.params.models[MODEL], keypoint_names=[])
+    with torch.no_grad():
+        model.roi_heads.mask_predictor.mask_fcn_logits.bias.fill_(float("nan"))
+    poisoned = tmp_path / "nan.safetensors"
+    save_weights(model, poisoned)
+
+    project = _project(prepared, tmp_path / "n", f"models.{MODEL}.weights={poisoned}")
+    with pytest.raises(TrainingDiverged) as diverged:
+        _train(project)
+    message = str(diverged.value)
+    assert "step 1" in message and "loss_mask" in message and "loss_classifier" not in message
+    from training.checkpoint import load_checkpoint
+
+    checkpoint = load_checkpoint(project.artifacts / "models" / MODEL / "checkpoints" / "last.pt")
+    assert checkpoint["step"] == 0
+
+
+def test_a_backbone_that_does_not_exist_is_a_clear_error(
+    prepared: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli_main(
+        ["--params", str(prepared / "params.yaml"), "train", f"models.{MODEL}.backbone=resnet5"]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"models.{MODEL}.backbone = 'resnet5': unknown backbone" in err
+    assert "resnet50" in err and "mobilenet_v3_large" in err
+    assert not (prepared / "artifacts" / "models").exists()
+
+
+def test_ddp_with_two_processes_on_gloo(prepared: Path, tmp_path: Path) -> None:
+    project = _project(prepared, tmp_path / "ddp")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ANONLAB_PROGRESS": "0"}
+    torchrun = Path(sys.executable).parent / "torchrun"
+    anonlab = Path(sys.executable).parent / "anonlab"
+    done = subprocess.run(
+        [
+            str(torchrun),
+            "--nproc-per-node=2",
+            "--no-python",
+            str(anonlab),
+            "--params",
+            str(project.root / "params.yaml"),
+            "train",
+            "max_steps=4",
+            "val_every=4",
+        ],
+        cwd=project.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = project.artifacts / "models" / MODEL
+    assert (out / "weights.safetensors").is_file() and (out / "metrics.json").is_file()
+    assert done.stdout.count(f"{MODEL}: 4 steps") == 1  # rank 0 reports, rank 1 does not
+    from mlflow import MlflowClient
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("anonlab/train")
+    assert len(client.search_runs([experiment.experiment_id])) == 1  # rank 0 tracks alone

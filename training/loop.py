@@ -1,0 +1,701 @@
+"""The training loop: one model from `models.<name>`, on the prepared train split.
+
+`run_train(setup)` trains `setup.name` until `train.max_steps`, validating on val every
+`train.val_every` steps (and before the first step, which gives the untrained model's recall to
+compare against) and writing `artifacts/models/<name>/`:
+
+- `checkpoints/last.pt` every `train.checkpoint_every` steps, at the end, on SIGTERM/SIGINT and
+  before stopping on a non-finite loss; `checkpoints/best.pt` at the best validation recall;
+- `weights.safetensors` (the best checkpoint's weights) and `config.yaml`: what evaluation,
+  export and MLflow's model loader read;
+- `metrics.json` (DVC metrics): the best and final validation recall, the untrained recall;
+- `curves/loss.json` and `curves/val.json` (DVC plots).
+
+Decisions worth knowing:
+- The best checkpoint is chosen by mean validation recall at `train.score_threshold` (ties:
+  lower validation loss): recall is the release criterion, a missed face a legal incident.
+- Validation runs on rank 0 only, inside `torch.random.fork_rng`, so it never changes the
+  random stream training draws from: a run validated more or less often trains identically.
+- Resume (`train.resume=true`) restores model, optimizer, scheduler, scaler, every process's RNG
+  and the step; the data stream is a function of (seed, step) (`training.sampling`), so the
+  resumed run sees exactly the batches the uninterrupted one would have.
+- Under torchrun (WORLD_SIZE > 1) the model is wrapped in DDP (NCCL on GPUs, gloo on CPUs);
+  only rank 0 logs, tracks and writes. A stop request or a non-finite loss on any rank stops
+  every rank at the same step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+import torch.distributed as torch_dist
+import yaml
+from torch.utils.data import DataLoader
+
+from data.atomic import write_json, write_text
+from data.config import TaxonomyConfig
+from data.errors import AnonlabError
+from data.progress import bar
+from training.augment import build_augmenter
+from training.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from training.config import AugmentConfig, ModelConfig, ScheduleConfig, TrainConfig
+from training.dataset import CocoDetection, aspect_ratio_groups, collate, images_to_float
+from training.models import build_model, model_files_config, save_weights
+from training.sampling import BatchPlan, SeededSamples, StepBatches
+from training.tracking import Tracker, flatten, run_tags
+from training.val_recall import RecallCounter, flat_metrics
+
+__all__ = ["TrainResult", "TrainSetup", "TrainingDiverged", "TrainingInterrupted", "run_train"]
+
+log = logging.getLogger(__name__)
+
+# Keys that may differ between a checkpoint and the resuming config without changing the maths.
+_RESUME_FREE = {"resume", "workers", "device", "val_every", "checkpoint_every", "log_every"}
+
+
+class TrainingInterrupted(AnonlabError):
+    """SIGTERM or SIGINT: a checkpoint was written; `exit_code` is 128 + the signal number."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class TrainingDiverged(AnonlabError):
+    """A loss became NaN or infinite; the checkpoint holds the weights from before that step."""
+
+
+@dataclass
+class TrainResult:
+    model: str
+    steps: int
+    out_dir: Path
+    best: dict[str, Any] = field(default_factory=dict)
+    untrained: dict[str, Any] = field(default_factory=dict)
+    final: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainSetup:
+    """What one training run reads: the model's section and the ones the loop needs."""
+
+    name: str
+    model: ModelConfig
+    train: TrainConfig
+    augment: AugmentConfig
+    taxonomy: TaxonomyConfig
+    seed: int
+    artifacts: Path  # the artifacts root: reads prepared/, writes models/<name>/
+    root: Path  # the project root (git, dvc.lock, the default MLflow database)
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def run_train(setup: TrainSetup) -> TrainResult:
+    """Train `setup.model` with `setup.train`; see the module doc."""
+    dist = _init_distributed()
+    try:
+        return _Trainer(setup, dist).run()
+    finally:
+        if torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
+
+
+def _init_distributed() -> Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group(backend)
+    return Dist(torch_dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _device(setting: str, dist: Dist) -> torch.device:
+    if setting == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", dist.local_rank)
+        return torch.device("cpu")
+    try:
+        device = torch.device(setting)
+    except RuntimeError:
+        raise AnonlabError(
+            f"train.device = {setting!r}: not a device (auto, cpu, cuda, cuda:1)"
+        ) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AnonlabError(f"train.device = {setting!r}: this machine has no CUDA GPU; use auto")
+    return device
+
+
+def _precision(setting: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype; None for fp32."""
+    if setting == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None
+    if setting != "fp32" and device.type != "cuda":
+        raise AnonlabError(f"train.precision = {setting!r}: mixed precision needs a GPU; use auto")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[setting]
+
+
+def lr_factor(step: int, schedule: ScheduleConfig, max_steps: int) -> float:
+    """The learning-rate multiplier after `step` steps: linear warm-up, then cosine or step."""
+    if step < schedule.warmup_steps:
+        alpha = step / schedule.warmup_steps
+        return schedule.warmup_factor * (1 - alpha) + alpha
+    if schedule.name == "cosine":
+        span = max(1, max_steps - schedule.warmup_steps)
+        progress = min(1.0, (step - schedule.warmup_steps) / span)
+        low = schedule.min_factor
+        return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * progress))
+    passed = sum(step >= m * max_steps for m in schedule.milestones)
+    return schedule.gamma**passed
+
+
+class _StopRequest:
+    """SIGTERM/SIGINT set a flag; the loop stops after the step in progress."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequest:
+        try:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        except ValueError:  # not the main thread: signals stay with their owner
+            pass
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+        self.signum = signum
+        log.warning("%s: stopping after this step and writing a checkpoint", _signame(signum))
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _signame(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+def _worker_init(worker_id: int) -> None:
+    # Ctrl-C reaches the whole process group; the main process decides when to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class _Trainer:
+    def __init__(self, setup: TrainSetup, dist: Dist) -> None:
+        self.setup = setup
+        self.name = setup.name
+        self.dist = dist
+        self.cfg = setup.train
+        self.model_cfg = setup.model
+        self.out = setup.artifacts / "models" / setup.name
+        self.device = _device(self.cfg.device, dist)
+        self.autocast_dtype = _precision(self.cfg.precision, self.device)
+        self.history: dict[str, list[dict[str, Any]]] = {"loss": [], "val": []}
+        self.best: dict[str, Any] = {}
+        self.untrained: dict[str, Any] = {}
+        self.run_id: str | None = None
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def _config_record(self) -> dict[str, Any]:
+        return {
+            "model_name": self.name,
+            "model": self.model_cfg.model_dump(),
+            "train": self.cfg.model_dump(),
+            "augment": self.setup.augment.model_dump(),
+            "taxonomy": self.setup.taxonomy.model_dump(),
+            "seed": self.setup.seed,
+        }
+
+    def _datasets(self) -> tuple[CocoDetection, CocoDetection]:
+        prepared = self.setup.artifacts / "prepared"
+        taxonomy = self.setup.taxonomy
+        keypoints = self.model_cfg.kind == "keypointrcnn"
+        augmenter = build_augmenter(
+            self.setup.augment.transforms,
+            keypoint_names=taxonomy.keypoints,
+            min_visibility=self.setup.augment.min_visibility,
+            where="augment.transforms",
+        )
+        common = {
+            "classes": taxonomy.classes,
+            "keypoint_names": taxonomy.keypoints,
+            "keypoints": keypoints,
+            "model_classes": self.model_cfg.classes,
+        }
+        train = CocoDetection(prepared / "train.json", augmenter=augmenter, **common)
+        val = CocoDetection(prepared / "val.json", **common)
+        if len(train) == 0:
+            raise AnonlabError(f"{prepared / 'train.json'} has no images; run prepare")
+        return train, val
+
+    def _seed(self) -> None:
+        import random
+
+        import numpy as np
+
+        random.seed(self.setup.seed)
+        np.random.seed(self.setup.seed % 2**32)
+        torch.manual_seed(self.setup.seed)
+        if self.cfg.deterministic:
+            # CUDA has no deterministic kernels for some detection ops (roi_align backward):
+            # there it warns instead of failing; on the CPU a seeded run repeats bit for bit.
+            torch.use_deterministic_algorithms(True, warn_only=self.device.type == "cuda")
+
+    # -- the run --------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        self._seed()
+        train_set, self.val_set = self._datasets()
+        model = build_model(self.model_cfg, keypoint_names=self._keypoint_names())
+        model.to(self.device)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = _optimizer(self.cfg, trainable)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: lr_factor(s, self.cfg.schedule, self.cfg.max_steps)
+        )
+        scaler = torch.amp.GradScaler(
+            self.device.type, enabled=self.autocast_dtype == torch.float16
+        )
+        step = 0
+        last = self.out / "checkpoints" / "last.pt"
+        if self.cfg.resume:
+            if last.exists():
+                step = self._restore(last, model, optimizer, scheduler, scaler)
+            else:
+                log.warning("train.resume=true but %s does not exist: starting at step 0", last)
+        if step >= self.cfg.max_steps:
+            raise AnonlabError(
+                f"{last} is at step {step}, train.max_steps is {self.cfg.max_steps}: nothing to "
+                "do; raise train.max_steps to train longer, or resume=false to start over"
+            )
+        self.model = model
+        self.trainable = trainable
+        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
+        net: torch.nn.Module = model
+        if self.dist.world_size > 1:
+            net = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        plan = BatchPlan(
+            aspect_ratio_groups(train_set),
+            self.cfg.batch_size,
+            seed=self.setup.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+        )
+        loader = DataLoader(
+            SeededSamples(train_set),
+            batch_sampler=StepBatches(plan, start_step=step),
+            num_workers=self.cfg.workers,
+            collate_fn=collate,
+            pin_memory=self.device.type == "cuda",
+            worker_init_fn=_worker_init if self.cfg.workers else None,
+            persistent_workers=self.cfg.workers > 0,
+            # Its own generator: starting an iterator would otherwise draw from the global RNG,
+            # which a resumed run restored, and shift every random draw after it.
+            generator=torch.Generator().manual_seed(self.setup.seed),
+        )
+        tracker = Tracker(
+            self.setup.root,
+            experiment="anonlab/train",
+            run_name=self.name,
+            params=flatten(self._config_record()),
+            tags={**run_tags(self.setup.root, stage="train"), "anonlab.model": self.name},
+            enabled=self.dist.main,
+            resume_run_id=self.run_id,
+        )
+        with tracker, _StopRequest() as stop:
+            self.tracker = tracker
+            self.run_id = tracker.run_id
+            if step == 0:
+                self.untrained = self._validate(0)
+            self._loop(net, iter(loader), step, stop)
+            return self._finish()
+
+    def _loop(self, net: torch.nn.Module, batches: Iterator[Any], step: int, stop: Any) -> None:
+        cfg = self.cfg
+        progress = bar(total=cfg.max_steps, desc=f"train {self.name}", unit="step")
+        progress.n = progress.last_print_n = step
+        progress.disable = progress.disable or not self.dist.main
+        rate = None
+        tick = time.perf_counter()
+        net.train()
+        with progress:
+            while step < cfg.max_steps:
+                images, targets = next(batches)
+                images = images_to_float(images, self.device)
+                targets = [{k: v.to(self.device) for k, v in t.items()} for t in targets]
+                autocast = (
+                    torch.autocast(self.device.type, dtype=self.autocast_dtype)
+                    if self.autocast_dtype is not None
+                    else nullcontext()
+                )
+                with autocast:
+                    losses = net(images, targets)
+                total = sum(losses.values())
+                if not self._all_finite(total):
+                    self._diverged(step, losses)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(total).backward()
+                if cfg.clip_grad_norm is not None:
+                    self.scaler.unscale_(self.optimizer)
+                    torch.nn.utils.clip_grad_norm_(self.trainable, cfg.clip_grad_norm)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.scheduler.step()
+                step += 1
+
+                now = time.perf_counter()
+                seen = len(images) * self.dist.world_size / max(now - tick, 1e-9)
+                rate = seen if rate is None else 0.9 * rate + 0.1 * seen
+                tick = now
+                progress.update(1)
+                if step % cfg.log_every == 0 or step == cfg.max_steps:
+                    self._log_step(step, total, losses, rate, progress)
+                if (cfg.val_every and step % cfg.val_every == 0) or step == cfg.max_steps:
+                    self._validate(step)
+                    net.train()
+                stopping = self._stop_requested(stop)
+                due = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
+                if due or stopping or step == cfg.max_steps:
+                    self._save("last", step)
+                if stopping:
+                    signum = stop.signum or signal.SIGTERM
+                    raise TrainingInterrupted(
+                        f"{_signame(signum)}: stopped after step {step}/{cfg.max_steps}; "
+                        f"checkpoint written to {self.out / 'checkpoints' / 'last.pt'}. "
+                        "Continue with `anonlab train resume=true` (same config).",
+                        signum,
+                    )
+        self.steps = step
+
+    # -- per step -------------------------------------------------------------------------
+
+    def _all_finite(self, total: torch.Tensor) -> bool:
+        finite = torch.isfinite(total.detach()).to(torch.float32).reshape(1).cpu()
+        if self.dist.world_size > 1:
+            torch_dist.all_reduce(finite, op=torch_dist.ReduceOp.MIN)
+        return bool(finite.item())
+
+    def _stop_requested(self, stop: _StopRequest) -> bool:
+        flag = torch.tensor([1.0 if stop.signum is not None else 0.0])
+        if self.dist.world_size > 1:
+            torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def _diverged(self, step: int, losses: dict[str, torch.Tensor]) -> None:
+        bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v).all()}
+        # Nothing was updated by this step yet: the checkpoint holds the last good weights.
+        self._save("last", step)
+        where = f"on another process (rank != {self.dist.rank})" if not bad else ""
+        components = ", ".join(f"{k} = {v}" for k, v in bad.items()) or where
+        self.tracker.log_metrics({"train/diverged": 1.0}, step + 1)
+        raise TrainingDiverged(
+            f"step {step + 1}: non-finite loss ({components}); the weights before this step are "
+            f"in {self.out / 'checkpoints' / 'last.pt'}. Lower train.optimizer.lr, lengthen "
+            "train.schedule.warmup_steps or set train.clip_grad_norm, then resume=true"
+        )
+
+    def _log_step(
+        self,
+        step: int,
+        total: torch.Tensor,
+        losses: dict[str, torch.Tensor],
+        rate: float | None,
+        progress: Any,
+    ) -> None:
+        values = {k: float(v.detach()) for k, v in losses.items()}
+        lr = self.optimizer.param_groups[0]["lr"]
+        row = {"step": step, "loss": float(total.detach()), "lr": lr, **values}
+        self.history["loss"].append(row)
+        metrics = {f"train/{k}": v for k, v in values.items()}
+        metrics.update({"train/loss": row["loss"], "train/lr": lr})
+        if rate is not None:
+            metrics["train/images_per_s"] = rate
+        self.tracker.log_metrics(metrics, step)
+        progress.set_postfix(loss=f"{row['loss']:.3f}", lr=f"{lr:.2e}", img_s=f"{rate or 0:.1f}")
+        if progress.disable and self.dist.main:
+            log.info(
+                "%s step %d/%d loss %.4f lr %.2e %.1f img/s",
+                self.name,
+                step,
+                self.cfg.max_steps,
+                row["loss"],
+                lr,
+                rate or 0.0,
+            )
+
+    # -- validation -----------------------------------------------------------------------
+
+    def _validate(self, step: int) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        if self.dist.main:
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):
+                result = self._score_val()
+            metrics = flat_metrics(result, prefix="val")
+            if result.get("loss") is not None:
+                metrics["val/loss"] = result["loss"]
+            self.tracker.log_metrics(metrics, step)
+            self.history["val"].append(
+                {"step": step, "mean_recall": result["mean_recall"], "loss": result["loss"]}
+            )
+            log.info(
+                "%s step %d: val mean recall %s at score >= %.2f, val loss %s",
+                self.name,
+                step,
+                _fmt(result["mean_recall"]),
+                self.cfg.score_threshold,
+                _fmt(result["loss"]),
+            )
+            if step > 0 and self._better(result):
+                self.best = {"step": step, **_summary(result)}
+                self._save("best", step, all_ranks=False)
+                save_weights(self.model, self.out / "weights.safetensors")
+        if self.dist.world_size > 1:
+            torch_dist.barrier()
+        return result
+
+    def _better(self, result: dict[str, Any]) -> bool:
+        if not self.best:
+            return True
+        new = (result["mean_recall"] or 0.0, -(result["loss"] or 0.0))
+        old = (self.best["mean_recall"] or 0.0, -(self.best["loss"] or 0.0))
+        return new > old
+
+    @torch.no_grad()
+    def _score_val(self) -> dict[str, Any]:
+        model = self.model
+        counter = RecallCounter(self.model_cfg.classes, score_threshold=self.cfg.score_threshold)
+        loader = DataLoader(
+            self.val_set,
+            batch_size=self.cfg.batch_size,
+            collate_fn=collate,
+            num_workers=min(self.cfg.workers, 2),
+        )
+        loss_sum, batches = 0.0, 0
+        # Recall counts detections at score_threshold and above only; dropping the others before
+        # the mask head spares most of an untrained model's inference time.
+        heads = model.roi_heads
+        default_threshold = heads.score_thresh
+        heads.score_thresh = max(default_threshold, self.cfg.score_threshold)
+        try:
+            for images, targets in loader:
+                loss_sum += self._val_batch(counter, images, targets)
+                batches += 1
+        finally:
+            heads.score_thresh = default_threshold
+        result = counter.result()
+        result["loss"] = loss_sum / batches if batches else None
+        result["images"] = len(self.val_set)
+        return result
+
+    def _val_batch(self, counter: RecallCounter, images: Any, targets: Any) -> float:
+        model = self.model
+        images = images_to_float(images, self.device)
+        on_device = [{k: v.to(self.device) for k, v in t.items()} for t in targets]
+        model.eval()
+        outputs = model(images)
+        counter.update([{k: v.cpu() for k, v in o.items()} for o in outputs], targets)
+        # torchvision's detectors return losses only in training mode; with frozen batch norm
+        # that mode changes nothing else, and no gradients are kept.
+        model.train()
+        losses = model(images, on_device)
+        return float(sum(losses.values()))
+
+    # -- checkpoints and outputs ------------------------------------------------------------
+
+    def _save(self, which: str, step: int, *, all_ranks: bool = True) -> None:
+        """Write checkpoints/<which>.pt on rank 0. With `all_ranks` every rank must call it (it
+        gathers each rank's RNG state); `best` is saved by rank 0 alone, with its own."""
+        states = [get_rng_state()]
+        if all_ranks and self.dist.world_size > 1:
+            states = [None] * self.dist.world_size
+            torch_dist.all_gather_object(states, get_rng_state())
+        if not self.dist.main:
+            return
+        save_checkpoint(
+            self.out / "checkpoints" / f"{which}.pt",
+            {
+                "step": step,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": states,
+                "config": self._config_record(),
+                "mlflow_run_id": self.run_id,
+                "best": self.best,
+                "untrained": self.untrained,
+                "history": self.history,
+            },
+        )
+
+    def _restore(
+        self,
+        path: Path,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        scaler: torch.amp.GradScaler,
+    ) -> int:
+        checkpoint = load_checkpoint(path)
+        saved = checkpoint["config"]
+        current = self._config_record()
+        if saved["model"] != current["model"]:
+            keys = _diff(saved["model"], current["model"], f"models.{self.name}")
+            raise AnonlabError(
+                f"{path} was trained with another model config ({keys} differ); resume with the "
+                "same config, or resume=false to start over"
+            )
+        changed = [
+            k
+            for k in _diff_keys(saved, current)
+            if k.split(".")[-1] not in _RESUME_FREE and not k.startswith("train.max_steps")
+        ]
+        if changed:
+            log.warning(
+                "resuming with a config that differs from the checkpoint's in %s: the run will "
+                "not repeat an uninterrupted one exactly",
+                ", ".join(changed),
+            )
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        states = checkpoint["rng"]
+        set_rng_state(states[self.dist.rank] if len(states) > self.dist.rank else states[0])
+        self.run_id = checkpoint.get("mlflow_run_id")
+        self.best = checkpoint.get("best", {})
+        self.untrained = checkpoint.get("untrained", {})
+        self.history = checkpoint.get("history", {"loss": [], "val": []})
+        step = int(checkpoint["step"])
+        log.info("%s: resumed from %s at step %d", self.name, path, step)
+        return step
+
+    def _finish(self) -> TrainResult:
+        final = self.history["val"][-1] if self.history["val"] else {}
+        result = TrainResult(
+            self.name,
+            self.steps,
+            self.out,
+            best=self.best,
+            untrained=_summary(self.untrained) if self.untrained else {},
+            final=final,
+        )
+        if not self.dist.main:
+            return result
+        config_file = self.out / "config.yaml"
+        write_text(
+            config_file,
+            yaml.safe_dump(
+                model_files_config(self.model_cfg, keypoint_names=self._keypoint_names()),
+                sort_keys=False,
+            ),
+        )
+        metrics = {
+            "model": self.name,
+            "steps": self.steps,
+            "score_threshold": self.cfg.score_threshold,
+            "best": self.best,
+            "final": final,
+            "untrained": result.untrained,
+        }
+        write_json(self.out / "metrics.json", metrics)
+        write_json(self.out / "curves" / "loss.json", self.history["loss"])
+        write_json(
+            self.out / "curves" / "val.json",
+            [r for r in self.history["val"] if r["mean_recall"] is not None],
+        )
+        self.tracker.log_artifact(self.out / "metrics.json")
+        self.tracker.log_artifact(config_file)
+        version = self.tracker.log_model(
+            weights=self.out / "weights.safetensors",
+            config=config_file,
+            registered_name=self.name,
+            metadata={"best_step": self.best.get("step"), "kind": self.model_cfg.kind},
+        )
+        log.info(
+            "%s: %d steps; best val mean recall %s at step %s (untrained %s); weights in %s%s",
+            self.name,
+            self.steps,
+            _fmt(self.best.get("mean_recall")),
+            self.best.get("step"),
+            _fmt(result.untrained.get("mean_recall")),
+            self.out / "weights.safetensors",
+            f"; registered as {self.name} version {version}" if version else "",
+        )
+        return result
+
+    def _keypoint_names(self) -> Sequence[str]:
+        # Only Keypoint R-CNN predicts keypoints; its names travel in config.yaml.
+        return self.setup.taxonomy.keypoints if self.model_cfg.kind == "keypointrcnn" else []
+
+
+def _optimizer(cfg: TrainConfig, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    opt = cfg.optimizer
+    if opt.name == "sgd":
+        return torch.optim.SGD(
+            parameters, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay
+        )
+    return torch.optim.AdamW(parameters, lr=opt.lr, weight_decay=opt.weight_decay)
+
+
+def _summary(result: dict[str, Any]) -> dict[str, Any]:
+    """What metrics.json keeps of a validation: mean and per-class recall over all sizes."""
+    per_class = {c: buckets["all"]["recall"] for c, buckets in result.get("recall", {}).items()}
+    return {
+        "mean_recall": result.get("mean_recall"),
+        "loss": result.get("loss"),
+        "recall": per_class,
+    }
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: obj}
+
+
+def _diff_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    fa, fb = _flat(a), _flat(b)
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+
+
+def _diff(a: dict[str, Any], b: dict[str, Any], prefix: str) -> str:
+    return ", ".join(f"{prefix}.{k}" for k in _diff_keys(a, b)) or "?"
