@@ -155,16 +155,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 f"{', '.join(p.models)}"
             )
     for name in names:
-        setup = TrainSetup(
-            name=name,
-            model=p.models[name],
-            train=p.train,
-            augment=p.augment,
-            taxonomy=p.taxonomy,
-            seed=p.seed,
-            artifacts=project.artifacts,
-            root=project.root,
-        )
+        setup = TrainSetup.of(p, name, artifacts=project.artifacts, root=project.root)
         try:
             result = run_train(setup)
         except TrainingInterrupted as e:

@@ -99,6 +99,20 @@ class TrainSetup:
     artifacts: Path  # the artifacts root: reads prepared/, writes models/<name>/
     root: Path  # the project root (git, dvc.lock, the default MLflow database)
 
+    @classmethod
+    def of(cls, params: Any, name: str, *, artifacts: Path, root: Path) -> TrainSetup:
+        """The setup for model `name` from validated params (serving.params.Params)."""
+        return cls(
+            name=name,
+            model=params.models[name],
+            train=params.train,
+            augment=params.augment,
+            taxonomy=params.taxonomy,
+            seed=params.seed,
+            artifacts=artifacts,
+            root=root,
+        )
+
 
 @dataclass(frozen=True)
 class Dist:

@@ -83,19 +83,8 @@ def _project(prepared: Path, where: Path, *overrides: str) -> Project:
 def _train(project: Project, name: str = MODEL):
     from training.loop import TrainSetup, run_train
 
-    p = project.params
-    return run_train(
-        TrainSetup(
-            name=name,
-            model=p.models[name],
-            train=p.train,
-            augment=p.augment,
-            taxonomy=p.taxonomy,
-            seed=p.seed,
-            artifacts=project.artifacts,
-            root=project.root,
-        )
-    )
+    setup = TrainSetup.of(project.params, name, artifacts=project.artifacts, root=project.root)
+    return run_train(setup)
 
 
 def _last_weights(project: Project) -> dict[str, torch.Tensor]:
