@@ -697,17 +697,9 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict):
-        out: dict[str, Any] = {}
-        for k, v in obj.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: obj}
-
-
 def _diff_keys(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    fa, fb = _flat(a), _flat(b)
+    # The same dotted flattening the config is logged to MLflow with.
+    fa, fb = flatten(a), flatten(b)
     return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
 
 
