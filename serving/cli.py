@@ -126,15 +126,19 @@ def _cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def _train_overrides(overrides: Sequence[str]) -> list[str]:
-    """`resume=true` means `train.resume=true`: a key without a dot that is not a root key of
-    params.yaml is taken as a key of the train section."""
-    roots = {"seed", "paths", "taxonomy", "collect", "review", "annotation", "prepare"}
-    roots |= {"augment", "models", "train"}
+    """`resume=true` means `train.resume=true` and `optimizer.lr=0.02` means
+    `train.optimizer.lr=0.02`: a key that is not under a root key of params.yaml is taken as a
+    key of the train section when it has no dot or its first part is a train key."""
+    from serving.params import Params
+    from training.config import TrainConfig
+
     out = []
     for item in overrides:
         key, eq, value = item.partition("=")
         bare = key.lstrip("+~")
-        if eq and "." not in bare and bare not in roots:
+        first = bare.partition(".")[0]
+        in_train = "." not in bare or first in TrainConfig.model_fields
+        if eq and in_train and first not in Params.model_fields:
             item = f"{key[: len(key) - len(bare)]}train.{bare}={value}"
         out.append(item)
     return out

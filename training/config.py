@@ -71,6 +71,11 @@ class ModelConfig(Section):
     weights: str = "none"
     # Backbone stages that train, counted from the top; the rest stay frozen.
     trainable_layers: int = Field(ge=0)
+    # The backbone's normalization. frozen_bn: batch norm with fixed statistics, for pretrained
+    # weights (imagenet, coco). group_norm: learned group norm, for training from random weights,
+    # where fixed statistics would leave the backbone unnormalized. Both ignore the batch, which
+    # is 1-4 images per GPU and not synchronized across DDP processes.
+    norm: Literal["frozen_bn", "group_norm"] = "frozen_bn"
     # The classes this model detects, a subset of taxonomy.classes; label i+1 is classes[i].
     classes: list[str] = Field(min_length=1)
     # Images are resized so the short side is min_size (long side at most max_size).
@@ -102,6 +107,11 @@ class ModelConfig(Section):
             )
         if self.max_size < self.min_size:
             raise ValueError(f"max_size {self.max_size} is below min_size {self.min_size}")
+        if self.norm == "group_norm" and self.weights in ("imagenet", "coco"):
+            raise ValueError(
+                f"norm = group_norm with weights = {self.weights}: pretrained weights carry "
+                "batch-norm statistics; use norm: frozen_bn, or weights: none"
+            )
         if self.kind == "keypointrcnn" and self.classes != ["person"]:
             raise ValueError(f"a keypointrcnn model detects [person] only, not {self.classes}")
         return self

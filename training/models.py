@@ -1,9 +1,14 @@
 """Detection models from a `ModelConfig`: torchvision Mask R-CNN or Keypoint R-CNN on an FPN.
 
 `build_model` puts a ResNet/ResNeXt (five stages, FPN on all four residual stages plus a max-pool
-level) or a MobileNetV3 (six stages, FPN on the last two, as torchvision's
-`fasterrcnn_mobilenet_v3_large_fpn`) under torchvision's `MaskRCNN` (num_classes = classes + 1)
-or `KeypointRCNN` (background + person, one channel per keypoint name). Initial weights:
+level) or a MobileNetV3 (six stages, FPN on the ends of the stride-8, -16 and -32 stages plus a
+max-pool level) under torchvision's `MaskRCNN` (num_classes = classes + 1) or `KeypointRCNN`
+(background + person, one channel per keypoint name).
+
+The MobileNet FPN is anonlab's own, not torchvision's `fasterrcnn_mobilenet_v3_large_fpn`: that
+one reads two stride-32 maps with anchors from 32 px, so a face or plate under 32 px (most of
+them in street imagery) has no anchor and no feature map fine enough to be found. Here the finest
+map is stride 8 with 16 px anchors. Initial weights:
 
 - `none`: random; nothing is downloaded.
 - `imagenet`: the backbone's torchvision ImageNet weights (IMAGENET1K_V1), downloaded once.
@@ -15,10 +20,12 @@ or `KeypointRCNN` (background + person, one channel per keypoint name). Initial 
   Any other tensor whose shape differs is not loaded. Each re-shaped tensor is logged.
 - a `.safetensors` path: the weights of an anonlab model of the same config (strict).
 
-Every backbone uses FrozenBatchNorm2d, whatever the weights: batches are 1-4 images per GPU, so
-batch statistics would be noise, and they would not be synchronised across DDP processes. The
-frozen statistics keep torchvision's default eps (1e-5) even for COCO weights (torchvision sets 0
-for those), so a model rebuilt by `load_model_files` computes exactly what was trained.
+No backbone uses batch statistics: batches are 1-4 images per GPU, so they would be noise, and
+they would not be synchronised across DDP processes. `norm: frozen_bn` (FrozenBatchNorm2d) keeps
+a pretrained backbone's statistics; `norm: group_norm` learns GroupNorm for backbones trained from
+random weights (fixed identity statistics would leave those unnormalized, and they train poorly).
+The frozen statistics keep torchvision's default eps (1e-5) even for COCO weights (torchvision
+sets 0 for those), so a model rebuilt by `load_model_files` computes exactly what was trained.
 
 `save_weights` / `load_weights` write and read safetensors (no pickles); `model_files_config` is
 the `config.yaml` written beside `weights.safetensors`, and `load_model_files` rebuilds a model
@@ -31,7 +38,7 @@ import contextlib
 import http.client
 import logging
 import pickle
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +48,7 @@ from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torchvision.models import WeightsEnum, get_model_weights
+from torchvision.models import WeightsEnum, get_model, get_model_weights
 from torchvision.models.detection import (
     KeypointRCNN,
     KeypointRCNN_ResNet50_FPN_Weights,
@@ -49,8 +56,9 @@ from torchvision.models.detection import (
     MaskRCNN_ResNet50_FPN_Weights,
 )
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import mobilenet_backbone, resnet_fpn_backbone
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
 from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from data.atomic import atomic_path
 from data.errors import AnonlabError, ConfigError
@@ -95,10 +103,10 @@ _KEYPOINT_DIM = {
     "roi_heads.keypoint_predictor.kps_score_lowres.bias": 0,
 }
 
-# MobileNetV3's FPN sees two stride-32 maps plus a pooled one: three maps with every anchor size
-# on each (torchvision's fasterrcnn_mobilenet_v3_large_fpn anchors).
-_MOBILENET_ANCHOR_SIZES = ((32, 64, 128, 256, 512),) * 3
-_MOBILENET_ASPECT_RATIOS = ((0.5, 1.0, 2.0),) * 3
+# The MobileNet FPN's maps (strides 8, 16, 32 and the pooled 64): two anchor sizes per level, so
+# each location has the same number of anchors (one RPN head serves every level), 16 to 256 px.
+_MOBILENET_ANCHOR_SIZES = ((16, 24), (32, 48), (64, 96), (128, 256))
+_MOBILENET_ASPECT_RATIOS = ((0.5, 1.0, 2.0),) * 4
 
 _OFFLINE_HINT = (
     "the machine is offline or the URL is blocked; download once where there is network "
@@ -256,13 +264,7 @@ def _architecture(
     backbone_weights = get_model_weights(config.backbone).IMAGENET1K_V1 if imagenet else None
     with _downloading(backbone_weights, f"ImageNet weights of {config.backbone}"):
         if config.backbone.startswith("mobilenet"):
-            backbone = mobilenet_backbone(
-                backbone_name=config.backbone,
-                weights=backbone_weights,
-                fpn=True,
-                norm_layer=FrozenBatchNorm2d,
-                trainable_layers=config.trainable_layers,
-            )
+            backbone = _mobilenet_fpn(config, backbone_weights)
             anchors: AnchorGenerator | None = AnchorGenerator(
                 _MOBILENET_ANCHOR_SIZES, _MOBILENET_ASPECT_RATIOS
             )
@@ -270,7 +272,7 @@ def _architecture(
             backbone = resnet_fpn_backbone(
                 backbone_name=config.backbone,
                 weights=backbone_weights,
-                norm_layer=FrozenBatchNorm2d,
+                norm_layer=_norm_layer(config),
                 trainable_layers=config.trainable_layers,
             )
             anchors = None  # torchvision's default: one size per level of the five-level FPN
@@ -288,6 +290,40 @@ def _architecture(
     if config.kind == "keypointrcnn":
         return KeypointRCNN(backbone, num_classes=2, num_keypoints=len(keypoint_names), **options)
     return MaskRCNN(backbone, num_classes=len(config.classes) + 1, **options)
+
+
+def _norm_layer(config: ModelConfig) -> Callable[[int], nn.Module]:
+    return FrozenBatchNorm2d if config.norm == "frozen_bn" else _group_norm
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with up to 32 groups of at least 4 channels (MobileNets have 16-channel layers)."""
+    groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0 and channels // g >= 4)
+    return nn.GroupNorm(groups, channels)
+
+
+def _mobilenet_fpn(config: ModelConfig, weights: WeightsEnum | None) -> BackboneWithFPN:
+    """A MobileNet's features with an FPN on the last block of its stride-8, -16 and -32 stages.
+
+    `trainable_layers` counts stages from the end as torchvision does for MobileNets (the stem,
+    one per strided block, the last conv), so configs mean the same with either FPN.
+    """
+    features = get_model(config.backbone, weights=weights, norm_layer=_norm_layer(config)).features
+    starts = [i for i, block in enumerate(features) if getattr(block, "_is_cn", False)]
+    ends = [start - 1 for start in starts[1:]] + [len(features) - 1]
+    taken = ends[-3:]
+    stages = [0, *starts, len(features) - 1]
+    trainable = config.trainable_layers
+    frozen_until = len(features) if trainable == 0 else stages[len(stages) - trainable]
+    for block in features[:frozen_until]:
+        block.requires_grad_(False)
+    return BackboneWithFPN(
+        features,
+        return_layers={str(index): str(level) for level, index in enumerate(taken)},
+        in_channels_list=[features[index].out_channels for index in taken],
+        out_channels=256,
+        extra_blocks=LastLevelMaxPool(),
+    )
 
 
 @contextlib.contextmanager

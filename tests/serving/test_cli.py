@@ -102,3 +102,27 @@ def test_every_command_explains_itself(command: str, capsys: pytest.CaptureFixtu
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert f"anonlab {command}" in out and "key=value" in out
+
+
+def test_train_takes_its_own_keys_without_the_train_prefix() -> None:
+    from serving.cli import _train_overrides
+
+    given = [
+        "max_steps=5",
+        "optimizer.lr=0.02",
+        "+schedule.milestones=[0.5]",
+        "models.m.min_size=64",
+        "seed=3",
+        "train.batch_size=4",
+        "nonsense=1",
+    ]
+    assert _train_overrides(given) == [
+        "train.max_steps=5",
+        "train.optimizer.lr=0.02",
+        "+train.schedule.milestones=[0.5]",
+        "models.m.min_size=64",
+        "seed=3",
+        "train.batch_size=4",
+        # unknown keys land in train, so the error lists the train keys that exist
+        "train.nonsense=1",
+    ]

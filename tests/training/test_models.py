@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
 from torchvision.models.detection import (
     KeypointRCNN_ResNet50_FPN_Weights,
     MaskRCNN_ResNet50_FPN_Weights,
@@ -118,9 +119,38 @@ def test_forward_train_and_eval(kind: str, backbone: str) -> None:
         assert set(out["labels"].tolist()) <= {1}
 
 
-def test_every_backbone_is_frozen_batch_norm() -> None:
-    model = build_model(_config(backbone="mobilenet_v3_small"), keypoint_names=[])
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v3_small"])
+def test_no_backbone_uses_batch_statistics(backbone: str) -> None:
+    frozen = build_model(_config(backbone=backbone), keypoint_names=[])
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in frozen.modules())
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in frozen.backbone.body.modules())
+
+    grouped = build_model(_config(backbone=backbone, norm="group_norm"), keypoint_names=[])
+    norms = [m for m in grouped.backbone.body.modules() if isinstance(m, nn.GroupNorm)]
+    assert norms and not any(
+        isinstance(m, nn.BatchNorm2d | FrozenBatchNorm2d) for m in grouped.modules()
+    )
+    assert all(m.num_channels // m.num_groups >= 4 for m in norms)
+    # Group norm trains: a backbone from random weights gets normalized activations.
+    images, targets = _sample("maskrcnn")
+    losses = grouped(images, targets)
+    sum(losses.values()).backward()
+    assert all(m.weight.grad is not None for m in norms if m.weight.requires_grad)
+
+
+@pytest.mark.parametrize("weights", ["imagenet", "coco"])
+def test_group_norm_refuses_pretrained_batch_norm_weights(weights: str) -> None:
+    with pytest.raises(ValueError, match=f"norm = group_norm with weights = {weights}"):
+        _config(norm="group_norm", weights=weights)
+
+
+def test_mobilenet_fpn_sees_small_objects() -> None:
+    """Faces and plates under 32 px need a stride-8 map and anchors that small."""
+    model = build_model(_config(backbone="mobilenet_v3_large"), keypoint_names=[])
+    features = model.backbone(torch.zeros(1, 3, 320, 320))
+    assert [320 // f.shape[-1] for f in features.values()] == [8, 16, 32, 64]
+    sizes = model.rpn.anchor_generator.sizes
+    assert len(sizes) == len(features) and min(sizes[0]) == 16
 
 
 # -- trainable layers ----------------------------------------------------------------------------
