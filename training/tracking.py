@@ -33,15 +33,18 @@ from mlflow.utils.validation import (
 )
 
 # The one definition of "looks like a credential", shared with the config validation.
+from data.checksum import file_sha256
 from data.config import _SECRET_KEY
 from data.errors import AnonlabError
 
-__all__ = ["TRUNCATED", "Tracker", "flatten", "run_tags", "tracking_uri"]
+__all__ = ["TRUNCATED", "WEIGHTS_SHA256_TAG", "Tracker", "flatten", "run_tags", "tracking_uri"]
 
 logger = logging.getLogger(__name__)
 
 # Appended to a parameter value cut at MLflow's length limit, so a reader knows it is partial.
 TRUNCATED = "...[truncated]"
+# The tag on a registered model version that holds the sha256 of its weights.safetensors.
+WEIGHTS_SHA256_TAG = "anonlab.weights_sha256"
 
 # MLflow accepts only these characters in param, metric and tag keys (colon: not on Windows).
 _BAD_KEY_CHARS = re.compile(r"[^/\w.\- ]")
@@ -451,7 +454,13 @@ class Tracker:
                 step=step,
             )
             version = info.registered_model_version
-            return None if version is None else str(version)
+            if version is None:
+                return None
+            # Validate and export find the version of a weights file by its content.
+            self._client.set_model_version_tag(
+                registered_name, str(version), WEIGHTS_SHA256_TAG, file_sha256(weights)
+            )
+            return str(version)
         return None
 
     @contextlib.contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import os
@@ -419,6 +420,7 @@ def test_run_round_trip(backend: Path, tiny_model: Any, monkeypatch: pytest.Monk
     mv = client.get_model_version("face", "1")
     assert mv.run_id == tracker.run_id
     assert not mv.aliases  # aliases are validate's to set
+    assert mv.tags["anonlab.weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     model_id = mv.source.removeprefix("models:/")
     files = _artifact_files(client, model_id)
     assert {
