@@ -1,0 +1,1 @@
+"""The blurring runtime: tiled detection and blurring, with no training or torch dependency."""
