@@ -41,6 +41,8 @@ config: setup
 benchmarks: setup
 	$(RUN) python benchmarks/review_throughput.py
 	$(RUN) python benchmarks/loader_throughput.py
+	$(RUN) python benchmarks/train_step.py
+	$(RUN) python benchmarks/score_speed.py
 
 clean:
 	rm -rf artifacts .pytest_cache .ruff_cache

@@ -175,6 +175,121 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from serving.params import load_project
+
+    project = load_project(args.params, args.overrides)
+    from evaluation.evaluate import EvalSetup, run_evaluate
+
+    metrics = run_evaluate(
+        EvalSetup.of(project.params, artifacts=project.artifacts, root=project.root)
+    )
+    for model, entry in metrics.items():
+        for set_name, s in entry["sets"].items():
+            cells = [
+                f"{name} {_fmt(buckets['all'].get('iou'))}/{_fmt(buckets['all'].get('coverage'))}"
+                for name, buckets in (s.get("recall") or {}).items()
+            ]
+            print(f"{model} on {set_name} (recall iou/coverage): {', '.join(cells)}")
+    print(f"report: {project.artifacts / 'eval' / 'report.html'}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from serving.params import load_project
+
+    overrides = list(args.overrides)
+    promote = bool(overrides) and overrides[0] == "promote"
+    project = load_project(args.params, overrides[1:] if promote else overrides)
+    if promote:
+        from evaluation.registry import Registry
+
+        names = [args.model] if args.model else list(project.params.train.models)
+        registry = Registry(project.root)
+        for name in names:
+            previous, champion = registry.promote(name, user=args.user)
+            was = f" (was version {previous.version})" if previous else ""
+            print(f"{name}: champion is now version {champion.version}{was}")
+        return 0
+    from evaluation.validate import ValidateSetup, run_validate
+
+    verdict = run_validate(
+        ValidateSetup.of(project.params, artifacts=project.artifacts, root=project.root)
+    )
+    warned = f", {len(verdict['warnings'])} warning(s)" if verdict["warnings"] else ""
+    print(f"validation passed: {len(verdict['checks'])} checks{warned}")
+    for model, version in verdict["challengers"].items():
+        if version:
+            print(
+                f"{model}: version {version} is the challenger; promote it with "
+                f"`anonlab validate promote --model {model}`"
+            )
+    return 0
+
+
+def _validate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="promote: this model only (default: every train.models)")
+    p.add_argument(
+        "--user", help="promote: who promotes (default: $ANONLAB_USER, else the login name)"
+    )
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from evaluation.score import (
+        ScoreOptions,
+        format_table,
+        load_ground_truth,
+        load_predictions,
+        parse_thresholds,
+        score,
+    )
+
+    gt = load_ground_truth(Path(args.gt))
+    predictions = load_predictions(Path(args.pred), gt, gt_name=args.gt)
+    classes = [c["name"] for c in gt["categories"]]
+    options = ScoreOptions(
+        thresholds=parse_thresholds(args.thresholds, classes),
+        coverage=args.coverage,
+        target_recall=args.target_recall,
+        n_boot=args.n_boot,
+        seed=args.seed,
+    )
+    metrics = score(gt, predictions, options)
+    print(format_table(metrics))
+    if args.out:
+        from data.atomic import write_json
+
+        write_json(Path(args.out), metrics)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _score_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gt", required=True, help="COCO ground truth (instances) JSON")
+    p.add_argument("--pred", required=True, help="COCO results JSON (a list of detections)")
+    p.add_argument(
+        "--thresholds",
+        default="0.5",
+        help="operating score threshold: one for all classes (0.5) or per class "
+        "(face=0.6,license_plate=0.4; others 0.5)",
+    )
+    p.add_argument(
+        "--coverage",
+        type=float,
+        default=0.9,
+        help="share of an object's pixels that must be covered for it to count as anonymized",
+    )
+    p.add_argument(
+        "--target-recall",
+        type=float,
+        default=0.95,
+        help="recall the reported operating thresholds must reach",
+    )
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (0: none)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    p.add_argument("--out", help="write every number as JSON here")
+
+
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
@@ -295,6 +410,42 @@ COMMANDS: dict[str, Command] = {
         "under the model's name.",
         _train_args,
         _cmd_train,
+    ),
+    "evaluate": (
+        "recall of every trained model (and the champion) on val and each reference set",
+        "Run each model of train.models over val and every reference set with the runtime's "
+        "tiling (evaluate.tiling), choose per class the highest score threshold that reaches "
+        "evaluate.target_recall on val, and score every set at those thresholds: recall by "
+        "IoU and by pixel coverage per class and size bucket with bootstrap intervals, COCO "
+        "AP, false positives per image. The registry's champion is scored the same way. "
+        "Writes artifacts/eval/: metrics.json, plots/, predictions/, report.html (with a "
+        "gallery of the missed objects); logs recall/<set>/<class>/<bucket> to MLflow.",
+        _no_args,
+        _cmd_evaluate,
+    ),
+    "validate": (
+        "data checks and the release gate; `validate promote` makes the challenger champion",
+        "Check the prepared data (schema, geometry, leakage into reference sets, shifts from "
+        "the previous version) and hold each model to the gate: on every reference set each "
+        "class's recall reaches evaluate.target_recall, and no class and size bucket is worse "
+        "than the champion's by more than validate.tolerance. Writes "
+        "artifacts/validation/verdict.json and exits non-zero when any check fails; a passing "
+        "model's registered version gets the MLflow alias challenger. `anonlab validate "
+        "promote [--model NAME]` moves the alias champion to the challenger and records who "
+        "and when.",
+        _validate_args,
+        _cmd_validate,
+    ),
+    "score": (
+        "score any detector's COCO results against COCO ground truth",
+        "Recall per class and object size (by IoU and by pixel coverage: a face inside a "
+        "detected person counts as covered) with bootstrap 95% intervals, at per-class "
+        "operating thresholds; the 12 COCO AP/AR numbers (equal to pycocotools'); false "
+        "positives per image; precision/recall curves; and the highest threshold per class "
+        "that still reaches --target-recall. Class names are the ground truth's. Reads no "
+        "params.yaml.",
+        _score_args,
+        _cmd_score,
     ),
 }
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from annotation.config import AnnotationConfig
 from data.config import (
@@ -24,6 +24,7 @@ from data.config import (
     read_params,
     validate,
 )
+from evaluation.config import EvaluateConfig, ValidateConfig
 from training.config import AugmentConfig, ModelConfig, TrainConfig
 
 
@@ -38,6 +39,9 @@ class Params(Section):
     augment: AugmentConfig
     models: dict[str, ModelConfig]
     train: TrainConfig
+    evaluate: EvaluateConfig
+    # `validate` in params.yaml; the attribute name would shadow pydantic's BaseModel.validate.
+    validation: ValidateConfig = Field(alias="validate")
 
     @model_validator(mode="after")
     def _models_known(self) -> Params:
@@ -53,6 +57,13 @@ class Params(Section):
                 raise ValueError(
                     f"models.{name}.classes = {model.classes!r}: {unknown} not in "
                     f"taxonomy.classes {self.taxonomy.classes}"
+                )
+        if isinstance(self.evaluate.target_recall, dict):
+            given, classes = set(self.evaluate.target_recall), set(self.taxonomy.classes)
+            if given != classes:
+                raise ValueError(
+                    f"evaluate.target_recall names {sorted(given)}; give one per class of "
+                    f"taxonomy.classes {self.taxonomy.classes}, or one number for all"
                 )
         return self
 

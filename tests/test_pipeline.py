@@ -67,6 +67,16 @@ def test_exp_run_with_a_hydra_override_runs_the_pipeline(repo: Path) -> None:
         holdout,
         "-S",
         "train.max_steps=1",
+        # Evaluate an untrained model on few, confident detections: this test is about the
+        # pipeline's wiring, and a hundred low-score masks per image cost minutes on a CPU.
+        "-S",
+        "evaluate.min_threshold=0.3",
+        "-S",
+        "evaluate.n_boot=100",
+        "-S",
+        "models.maskrcnn_mobilenet_v3_fpn.detections_per_image=20",
+        "-S",
+        "models.keypointrcnn_mobilenet_v3_fpn.detections_per_image=20",
     )
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["collect"]["synthetic"]["count"] == 24
@@ -81,9 +91,13 @@ def test_exp_run_with_a_hydra_override_runs_the_pipeline(repo: Path) -> None:
     assert stats["train"]["images"] and stats["ref-holdout"]["images"]
     # Nothing changed: DVC skips every stage.
     out = sh(repo, "dvc", "repro")
-    assert out.count("didn't change, skipping") == 4 + len(params["train"]["models"])
+    # collect, review, annotate, prepare, one train per model, evaluate
+    assert out.count("didn't change, skipping") == 5 + len(params["train"]["models"])
     for model in params["train"]["models"]:
         trained = json.loads((repo / f"artifacts/models/{model}/metrics.json").read_text())
         assert trained["steps"] == 1 and (repo / f"artifacts/models/{model}").is_dir()
+    evaluated = json.loads((repo / "artifacts/eval/metrics.json").read_text())
+    assert set(evaluated) == set(params["train"]["models"])
+    assert (repo / "artifacts/eval/report.html").is_file()
     metrics = sh(repo, "dvc", "metrics", "show", "--json")
-    assert "artifacts/reviewed/metrics.json" in metrics
+    assert "artifacts/reviewed/metrics.json" in metrics and "artifacts/eval/metrics.json" in metrics

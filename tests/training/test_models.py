@@ -13,13 +13,13 @@ import pytest
 import torch
 import yaml
 from torch import nn
-from torchvision.ops import FrozenBatchNorm2d
 from torchvision.models.detection import (
     KeypointRCNN_ResNet50_FPN_Weights,
     MaskRCNN_ResNet50_FPN_Weights,
     keypointrcnn_resnet50_fpn,
     maskrcnn_resnet50_fpn,
 )
+from torchvision.ops import FrozenBatchNorm2d
 
 from data.errors import AnonlabError, ConfigError
 from training.config import ModelConfig

@@ -18,13 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from data.collect import run_collect
-from data.config import compose
-from data.prepare import run_prepare
-from data.review import run_review
 from serving.cli import main as cli_main
 from serving.params import Project, load_project
-from tests.conftest import REPO
+from tests.prepared import prepared_project
 
 MODEL = "maskrcnn_mobilenet_v3_fpn"
 DATA = [
@@ -52,17 +48,7 @@ TINY = [
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A project folder whose artifacts/prepared holds the synthetic train and val splits."""
-    from annotation.pull import run_pull
-
-    root = tmp_path_factory.mktemp("train-data")
-    (root / "params.yaml").write_text(compose(REPO / "conf", [*DATA, *TINY]), encoding="utf-8")
-    project = load_project(root / "params.yaml")
-    p = project.params
-    run_collect(p.collect, project.artifacts / "raw", taxonomy=p.taxonomy, root=project.root)
-    run_review(p.review, project.artifacts / "raw", project.artifacts / "reviewed")
-    run_pull(p.annotation, p.taxonomy, project.artifacts, project.root)
-    run_prepare(p.prepare, p.taxonomy, project.artifacts, project.root)
-    return root
+    return prepared_project(tmp_path_factory.mktemp("train-data"), [*DATA, *TINY]).root
 
 
 def _project(prepared: Path, where: Path, *overrides: str) -> Project:

@@ -1,0 +1,288 @@
+"""report.html of the evaluate stage: recall per class and size with intervals, the plots, the
+champion beside the new model, and a gallery of the objects each model misses.
+
+One self-contained page (plots and crops embedded as data URIs) a person reads to see what a
+model misses before it is released. It takes plain numbers (the `anonlab score` dicts) and
+crops as JPEG bytes; every piece of text is escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from data.size_buckets import BUCKETS
+
+BUCKET_ORDER = [*BUCKETS, "all"]
+
+
+@dataclass(frozen=True)
+class Miss:
+    """One ground-truth object a model did not anonymize: a crop with context, box drawn."""
+
+    jpeg: bytes
+    caption: str
+
+
+@dataclass(frozen=True)
+class SetReport:
+    name: str
+    metrics: Mapping[str, Any]  # the `score` dict of the model on this set
+    champion: Mapping[str, Any] | None = None  # the champion's, when there is one
+    misses: Sequence[Miss] = field(default_factory=list)
+    missed_total: int = 0
+
+
+@dataclass(frozen=True)
+class ModelReport:
+    name: str
+    version: str | None  # registered version of the evaluated weights
+    champion_version: str | None
+    # class -> {threshold, val_recall, reached}
+    thresholds: Mapping[str, Mapping[str, Any]]
+    sets: Sequence[SetReport]
+
+
+_CSS = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; max-width: 1200px; }
+h1 { font-size: 1.4em; } h2 { font-size: 1.2em; margin-top: 2em; } h3 { font-size: 1.05em; }
+table { border-collapse: collapse; margin: .4em 0 1em; }
+td, th { padding: .2em .6em; border-bottom: 1px solid #ddd; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+td.low { background: #fde2e2; } td.ok { background: #e3f6e3; }
+.ci { color: #777; font-size: 11px; } .delta { font-size: 11px; }
+.worse { color: #b00; } .better { color: #070; }
+.note { color: #555; } .plots img { max-width: 560px; margin-right: 1em; }
+.grid { display: flex; flex-wrap: wrap; gap: 8px; }
+figure { margin: 0; padding: 3px; border: 1px solid #ddd; border-radius: 4px; width: 168px; }
+figure img { display: block; max-width: 160px; max-height: 160px; }
+figcaption { font-size: 11px; }
+"""
+
+
+def render_report(
+    models: Sequence[ModelReport],
+    *,
+    targets: Mapping[str, float],
+    coverage: float,
+    generated: str,
+) -> str:
+    """The whole page as a string."""
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        "<title>anonlab evaluation</title>",
+        f"<style>{_CSS}</style></head><body>",
+        "<h1>Anonymization recall</h1>",
+        "<p class='note'>A missed face or plate is a legal incident, an extra blur a cosmetic "
+        "one: models are judged by recall. <b>iou</b>: share of objects found by a detection "
+        "of their class (IoU &ge; 0.5) at the operating threshold. <b>coverage</b>: share of "
+        f"objects whose pixels are at least {coverage:.0%} covered by the detections of any "
+        "class (what the blur hides). Brackets: bootstrap 95% intervals over images. "
+        f"Targets: {_e(', '.join(f'{c} {t:.2f}' for c, t in targets.items()))}. "
+        f"Generated {_e(generated)}.</p>",
+    ]
+    for model in models:
+        parts.append(_model(model, targets))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _model(model: ModelReport, targets: Mapping[str, float]) -> str:
+    version = f" (registered version {model.version})" if model.version else ""
+    champion = (
+        f"Champion: version {_e(model.champion_version)}, scored on the same sets."
+        if model.champion_version
+        else "No champion in the registry yet."
+    )
+    rows = []
+    for name, t in model.thresholds.items():
+        reached = "" if t.get("reached") else " <span class='worse'>target not reached</span>"
+        rows.append(
+            f"<tr><td>{_e(name)}</td><td>{_num(t.get('threshold'))}</td>"
+            f"<td>{_num(t.get('val_recall'))}{reached}</td></tr>"
+        )
+    out = [
+        f"<h2 id='{_e(model.name)}'>{_e(model.name)}{_e(version)}</h2>",
+        f"<p class='note'>{champion}</p>",
+        "<h3>Operating thresholds (chosen on val)</h3>",
+        "<table><tr><th>class</th><th>threshold</th><th>val recall (iou)</th></tr>",
+        *rows,
+        "</table>",
+    ]
+    for s in model.sets:
+        out.append(_set(model, s, targets))
+    return "\n".join(out)
+
+
+def _set(model: ModelReport, s: SetReport, targets: Mapping[str, float]) -> str:
+    recall = s.metrics.get("recall", {})
+    head = "".join(f"<th colspan='2'>{b}</th>" for b in BUCKET_ORDER)
+    sub = "".join("<th>iou</th><th>coverage</th>" for _ in BUCKET_ORDER)
+    rows = []
+    for name, buckets in recall.items():
+        cells = []
+        for bucket in BUCKET_ORDER:
+            cell = buckets.get(bucket, {})
+            old = (s.champion or {}).get("recall", {}).get(name, {}).get(bucket, {})
+            for metric in ("iou", "coverage"):
+                low = bucket == "all" and _below(cell.get(metric), targets.get(name))
+                cls = "low" if low else ("ok" if bucket == "all" and cell.get("n") else "")
+                cells.append(
+                    f"<td class='{cls}'>{_num(cell.get(metric))}"
+                    f"{_ci(cell.get(metric + '_ci'))}{_delta(cell.get(metric), old.get(metric))}"
+                    f"<br><span class='ci'>n={cell.get('n', 0)}</span></td>"
+                )
+        rows.append(f"<tr><td>{_e(name)}</td>{''.join(cells)}</tr>")
+    coco = s.metrics.get("coco", {})
+    coco_line = " &middot; ".join(
+        f"{kind} AP {_num((coco.get(kind) or {}).get('AP'))}" for kind in ("bbox", "segm")
+    )
+    plots = [_png(pr_figure(s.metrics, model.thresholds)), _png(size_figure(s.metrics, s.champion))]
+    gallery = "".join(
+        f"<figure><img src='data:image/jpeg;base64,{base64.b64encode(m.jpeg).decode()}'>"
+        f"<figcaption>{_e(m.caption)}</figcaption></figure>"
+        for m in s.misses
+    )
+    shown = (
+        f"{len(s.misses)} of {s.missed_total} objects not covered, smallest first"
+        if s.missed_total
+        else "every object covered"
+    )
+    champ = " &Delta; against the champion under each value." if s.champion else ""
+    return "\n".join(
+        [
+            f"<h3>{_e(model.name)} on {_e(s.name)}</h3>",
+            f"<p class='note'>{coco_line}.{champ}</p>",
+            f"<table><tr><th rowspan='2'>class</th>{head}</tr><tr>{sub}</tr>",
+            *rows,
+            "</table>",
+            f"<div class='plots'>{''.join(plots)}</div>",
+            f"<h3>Missed on {_e(s.name)}: {shown}</h3>",
+            f"<div class='grid'>{gallery}</div>",
+        ]
+    )
+
+
+def pr_figure(metrics: Mapping[str, Any], thresholds: Mapping[str, Mapping[str, Any]]) -> bytes:
+    """Precision against recall per class, the operating point marked; PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.6, 4), dpi=90)
+    try:
+        for name, curve in (metrics.get("pr_curve") or {}).items():
+            if not curve:
+                continue
+            line = ax.plot(
+                [p["recall"] for p in curve], [p["precision"] for p in curve], label=name
+            )
+            threshold = (thresholds.get(name) or {}).get("threshold")
+            if threshold is not None:
+                # The point of the curve at the operating threshold (the last one at or above).
+                above = [p for p in curve if p["score"] >= threshold]
+                if above:
+                    point = min(above, key=lambda p: p["score"])
+                    ax.plot(point["recall"], point["precision"], "o", color=line[0].get_color())
+        ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
+        ax.set_title("precision / recall (IoU 0.5); dot: operating threshold", fontsize=10)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        return _save(fig)
+    finally:
+        plt.close(fig)
+
+
+def size_figure(metrics: Mapping[str, Any], champion: Mapping[str, Any] | None) -> bytes:
+    """Coverage recall per class and size bucket with 95% intervals (champion hatched)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    recall = metrics.get("recall") or {}
+    classes = list(recall)
+    buckets = list(BUCKETS)
+    fig, ax = plt.subplots(figsize=(5.6, 4), dpi=90)
+    try:
+        width = 0.8 / max(len(classes), 1)
+        x = np.arange(len(buckets))
+        for i, name in enumerate(classes):
+            values, low, high = [], [], []
+            for b in buckets:
+                cell = recall[name].get(b, {})
+                v = cell.get("coverage")
+                ci = cell.get("coverage_ci") or [v, v]
+                values.append(np.nan if v is None else v)
+                low.append(0 if v is None or ci[0] is None else v - ci[0])
+                high.append(0 if v is None or ci[1] is None else ci[1] - v)
+            bars = ax.bar(
+                x + i * width, values, width, yerr=[low, high], capsize=2, label=name, alpha=0.85
+            )
+            if champion:
+                old = [
+                    (champion.get("recall", {}).get(name, {}).get(b, {}) or {}).get("coverage")
+                    for b in buckets
+                ]
+                ax.bar(
+                    x + i * width,
+                    [np.nan if v is None else v for v in old],
+                    width,
+                    fill=False,
+                    hatch="//",
+                    edgecolor=bars.patches[0].get_facecolor(),
+                )
+        ax.set_xticks(x + 0.4 - width / 2, buckets)
+        ax.set(ylabel="coverage recall", ylim=(0, 1.05))
+        title = "recall by object size" + (" (hatched: champion)" if champion else "")
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+        if classes:
+            ax.legend(fontsize=8)
+        return _save(fig)
+    finally:
+        plt.close(fig)
+
+
+def _save(fig: Any) -> bytes:
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _png(data: bytes) -> str:
+    return f"<img src='data:image/png;base64,{base64.b64encode(data).decode()}'>"
+
+
+def _below(value: float | None, target: float | None) -> bool:
+    return value is not None and target is not None and value < target
+
+
+def _num(value: Any) -> str:
+    return "&ndash;" if value is None else f"{value:.3f}"
+
+
+def _ci(ci: Sequence[float | None] | None) -> str:
+    if not ci or ci[0] is None:
+        return ""
+    return f" <span class='ci'>[{ci[0]:.2f}, {ci[1]:.2f}]</span>"
+
+
+def _delta(new: float | None, old: float | None) -> str:
+    if new is None or old is None:
+        return ""
+    d = new - old
+    cls = "worse" if d < 0 else "better" if d > 0 else ""
+    return f" <span class='delta {cls}'>&Delta;{d:+.3f}</span>"
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)

@@ -1,0 +1,243 @@
+"""The validate stage: the data checks and the release gate, one verdict, a non-zero exit when
+it fails (so `dvc repro` stops before export), and the `challenger` alias for a passing model.
+
+The model gate, per model, on every reference set (`gate` is pure: numbers in, checks out):
+- `target.<metric>`: each class's recall over all sizes (each metric of
+  `validate.gate_metrics`: iou and/or coverage) is at least its `evaluate.target_recall`.
+  A class without ground truth in a set is reported, not judged.
+- `champion`: no class and size bucket is worse than the champion's by more than
+  `validate.tolerance`, for buckets with at least `validate.min_objects` objects (fewer move by
+  1/n per object: reported, not judged). No champion yet: passes with a note.
+
+`artifacts/validation/verdict.json` holds every check with its numbers; the previous dataset
+version's `stats.json` is kept as `artifacts/validation/baseline_stats.json` (a persistent DVC
+output) and replaced by the current one when the data checks pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from data.atomic import write_json
+from data.errors import AnonlabError
+from data.size_buckets import BUCKETS
+from evaluation.config import EvaluateConfig, ValidateConfig
+from evaluation.data_checks import ERROR, Check, check_dataset
+from evaluation.registry import CHALLENGER, Registry
+
+__all__ = ["GateFailed", "ValidateSetup", "gate", "run_validate"]
+
+log = logging.getLogger(__name__)
+
+
+class GateFailed(AnonlabError):
+    """The verdict is fail; the message lists the failed checks."""
+
+
+@dataclass(frozen=True)
+class ValidateSetup:
+    models: Sequence[str]
+    classes: Sequence[str]
+    evaluate: EvaluateConfig
+    validate: ValidateConfig
+    leak_hamming: int
+    artifacts: Path
+    root: Path
+
+    @classmethod
+    def of(cls, params: Any, *, artifacts: Path, root: Path) -> ValidateSetup:
+        return cls(
+            models=list(params.train.models),
+            classes=list(params.taxonomy.classes),
+            evaluate=params.evaluate,
+            validate=params.validation,
+            leak_hamming=params.prepare.leak_hamming,
+            artifacts=artifacts,
+            root=root,
+        )
+
+
+def gate(
+    entry: Mapping[str, Any],
+    *,
+    evaluate: EvaluateConfig,
+    validate: ValidateConfig,
+    model: str,
+) -> list[Check]:
+    """The release checks of one model from its evaluate metrics entry (metrics.json[model])."""
+    checks: list[Check] = []
+    sets = {k: v for k, v in (entry.get("sets") or {}).items() if k != "val"}
+    if not sets:
+        return [
+            Check(
+                f"{model}.target",
+                False,
+                ERROR,
+                f"{model}: no reference set was evaluated; configure prepare.reference_sets",
+                {},
+            )
+        ]
+    champion_sets = (entry.get("champion") or {}).get("sets") or {}
+    for set_name, metrics in sets.items():
+        recall = metrics.get("recall") or {}
+        for metric in validate.gate_metrics:
+            short, judged = [], {}
+            for name, buckets in recall.items():
+                cell = buckets.get("all") or {}
+                value, target = cell.get(metric), evaluate.target(name)
+                if not cell.get("n"):
+                    continue
+                judged[name] = {"value": value, "target": target, "n": cell["n"]}
+                if value is None or value < target:
+                    short.append(f"{name} {_pct(value)} < {_pct(target)} (n={cell['n']})")
+            passed = not short
+            message = (
+                f"{model} on {set_name}: {metric} recall reaches the target for every class"
+                if passed
+                else f"{model} on {set_name}: {metric} recall below target: {'; '.join(short)}"
+            )
+            checks.append(
+                Check(f"{model}.{set_name}.target.{metric}", passed, ERROR, message, judged)
+            )
+        old = (champion_sets.get(set_name) or {}).get("recall")
+        checks.append(_against_champion(model, set_name, recall, old, entry, validate))
+    return checks
+
+
+def _against_champion(
+    model: str,
+    set_name: str,
+    recall: Mapping[str, Any],
+    old: Mapping[str, Any] | None,
+    entry: Mapping[str, Any],
+    validate: ValidateConfig,
+) -> Check:
+    name = f"{model}.{set_name}.champion"
+    if old is None:
+        return Check(name, True, ERROR, f"{model} on {set_name}: no champion to compare with", {})
+    version = (entry.get("champion") or {}).get("version")
+    worse, compared = [], {}
+    for cls, buckets in recall.items():
+        for bucket in [*BUCKETS, "all"]:
+            new_cell = buckets.get(bucket) or {}
+            old_cell = (old.get(cls) or {}).get(bucket) or {}
+            n = min(new_cell.get("n") or 0, old_cell.get("n") or 0)
+            if n < validate.min_objects:
+                continue
+            for metric in validate.gate_metrics:
+                a, b = new_cell.get(metric), old_cell.get(metric)
+                if a is None or b is None:
+                    continue
+                compared[f"{cls}/{bucket}/{metric}"] = {"new": a, "champion": b, "n": n}
+                if a < b - validate.tolerance:
+                    worse.append(f"{cls}/{bucket} {metric} {_pct(a)} vs {_pct(b)}")
+    passed = not worse
+    message = (
+        f"{model} on {set_name}: no class/bucket worse than champion v{version} by more than "
+        f"{validate.tolerance:.3f}"
+        if passed
+        else f"{model} on {set_name}: worse than champion v{version}: {'; '.join(worse)}"
+    )
+    return Check(name, passed, ERROR, message, compared)
+
+
+def run_validate(setup: ValidateSetup) -> dict[str, Any]:
+    """Run every check, write verdict.json; GateFailed when any error-level check fails."""
+    out = setup.artifacts / "validation"
+    baseline_path = out / "baseline_stats.json"
+    baseline = _read(baseline_path) if baseline_path.is_file() else None
+    checks = check_dataset(
+        setup.artifacts / "prepared",
+        setup.artifacts / "reviewed",
+        leak_hamming=setup.leak_hamming,
+        baseline_stats=baseline,
+        max_shift=setup.validate.max_shift,
+        min_objects=setup.validate.data_min_objects,
+    )
+    metrics_path = setup.artifacts / "eval" / "metrics.json"
+    if not metrics_path.is_file():
+        raise AnonlabError(f"{metrics_path} does not exist; run `anonlab evaluate` first")
+    metrics = _read(metrics_path)
+    for model in setup.models:
+        if model not in metrics:
+            checks.append(
+                Check(f"{model}.evaluated", False, ERROR, f"{model}: not in {metrics_path}", {})
+            )
+            continue
+        entry = metrics[model]
+        checks.extend(gate(entry, evaluate=setup.evaluate, validate=setup.validate, model=model))
+    failed = [c for c in checks if not c.passed and c.severity == ERROR]
+    warnings = [c for c in checks if not c.passed and c.severity != ERROR]
+    verdict = {
+        "passed": not failed,
+        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "failed": [c.name for c in failed],
+        "warnings": [c.name for c in warnings],
+        "checks": [dataclasses.asdict(c) for c in checks],
+        "challengers": {},
+    }
+    data_ok = not any(c for c in failed if "." not in c.name or not _is_model_check(c, setup))
+    if not failed:
+        verdict["challengers"] = _set_challengers(setup, metrics)
+    write_json(out / "verdict.json", verdict)
+    if data_ok:
+        stats = setup.artifacts / "prepared" / "stats.json"
+        if stats.is_file():
+            shutil.copyfile(stats, baseline_path)
+    for c in warnings:
+        log.warning("%s", c.message)
+    if failed:
+        lines = "\n  ".join(c.message for c in failed)
+        raise GateFailed(
+            f"validation failed ({len(failed)} of {len(checks)} checks):\n  {lines}\n"
+            f"Every check is in {out / 'verdict.json'}; the model is not released."
+        )
+    return verdict
+
+
+def _is_model_check(check: Check, setup: ValidateSetup) -> bool:
+    return any(check.name.startswith(f"{m}.") for m in setup.models)
+
+
+def _set_challengers(setup: ValidateSetup, metrics: Mapping[str, Any]) -> dict[str, str | None]:
+    """Alias `challenger` on each passing model's registered version (by its weights)."""
+    out: dict[str, str | None] = {}
+    try:
+        registry = Registry(setup.root)
+    except Exception as exc:
+        log.warning("MLflow registry unavailable (%s): no challenger alias set", exc)
+        return {m: None for m in setup.models}
+    for model in setup.models:
+        weights = setup.artifacts / "models" / model / "weights.safetensors"
+        version = registry.version_of(model, weights) if weights.is_file() else None
+        if version is None:
+            log.warning(
+                "%s: these weights are not in the MLflow registry (trained without tracking?); "
+                "no challenger alias set",
+                model,
+            )
+            out[model] = None
+            continue
+        registry.set_alias(version, CHALLENGER)
+        out[model] = version.version
+        log.info("%s: %s is the challenger", model, version)
+    return out
+
+
+def _read(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise AnonlabError(f"{path}: not readable JSON ({exc})") from exc
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
