@@ -7,7 +7,8 @@
 Both loops train the same model (built by `training.models.build_model` from the model's config
 in conf/), on the same data (the synthetic pipeline's prepared train split: the dataset with the
 default augmentation, the same aspect-ratio-grouped batches in the same order, the same seeded
-augmentation), with the same batch size, optimizer, learning-rate schedule and gradient clipping:
+augmentation), with the same batch size, optimizer, learning-rate schedule, gradient clipping
+and torch determinism setting (`train.deterministic`, which selects kernels):
 
   bare:    the loop of torchvision's detection references, reduced to its core (forward, sum of
            the losses, backward, clip, optimizer and scheduler step); no logging, no checks;
@@ -132,6 +133,9 @@ def time_bare(setup: Any, warmup: int, steps: int) -> float:
 
     cfg, model_cfg, taxonomy = setup.train, setup.model, setup.taxonomy
     torch.manual_seed(setup.seed)
+    # The same torch setting as anonlab's run (train.deterministic): it picks the kernels, so
+    # it is the model's cost, not the loop's.
+    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
     device = _device(cfg.device, Dist())
     dtype = _precision(cfg.precision, device)
     keypoints = model_cfg.kind == "keypointrcnn"
