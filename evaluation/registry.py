@@ -9,11 +9,9 @@ and tags the version with who promoted it and when.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import getpass
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from mlflow.tracking import MlflowClient
 
 from data.checksum import file_sha256
 from data.errors import AnonlabError
-from training.tracking import WEIGHTS_SHA256_TAG, tracking_uri
+from training.tracking import WEIGHTS_SHA256_TAG, global_tracking_uri, tracking_uri
 
 __all__ = [
     "CHALLENGER",
@@ -121,7 +119,9 @@ class Registry:
         altered is an error, not a silently different model.
         """
         dest.mkdir(parents=True, exist_ok=True)
-        with _registry_uri(self.uri):
+        # `models:/` URIs resolve through MLflow's global URIs (the registry's defaults to the
+        # tracking one): set for the call, then put back exactly as they were.
+        with global_tracking_uri(self.uri):
             folder = Path(
                 mlflow.artifacts.download_artifacts(
                     artifact_uri=f"models:/{model.name}/{model.version}",
@@ -154,14 +154,3 @@ class Registry:
 
 def _not_found(exc: MlflowException) -> bool:
     return exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")
-
-
-@contextlib.contextmanager
-def _registry_uri(uri: str) -> Iterator[None]:
-    """MLflow resolves `models:/` URIs through its global registry URI: set it for the call."""
-    previous = mlflow.get_registry_uri()
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_registry_uri(previous)

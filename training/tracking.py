@@ -37,7 +37,15 @@ from data.checksum import file_sha256
 from data.config import _SECRET_KEY
 from data.errors import AnonlabError
 
-__all__ = ["TRUNCATED", "WEIGHTS_SHA256_TAG", "Tracker", "flatten", "run_tags", "tracking_uri"]
+__all__ = [
+    "TRUNCATED",
+    "WEIGHTS_SHA256_TAG",
+    "Tracker",
+    "flatten",
+    "global_tracking_uri",
+    "run_tags",
+    "tracking_uri",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -431,7 +439,7 @@ class Tracker:
         # FINISHED mid-training and stop the system-metrics monitor). It would put the logged
         # model in MLflow's current experiment, not the run's, so the entity is created here;
         # and it reads the tracking and registry URIs from MLflow's globals, set for the call.
-        with self._guard("model", once=False), _global_tracking_uri(self.uri):
+        with self._guard("model", once=False), global_tracking_uri(self.uri):
             run = self._client.get_run(self._run_id)
             logged = self._client.create_logged_model(
                 run.info.experiment_id,
@@ -492,7 +500,7 @@ def _log_batch(
 
 
 @contextlib.contextmanager
-def _global_tracking_uri(uri: str) -> Iterator[None]:
+def global_tracking_uri(uri: str) -> Iterator[None]:
     """Point MLflow's global tracking URI at `uri` for a block, then restore exactly what was set.
 
     `mlflow.set_tracking_uri` also writes `MLFLOW_TRACKING_URI` into the environment (and unsets
