@@ -43,7 +43,7 @@ from evaluation.config import EvaluateConfig
 from evaluation.predict import TorchDetector, predict_set
 from evaluation.registry import CHAMPION, RegisteredModel, Registry
 from evaluation.report import Miss, ModelReport, SetReport, render_report
-from evaluation.score import ScoreOptions, check_ground_truth, score
+from evaluation.score import ScoreOptions, load_ground_truth, score
 from serving.runtime.tiles import TilingSpec
 from training.models import load_model_files
 from training.tracking import Tracker, run_tags
@@ -99,7 +99,7 @@ def run_evaluate(setup: EvalSetup) -> dict[str, Any]:
     for name, path in sets.items():
         if not path.is_file():
             raise AnonlabError(f"{path} (set {name!r}) does not exist; run prepare")
-    truths = {name: _ground_truth(path) for name, path in sets.items()}
+    truths = {name: load_ground_truth(path) for name, path in sets.items()}
     registry = _registry(setup.root)
     device = _device(setup.evaluate.device)
     metrics: dict[str, Any] = {}
@@ -112,15 +112,14 @@ def run_evaluate(setup: EvalSetup) -> dict[str, Any]:
                 raise AnonlabError(f"{model_dir}: no weights.safetensors/config.yaml; train {name}")
             version = _version_of(registry, name, weights)
             evaluator = _ModelEvaluation(setup, sets, truths, device, out)
-            mine = evaluator.run(name, config, weights, label=name)
+            mine = evaluator.run(name, config, weights, label=name, outputs=True)
             champion = None
             champ_ref = _champion(registry, name, weights) if setup.evaluate.champion else None
             if champ_ref is not None:
                 with tempfile.TemporaryDirectory(prefix="anonlab-champion-") as tmp:
                     c_config, c_weights = registry.download(champ_ref, Path(tmp))
-                    champion = evaluator.run(
-                        name, c_config, c_weights, label=f"{name} champion v{champ_ref.version}"
-                    )
+                    label = f"{name} champion v{champ_ref.version}"
+                    champion = evaluator.run(name, c_config, c_weights, label=label)
             entry = _metrics_entry(mine, champion, version, champ_ref)
             metrics[name] = entry
             reports.append(_model_report(name, mine, champion, version, champ_ref))
@@ -165,7 +164,11 @@ class _ModelEvaluation:
         self.cfg = setup.evaluate
         self.spec = tiling_spec(self.cfg)
 
-    def run(self, name: str, config: Path, weights: Path, *, label: str) -> _Result:
+    def run(
+        self, name: str, config: Path, weights: Path, *, label: str, outputs: bool = False
+    ) -> _Result:
+        """Thresholds on val, then every set scored; `outputs`: also write the predictions
+        and plots of `name` (the evaluated model's, not the champion's)."""
         model, model_cfg = load_model_files(config, weights)
         classes = list(model_cfg["classes"])
         detector = TorchDetector(
@@ -174,7 +177,6 @@ class _ModelEvaluation:
             score_threshold=self.cfg.min_threshold,
             mask_threshold=self.cfg.mask_threshold,
         )
-        predictions: dict[str, list[dict[str, Any]]] = {}
         scores: dict[str, dict[str, Any]] = {}
         misses: dict[str, tuple[list[Miss], int]] = {}
         thresholds: dict[str, dict[str, Any]] = {}
@@ -182,14 +184,13 @@ class _ModelEvaluation:
             gt = _only_classes(self.truths[set_name], classes)
             ids = [_category_id(gt, c, path) for c in classes]
             results, _ = predict_set(
-                path,
+                gt["images"],
                 detector,
                 self.spec,
                 images_root=path.parent if set_name == VAL else path.parent.parent,
                 category_ids=ids,
                 desc=f"{label} on {set_name}",
             )
-            predictions[set_name] = results
             if set_name == VAL:
                 thresholds = self._thresholds(gt, results, classes)
             chosen = {c: thresholds[c]["threshold"] for c in classes}
@@ -197,7 +198,7 @@ class _ModelEvaluation:
             scores[set_name] = score(gt, results, options)
             if set_name != VAL:
                 misses[set_name] = self._misses(path, gt, scores[set_name].pop("objects"))
-            if "champion" not in label:
+            if outputs:
                 write_json(self.out / "predictions" / name / f"{set_name}.json", results)
                 _write_plots(self.out / "plots" / name / set_name, scores[set_name])
         return _Result(thresholds, scores, misses)
@@ -398,17 +399,6 @@ def _track(
         if champion is not None:
             metrics.update(flat_recall(champion, prefix="champion/"))
         tracker.log_metrics(metrics, 0)
-
-
-def _ground_truth(path: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        gt = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise AnonlabError(f"{path}: not readable as COCO JSON ({exc}); run prepare") from exc
-    check_ground_truth(gt, str(path))
-    return gt
 
 
 def _only_classes(gt: dict[str, Any], classes: Sequence[str]) -> dict[str, Any]:

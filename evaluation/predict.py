@@ -1,4 +1,4 @@
-"""A trained model over a COCO image set, tiled as the blurring runtime tiles, to COCO results.
+"""A trained model over the images of a COCO set, tiled as the runtime tiles, to COCO results.
 
 `TorchDetector` turns a torchvision detection model into the runtime's detector (tiles in,
 `Detections` out), so `serving.runtime.tiles.detect_tiled` cuts, runs and merges exactly as the
@@ -92,7 +92,7 @@ class TorchDetector:
 
 
 def predict_set(
-    coco_file: Path,
+    images: Sequence[dict[str, Any]],
     detector: TorchDetector,
     spec: TilingSpec,
     *,
@@ -100,20 +100,20 @@ def predict_set(
     category_ids: Sequence[int],
     desc: str,
 ) -> tuple[list[dict[str, Any]], dict[int, Detections]]:
-    """COCO results of `detector` on every image of `coco_file`, and the `Detections` per image.
+    """COCO results of `detector` on every image (COCO `images` entries), and the `Detections`
+    per image.
 
     `category_ids[i]` is the ground truth's category id of model label i + 1. Image paths are
     relative to `images_root` (prepare writes every file's paths relative to `prepared/`, the
     reference sets' in `prepared/refs/` too).
     """
-    coco = _read(coco_file)
     results: list[dict[str, Any]] = []
     per_image: dict[int, Detections] = {}
-    for image in bar(coco["images"], desc=desc, unit="img"):
+    for image in bar(images, desc=desc, unit="img"):
         path = images_root / image["file_name"]
         rgb = cv2.imread(str(path), cv2.IMREAD_COLOR_RGB)
         if rgb is None:
-            raise AnonlabError(f"{coco_file}: image {image['id']} ({path}) cannot be read")
+            raise AnonlabError(f"{desc}: image {image['id']} ({path}) cannot be read")
         dets = detect_tiled(rgb, detector, spec)
         per_image[image["id"]] = dets
         results.extend(to_results(dets, image["id"], rgb.shape[1], rgb.shape[0], category_ids))
@@ -149,14 +149,3 @@ def to_results(
             entry["keypoints"] = dets.keypoints[i].reshape(-1).astype(float).tolist()
         out.append(entry)
     return out
-
-
-def _read(coco_file: Path) -> dict[str, Any]:
-    import json
-
-    try:
-        return json.loads(coco_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise AnonlabError(
-            f"{coco_file}: cannot read it as COCO JSON ({exc}); run prepare"
-        ) from exc
