@@ -127,7 +127,7 @@ def time_bare(setup: Any, warmup: int, steps: int) -> float:
 
     from training.augment import build_augmenter
     from training.dataset import CocoDetection, aspect_ratio_groups, collate, images_to_float
-    from training.loop import Dist, _device, _precision, lr_factor
+    from training.loop import build_optimizer, lr_factor, resolve_device, resolve_precision
     from training.models import build_model
     from training.sampling import BatchPlan, SeededSamples, StepBatches
 
@@ -136,8 +136,8 @@ def time_bare(setup: Any, warmup: int, steps: int) -> float:
     # The same torch setting as anonlab's run (train.deterministic): it picks the kernels, so
     # it is the model's cost, not the loop's.
     torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
-    device = _device(cfg.device, Dist())
-    dtype = _precision(cfg.precision, device)
+    device = resolve_device(cfg.device, key="train.device")
+    dtype = resolve_precision(cfg.precision, device)
     keypoints = model_cfg.kind == "keypointrcnn"
     train_set = CocoDetection(
         setup.artifacts / "prepared" / "train.json",
@@ -164,13 +164,7 @@ def time_bare(setup: Any, warmup: int, steps: int) -> float:
     model = build_model(model_cfg, keypoint_names=taxonomy.keypoints if keypoints else [])
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = cfg.optimizer
-    if opt.name == "sgd":
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay
-        )
-    else:
-        optimizer = torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay)
+    optimizer = build_optimizer(cfg, params)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, cfg.schedule, cfg.max_steps)
     )

@@ -26,7 +26,7 @@ import datetime as dt
 import logging
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from evaluation.registry import CHAMPION, RegisteredModel, Registry
 from evaluation.report import Miss, ModelReport, SetReport, render_report
 from evaluation.score import ScoreOptions, load_ground_truth, score
 from serving.runtime.tiles import TilingSpec
+from training.loop import resolve_device
 from training.models import load_model_files
 from training.tracking import Tracker, run_tags
 
@@ -101,7 +102,7 @@ def run_evaluate(setup: EvalSetup) -> dict[str, Any]:
             raise AnonlabError(f"{path} (set {name!r}) does not exist; run prepare")
     truths = {name: load_ground_truth(path) for name, path in sets.items()}
     registry = _registry(setup.root)
-    device = _device(setup.evaluate.device)
+    device = resolve_device(setup.evaluate.device, key="evaluate.device")
     metrics: dict[str, Any] = {}
     reports: list[ModelReport] = []
     with staged_dir(setup.artifacts / "eval") as out:
@@ -210,7 +211,8 @@ class _ModelEvaluation:
             thresholds=thresholds,
             per_object=per_object,
             coverage=self.cfg.coverage,
-            target_recall=min(self.cfg.target(c) for c in self.setup.taxonomy.classes),
+            target_recall={c: self.cfg.target(c) for c in self.setup.taxonomy.classes},
+            min_threshold=self.cfg.min_threshold,
             n_boot=self.cfg.n_boot,
             seed=self.setup.seed,
         )
@@ -218,21 +220,19 @@ class _ModelEvaluation:
     def _thresholds(
         self, gt: dict[str, Any], results: list[dict[str, Any]], classes: Sequence[str]
     ) -> dict[str, dict[str, Any]]:
-        """Per class, the highest score threshold reaching the class's target recall on val."""
+        """Per class, the highest score threshold reaching the class's target recall on val
+        (score's operating point, not below evaluate.min_threshold)."""
         floor = self.cfg.min_threshold
-        curves = score(gt, results, self._options(floor)).get("pr_curve", {})
+        options = replace(self._options(floor), n_boot=0)
+        points = score(gt, results, options)["operating_points"]
         chosen: dict[str, dict[str, Any]] = {}
         for name in classes:
-            target = self.cfg.target(name)
-            points = [p for p in curves.get(name) or [] if p["score"] >= floor]
-            reaching = [p for p in points if p["recall"] >= target]
-            if reaching:
-                best = max(reaching, key=lambda p: p["score"])
-                chosen[name] = {"threshold": best["score"], "val_recall": best["recall"]}
-                chosen[name]["reached"] = True
-            else:
-                recall = max((p["recall"] for p in points), default=0.0)
-                chosen[name] = {"threshold": floor, "val_recall": recall, "reached": False}
+            point = points.get(name) or {"threshold": floor, "recall": None, "reached": False}
+            chosen[name] = {
+                "threshold": point["threshold"],
+                "val_recall": point["recall"],
+                "reached": point["reached"],
+            }
         return chosen
 
     def _misses(
@@ -447,9 +447,3 @@ def _champion(registry: Registry | None, name: str, weights: Path) -> Registered
     if champion is None or champion.weights_sha256 == file_sha256(weights):
         return None  # none yet, or the champion is this very model
     return champion
-
-
-def _device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(setting)

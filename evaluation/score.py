@@ -63,7 +63,11 @@ class ScoreOptions:
 
     thresholds: Mapping[str, float] | float = DEFAULT_THRESHOLD  # per class name, or one for all
     coverage: float = 0.9  # share of an object's pixels that must be covered
-    target_recall: float = 0.95  # for choosing operating thresholds
+    # For choosing operating thresholds: one target for all classes, or one per class name.
+    target_recall: Mapping[str, float] | float = 0.95
+    # Operating thresholds are not chosen below this score (where the target is out of reach,
+    # the operating point is this floor and says so).
+    min_threshold: float = 0.0
     iou: float = 0.5
     max_dets: int = 100  # per image and class, as COCO
     n_boot: int = 1000  # bootstrap resamples of images; 0: no intervals
@@ -430,11 +434,27 @@ def _resolve_thresholds(thresholds: Mapping[str, float] | float, classes: list[s
     return {name: float(value) for name, value in resolved.items()}
 
 
+def _resolve_targets(targets: Mapping[str, float] | float, classes: list[str]) -> dict:
+    if isinstance(targets, Mapping):
+        missing = [name for name in classes if name not in targets]
+        if missing:
+            raise AnonlabError(f"target_recall has no value for {', '.join(map(repr, missing))}")
+        resolved = {name: targets[name] for name in classes}
+    else:
+        resolved = dict.fromkeys(classes, targets)
+    for name, value in resolved.items():
+        if not (_is_number(value) and 0 < value <= 1):
+            raise AnonlabError(f"target_recall of {name!r} must be in (0, 1], found {value!r}")
+    return {name: float(value) for name, value in resolved.items()}
+
+
 def _check_options(options: ScoreOptions) -> None:
-    for name in ("coverage", "target_recall", "iou"):
+    for name in ("coverage", "iou"):
         value = getattr(options, name)
         if not (_is_number(value) and 0 < value <= 1):
             raise AnonlabError(f"{name} must be in (0, 1], found {value!r}")
+    if not (_is_number(options.min_threshold) and 0 <= options.min_threshold <= 1):
+        raise AnonlabError(f"min_threshold must be in [0, 1], found {options.min_threshold!r}")
     if not (_is_int(options.max_dets) and options.max_dets >= 1):
         raise AnonlabError(f"max_dets must be an integer >= 1, found {options.max_dets!r}")
     if not (_is_int(options.n_boot) and options.n_boot >= 0):
@@ -497,6 +517,7 @@ def score(
     classes = [c["name"] for c in categories]
     thresholds = _resolve_thresholds(options.thresholds, classes)
     _check_options(options)
+    targets = _resolve_targets(options.target_recall, classes)
     image_ids = np.array(sorted(image["id"] for image in gt["images"]), dtype=np.int64)
     category_ids = np.array([c["id"] for c in categories], dtype=np.int64)
     heights = {image["id"]: image["height"] for image in gt["images"]}
@@ -553,14 +574,19 @@ def score(
         for c, name in enumerate(classes)
     }
     pr_curves: dict[str, list[dict[str, float]]] = {}
-    operating: dict[str, float | None] = {}
+    operating: dict[str, dict[str, Any] | None] = {}
     for c, name in enumerate(classes):
         of_class = kept & (dets.category == c)
         n = int(np.count_nonzero(counted & (truth.category == c)))
-        curve, threshold, note = _curve(
-            dets.score[of_class], hit_all[of_class], false_all[of_class], n, options.target_recall
+        curve, operating[name], note = _curve(
+            dets.score[of_class],
+            hit_all[of_class],
+            false_all[of_class],
+            n,
+            targets[name],
+            options.min_threshold,
         )
-        pr_curves[name], operating[name] = curve, threshold
+        pr_curves[name] = curve
         if note:
             notes.append(f"{name}: {note}")
 
@@ -571,11 +597,16 @@ def score(
         "recall": recall,
         "false_positives_per_image": false_positives,
         "pr_curve": pr_curves,
-        "operating_thresholds": operating,
+        "operating_thresholds": {
+            name: point["threshold"] if point and point["reached"] else None
+            for name, point in operating.items()
+        },
+        "operating_points": operating,
         "options": {
             "thresholds": thresholds,
             "coverage": float(options.coverage),
-            "target_recall": float(options.target_recall),
+            "target_recall": targets,
+            "min_threshold": float(options.min_threshold),
             "iou": float(options.iou),
             "max_dets": options.max_dets,
             "n_boot": options.n_boot,
@@ -987,14 +1018,16 @@ def _bootstrap(
 
 
 def _curve(
-    scores: np.ndarray, hit: np.ndarray, false: np.ndarray, n: int, target: float
-) -> tuple[list[dict[str, float]], float | None, str | None]:
+    scores: np.ndarray, hit: np.ndarray, false: np.ndarray, n: int, target: float, floor: float
+) -> tuple[list[dict[str, float]], dict[str, Any] | None, str | None]:
     """The precision/recall curve of one class (its points where the score threshold changes,
-    thinned to one per 1% of recall), and the highest threshold whose recall meets `target`."""
+    thinned to one per 1% of recall), and its operating point: the highest threshold, not below
+    `floor`, whose recall meets `target` (`reached`), else `floor` with the recall there."""
     if n == 0:
         return [], None, "no ground-truth objects: no curve or operating threshold"
     if not len(scores):
-        return [], None, "no predictions: no curve or operating threshold"
+        missed = {"threshold": floor, "recall": 0.0, "reached": False}
+        return [], missed, "no predictions: no curve or operating threshold"
     order = np.argsort(-scores, kind="stable")
     ordered = scores[order]
     hits = np.cumsum(hit[order])
@@ -1004,19 +1037,25 @@ def _curve(
     recall = hits[last_of_tie] / n
     judged = hits[last_of_tie] + falses[last_of_tie]
 
-    reached = np.flatnonzero(recall >= target)
-    threshold = float(thresholds[reached[0]]) if len(reached) else None
+    allowed = np.flatnonzero(thresholds >= floor)
+    reached = allowed[recall[allowed] >= target]
     note = None
-    if threshold is None:
+    if len(reached):
+        k = reached[0]
+        point = {"threshold": float(thresholds[k]), "recall": float(recall[k]), "reached": True}
+    else:
+        best = float(recall[allowed[-1]]) if len(allowed) else 0.0
+        lowest = float(thresholds[allowed[-1]]) if len(allowed) else floor
+        point = {"threshold": floor if floor > 0 else lowest, "recall": best, "reached": False}
         note = (
-            f"recall never reaches {target:g} (at most {recall[-1]:.4f}, at score >= "
-            f"{thresholds[-1]:g}): no operating threshold"
+            f"recall never reaches {target:g} (at most {best:.4f}, at score >= "
+            f"{point['threshold']:g}): no operating threshold"
         )
 
     # Points before any prediction is judged (all matched ignored objects) have no precision.
     usable = np.flatnonzero(judged > 0)
     if not len(usable):
-        return [], threshold, note
+        return [], point, note
     levels = np.arange(1, PR_LEVELS + 1) / PR_LEVELS
     picks = np.searchsorted(recall[usable], levels, side="left")
     picks = np.unique(np.append(picks[picks < len(usable)], 0))
@@ -1028,7 +1067,7 @@ def _curve(
         }
         for k in usable[picks].tolist()
     ]
-    return points, threshold, note
+    return points, point, note
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1066,7 +1105,7 @@ def format_table(metrics: dict) -> str:
         lines.append(
             f"{'':<16}threshold {options['thresholds'][name]:g}; false positives per image "
             f"{metrics['false_positives_per_image'][name]:.3f}; threshold for recall "
-            f"{options['target_recall']:g}: {operating}"
+            f"{options['target_recall'][name]:g}: {operating}"
         )
     if metrics.get("notes"):
         lines += ["", "notes:"] + [f"  - {note}" for note in metrics["notes"]]

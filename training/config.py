@@ -76,6 +76,11 @@ class ModelConfig(Section):
     # where fixed statistics would leave the backbone unnormalized. Both ignore the batch, which
     # is 1-4 images per GPU and not synchronized across DDP processes.
     norm: Literal["frozen_bn", "group_norm"] = "frozen_bn"
+    # Width of the FPN and of the heads' convolutions (mask head: this; keypoint head: twice
+    # this). 256 is torchvision's (and its COCO weights'); MobileNet backbones may go narrower:
+    # 128 makes a CPU training step about 2.4x faster (the FPN, RPN and mask head convolutions
+    # dominate it). ResNet FPNs stay at 256.
+    fpn_channels: int = Field(default=256, ge=16)
     # The classes this model detects, a subset of taxonomy.classes; label i+1 is classes[i].
     classes: list[str] = Field(min_length=1)
     # Images are resized so the short side is min_size (long side at most max_size).
@@ -111,6 +116,11 @@ class ModelConfig(Section):
             raise ValueError(
                 f"norm = group_norm with weights = {self.weights}: pretrained weights carry "
                 "batch-norm statistics; use norm: frozen_bn, or weights: none"
+            )
+        if self.fpn_channels != 256 and not self.backbone.startswith("mobilenet"):
+            raise ValueError(
+                f"fpn_channels = {self.fpn_channels} with {self.backbone}: ResNet FPNs are 256 "
+                "wide (torchvision's, and the COCO weights'); narrower FPNs are for MobileNets"
             )
         if self.kind == "keypointrcnn" and self.classes != ["person"]:
             raise ValueError(f"a keypointrcnn model detects [person] only, not {self.classes}")

@@ -145,23 +145,23 @@ def _init_distributed() -> Dist:
     return Dist(torch_dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def _device(setting: str, dist: Dist) -> torch.device:
+def resolve_device(setting: str, *, key: str, local_rank: int = 0) -> torch.device:
+    """The device a `device` setting names (`key` is its config key, for errors): `auto` is the
+    process's GPU (`local_rank`) when CUDA is available, else the CPU."""
     if setting == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda", dist.local_rank)
+            return torch.device("cuda", local_rank)
         return torch.device("cpu")
     try:
         device = torch.device(setting)
     except RuntimeError:
-        raise AnonlabError(
-            f"train.device = {setting!r}: not a device (auto, cpu, cuda, cuda:1)"
-        ) from None
+        raise AnonlabError(f"{key} = {setting!r}: not a device (auto, cpu, cuda, cuda:1)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise AnonlabError(f"train.device = {setting!r}: this machine has no CUDA GPU; use auto")
+        raise AnonlabError(f"{key} = {setting!r}: this machine has no CUDA GPU; use auto")
     return device
 
 
-def _precision(setting: str, device: torch.device) -> torch.dtype | None:
+def resolve_precision(setting: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype; None for fp32."""
     if setting == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
@@ -229,8 +229,10 @@ class _Trainer:
         self.cfg = setup.train
         self.model_cfg = setup.model
         self.out = setup.artifacts / "models" / setup.name
-        self.device = _device(self.cfg.device, dist)
-        self.autocast_dtype = _precision(self.cfg.precision, self.device)
+        self.device = resolve_device(
+            self.cfg.device, key="train.device", local_rank=dist.local_rank
+        )
+        self.autocast_dtype = resolve_precision(self.cfg.precision, self.device)
         self.history: dict[str, list[dict[str, Any]]] = {"loss": [], "val": []}
         self.best: dict[str, Any] = {}
         self.untrained: dict[str, Any] = {}
@@ -291,7 +293,7 @@ class _Trainer:
         model = build_model(self.model_cfg, keypoint_names=self._keypoint_names())
         model.to(self.device)
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = _optimizer(self.cfg, trainable)
+        optimizer = build_optimizer(self.cfg, trainable)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_factor(s, self.cfg.schedule, self.cfg.max_steps)
         )
@@ -674,7 +676,10 @@ class _Trainer:
         return self.setup.taxonomy.keypoints if self.model_cfg.kind == "keypointrcnn" else []
 
 
-def _optimizer(cfg: TrainConfig, parameters: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+def build_optimizer(
+    cfg: TrainConfig, parameters: list[torch.nn.Parameter]
+) -> torch.optim.Optimizer:
+    """The optimizer train.optimizer names, over `parameters`."""
     opt = cfg.optimizer
     if opt.name == "sgd":
         return torch.optim.SGD(

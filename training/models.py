@@ -57,6 +57,9 @@ from torchvision.models.detection import (
 )
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -107,6 +110,9 @@ _KEYPOINT_DIM = {
 # each location has the same number of anchors (one RPN head serves every level), 16 to 256 px.
 _MOBILENET_ANCHOR_SIZES = ((16, 24), (32, 48), (64, 96), (128, 256))
 _MOBILENET_ASPECT_RATIOS = ((0.5, 1.0, 2.0),) * 4
+
+# The box head's representation size (torchvision's TwoMLPHead, which MaskRCNN builds itself).
+_BOX_HEAD_WIDTH = 1024
 
 _OFFLINE_HINT = (
     "the machine is offline or the URL is blocked; download once where there is network "
@@ -287,9 +293,26 @@ def _architecture(
         "box_batch_size_per_image": config.rois_per_image,
         "box_detections_per_img": config.detections_per_image,
     }
+    width = config.fpn_channels
     if config.kind == "keypointrcnn":
-        return KeypointRCNN(backbone, num_classes=2, num_keypoints=len(keypoint_names), **options)
-    return MaskRCNN(backbone, num_classes=len(config.classes) + 1, **options)
+        # torchvision's keypoint head: eight 3x3 convolutions, twice the FPN's width.
+        return KeypointRCNN(
+            backbone,
+            num_classes=2,
+            keypoint_head=KeypointRCNNHeads(width, (2 * width,) * 8),
+            keypoint_predictor=KeypointRCNNPredictor(2 * width, len(keypoint_names)),
+            **options,
+        )
+    # torchvision's mask head (four 3x3 convolutions, a 2x up-convolution), the FPN's width.
+    classes = len(config.classes) + 1
+    return MaskRCNN(
+        backbone,
+        num_classes=None,
+        box_predictor=FastRCNNPredictor(_BOX_HEAD_WIDTH, classes),
+        mask_head=MaskRCNNHeads(width, (width,) * 4, 1),
+        mask_predictor=MaskRCNNPredictor(width, width, classes),
+        **options,
+    )
 
 
 def _norm_layer(config: ModelConfig) -> Callable[[int], nn.Module]:
@@ -321,7 +344,7 @@ def _mobilenet_fpn(config: ModelConfig, weights: WeightsEnum | None) -> Backbone
         features,
         return_layers={str(index): str(level) for level, index in enumerate(taken)},
         in_channels_list=[features[index].out_channels for index in taken],
-        out_channels=256,
+        out_channels=config.fpn_channels,
         extra_blocks=LastLevelMaxPool(),
     )
 

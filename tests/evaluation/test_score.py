@@ -498,6 +498,35 @@ def test_operating_threshold_is_none_with_a_note_when_never_reached() -> None:
     assert any(note.startswith("face: recall never reaches 0.9") for note in result["notes"])
 
 
+def test_operating_points_take_a_target_per_class_and_stop_at_the_floor() -> None:
+    gt, predictions = scored_faces()
+    classes = [c["name"] for c in gt["categories"]]
+    targets = {**dict.fromkeys(classes, 0.95), "face": 0.75}
+    result = score(gt, predictions, ScoreOptions(target_recall=targets, n_boot=0))
+    assert result["operating_points"]["face"] == {"threshold": 0.7, "recall": 0.75, "reached": True}
+    assert result["operating_points"]["person"] is None  # no persons: nothing to choose
+    assert result["options"]["target_recall"] == targets
+
+    # Recall 1.0 needs score 0.6; with a floor of 0.65 the point is the floor, and says so.
+    floored = score(gt, predictions, ScoreOptions(target_recall=1.0, min_threshold=0.65, n_boot=0))
+    assert floored["operating_points"]["face"] == {
+        "threshold": 0.65,
+        "recall": 0.75,
+        "reached": False,
+    }
+    assert floored["operating_thresholds"]["face"] is None
+
+
+def test_a_target_per_class_must_name_every_class() -> None:
+    gt, predictions = scored_faces()
+    classes = [c["name"] for c in gt["categories"]]
+    with pytest.raises(AnonlabError, match="target_recall has no value for 'person'"):
+        score(gt, predictions, ScoreOptions(target_recall={"face": 0.9}, n_boot=0))
+    zero_face = {**dict.fromkeys(classes, 1.0), "face": 0.0}
+    with pytest.raises(AnonlabError, match="target_recall of 'face' must be in"):
+        score(gt, predictions, ScoreOptions(target_recall=zero_face))
+
+
 def test_false_positives_and_precision_recall_curve() -> None:
     gt, predictions = scored_faces()
     result = score(gt, predictions, ScoreOptions(thresholds=0.65, n_boot=0))
