@@ -15,7 +15,7 @@ import yaml
 from tests.conftest import REPO
 
 
-def sh(cwd: Path, *argv: str) -> str:
+def run(cwd: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         # The project's console scripts (anonlab, dvc) are beside this interpreter.
@@ -26,9 +26,20 @@ def sh(cwd: Path, *argv: str) -> str:
         "GIT_COMMITTER_EMAIL": "test@example.invalid",
         "DVC_NO_ANALYTICS": "1",
     }
-    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def sh(cwd: Path, *argv: str) -> str:
+    done = run(cwd, *argv)
     assert done.returncode == 0, f"{' '.join(argv)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
+
+
+def gate_stops(done: subprocess.CompletedProcess[str]) -> None:
+    """The run failed at the validate stage, on the model gate, not earlier."""
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output
+    assert "validation failed" in output and "recall below target" in output, output
 
 
 @pytest.fixture
@@ -55,8 +66,9 @@ def counts(work: Path) -> tuple[int, int, int]:
 
 def test_exp_run_with_a_hydra_override_runs_the_pipeline(repo: Path) -> None:
     holdout = "prepare.reference_sets=[{name:holdout,sessions:[synthetic-drive-001]}]"
-    # One training step per model: the train stages run, quickly.
-    sh(
+    # One training step per model: the train stages run, quickly; and no model trained for one
+    # step reaches a recall target, so the release gate stops the pipeline at validate.
+    done = run(
         repo,
         "dvc",
         "exp",
@@ -78,6 +90,10 @@ def test_exp_run_with_a_hydra_override_runs_the_pipeline(repo: Path) -> None:
         "-S",
         "models.keypointrcnn_mobilenet_v3_fpn.detections_per_image=20",
     )
+    gate_stops(done)
+    verdict = json.loads((repo / "artifacts/validation/verdict.json").read_text())
+    assert not verdict["passed"] and not verdict["challengers"]
+    assert verdict["failed"] and all(".target." in name for name in verdict["failed"])
     params = yaml.safe_load((repo / "params.yaml").read_text())
     assert params["collect"]["synthetic"]["count"] == 24
     assert params["prepare"]["reference_sets"][0]["sessions"] == ["synthetic-drive-001"]
@@ -89,10 +105,11 @@ def test_exp_run_with_a_hydra_override_runs_the_pipeline(repo: Path) -> None:
     assert len(coco["images"]) == kept and coco["annotations"]
     stats = json.loads((repo / "artifacts/prepared/stats.json").read_text())
     assert stats["train"]["images"] and stats["ref-holdout"]["images"]
-    # Nothing changed: DVC skips every stage.
-    out = sh(repo, "dvc", "repro")
+    # Nothing changed: DVC skips every stage up to the gate, which refuses the models again.
+    again = run(repo, "dvc", "repro")
+    gate_stops(again)
     # collect, review, annotate, prepare, one train per model, evaluate
-    assert out.count("didn't change, skipping") == 5 + len(params["train"]["models"])
+    assert again.stdout.count("didn't change, skipping") == 5 + len(params["train"]["models"])
     for model in params["train"]["models"]:
         trained = json.loads((repo / f"artifacts/models/{model}/metrics.json").read_text())
         assert trained["steps"] == 1 and (repo / f"artifacts/models/{model}").is_dir()
