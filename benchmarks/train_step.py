@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/train_step.py [--model maskrcnn_mobilenet_v3_fpn]
         [--steps 40] [--warmup 10] [--rounds 3] [--device auto] [--precision fp32]
-        [--min-size N --max-size N] [--dir DIR] [--json]
+        [--min-size N --max-size N] [--fpn-channels N] [--dir DIR] [--json]
 
 Both loops train the same model (built by `training.models.build_model` from the model's config
 in conf/), on the same data (the synthetic pipeline's prepared train split: the dataset with the
@@ -214,6 +214,7 @@ def main() -> None:
     parser.add_argument("--log-every", type=int, default=5, help="anonlab's train.log_every")
     parser.add_argument("--min-size", type=int, help="override the model's min_size")
     parser.add_argument("--max-size", type=int, help="override the model's max_size")
+    parser.add_argument("--fpn-channels", type=int, help="override the model's fpn_channels")
     parser.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "anonlab-train-step"))
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--one", choices=["bare", "anonlab"], help=argparse.SUPPRESS)
@@ -222,7 +223,11 @@ def main() -> None:
         parser.error("--warmup and --steps must be multiples of --log-every")
     model_overrides = [
         f"models.{args.model}.{key}={value}"
-        for key, value in (("min_size", args.min_size), ("max_size", args.max_size))
+        for key, value in (
+            ("min_size", args.min_size),
+            ("max_size", args.max_size),
+            ("fpn_channels", args.fpn_channels),
+        )
         if value is not None
     ]
     if args.one:

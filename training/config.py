@@ -77,9 +77,9 @@ class ModelConfig(Section):
     # is 1-4 images per GPU and not synchronized across DDP processes.
     norm: Literal["frozen_bn", "group_norm"] = "frozen_bn"
     # Width of the FPN and of the heads' convolutions (mask head: this; keypoint head: twice
-    # this). 256 is torchvision's (and its COCO weights'); MobileNet backbones may go narrower:
+    # this). 256 is torchvision's (and its COCO weights'); narrower is faster:
     # 128 makes a CPU training step about 2.4x faster (the FPN, RPN and mask head convolutions
-    # dominate it). ResNet FPNs stay at 256.
+    # dominate it). COCO weights need 256.
     fpn_channels: int = Field(default=256, ge=16)
     # The classes this model detects, a subset of taxonomy.classes; label i+1 is classes[i].
     classes: list[str] = Field(min_length=1)
@@ -117,10 +117,10 @@ class ModelConfig(Section):
                 f"norm = group_norm with weights = {self.weights}: pretrained weights carry "
                 "batch-norm statistics; use norm: frozen_bn, or weights: none"
             )
-        if self.fpn_channels != 256 and not self.backbone.startswith("mobilenet"):
+        if self.fpn_channels != 256 and self.weights == "coco":
             raise ValueError(
-                f"fpn_channels = {self.fpn_channels} with {self.backbone}: ResNet FPNs are 256 "
-                "wide (torchvision's, and the COCO weights'); narrower FPNs are for MobileNets"
+                f"fpn_channels = {self.fpn_channels} with weights = coco: torchvision's COCO "
+                "detectors have 256-wide FPNs and heads; use fpn_channels: 256, or imagenet/none"
             )
         if self.kind == "keypointrcnn" and self.classes != ["person"]:
             raise ValueError(f"a keypointrcnn model detects [person] only, not {self.classes}")

@@ -56,7 +56,7 @@ from torchvision.models.detection import (
     MaskRCNN_ResNet50_FPN_Weights,
 )
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
@@ -110,6 +110,9 @@ _KEYPOINT_DIM = {
 # each location has the same number of anchors (one RPN head serves every level), 16 to 256 px.
 _MOBILENET_ANCHOR_SIZES = ((16, 24), (32, 48), (64, 96), (128, 256))
 _MOBILENET_ASPECT_RATIOS = ((0.5, 1.0, 2.0),) * 4
+
+# The ResNet stages an FPN reads, bottom to top.
+_RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 # The box head's representation size (torchvision's TwoMLPHead, which MaskRCNN builds itself).
 _BOX_HEAD_WIDTH = 1024
@@ -275,12 +278,7 @@ def _architecture(
                 _MOBILENET_ANCHOR_SIZES, _MOBILENET_ASPECT_RATIOS
             )
         else:
-            backbone = resnet_fpn_backbone(
-                backbone_name=config.backbone,
-                weights=backbone_weights,
-                norm_layer=_norm_layer(config),
-                trainable_layers=config.trainable_layers,
-            )
+            backbone = _resnet_fpn(config, backbone_weights)
             anchors = None  # torchvision's default: one size per level of the five-level FPN
     options = {
         "min_size": config.min_size,
@@ -323,6 +321,29 @@ def _group_norm(channels: int) -> nn.GroupNorm:
     """GroupNorm with up to 32 groups of at least 4 channels (MobileNets have 16-channel layers)."""
     groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0 and channels // g >= 4)
     return nn.GroupNorm(groups, channels)
+
+
+def _resnet_fpn(config: ModelConfig, weights: WeightsEnum | None) -> BackboneWithFPN:
+    """A ResNet's four stages (strides 4-32) under an FPN plus a pooled level, as torchvision's
+    detectors have it (same module names, so COCO weights load), `fpn_channels` wide.
+
+    `trainable_layers` counts from the top: layer4, layer3, layer2, layer1, then the stem.
+    """
+    body = get_model(config.backbone, weights=weights, norm_layer=_norm_layer(config))
+    trainable = ("layer4", "layer3", "layer2", "layer1", "conv1")[: config.trainable_layers]
+    if config.trainable_layers == len(_RESNET_STAGES) + 1:
+        trainable += ("bn1",)
+    for name, parameter in body.named_parameters():
+        if not name.startswith(trainable):
+            parameter.requires_grad_(False)
+    top = body.inplanes  # the last stage's width; each stage below has half its successor's
+    return BackboneWithFPN(
+        body,
+        return_layers={name: str(level) for level, name in enumerate(_RESNET_STAGES)},
+        in_channels_list=[top // 8, top // 4, top // 2, top],
+        out_channels=config.fpn_channels,
+        extra_blocks=LastLevelMaxPool(),
+    )
 
 
 def _mobilenet_fpn(config: ModelConfig, weights: WeightsEnum | None) -> BackboneWithFPN:

@@ -153,9 +153,10 @@ def test_mobilenet_fpn_sees_small_objects() -> None:
     assert len(sizes) == len(features) and min(sizes[0]) == 16
 
 
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenet_v3_large"])
 @pytest.mark.parametrize("kind", ["maskrcnn", "keypointrcnn"])
-def test_narrow_fpn_narrows_the_heads_and_trains(kind: str) -> None:
-    config = _config(kind, "mobilenet_v3_large", fpn_channels=64)
+def test_narrow_fpn_narrows_the_heads_and_trains(kind: str, backbone: str) -> None:
+    config = _config(kind, backbone, fpn_channels=64)
     model = build_model(config, keypoint_names=KEYPOINTS)
     features = model.backbone(torch.zeros(1, 3, H, W))
     assert {f.shape[1] for f in features.values()} == {64}
@@ -167,13 +168,13 @@ def test_narrow_fpn_narrows_the_heads_and_trains(kind: str) -> None:
     losses = model(images, targets)
     assert all(torch.isfinite(v) for v in losses.values())
     # Narrower means fewer weights to train than torchvision's 256-wide default.
-    wide = build_model(_config(kind, "mobilenet_v3_large"), keypoint_names=KEYPOINTS)
+    wide = build_model(_config(kind, backbone), keypoint_names=KEYPOINTS)
     assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in wide.parameters())
 
 
-def test_narrow_fpn_is_refused_on_resnets() -> None:
-    with pytest.raises(ValueError, match="fpn_channels = 128 with resnet18: ResNet FPNs are 256"):
-        _config(fpn_channels=128)
+def test_narrow_fpn_is_refused_with_coco_weights() -> None:
+    with pytest.raises(ValueError, match="fpn_channels = 128 with weights = coco: torchvision"):
+        _config(fpn_channels=128, weights="coco")
 
 
 # -- trainable layers ----------------------------------------------------------------------------
