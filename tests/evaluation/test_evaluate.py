@@ -115,8 +115,10 @@ def test_validate_fails_the_gate_then_passes_sets_challenger_and_promotes(
     metrics_path = project.artifacts / "eval" / "metrics.json"
     saved = metrics_path.read_text()
     try:
-        # A 3-step model cannot reach recall 0.95: the gate fails, with every check on record.
-        assert _cli(project, "validate", "evaluate.target_recall=0.95") == 2
+        # A 3-step model cannot pass the release gate (recall 0.95 by IoU and by coverage; the
+        # composed default is the demo's): it fails, with every check on record.
+        release = ["evaluate.target_recall=0.95", "validate.gate_metrics=[iou,coverage]"]
+        assert _cli(project, "validate", *release) == 2
         err = capsys.readouterr().err
         assert "validation failed" in err and "recall below target" in err
         verdict = json.loads((project.artifacts / "validation" / "verdict.json").read_text())
