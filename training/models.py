@@ -111,8 +111,10 @@ _KEYPOINT_DIM = {
 _MOBILENET_ANCHOR_SIZES = ((16, 24), (32, 48), (64, 96), (128, 256))
 _MOBILENET_ASPECT_RATIOS = ((0.5, 1.0, 2.0),) * 4
 
-# The ResNet stages an FPN reads, bottom to top.
+# The ResNet stages an FPN reads, bottom to top; and what `trainable_layers` unfreezes, from the
+# top (the last, conv1, is the stem).
 _RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
+_RESNET_TRAINABLE = ("layer4", "layer3", "layer2", "layer1", "conv1")
 
 # The box head's representation size (torchvision's TwoMLPHead, which MaskRCNN builds itself).
 _BOX_HEAD_WIDTH = 1024
@@ -330,9 +332,9 @@ def _resnet_fpn(config: ModelConfig, weights: WeightsEnum | None) -> BackboneWit
     `trainable_layers` counts from the top: layer4, layer3, layer2, layer1, then the stem.
     """
     body = get_model(config.backbone, weights=weights, norm_layer=_norm_layer(config))
-    trainable = ("layer4", "layer3", "layer2", "layer1", "conv1")[: config.trainable_layers]
-    if config.trainable_layers == len(_RESNET_STAGES) + 1:
-        trainable += ("bn1",)
+    trainable = _RESNET_TRAINABLE[: config.trainable_layers]
+    if config.trainable_layers == len(_RESNET_TRAINABLE):
+        trainable += ("bn1",)  # the stem trains whole: its convolution and its norm
     for name, parameter in body.named_parameters():
         if not name.startswith(trainable):
             parameter.requires_grad_(False)
