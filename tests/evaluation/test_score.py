@@ -517,7 +517,7 @@ def test_operating_points_take_a_target_per_class_and_stop_at_the_floor() -> Non
     assert floored["operating_thresholds"]["face"] is None
 
 
-def test_a_target_per_class_must_name_every_class() -> None:
+def test_a_target_per_class_must_name_every_class_and_the_floor_be_a_score() -> None:
     gt, predictions = scored_faces()
     classes = [c["name"] for c in gt["categories"]]
     with pytest.raises(AnonlabError, match="target_recall has no value for 'person'"):
@@ -525,6 +525,8 @@ def test_a_target_per_class_must_name_every_class() -> None:
     zero_face = {**dict.fromkeys(classes, 1.0), "face": 0.0}
     with pytest.raises(AnonlabError, match="target_recall of 'face' must be in"):
         score(gt, predictions, ScoreOptions(target_recall=zero_face))
+    with pytest.raises(AnonlabError, match=r"min_threshold must be in \[0, 1\], found 1.5"):
+        score(gt, predictions, ScoreOptions(min_threshold=1.5))
 
 
 def test_false_positives_and_precision_recall_curve() -> None:
