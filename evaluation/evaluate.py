@@ -35,7 +35,6 @@ import numpy as np
 import torch
 
 from data.atomic import staged_dir, write_json, write_text
-from data.checksum import file_sha256
 from data.config import TaxonomyConfig
 from data.errors import AnonlabError
 from data.size_buckets import size_bucket
@@ -44,6 +43,7 @@ from evaluation.predict import TorchDetector, predict_set
 from evaluation.registry import CHAMPION, RegisteredModel, Registry
 from evaluation.report import Miss, ModelReport, SetReport, render_report
 from evaluation.score import ScoreOptions, load_ground_truth, score
+from serving.runtime.checksum import file_sha256
 from serving.runtime.tiles import TilingSpec
 from training.loop import resolve_device
 from training.models import load_model_files

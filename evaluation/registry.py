@@ -20,8 +20,8 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from data.checksum import file_sha256
 from data.errors import AnonlabError
+from serving.runtime.checksum import file_sha256
 from training.tracking import WEIGHTS_SHA256_TAG, global_tracking_uri, tracking_uri
 
 __all__ = [

@@ -1,14 +1,8 @@
 """Detection models from a `ModelConfig`: torchvision Mask R-CNN or Keypoint R-CNN on an FPN.
 
-`build_model` puts a ResNet/ResNeXt (five stages, FPN on all four residual stages plus a max-pool
-level) or a MobileNetV3 (six stages, FPN on the ends of the stride-8, -16 and -32 stages plus a
-max-pool level) under torchvision's `MaskRCNN` (num_classes = classes + 1) or `KeypointRCNN`
-(background + person, one channel per keypoint name).
-
-The MobileNet FPN is anonlab's own, not torchvision's `fasterrcnn_mobilenet_v3_large_fpn`: that
-one reads two stride-32 maps with anchors from 32 px, so a face or plate under 32 px (most of
-them in street imagery) has no anchor and no feature map fine enough to be found. Here the finest
-map is stride 8 with 16 px anchors. Initial weights:
+`build_model` builds the network `config` describes with the runtime's builder
+(`serving.runtime.architecture`: Mask R-CNN or Keypoint R-CNN on a ResNet or MobileNetV3 FPN; the
+runtime rebuilds exported models with the same code) and gives it its initial weights:
 
 - `none`: random; nothing is downloaded.
 - `imagenet`: the backbone's torchvision ImageNet weights (IMAGENET1K_V1), downloaded once.
@@ -38,7 +32,7 @@ import contextlib
 import http.client
 import logging
 import pickle
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,31 +42,25 @@ from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torchvision.models import WeightsEnum, get_model, get_model_weights
+from torchvision.models import WeightsEnum, get_model_weights
 from torchvision.models.detection import (
-    KeypointRCNN,
     KeypointRCNN_ResNet50_FPN_Weights,
-    MaskRCNN,
     MaskRCNN_ResNet50_FPN_Weights,
 )
-from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-from torchvision.models.detection.keypoint_rcnn import KeypointRCNNHeads, KeypointRCNNPredictor
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.ops import FrozenBatchNorm2d
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from data.atomic import atomic_path
 from data.errors import AnonlabError, ConfigError
+from serving.runtime.architecture import Architecture, build
 from training.config import ModelConfig
 
 __all__ = [
     "COCO_WEIGHTS",
     "FORMAT_VERSION",
+    "architecture_of",
     "build_model",
     "load_model_files",
     "load_weights",
+    "model_architecture",
     "model_files_config",
     "save_weights",
 ]
@@ -105,19 +93,6 @@ _KEYPOINT_DIM = {
     "roi_heads.keypoint_predictor.kps_score_lowres.weight": 1,
     "roi_heads.keypoint_predictor.kps_score_lowres.bias": 0,
 }
-
-# The MobileNet FPN's maps (strides 8, 16, 32 and the pooled 64): two anchor sizes per level, so
-# each location has the same number of anchors (one RPN head serves every level), 16 to 256 px.
-_MOBILENET_ANCHOR_SIZES = ((16, 24), (32, 48), (64, 96), (128, 256))
-_MOBILENET_ASPECT_RATIOS = ((0.5, 1.0, 2.0),) * 4
-
-# The ResNet stages an FPN reads, bottom to top; and what `trainable_layers` unfreezes, from the
-# top (the last, conv1, is the stem).
-_RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
-_RESNET_TRAINABLE = ("layer4", "layer3", "layer2", "layer1", "conv1")
-
-# The box head's representation size (torchvision's TwoMLPHead, which MaskRCNN builds itself).
-_BOX_HEAD_WIDTH = 1024
 
 _OFFLINE_HINT = (
     "the machine is offline or the URL is blocked; download once where there is network "
@@ -217,7 +192,21 @@ def load_model_files(config_path: Path, weights_path: Path) -> tuple[nn.Module, 
 
     Rebuilt with weights none, so nothing is downloaded, whatever the model started from.
     """
-    config_path = Path(config_path)
+    config, keypoint_names, raw = _read_model_config(Path(config_path))
+    model = build_model(config, keypoint_names=keypoint_names)
+    load_weights(model, Path(weights_path))
+    model.eval()
+    return model, raw
+
+
+def model_architecture(config_path: Path) -> Architecture:
+    """The network a trained model's `config.yaml` describes (what export writes)."""
+    config, keypoint_names, _ = _read_model_config(Path(config_path))
+    return architecture_of(config, keypoint_names)
+
+
+def _read_model_config(config_path: Path) -> tuple[ModelConfig, list[str], dict[str, Any]]:
+    """The `ModelConfig` (weights none), keypoint names and raw content of a `config.yaml`."""
     try:
         raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -245,10 +234,7 @@ def load_model_files(config_path: Path, weights_path: Path) -> tuple[nn.Module, 
     keypoint_names = raw.get("keypoint_names") or []
     if not isinstance(keypoint_names, list):
         raise AnonlabError(f"{config_path}: keypoint_names is not a list")
-    model = build_model(config, keypoint_names=[str(k) for k in keypoint_names])
-    load_weights(model, Path(weights_path))
-    model.eval()
-    return model, raw
+    return config, [str(k) for k in keypoint_names], raw
 
 
 # -- construction ------------------------------------------------------------------------------
@@ -269,107 +255,30 @@ def _coco_weights(config: ModelConfig) -> WeightsEnum:
     return found
 
 
+def architecture_of(config: ModelConfig, keypoint_names: Sequence[str]) -> Architecture:
+    """The network `config` describes (the runtime's `Architecture`: what export writes)."""
+    return Architecture(
+        kind=config.kind,
+        backbone=config.backbone,
+        norm=config.norm,
+        fpn_channels=config.fpn_channels,
+        classes=tuple(config.classes),
+        keypoint_names=tuple(keypoint_names) if config.kind == "keypointrcnn" else (),
+        min_size=config.min_size,
+        max_size=config.max_size,
+        proposals_per_image=config.proposals_per_image,
+        rois_per_image=config.rois_per_image,
+        detections_per_image=config.detections_per_image,
+        trainable_layers=config.trainable_layers,
+    )
+
+
 def _architecture(
     config: ModelConfig, keypoint_names: Sequence[str], *, imagenet: bool
 ) -> nn.Module:
     backbone_weights = get_model_weights(config.backbone).IMAGENET1K_V1 if imagenet else None
     with _downloading(backbone_weights, f"ImageNet weights of {config.backbone}"):
-        if config.backbone.startswith("mobilenet"):
-            backbone = _mobilenet_fpn(config, backbone_weights)
-            anchors: AnchorGenerator | None = AnchorGenerator(
-                _MOBILENET_ANCHOR_SIZES, _MOBILENET_ASPECT_RATIOS
-            )
-        else:
-            backbone = _resnet_fpn(config, backbone_weights)
-            anchors = None  # torchvision's default: one size per level of the five-level FPN
-    options = {
-        "min_size": config.min_size,
-        "max_size": config.max_size,
-        "rpn_anchor_generator": anchors,
-        "rpn_pre_nms_top_n_train": 2 * config.proposals_per_image,
-        "rpn_pre_nms_top_n_test": 2 * config.proposals_per_image,
-        "rpn_post_nms_top_n_train": config.proposals_per_image,
-        "rpn_post_nms_top_n_test": config.proposals_per_image,
-        "box_batch_size_per_image": config.rois_per_image,
-        "box_detections_per_img": config.detections_per_image,
-    }
-    width = config.fpn_channels
-    if config.kind == "keypointrcnn":
-        # torchvision's keypoint head: eight 3x3 convolutions, twice the FPN's width.
-        return KeypointRCNN(
-            backbone,
-            num_classes=2,
-            keypoint_head=KeypointRCNNHeads(width, (2 * width,) * 8),
-            keypoint_predictor=KeypointRCNNPredictor(2 * width, len(keypoint_names)),
-            **options,
-        )
-    # torchvision's mask head (four 3x3 convolutions, a 2x up-convolution), the FPN's width.
-    classes = len(config.classes) + 1
-    return MaskRCNN(
-        backbone,
-        num_classes=None,
-        box_predictor=FastRCNNPredictor(_BOX_HEAD_WIDTH, classes),
-        mask_head=MaskRCNNHeads(width, (width,) * 4, 1),
-        mask_predictor=MaskRCNNPredictor(width, width, classes),
-        **options,
-    )
-
-
-def _norm_layer(config: ModelConfig) -> Callable[[int], nn.Module]:
-    return FrozenBatchNorm2d if config.norm == "frozen_bn" else _group_norm
-
-
-def _group_norm(channels: int) -> nn.GroupNorm:
-    """GroupNorm with up to 32 groups of at least 4 channels (MobileNets have 16-channel layers)."""
-    groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0 and channels // g >= 4)
-    return nn.GroupNorm(groups, channels)
-
-
-def _resnet_fpn(config: ModelConfig, weights: WeightsEnum | None) -> BackboneWithFPN:
-    """A ResNet's four stages (strides 4-32) under an FPN plus a pooled level, as torchvision's
-    detectors have it (same module names, so COCO weights load), `fpn_channels` wide.
-
-    `trainable_layers` counts from the top: layer4, layer3, layer2, layer1, then the stem.
-    """
-    body = get_model(config.backbone, weights=weights, norm_layer=_norm_layer(config))
-    trainable = _RESNET_TRAINABLE[: config.trainable_layers]
-    if config.trainable_layers == len(_RESNET_TRAINABLE):
-        trainable += ("bn1",)  # the stem trains whole: its convolution and its norm
-    for name, parameter in body.named_parameters():
-        if not name.startswith(trainable):
-            parameter.requires_grad_(False)
-    top = body.inplanes  # the last stage's width; each stage below has half its successor's
-    return BackboneWithFPN(
-        body,
-        return_layers={name: str(level) for level, name in enumerate(_RESNET_STAGES)},
-        in_channels_list=[top // 8, top // 4, top // 2, top],
-        out_channels=config.fpn_channels,
-        extra_blocks=LastLevelMaxPool(),
-    )
-
-
-def _mobilenet_fpn(config: ModelConfig, weights: WeightsEnum | None) -> BackboneWithFPN:
-    """A MobileNet's features with an FPN on the last block of its stride-8, -16 and -32 stages.
-
-    `trainable_layers` counts stages from the end as torchvision does for MobileNets (the stem,
-    one per strided block, the last conv), so configs mean the same with either FPN.
-    """
-    features = get_model(config.backbone, weights=weights, norm_layer=_norm_layer(config)).features
-    starts = [i for i, block in enumerate(features) if getattr(block, "_is_cn", False)]
-    ends = [start - 1 for start in starts[1:]] + [len(features) - 1]
-    taken = ends[-3:]
-    stages = [0, *starts, len(features) - 1]
-    trainable = config.trainable_layers
-    frozen_until = len(features) if trainable == 0 else stages[len(stages) - trainable]
-    for block in features[:frozen_until]:
-        block.requires_grad_(False)
-    return BackboneWithFPN(
-        features,
-        return_layers={str(index): str(level) for level, index in enumerate(taken)},
-        in_channels_list=[features[index].out_channels for index in taken],
-        out_channels=config.fpn_channels,
-        extra_blocks=LastLevelMaxPool(),
-    )
+        return build(architecture_of(config, keypoint_names), backbone_weights=backbone_weights)
 
 
 @contextlib.contextmanager

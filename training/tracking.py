@@ -32,10 +32,11 @@ from mlflow.utils.validation import (
     MAX_PARAMS_TAGS_PER_BATCH,
 )
 
-# The one definition of "looks like a credential", shared with the config validation.
-from data.checksum import file_sha256
 from data.config import _SECRET_KEY
 from data.errors import AnonlabError
+
+# The one definition of "looks like a credential", shared with the config validation.
+from serving.runtime.checksum import file_sha256
 
 __all__ = [
     "TRUNCATED",

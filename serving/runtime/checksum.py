@@ -1,5 +1,5 @@
-"""Content checksums of files: how a weights file finds its registered model version, and what an
-exported artifact's manifest records."""
+"""Content checksums of files: what an exported artifact's manifest records and the runtime
+verifies, and how a weights file finds its registered model version."""
 
 from __future__ import annotations
 

@@ -1,0 +1,302 @@
+"""Running an exported model on tiles: onnxruntime or PyTorch, the same detections from both.
+
+Both backends take the runtime's tiles (HxWx3 uint8 RGB, at most `tile` x `tile`) and return
+one `Detections` per tile in tile pixels, so `tiles.detect_tiled` drives either. Each tile is
+prepared the same way for both (`to_canvas`): resized by `input_size / tile`, so objects keep
+one scale whatever the tile's shape (a whole tile becomes the model's trained input size), and
+padded at the bottom and right to `input_size` x `input_size`, the fixed input the ONNX graph
+was traced with. The network's outputs are mapped back by `to_detections`: boxes and keypoints
+divided by that scale and clipped to the tile, and each mask probability map (28 x 28 over its
+box) resampled over the box's own `mask_window` only and thresholded; pasting every mask over
+the whole input, as torchvision does, would cost more than the network on a CPU.
+
+`OnnxDetector` needs only onnxruntime and numpy. `TorchDetector` needs torch and torchvision
+and builds the network from the artifact's `Architecture` (see `architecture.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from serving.runtime.detections import Detections, mask_windows
+from serving.runtime.errors import ArtifactError
+
+__all__ = [
+    "OnnxDetector",
+    "Parity",
+    "TorchDetector",
+    "compare",
+    "to_canvas",
+    "to_detections",
+]
+
+# Zero padding pixels of torchvision's mask paste: the M x M map is extended by one empty pixel
+# on each side, and its box by the same proportion, so that mask edges fade out past the box.
+_MASK_PAD = 1
+
+
+def to_canvas(tile: np.ndarray, input_size: int, tile_size: int) -> tuple[np.ndarray, float]:
+    """The network's input for `tile`: (3, S, S) float32 in [0, 1], S = `input_size`, and the
+    scale the tile was resized by (`input_size / tile_size`)."""
+    if tile.ndim != 3 or tile.shape[2] != 3 or tile.dtype != np.uint8:
+        raise ValueError(f"a tile is (H, W, 3) uint8 RGB, got {tile.shape} {tile.dtype}")
+    height, width = tile.shape[:2]
+    if height > tile_size or width > tile_size:
+        raise ValueError(f"tile {width}x{height} is larger than the tiling's {tile_size}")
+    scale = input_size / tile_size
+    w, h = min(round(width * scale), input_size), min(round(height * scale), input_size)
+    resized = tile if (w, h) == (width, height) else cv2.resize(tile, (w, h), cv2.INTER_LINEAR)
+    canvas = np.zeros((3, input_size, input_size), np.float32)
+    canvas[:, :h, :w] = resized.transpose(2, 0, 1) * np.float32(1 / 255)
+    return canvas, scale
+
+
+def to_detections(
+    outputs: Sequence[np.ndarray],
+    *,
+    kind: str,
+    scale: float,
+    width: int,
+    height: int,
+    mask_threshold: float,
+) -> Detections:
+    """The network's outputs (boxes, scores, labels, masks or keypoints; input pixels) as
+    `Detections` in the pixels of a `width` x `height` tile."""
+    boxes, scores, labels, extra = (np.asarray(o) for o in outputs)
+    boxes = boxes.astype(np.float32).reshape(-1, 4) / np.float32(scale)
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    # A box that lies wholly in the padding has nothing left of it in the tile.
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    boxes, scores, labels, extra = boxes[keep], scores[keep], labels[keep], extra[keep]
+    if kind == "keypointrcnn":
+        keypoints = extra.astype(np.float32).copy()
+        keypoints[..., :2] /= np.float32(scale)
+        return Detections(boxes, scores, labels, keypoints=keypoints)
+    masks = [
+        _paste(prob, box, window, mask_threshold)
+        for prob, box, window in zip(extra, boxes, mask_windows(boxes), strict=True)
+    ]
+    return Detections(boxes, scores, labels, masks=masks)
+
+
+def _paste(prob: np.ndarray, box: np.ndarray, window: np.ndarray, threshold: float) -> np.ndarray:
+    """The mask of one detection over its `mask_window`: `prob` (M x M over the box, with
+    torchvision's one-pixel empty border) resampled bilinearly and thresholded."""
+    m = prob.shape[0]
+    padded = np.zeros((m + 2 * _MASK_PAD, m + 2 * _MASK_PAD), np.float32)
+    padded[_MASK_PAD:-_MASK_PAD, _MASK_PAD:-_MASK_PAD] = prob
+    grow = (m + 2 * _MASK_PAD) / m
+    x0, y0, x1, y1 = (float(v) for v in box)
+    cx, cy, half_w, half_h = (
+        (x0 + x1) / 2,
+        (y0 + y1) / 2,
+        (x1 - x0) * grow / 2,
+        (y1 - y0) * grow / 2,
+    )
+    ix0, iy0, ix1, iy1 = (int(v) for v in window)
+    # Destination pixel centre c + 0.5 (tile) -> source coordinate in the padded map.
+    ax = padded.shape[1] / max(2 * half_w, 1e-6)
+    ay = padded.shape[0] / max(2 * half_h, 1e-6)
+    matrix = np.array(
+        [
+            [ax, 0.0, (ix0 + 0.5 - (cx - half_w)) * ax - 0.5],
+            [0.0, ay, (iy0 + 0.5 - (cy - half_h)) * ay - 0.5],
+        ]
+    )
+    sampled = cv2.warpAffine(
+        padded,
+        matrix,
+        (ix1 - ix0, iy1 - iy0),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0.0,
+    )
+    return sampled >= threshold
+
+
+@dataclass
+class _Tiles:
+    """Shared tile handling of both backends."""
+
+    kind: str
+    input_size: int
+    tile_size: int
+    mask_threshold: float
+
+    def run(self, tiles: list[np.ndarray], forward: Any) -> list[Detections]:
+        out = []
+        for tile in tiles:
+            canvas, scale = to_canvas(tile, self.input_size, self.tile_size)
+            out.append(
+                to_detections(
+                    forward(canvas),
+                    kind=self.kind,
+                    scale=scale,
+                    width=tile.shape[1],
+                    height=tile.shape[0],
+                    mask_threshold=self.mask_threshold,
+                )
+            )
+        return out
+
+
+class OnnxDetector:
+    """An exported `model.onnx` under onnxruntime: tiles in, `Detections` per tile out.
+
+    providers: onnxruntime execution providers; default CUDA where onnxruntime has it, else CPU.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        kind: str,
+        input_size: int,
+        tile_size: int,
+        mask_threshold: float,
+        providers: Sequence[str] | None = None,
+        threads: int = 0,
+    ) -> None:
+        import onnxruntime as ort
+
+        if providers is None:
+            available = ort.get_available_providers()
+            providers = [p for p in ("CUDAExecutionProvider",) if p in available]
+            providers.append("CPUExecutionProvider")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3  # shape warnings of torchvision's graphs are noise
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=list(providers))
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ArtifactError(f"{path}: onnxruntime cannot load it ({exc})") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self._tiles = _Tiles(kind, input_size, tile_size, mask_threshold)
+
+    def __call__(self, tiles: list[np.ndarray]) -> list[Detections]:
+        return self._tiles.run(
+            tiles, lambda canvas: self.session.run(None, {self.input_name: canvas})
+        )
+
+
+class TorchDetector:
+    """The same network in PyTorch (a `DetectorCore`), on `device`: tiles in, `Detections` out."""
+
+    def __init__(
+        self,
+        core: Any,
+        *,
+        input_size: int,
+        tile_size: int,
+        mask_threshold: float,
+        device: str = "cpu",
+    ) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.core = core.to(self.device).eval()
+        self._tiles = _Tiles(core.kind, input_size, tile_size, mask_threshold)
+
+    def __call__(self, tiles: list[np.ndarray]) -> list[Detections]:
+        torch = self.torch
+
+        def forward(canvas: np.ndarray) -> list[np.ndarray]:
+            with torch.inference_mode():
+                outputs = self.core(torch.from_numpy(canvas).to(self.device))
+            return [
+                o.float().cpu().numpy() if o.is_floating_point() else o.cpu().numpy()
+                for o in outputs
+            ]
+
+        return self._tiles.run(tiles, forward)
+
+
+@dataclass(frozen=True)
+class Parity:
+    """How far two backends' detections of the same tiles are apart.
+
+    Detections scoring at least `floor` in either are paired greedily (same label, highest box
+    IoU first). unmatched: detections without a partner of IoU >= 0.5. max_box_px: the largest
+    coordinate difference of a pair; max_score: the largest score difference; min_mask_iou: the
+    lowest mask IoU of a pair (1.0 without masks).
+    """
+
+    compared: int
+    unmatched: int
+    max_box_px: float
+    max_score: float
+    min_mask_iou: float
+
+    def within(self, box_px: float, score: float, mask_iou: float) -> bool:
+        return (
+            self.unmatched == 0
+            and self.max_box_px <= box_px
+            and self.max_score <= score
+            and self.min_mask_iou >= mask_iou
+        )
+
+    def describe(self) -> str:
+        return (
+            f"{self.compared} detections compared: {self.unmatched} without a counterpart, "
+            f"boxes differ by up to {self.max_box_px:.3f} px, scores by up to "
+            f"{self.max_score:.5f}, lowest mask IoU {self.min_mask_iou:.3f}"
+        )
+
+
+def compare(a: Sequence[Detections], b: Sequence[Detections], *, floor: float) -> Parity:
+    """`Parity` of two backends' detections of the same tiles (see `Parity`)."""
+    compared = unmatched = 0
+    max_box = max_score = 0.0
+    min_mask = 1.0
+    for one, other in zip(a, b, strict=True):
+        one = one.select(one.scores >= floor)
+        other = other.select(other.scores >= floor)
+        compared += max(len(one), len(other))
+        pairs = _pairs(one, other)
+        unmatched += len(one) + len(other) - 2 * len(pairs)
+        for i, j in pairs:
+            max_box = max(max_box, float(np.abs(one.boxes[i] - other.boxes[j]).max()))
+            max_score = max(max_score, abs(float(one.scores[i]) - float(other.scores[j])))
+            if one.masks is not None and other.masks is not None:
+                min_mask = min(min_mask, _mask_iou(one, i, other, j))
+    return Parity(compared, unmatched, max_box, max_score, min_mask)
+
+
+def _pairs(one: Detections, other: Detections) -> list[tuple[int, int]]:
+    if not len(one) or not len(other):
+        return []
+    a, b = one.boxes[:, None, :], other.boxes[None, :, :]
+    iw = (np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])).clip(0)
+    ih = (np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])).clip(0)
+    inter = iw * ih
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    iou = inter / np.maximum(area_a + area_b - inter, 1e-9)
+    iou[one.labels[:, None] != other.labels[None, :]] = 0
+    pairs, used_i, used_j = [], set(), set()
+    for flat in np.argsort(-iou, axis=None):
+        i, j = np.unravel_index(flat, iou.shape)
+        if iou[i, j] < 0.5:
+            break
+        if i in used_i or j in used_j:
+            continue
+        used_i.add(i)
+        used_j.add(j)
+        pairs.append((int(i), int(j)))
+    return pairs
+
+
+def _mask_iou(one: Detections, i: int, other: Detections, j: int) -> float:
+    x1 = int(np.ceil(max(one.boxes[i, 2], other.boxes[j, 2]))) + 1
+    y1 = int(np.ceil(max(one.boxes[i, 3], other.boxes[j, 3]))) + 1
+    m1, m2 = one.full_mask(i, x1, y1), other.full_mask(j, x1, y1)
+    union = np.logical_or(m1, m2).sum()
+    return 1.0 if union == 0 else float(np.logical_and(m1, m2).sum() / union)
