@@ -17,9 +17,12 @@ RUN := $(UV) run --frozen
 
 setup: .venv/.synced
 
-## demo: the whole pipeline on the built-in synthetic data (dvc repro)
+## demo: the whole pipeline on the built-in synthetic data (dvc repro), then the exported
+## models anonymize the holdout reference images into artifacts/blurred/holdout/
 demo: setup
 	$(RUN) dvc repro
+	$(RUN) anonlab blur --model artifacts/serving --out artifacts/blurred/holdout --sidecar \
+		$$($(RUN) python -c 'import json; d = json.load(open("artifacts/prepared/refs/holdout.json")); print(" ".join("artifacts/prepared/refs/" + i["file_name"] for i in d["images"]))')
 
 
 ## test: lint, format check, and the test suite
@@ -43,6 +46,7 @@ benchmarks: setup
 	$(RUN) python benchmarks/loader_throughput.py
 	$(RUN) python benchmarks/train_step.py
 	$(RUN) python benchmarks/score_speed.py
+	$(RUN) python benchmarks/blur_speed.py
 
 clean:
 	rm -rf artifacts .pytest_cache .ruff_cache

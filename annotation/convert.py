@@ -66,7 +66,7 @@ from annotation.labeling_config import SAME_OBJECT
 from data.coco import KEYPOINT_CLASS
 from data.coco import categories as coco_categories
 from data.errors import AnonlabError
-from data.progress import bar
+from serving.runtime.progress import bar
 
 log = logging.getLogger(__name__)
 

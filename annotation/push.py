@@ -43,7 +43,7 @@ from data.collect import LABEL_STUDIO_LOCAL_FILES
 from data.config import TaxonomyConfig
 from data.errors import AnonlabError
 from data.manifest import ManifestRecord, read_reviewed
-from data.progress import bar, progress
+from serving.runtime.progress import bar, progress
 
 log = logging.getLogger(__name__)
 

@@ -42,8 +42,8 @@ from data.manifest import (
     read_manifest,
     write_manifest,
 )
-from data.progress import bar
 from data.sources import SYNTHETIC, list_source
+from serving.runtime.progress import bar
 
 log = logging.getLogger(__name__)
 

@@ -41,10 +41,10 @@ from data.config import PrepareConfig, ReferenceSetConfig, TaxonomyConfig
 from data.errors import AnonlabError
 from data.leakage import find_leaks
 from data.manifest import ManifestRecord, read_reviewed
-from data.progress import progress
 from data.size_buckets import BUCKETS, size_bucket
 from data.splits import split_sessions
 from data.tiling import crop, is_panorama, keep_empty_tiles, plan_tiles, tile_annotations
+from serving.runtime.progress import progress
 
 log = logging.getLogger(__name__)
 

@@ -49,8 +49,8 @@ from data.config import ReviewConfig
 from data.errors import AnonlabError
 from data.image_scores import ImageScores, pixel_digest, score_image, thumbnail_jpeg
 from data.manifest import MANIFEST, ManifestRecord, read_manifest, write_manifest
-from data.progress import progress
 from data.review_report import Section, Tile
+from serving.runtime.progress import progress
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import torch
 from pycocotools import mask as mask_util
 
 from data.errors import AnonlabError
-from data.progress import bar
 from serving.runtime.detections import Detections, mask_window
+from serving.runtime.progress import bar
 from serving.runtime.tiles import TilingSpec, detect_tiled
 from training.dataset import images_to_float
 

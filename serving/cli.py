@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from data.errors import AnonlabError
+from serving.runtime.errors import ServingError
 
 log = logging.getLogger("anonlab")
 
@@ -227,6 +228,178 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from serving.params import load_project
+
+    project = load_project(args.params, args.overrides)
+    from serving.export import ExportSetup, run_export
+
+    setup = ExportSetup.of(project.params, artifacts=project.artifacts, root=project.root)
+    for folder in run_export(setup):
+        print(f"exported {folder}")
+    return 0
+
+
+def _cmd_blur(args: argparse.Namespace) -> int:
+    from serving.runtime.batch import FAILURES, blur_batch, find_inputs
+    from serving.runtime.pipeline import Runtime
+
+    jobs = find_inputs(args.inputs)
+    runtime = Runtime.load(
+        args.model,
+        backend=args.backend,
+        device=args.device,
+        threads=args.threads,
+        max_pixels=args.max_pixels,
+    )
+    out = Path(args.out)
+    report = blur_batch(
+        runtime, jobs, out, workers=args.workers, sidecar=args.sidecar, masks=args.masks
+    )
+    print(report.summary())
+    if report.failures:
+        print(f"failures: {out / FAILURES}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _runtime_args(p: argparse.ArgumentParser) -> None:
+    """Options of the commands that load artifacts (blur, serve)."""
+    p.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="an exported artifact folder (artifacts/serving/<model>-<version>), or a folder of "
+        "them (artifacts/serving: every model in it); repeat it to add models. Everything any "
+        "model finds is hidden",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("onnx", "torch"),
+        default="onnx",
+        help="onnx: onnxruntime on model.onnx (default); torch: PyTorch on weights.safetensors",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (a GPU where the backend has one, else the CPU), cpu, cuda or cuda:N",
+    )
+    p.add_argument(
+        "--threads", type=int, default=0, help="inference threads (0: the library's default)"
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=int,
+        default=150_000_000,
+        help="refuse images with more pixels than this (decompression bombs); default 150 MP",
+    )
+
+
+def _blur_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders (searched recursively) and glob patterns ('**/*.jpg')",
+    )
+    p.add_argument("--out", required=True, help="output folder (must not hold the inputs)")
+    _runtime_args(p)
+    p.add_argument(
+        "--workers", type=int, default=2, help="threads decoding and encoding beside inference"
+    )
+    p.add_argument(
+        "--sidecar", action="store_true", help="write <name>.json beside each image: detections"
+    )
+    p.add_argument(
+        "--masks", action="store_true", help="write <name>.mask.png: the pixels that were hidden"
+    )
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from serving.runtime.pipeline import Runtime
+    from serving.runtime.service import ServiceConfig, start_server
+
+    config = ServiceConfig(
+        max_body_bytes=int(args.max_body_mb * (1 << 20)),
+        max_concurrency=args.max_concurrency,
+        max_queue=args.max_queue,
+        queue_timeout=args.queue_timeout,
+        read_timeout=args.read_timeout,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("%s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+
+    def load() -> Runtime:
+        return Runtime.load(
+            args.model,
+            backend=args.backend,
+            device=args.device,
+            threads=args.threads,
+            max_pixels=args.max_pixels,
+        )
+
+    server = start_server(load, args.host, args.port, config)
+    try:
+        while not stop.wait(0.25):
+            if server.failure is not None:
+                raise server.failure
+    finally:
+        server.stop(grace=args.grace)
+    return 0
+
+
+def _serve_args(p: argparse.ArgumentParser) -> None:
+    _runtime_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    p.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=64,
+        help="refuse bodies over this many MiB with 413, before reading them (default 64)",
+    )
+    p.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=2,
+        help="images anonymized at once (default 2)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=8,
+        help="images admitted beyond those, waiting for a slot; more get 503 (default 8)",
+    )
+    p.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=30,
+        help="seconds an admitted image waits for a slot before 503 (default 30)",
+    )
+    p.add_argument(
+        "--read-timeout",
+        type=float,
+        default=60,
+        help="seconds of client silence before its connection is dropped (default 60)",
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=10,
+        help="on SIGTERM or Ctrl-C, seconds to let admitted images finish (default 10)",
+    )
+
+
 def _validate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="promote: this model only (default: every train.models)")
     p.add_argument(
@@ -436,6 +609,45 @@ COMMANDS: dict[str, Command] = {
         _validate_args,
         _cmd_validate,
     ),
+    "export": (
+        "write each validated model as a runtime artifact (ONNX checked against PyTorch)",
+        "After a passing `anonlab validate`, write artifacts/serving/<model>-<version>/ for each "
+        "model of train.models: model.onnx (checked at export: onnxruntime and PyTorch must "
+        "give the same detections on val tiles within export.parity, or nothing is written), "
+        "weights.safetensors, MODEL_CARD.md (recall per reference set and size bucket with "
+        "intervals, known limits) and manifest.json (operating thresholds chosen on val, "
+        "anonymization style per class from export.styles, input size and tiling, provenance, "
+        "the sha256 of every file). `anonlab blur` and `anonlab serve` load these folders.",
+        _no_args,
+        _cmd_export,
+    ),
+    "blur": (
+        "anonymize image files with exported models; fails closed per image",
+        "Detect with each --model artifact (tiled, panoramas wrapped around the seam, at the "
+        "operating thresholds in its manifest) and hide every detection in its class's style "
+        "(faces: feathered ellipse; persons and vehicles: their mask; plates: box). Outputs keep "
+        "each input's relative path, name, format, bit depth, EXIF (GPS included), XMP, ICC "
+        "profile and orientation, and JPEG quality; pixels outside hidden regions are untouched "
+        "(beyond JPEG re-encoding). An image that fails at any step gets no output at all (an "
+        "earlier run's is removed); failures.jsonl in --out lists why, and the exit status is 1. "
+        "Artifacts are verified (sha256 of every file, schema) before anything runs. Reads no "
+        "params.yaml.",
+        _blur_args,
+        _cmd_blur,
+    ),
+    "serve": (
+        "HTTP service: POST an image to /v1/anonymize, get it back anonymized",
+        "Load the --model artifacts (verified as for blur), warm up with one inference, and "
+        "serve on --host:--port: POST /v1/anonymize with an image file as the body returns it "
+        "anonymized in the same format (?detections=true: JSON with the image in base64 and "
+        "the detections); GET /healthz, /readyz (200 once warm) and /metrics (Prometheus). "
+        "Bad images get a 4xx with a JSON error, any other failure a 500 without image bytes. "
+        "At most --max-concurrency images run at once and --max-queue more wait; beyond that "
+        "503 with Retry-After. Nothing is written to disk; logs hold no image content or client "
+        "address. SIGTERM or Ctrl-C stops it after admitted images finish. Reads no params.yaml.",
+        _serve_args,
+        _cmd_serve,
+    ),
     "score": (
         "score any detector's COCO results against COCO ground truth",
         "Recall per class and object size (by IoU and by pixel coverage: a face inside a "
@@ -448,6 +660,9 @@ COMMANDS: dict[str, Command] = {
         _cmd_score,
     ),
 }
+
+# Commands of the blurring runtime: they read an artifact folder, not params.yaml.
+RUNTIME_COMMANDS = frozenset({"blur", "serve"})
 
 GROUPS: dict[str, tuple[str, str]] = {
     "annotate": (
@@ -484,7 +699,8 @@ def build_parser() -> argparse.ArgumentParser:
             groups[group] = g.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
         p = (groups[group] if group else sub).add_parser(leaf, help=short, description=description)
         add_args(p)
-        p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
+        if name not in RUNTIME_COMMANDS:
+            p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
         p.set_defaults(handler=handler)
     return parser
 
@@ -495,7 +711,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
-    except AnonlabError as e:
+    except (AnonlabError, ServingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -25,6 +25,7 @@ from data.config import (
     validate,
 )
 from evaluation.config import EvaluateConfig, ValidateConfig
+from serving.config import ExportConfig
 from training.config import AugmentConfig, ModelConfig, TrainConfig
 
 
@@ -42,6 +43,7 @@ class Params(Section):
     evaluate: EvaluateConfig
     # `validate` in params.yaml; the attribute name would shadow pydantic's BaseModel.validate.
     validation: ValidateConfig = Field(alias="validate")
+    export: ExportConfig
 
     @model_validator(mode="after")
     def _models_known(self) -> Params:
@@ -64,6 +66,13 @@ class Params(Section):
                 raise ValueError(
                     f"evaluate.target_recall names {sorted(given)}; give one per class of "
                     f"taxonomy.classes {self.taxonomy.classes}, or one number for all"
+                )
+        for name in self.train.models:
+            unstyled = [c for c in self.models[name].classes if c not in self.export.styles]
+            if unstyled:
+                raise ValueError(
+                    f"models.{name} detects {unstyled}, which export.styles does not say how "
+                    "to anonymize (conf/export/)"
                 )
         return self
 

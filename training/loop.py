@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader
 from data.atomic import write_json, write_text
 from data.config import TaxonomyConfig
 from data.errors import AnonlabError
-from data.progress import bar
+from serving.runtime.progress import bar
 from training.augment import build_augmenter
 from training.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from training.config import AugmentConfig, ModelConfig, ScheduleConfig, TrainConfig

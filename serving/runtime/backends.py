@@ -223,10 +223,12 @@ class TorchDetector:
 class Parity:
     """How far two backends' detections of the same tiles are apart.
 
-    Detections scoring at least `floor` in either are paired greedily (same label, highest box
-    IoU first). unmatched: detections without a partner of IoU >= 0.5. max_box_px: the largest
-    coordinate difference of a pair; max_score: the largest score difference; min_mask_iou: the
-    lowest mask IoU of a pair (1.0 without masks).
+    Every detection scoring at least `floor` in one backend needs a partner in the other: same
+    label, box IoU >= 0.5, paired greedily by IoU, among the other's detections scoring at least
+    floor - slack (a score just over the floor on one side may be just under it on the other).
+    unmatched: those without one. max_box_px: the largest coordinate difference of a pair;
+    max_score: the largest score difference; min_mask_iou: the lowest mask IoU of a pair (1.0
+    without masks).
     """
 
     compared: int
@@ -251,18 +253,30 @@ class Parity:
         )
 
 
-def compare(a: Sequence[Detections], b: Sequence[Detections], *, floor: float) -> Parity:
+def compare(
+    a: Sequence[Detections], b: Sequence[Detections], *, floor: float, slack: float = 0.01
+) -> Parity:
     """`Parity` of two backends' detections of the same tiles (see `Parity`)."""
     compared = unmatched = 0
     max_box = max_score = 0.0
     min_mask = 1.0
     for one, other in zip(a, b, strict=True):
-        one = one.select(one.scores >= floor)
-        other = other.select(other.scores >= floor)
-        compared += max(len(one), len(other))
+        one = one.select(one.scores >= floor - slack)
+        other = other.select(other.scores >= floor - slack)
         pairs = _pairs(one, other)
-        unmatched += len(one) + len(other) - 2 * len(pairs)
+        paired_one = {i for i, _ in pairs}
+        paired_other = {j for _, j in pairs}
+        counted = [(one, paired_one), (other, paired_other)]
+        compared += max(int((d.scores >= floor).sum()) for d, _ in counted)
+        unmatched += sum(
+            1
+            for dets, paired in counted
+            for k in np.flatnonzero(dets.scores >= floor)
+            if int(k) not in paired
+        )
         for i, j in pairs:
+            if max(one.scores[i], other.scores[j]) < floor:
+                continue
             max_box = max(max_box, float(np.abs(one.boxes[i] - other.boxes[j]).max()))
             max_score = max(max_score, abs(float(one.scores[i]) - float(other.scores[j])))
             if one.masks is not None and other.masks is not None:

@@ -1,4 +1,5 @@
-"""The one progress bar of the project: counts, rate and ETA on stderr when it is a terminal."""
+"""The one progress bar of the project (the runtime's too, so it lives here): counts, rate and ETA
+on stderr when it is a terminal."""
 
 from __future__ import annotations
 

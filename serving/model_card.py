@@ -1,0 +1,132 @@
+"""MODEL_CARD.md of an exported artifact: what the model is for, what it was measured on, and
+where it falls short, in the words and numbers an operator or auditor needs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from data.size_buckets import BUCKETS
+from serving.runtime.architecture import Architecture
+from serving.runtime.tiles import TilingSpec
+
+__all__ = ["render_model_card"]
+
+# Buckets with fewer ground-truth objects than this are flagged: one object moves recall by more
+# than 10 points there.
+_FEW = 10
+
+
+def render_model_card(
+    *,
+    name: str,
+    version: str,
+    arch: Architecture,
+    entry: Mapping[str, Any],
+    thresholds: Mapping[str, float],
+    styles: Mapping[str, Mapping[str, Any]],
+    targets: Mapping[str, float],
+    tiling: TilingSpec,
+) -> str:
+    """The model card of one exported model; `entry` is its evaluate metrics entry."""
+    sets = entry.get("sets") or {}
+    lines = [
+        f"# {name}, version {version}",
+        "",
+        "## Intended use",
+        "",
+        f"Finds {_names(arch.classes)} in street-level and mobile-mapping imagery (panoramas "
+        "included) so that the anonlab blurring runtime hides them before images are kept or "
+        "published. It is a "
+        + (
+            "Keypoint R-CNN: persons with head keypoints."
+            if arch.kind == "keypointrcnn"
+            else "Mask R-CNN: boxes and outlines."
+        ),
+        "",
+        "Recall is what counts: a missed face or plate is a legal incident, an extra blur a "
+        "cosmetic one. The operating thresholds below were chosen on val as the highest score "
+        "that still reaches each class's target recall. Not for identifying, tracking or "
+        "counting people.",
+        "",
+        "## Model",
+        "",
+        f"- {arch.kind} on a {arch.backbone} FPN ({arch.fpn_channels} channels), "
+        f"input {arch.min_size} px per tile",
+        f"- tiling: {tiling.tile} px windows, {tiling.overlap} px overlap, scales "
+        f"{', '.join(str(s) for s in tiling.scales)}; panoramas (aspect {tiling.panorama_aspect}) "
+        "wrap around the seam",
+        "",
+        "| class | operating threshold | target recall | reached on val | anonymized as |",
+        "|---|---|---|---|---|",
+    ]
+    chosen = entry.get("thresholds") or {}
+    for cls in arch.classes:
+        style = styles.get(cls, {})
+        reached = "yes" if (chosen.get(cls) or {}).get("reached") else "no"
+        hidden = f"{style.get('shape', '?')}, {style.get('method', '?')}"
+        lines.append(
+            f"| {cls} | {thresholds[cls]:.3f} | {targets[cls]:.2f} | {reached} | {hidden} |"
+        )
+    lines += ["", "## Data and recall", ""]
+    lines.append(
+        "Recall by IoU (a detection overlaps the object at IoU >= 0.5) and by pixel coverage "
+        "(at least the evaluated share of the object's pixels is inside hidden regions), at the "
+        "operating thresholds, with bootstrap 95% intervals; n: ground-truth objects."
+    )
+    limits = []
+    for set_name, result in sets.items():
+        lines += ["", f"### {set_name}", ""]
+        lines += [
+            "| class | size | n | recall (IoU) | recall (coverage) |",
+            "|---|---|---|---|---|",
+        ]
+        for cls, buckets in (result.get("recall") or {}).items():
+            for bucket in ("all", *BUCKETS):
+                b = buckets.get(bucket) or {}
+                n = int(b.get("n") or 0)
+                if not n:
+                    continue
+                lines.append(f"| {cls} | {bucket} | {n} | {_ci(b, 'iou')} | {_ci(b, 'coverage')} |")
+                if bucket != "all" and n < _FEW:
+                    limits.append(f"{set_name}: {cls} {bucket} has only {n} objects")
+            overall = (buckets.get("all") or {}).get("coverage")
+            if cls in targets and overall is not None and overall < targets[cls]:
+                limits.append(
+                    f"{set_name}: {cls} coverage recall {overall:.3f} is below the target "
+                    f"{targets[cls]:.2f}"
+                )
+        fpi = result.get("false_positives_per_image") or {}
+        if fpi:
+            lines += [
+                "",
+                "False positives per image: "
+                + ", ".join(f"{c} {v:.1f}" for c, v in sorted(fpi.items())),
+            ]
+    not_reached = [c for c in arch.classes if not (chosen.get(c) or {}).get("reached")]
+    if not_reached:
+        limits.insert(
+            0,
+            f"the target recall was not reached on val for {_names(not_reached)}: their "
+            "threshold is the lowest allowed (evaluate.min_threshold)",
+        )
+    limits.append(
+        "recall is measured on the reference sets above; imagery unlike them (other cameras, "
+        "night, weather, countries' plates) needs its own reference set before use"
+    )
+    lines += ["", "## Known limits", ""] + [f"- {limit}" for limit in limits]
+    return "\n".join(lines) + "\n"
+
+
+def _ci(bucket: Mapping[str, Any], key: str) -> str:
+    value, interval = bucket.get(key), bucket.get(f"{key}_ci")
+    if value is None:
+        return "n/a"
+    if not interval:
+        return f"{value:.3f}"
+    return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
+
+
+def _names(classes: Any) -> str:
+    names = [str(c).replace("_", " ") for c in classes]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]

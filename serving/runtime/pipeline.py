@@ -1,0 +1,259 @@
+"""The runtime's core: exported artifacts loaded once, then image in, anonymized image out.
+
+`Runtime.load` verifies each artifact (`artifact.load_artifact`) and starts its detector
+(onnxruntime by default, or PyTorch from the safetensors weights). `Runtime.anonymize_bytes`
+does one image file: decode (`imagefile`), turn it upright as a viewer shows it (so faces are
+upright for the detector), detect on tiles (`tiles.detect_tiled`, the artifact's tiling, the
+panorama seam wrapped), keep the detections at or above each class's operating threshold, hide
+them (`anonymize`, each class as its artifact's manifest says), turn it back to the stored
+orientation and encode it as the same kind of file with the same metadata.
+
+Several artifacts can work together (a Mask R-CNN for faces, plates, persons and vehicles and a
+Keypoint R-CNN for persons): every detector runs on every image and everything any of them
+finds is hidden. Two artifacts that style one class differently are refused.
+
+Nothing is written to disk here and no pixel content is logged; any failure is an exception
+(the caller writes no output for that image: see `batch` and `service`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from serving.runtime.anonymize import Style, anonymize, hidden_mask
+from serving.runtime.artifact import MANIFEST, Artifact, load_artifact
+from serving.runtime.detections import Detections
+from serving.runtime.errors import ArtifactError
+from serving.runtime.imagefile import (
+    ImageFile,
+    detector_rgb,
+    from_upright,
+    read_image,
+    upright,
+    write_image,
+)
+from serving.runtime.tiles import Detector, detect_tiled, is_panorama
+
+__all__ = ["BACKENDS", "Anonymized", "Decoded", "Runtime", "artifact_folders"]
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("onnx", "torch")
+
+
+@dataclass
+class Anonymized:
+    """One anonymized image: the encoded file, and what was hidden (upright pixel coordinates;
+    `classes[label - 1]` names a detection's class)."""
+
+    data: bytes
+    detections: Detections
+    classes: list[str]
+    width: int
+    height: int
+    format: str
+    panorama: bool = False
+
+    def detections_json(self) -> list[dict[str, Any]]:
+        """The hidden detections as JSON-ready dicts: class, score, box [x0, y0, x1, y1] in the
+        upright image's pixels (x1 beyond the width for a box across a panorama's seam), and
+        keypoints [[x, y, score], ...] where the model gives them."""
+        out = []
+        for i in range(len(self.detections)):
+            entry: dict[str, Any] = {
+                "class": self.classes[int(self.detections.labels[i]) - 1],
+                "score": round(float(self.detections.scores[i]), 4),
+                "box": [round(float(v), 1) for v in self.detections.boxes[i]],
+            }
+            if self.detections.keypoints is not None:
+                entry["keypoints"] = np.round(self.detections.keypoints[i], 2).tolist()
+            out.append(entry)
+        return out
+
+
+class Runtime:
+    """Loaded artifacts and their detectors; `anonymize_bytes` does one image."""
+
+    def __init__(
+        self,
+        artifacts: Sequence[Artifact],
+        detectors: Sequence[Detector],
+        *,
+        max_pixels: int | None = None,
+    ) -> None:
+        if not artifacts or len(artifacts) != len(detectors):
+            raise ValueError("a runtime needs at least one artifact, with one detector each")
+        self.artifacts = list(artifacts)
+        self.detectors = list(detectors)
+        self.max_pixels = max_pixels
+        self.classes: list[str] = []
+        self.styles: dict[str, Style] = {}
+        self._labels: list[np.ndarray] = []  # per artifact: its label -> runtime label
+        self._thresholds: list[np.ndarray] = []  # per artifact: its label -> threshold
+        for artifact in self.artifacts:
+            m = artifact.manifest
+            for cls in m.classes:
+                style = Style.from_dict(m.styles[cls])
+                if cls in self.styles and self.styles[cls] != style:
+                    raise ArtifactError(
+                        f"{artifact.path}: styles {cls} as {m.styles[cls]}, but another loaded "
+                        f"artifact styles it as {self.styles[cls].to_dict()}; load artifacts "
+                        "that agree"
+                    )
+                self.styles[cls] = style
+                if cls not in self.classes:
+                    self.classes.append(cls)
+            self._labels.append(np.array([0] + [self.classes.index(c) + 1 for c in m.classes]))
+            self._thresholds.append(np.array([np.inf] + [m.thresholds[c] for c in m.classes]))
+
+    @classmethod
+    def load(
+        cls,
+        paths: Sequence[str | Path],
+        *,
+        backend: str = "onnx",
+        device: str = "auto",
+        threads: int = 0,
+        max_pixels: int | None = None,
+    ) -> Runtime:
+        """Verify and load the artifacts at `paths` with `backend` (onnx: onnxruntime, CUDA
+        where it has it; torch: PyTorch from weights.safetensors on `device`)."""
+        if backend not in BACKENDS:
+            raise ArtifactError(f"backend {backend!r}: use one of {', '.join(BACKENDS)}")
+        artifacts = [load_artifact(p) for p in artifact_folders(paths)]
+        detectors = [_detector(a, backend, device, threads) for a in artifacts]
+        return cls(artifacts, detectors, max_pixels=max_pixels)
+
+    def detect(self, rgb: np.ndarray) -> Detections:
+        """What every artifact finds in an upright (H, W, 3) uint8 RGB image at or above its
+        class's operating threshold, labels into `classes`."""
+        found = []
+        for artifact, detector, labels, thresholds in zip(
+            self.artifacts, self.detectors, self._labels, self._thresholds, strict=True
+        ):
+            dets = detect_tiled(rgb, detector, artifact.manifest.tiling_spec)
+            dets = dets.select(dets.scores >= thresholds[dets.labels])
+            dets.labels = labels[dets.labels]
+            found.append(dets)
+        if len(found) == 1:
+            return found[0]
+        if any(d.keypoints is not None for d in found):
+            found = [_no_keypoints(d) for d in found]
+        return Detections.concat(found)
+
+    def anonymize_bytes(self, data: bytes) -> Anonymized:
+        """Decode, detect, hide and encode one image file; raises on any failure."""
+        decoded = self.decode(data)
+        return self.finish(decoded, self.detect(decoded.rgb))
+
+    def decode(self, data: bytes) -> Decoded:
+        """Step 1 of `anonymize_bytes`: the file decoded, upright, and the detector's view."""
+        image = read_image(data, max_pixels=self.max_pixels)
+        view = upright(image.pixels, image.orientation)
+        return Decoded(image, view, detector_rgb(view))
+
+    def finish(self, decoded: Decoded, dets: Detections) -> Anonymized:
+        """Step 3 of `anonymize_bytes` (after `detect`): hide `dets` and encode the file."""
+        height, width = decoded.view.shape[:2]
+        panorama = self.is_panorama(width, height)
+        # In place: the decoded pixels are not needed afterwards, and a panorama is 96 MB.
+        hidden = anonymize(
+            decoded.view, dets, self.classes, self.styles, panorama=panorama, inplace=True
+        )
+        image = decoded.image
+        return Anonymized(
+            data=write_image(image, from_upright(hidden, image.orientation)),
+            detections=dets,
+            classes=self.classes,
+            width=width,
+            height=height,
+            format=image.format,
+            panorama=panorama,
+        )
+
+    def is_panorama(self, width: int, height: int) -> bool:
+        """Whether the tiling treats an upright image of this size as a 360-degree panorama
+        (then hidden regions also wrap around its left-right seam)."""
+        return any(is_panorama(width, height, a.manifest.tiling_spec) for a in self.artifacts)
+
+    def hidden_mask(self, done: Anonymized) -> np.ndarray:
+        """(height, width) bool, upright: the pixels that anonymizing `done` changed."""
+        return hidden_mask(
+            done.width,
+            done.height,
+            done.detections,
+            self.classes,
+            self.styles,
+            panorama=done.panorama,
+        )
+
+
+@dataclass
+class Decoded:
+    """A decoded image file: the file, its pixels upright, and those as uint8 RGB."""
+
+    image: ImageFile
+    view: np.ndarray
+    rgb: np.ndarray
+
+
+def artifact_folders(paths: Sequence[str | Path]) -> list[Path]:
+    """The artifact folders `paths` name: each path is an artifact folder (it has a
+    manifest.json), or a folder of them such as artifacts/serving/ (every subfolder with one)."""
+    out: list[Path] = []
+    for path in map(Path, paths):
+        inner = sorted(p.parent for p in path.glob(f"*/{MANIFEST}"))
+        out += inner if path.is_dir() and not (path / MANIFEST).exists() and inner else [path]
+    return out
+
+
+def _no_keypoints(dets: Detections) -> Detections:
+    """`dets` without keypoints: detections of models with and without them are concatenated
+    (the keypoints of the model that has them are in its own artifact's sidecar only)."""
+    return Detections(dets.boxes, dets.scores, dets.labels, masks=dets.masks)
+
+
+def _detector(artifact: Artifact, backend: str, device: str, threads: int) -> Detector:
+    m = artifact.manifest
+    options = {
+        "input_size": m.input_size,
+        "tile_size": m.tiling_spec.tile,
+        "mask_threshold": m.mask_threshold,
+    }
+    if backend == "onnx":
+        from serving.runtime.backends import OnnxDetector
+
+        providers = ["CPUExecutionProvider"] if device == "cpu" else None
+        return OnnxDetector(
+            artifact.file("model.onnx"),
+            kind=m.kind,
+            providers=providers,
+            threads=threads,
+            **options,
+        )
+    import torch
+    from safetensors.torch import load_file
+
+    from serving.runtime.architecture import Architecture, DetectorCore, build
+    from serving.runtime.backends import TorchDetector
+
+    try:
+        arch = Architecture.from_dict(m.architecture)
+    except (TypeError, ValueError) as exc:
+        raise ArtifactError(
+            f"{artifact.path}: invalid architecture in the manifest ({exc})"
+        ) from None
+    model = build(arch)
+    model.load_state_dict(load_file(str(artifact.file("weights.safetensors"))), strict=True)
+    if threads:
+        torch.set_num_threads(threads)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    core = DetectorCore(model, score_threshold=m.score_floor)
+    return TorchDetector(core, device=device, **options)

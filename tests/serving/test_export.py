@@ -1,0 +1,150 @@
+"""export: a tiny random-weight model through the real export (ONNX traced, checked against
+PyTorch at export), the artifact it writes, and the runtime's refusal of altered artifacts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data.atomic import write_json
+from data.errors import AnonlabError
+from serving.export import run_export
+from serving.runtime.anonymize import DEFAULT_STYLES
+from serving.runtime.artifact import SCHEMA_VERSION, load_artifact, manifest_digest
+from serving.runtime.backends import compare
+from serving.runtime.checksum import file_sha256
+from serving.runtime.errors import ArtifactError
+from serving.runtime.pipeline import Runtime
+from tests.images import texture
+from tests.serving.artifacts import (
+    CLASSES,
+    NAME,
+    THRESHOLDS,
+    TILE,
+    evaluate_entry,
+    export_setup,
+    read_manifest,
+    tiny_artifact,
+    tiny_model_dir,
+)
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_artifact(tmp_path_factory.mktemp("export"))
+
+
+def test_artifact_holds_what_the_runtime_needs_with_checksums(artifact: Path) -> None:
+    assert artifact.name == f"{NAME}-1"
+    assert sorted(p.name for p in artifact.iterdir()) == [
+        "MODEL_CARD.md",
+        "manifest.json",
+        "model.onnx",
+        "weights.safetensors",
+    ]
+    m = read_manifest(artifact)
+    assert m["schema_version"] == SCHEMA_VERSION
+    assert (m["name"], m["version"], m["classes"]) == (NAME, "1", CLASSES)
+    assert m["thresholds"] == THRESHOLDS
+    # The styles of conf/export/ (the runtime's defaults): a feathered ellipse for faces, etc.
+    assert m["styles"] == {c: DEFAULT_STYLES[c].to_dict() for c in CLASSES}
+    assert m["input_size"] == 96 and m["tiling"]["tile"] == TILE
+    assert m["recall"]["holdout"]["face"] == {"iou": 0.5, "coverage": 0.8, "n": 12}
+    assert m["provenance"]["weights_sha256"] == file_sha256(artifact / "weights.safetensors")
+    for name, sha in m["files"].items():
+        assert file_sha256(artifact / name) == sha
+    # The ONNX check ran on val tiles and its numbers are in the manifest.
+    parity = m["parity"]
+    assert parity["tiles"] == 3 and parity["unmatched"] == 0 and parity["compared"] > 0
+    assert parity["max_box_px"] <= parity["bounds"]["box_px"]
+    card = (artifact / "MODEL_CARD.md").read_text()
+    assert "## Intended use" in card and "## Known limits" in card
+    assert "| face | all | 12 | 0.500 [0.300, 0.700] | 0.800 [0.600, 0.900] |" in card
+    assert "not reached on val for license plate" in card
+    assert load_artifact(artifact).manifest.thresholds == THRESHOLDS
+
+
+def test_onnx_and_pytorch_backends_find_the_same_objects(artifact: Path) -> None:
+    image = texture(300, 150, seed=5)  # a panorama (2:1): windows wrap around the seam
+    found = [Runtime.load([artifact], backend=b).detect(image) for b in ("onnx", "torch")]
+    assert len(found[0]) > 0
+    parity = compare([found[0]], [found[1]], floor=min(THRESHOLDS.values()))
+    assert parity.within(box_px=0.5, score=0.005, mask_iou=0.95), parity.describe()
+
+
+def _copy(artifact: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(artifact, tmp_path / artifact.name))
+
+
+def _rewrite_manifest(folder: Path, **changes: object) -> None:
+    m = {**read_manifest(folder), **changes}
+    m["manifest_sha256"] = manifest_digest(m)
+    (folder / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        ("weights", "weights.safetensors was altered or corrupted"),
+        ("onnx_missing", "model.onnx is missing"),
+        ("threshold", "the manifest was altered after export"),
+        ("schema", r"schema_version 2 is newer than this runtime reads \(1\)"),
+        ("not_json", "not readable JSON"),
+    ],
+)
+def test_altered_artifacts_are_refused_with_what_is_wrong(
+    artifact: Path, tmp_path: Path, tamper: str, message: str
+) -> None:
+    folder = _copy(artifact, tmp_path)
+    if tamper == "weights":
+        data = bytearray((folder / "weights.safetensors").read_bytes())
+        data[-1] ^= 1
+        (folder / "weights.safetensors").write_bytes(bytes(data))
+    elif tamper == "onnx_missing":
+        (folder / "model.onnx").unlink()
+    elif tamper == "threshold":
+        m = read_manifest(folder)
+        m["thresholds"]["face"] = 0.99  # someone "tunes" the face threshold by hand
+        (folder / "manifest.json").write_text(json.dumps(m))
+    elif tamper == "schema":
+        _rewrite_manifest(folder, schema_version=SCHEMA_VERSION + 1)
+    else:
+        (folder / "manifest.json").write_text("{not json")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for backend in ("onnx", "torch"):
+        with pytest.raises(ArtifactError, match=message):
+            Runtime.load([folder], backend=backend)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # nothing touched
+
+
+def test_export_refuses_a_model_that_did_not_pass_validation(tmp_path: Path) -> None:
+    setup = export_setup(tmp_path)
+    tiny_model_dir(setup.artifacts)
+    write_json(setup.artifacts / "eval" / "metrics.json", {NAME: evaluate_entry()})
+    verdict = {"passed": False, "failed": [f"{NAME}.holdout.target.iou"], "challengers": {}}
+    write_json(setup.artifacts / "validation" / "verdict.json", verdict)
+    earlier = setup.artifacts / "serving" / "earlier-1" / "manifest.json"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("{}")
+    with pytest.raises(AnonlabError, match=r"validation did not pass \(tiny.holdout.target.iou\)"):
+        run_export(setup)
+    assert earlier.read_text() == "{}"  # the previous export is left as it was
+
+
+def test_export_fails_and_writes_nothing_when_onnx_and_pytorch_disagree(tmp_path: Path) -> None:
+    # Bounds no two numerical implementations meet: the check must fail and say by how much.
+    setup = export_setup(tmp_path, ["export.parity.box_px=1e-12", "export.parity.score=1e-12"])
+    setup = replace(setup, models=[NAME])
+    tiny_model_dir(setup.artifacts)
+    write_json(setup.artifacts / "eval" / "metrics.json", {NAME: evaluate_entry()})
+    verdict = {"passed": True, "failed": [], "challengers": {NAME: "3"}, "when": "now"}
+    write_json(setup.artifacts / "validation" / "verdict.json", verdict)
+    with pytest.raises(AnonlabError, match=r"disagree on 3 val tiles: \d+ detections compared"):
+        run_export(setup)
+    assert not (setup.artifacts / "serving").exists()
+    np.testing.assert_equal(len(list((setup.artifacts / "models" / NAME).iterdir())), 2)
