@@ -47,6 +47,7 @@ benchmarks: setup
 	$(RUN) python benchmarks/train_step.py
 	$(RUN) python benchmarks/score_speed.py
 	$(RUN) python benchmarks/blur_speed.py
+	$(RUN) python benchmarks/serve_load.py
 
 clean:
 	rm -rf artifacts .pytest_cache .ruff_cache

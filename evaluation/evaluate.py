@@ -39,10 +39,12 @@ from data.config import TaxonomyConfig
 from data.errors import AnonlabError
 from data.size_buckets import size_bucket
 from evaluation.config import EvaluateConfig
-from evaluation.predict import TorchDetector, predict_set
+from evaluation.predict import predict_set
 from evaluation.registry import CHAMPION, RegisteredModel, Registry
 from evaluation.report import Miss, ModelReport, SetReport, render_report
 from evaluation.score import ScoreOptions, load_ground_truth, score
+from serving.runtime.architecture import DetectorCore
+from serving.runtime.backends import TorchDetector
 from serving.runtime.checksum import file_sha256
 from serving.runtime.tiles import TilingSpec
 from training.loop import resolve_device
@@ -172,11 +174,15 @@ class _ModelEvaluation:
         and plots of `name` (the evaluated model's, not the champion's)."""
         model, model_cfg = load_model_files(config, weights)
         classes = list(model_cfg["classes"])
+        # The runtime's own detector: the same tile resize, padding and mask pasting as an
+        # exported artifact (whose ONNX graph export checks against this), so the recall
+        # measured here is the recall the runtime ships.
         detector = TorchDetector(
-            model,
-            self.device,
-            score_threshold=self.cfg.min_threshold,
+            DetectorCore(model, score_threshold=self.cfg.min_threshold, keypoints=False),
+            input_size=int(model_cfg["min_size"]),
+            tile_size=self.spec.tile,
             mask_threshold=self.cfg.mask_threshold,
+            device=self.device,
         )
         scores: dict[str, dict[str, Any]] = {}
         misses: dict[str, tuple[list[Miss], int]] = {}

@@ -1,9 +1,9 @@
-"""A trained model over the images of a COCO set, tiled as the runtime tiles, to COCO results.
+"""A detector over the images of a COCO set, tiled as the runtime tiles, to COCO results.
 
-`TorchDetector` turns a torchvision detection model into the runtime's detector (tiles in,
-`Detections` out), so `serving.runtime.tiles.detect_tiled` cuts, runs and merges exactly as the
-runtime will; `predict_set` runs it over every image of a COCO file and returns the results in
-COCO's format (what `anonlab score` reads) plus the `Detections` per image.
+`predict_set` runs a runtime detector (tiles in, `Detections` out: evaluate uses the runtime's
+`serving.runtime.backends.TorchDetector`) through `serving.runtime.tiles.detect_tiled` over every
+image of a COCO file, so it cuts, runs and merges exactly as the runtime will, and returns the
+results in COCO's format (what `anonlab score` reads) plus the `Detections` per image.
 """
 
 from __future__ import annotations
@@ -14,86 +14,19 @@ from typing import Any
 
 import cv2
 import numpy as np
-import torch
 from pycocotools import mask as mask_util
 
 from data.errors import AnonlabError
-from serving.runtime.detections import Detections, mask_window
+from serving.runtime.detections import Detections
 from serving.runtime.progress import bar
-from serving.runtime.tiles import TilingSpec, detect_tiled
-from training.dataset import images_to_float
+from serving.runtime.tiles import Detector, TilingSpec, detect_tiled
 
-__all__ = ["TorchDetector", "predict_set", "to_results"]
-
-
-class TorchDetector:
-    """Tiles (HxWx3 uint8 RGB) in, one `Detections` per tile out, in tile pixels.
-
-    Masks are the model's per-pixel probabilities at or above `mask_threshold`, cut to each box's
-    `mask_window`. Detections scoring below `score_threshold` are dropped by the model itself
-    (roi_heads.score_thresh), so the low end of the precision/recall curve is there to choose an
-    operating threshold from.
-    """
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        device: torch.device,
-        *,
-        score_threshold: float,
-        mask_threshold: float = 0.5,
-        keypoints: bool = False,
-    ) -> None:
-        self.model = model.to(device).eval()
-        self.model.roi_heads.score_thresh = score_threshold
-        if not keypoints:
-            # torchvision runs the keypoint branch only when it has a keypoint RoI pooler.
-            self.model.roi_heads.keypoint_roi_pool = None
-        self.device = device
-        self.mask_threshold = mask_threshold
-
-    @torch.inference_mode()
-    def __call__(self, tiles: list[np.ndarray]) -> list[Detections]:
-        if not tiles:
-            return []
-        tensors = [torch.from_numpy(np.ascontiguousarray(t)).permute(2, 0, 1) for t in tiles]
-        outputs = self.model(images_to_float(tensors, self.device))
-        return [
-            self._detections(out, tile.shape[:2]) for out, tile in zip(outputs, tiles, strict=True)
-        ]
-
-    def _detections(self, out: dict[str, torch.Tensor], shape: tuple[int, ...]) -> Detections:
-        boxes = out["boxes"].float().cpu().numpy()
-        masks = None
-        if "masks" in out:
-            height, width = shape
-            probs = out["masks"][:, 0]
-            masks = []
-            for i, box in enumerate(boxes):
-                x0, y0, x1, y1 = mask_window(box)
-                crop = np.zeros((y1 - y0, x1 - x0), bool)
-                # torchvision clips boxes to the tile; the window can still end one pixel out.
-                cx1, cy1 = min(x1, width), min(y1, height)
-                inside = probs[i, y0:cy1, x0:cx1] >= self.mask_threshold
-                crop[: cy1 - y0, : cx1 - x0] = inside.cpu().numpy()
-                masks.append(crop)
-        keypoints = None
-        if "keypoints" in out:
-            kp = out["keypoints"].float().cpu().numpy().copy()
-            kp[..., 2] = out["keypoints_scores"].float().cpu().numpy()
-            keypoints = kp
-        return Detections(
-            boxes=boxes,
-            scores=out["scores"].float().cpu().numpy(),
-            labels=out["labels"].cpu().numpy(),
-            masks=masks,
-            keypoints=keypoints,
-        )
+__all__ = ["predict_set", "to_results"]
 
 
 def predict_set(
     images: Sequence[dict[str, Any]],
-    detector: TorchDetector,
+    detector: Detector,
     spec: TilingSpec,
     *,
     images_root: Path,

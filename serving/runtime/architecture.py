@@ -155,16 +155,22 @@ class DetectorCore(nn.Module):
 
     Outputs, in input pixels: boxes (N, 4), scores (N,), labels (N,) int64, and for a maskrcnn
     the mask probabilities (N, M, M) over each box (M = 28, torchvision's mask resolution), for
-    a keypointrcnn keypoints (N, K, 3): x, y and the keypoint's score. torchvision's own
+    a keypointrcnn keypoints (N, K, 3): x, y and the keypoint's score (with keypoints=False the
+    keypoint branch does not run and no keypoints come out). torchvision's own
     postprocessing is left out: there is no resize to undo, and pasting every mask over the
     whole input costs more than the network on a CPU.
     """
 
-    def __init__(self, model: nn.Module, *, score_threshold: float) -> None:
+    def __init__(self, model: nn.Module, *, score_threshold: float, keypoints: bool = True) -> None:
         super().__init__()
         self.model = model.eval()
         self.model.roi_heads.score_thresh = score_threshold
         self.kind = "keypointrcnn" if self.model.roi_heads.has_keypoint() else "maskrcnn"
+        self.keypoints = keypoints
+        if self.kind == "keypointrcnn" and not keypoints:
+            # torchvision runs the keypoint branch (about 4 GFLOP per detection) only when it
+            # has a keypoint RoI pooler; evaluation scores boxes and does not need it.
+            self.model.roi_heads.keypoint_roi_pool = None
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         transform = self.model.transform
@@ -177,6 +183,8 @@ class DetectorCore(nn.Module):
         proposals, _ = self.model.rpn(images, features)
         found, _ = self.model.roi_heads(features, proposals, images.image_sizes)
         out = found[0]
+        if self.kind == "keypointrcnn" and not self.keypoints:
+            return out["boxes"], out["scores"], out["labels"], out["boxes"].new_zeros(0, 0, 3)
         if self.kind == "keypointrcnn":
             keypoints = torch.cat(
                 [out["keypoints"][..., :2], out["keypoints_scores"][..., None]], dim=-1

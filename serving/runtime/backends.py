@@ -74,7 +74,10 @@ def to_detections(
     boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
     # A box that lies wholly in the padding has nothing left of it in the tile.
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-    boxes, scores, labels, extra = boxes[keep], scores[keep], labels[keep], extra[keep]
+    boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+    if kind == "keypointrcnn" and extra.shape[1] == 0:  # DetectorCore(keypoints=False)
+        return Detections(boxes, scores, labels)
+    extra = extra[keep]
     if kind == "keypointrcnn":
         keypoints = extra.astype(np.float32).copy()
         keypoints[..., :2] /= np.float32(scale)
@@ -196,7 +199,7 @@ class TorchDetector:
         input_size: int,
         tile_size: int,
         mask_threshold: float,
-        device: str = "cpu",
+        device: Any = "cpu",
     ) -> None:
         import torch
 
