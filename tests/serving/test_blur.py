@@ -188,3 +188,42 @@ def test_blur_exits_non_zero_after_finishing_the_others(
     )
     assert not (out / FAILURES).exists()
     assert Image.open(io.BytesIO((out / "day1" / "still.png").read_bytes())).format == "PNG"
+
+
+def _marker_detector(tiles: list[np.ndarray]) -> list[Detections]:
+    """Finds magenta blobs (255, 0, 255) in each tile as faces (label 1), box and mask."""
+    found = []
+    for tile in tiles:
+        marked = np.all(tile == (255, 0, 255), axis=2).astype(np.uint8)
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(marked)
+        boxes, masks = [], []
+        for k in range(1, n):
+            x, y, w, h = stats[k, :4]
+            boxes.append([x, y, x + w, y + h])
+            masks.append(labels[y : y + h, x : x + w] == k)
+        found.append(
+            Detections(np.array(boxes).reshape(-1, 4), [0.9] * len(boxes), [1] * len(boxes), masks)
+        )
+    return found
+
+
+def test_a_face_across_a_panoramas_seam_is_hidden_on_both_sides(runtime: Runtime) -> None:
+    # The runtime as shipped (the artifact's tiling, styles, thresholds, encoding) with a
+    # detector that sees exactly the drawn face, so what is tested is the seam, not the model.
+    seam = Runtime(runtime.artifacts, [_marker_detector])
+    pano = texture(512, 256, seed=7)
+    pano[100:130, 496:512] = (255, 0, 255)  # one face: 16 columns at the right end...
+    pano[100:130, 0:14] = (255, 0, 255)  # ...and 14 at the left, across the seam
+    done = seam.anonymize_bytes(_png(pano))
+    assert done.panorama and len(done.detections) == 1  # merged into one object across tiles
+    box = done.detections.boxes[0]
+    assert box[0] == 496 and box[2] == 512 + 14  # x1 past the width: it wraps
+    after = cv2.cvtColor(
+        cv2.imdecode(np.frombuffer(done.data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB
+    )
+    face = np.zeros(pano.shape[:2], bool)
+    face[100:130, 496:] = face[100:130, :14] = True
+    assert not np.all(after[face] == (255, 0, 255), axis=1).any()  # no face pixel survives
+    far = np.ones_like(face)
+    far[60:170, 440:] = far[60:170, :70] = False
+    np.testing.assert_array_equal(after[far], pano[far])  # the rest is untouched
