@@ -13,14 +13,9 @@ from pathlib import PurePosixPath
 
 from PIL import Image, UnidentifiedImageError
 
-# Formats the platform takes in, and the file extensions that announce each of them.
-FORMAT_EXTENSIONS: dict[str, tuple[str, ...]] = {
-    "JPEG": (".jpg", ".jpeg", ".jpe"),
-    "PNG": (".png",),
-    "TIFF": (".tif", ".tiff"),
-    "WEBP": (".webp",),
-}
-IMAGE_EXTENSIONS = frozenset(ext for exts in FORMAT_EXTENSIONS.values() for ext in exts)
+# The formats the platform takes in are the ones the runtime writes back.
+from serving.runtime.imagefile import FORMAT_EXTENSIONS
+
 STORE_EXTENSION = {fmt: exts[0] for fmt, exts in FORMAT_EXTENSIONS.items()}
 
 _EXIF_ORIENTATION = 0x0112

@@ -16,7 +16,7 @@ from fsspec.core import url_to_fs
 
 from data.config import SourceConfig
 from data.errors import AnonlabError
-from data.image_info import IMAGE_EXTENSIONS
+from serving.runtime.imagefile import IMAGE_EXTENSIONS
 
 log = logging.getLogger(__name__)
 

@@ -36,6 +36,7 @@ import numpy as np
 
 from serving.runtime.detections import Detections
 from serving.runtime.errors import ServingError
+from serving.runtime.imagefile import IMAGE_EXTENSIONS
 from serving.runtime.pipeline import Anonymized, Decoded, Runtime
 from serving.runtime.progress import bar
 
@@ -44,7 +45,6 @@ __all__ = ["FAILURES", "BatchReport", "Failure", "Job", "blur_batch", "find_inpu
 log = logging.getLogger(__name__)
 
 FAILURES = "failures.jsonl"
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".png", ".tif", ".tiff", ".webp"})
 STEPS = ("read", "decode", "detect", "anonymize", "write")
 
 
@@ -109,7 +109,7 @@ def find_inputs(inputs: Sequence[str]) -> list[Job]:
             raise ServingError(f"{given}: no such file or folder")
         if not files:
             raise ServingError(
-                f"{given}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) found there"
+                f"{given}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found there"
             )
         for file in files:
             resolved = file.resolve()
@@ -301,7 +301,7 @@ def _mask_png(runtime: Runtime, done: Anonymized) -> bytes:
 
 
 def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
 def _fixed_prefix(pattern: str) -> str:

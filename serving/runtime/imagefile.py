@@ -49,6 +49,15 @@ from serving.runtime.errors import ImageError
 log = logging.getLogger(__name__)
 
 # Default decompression-bomb guard: a 16K x 8K panorama (134 Mpx) passes.
+# The formats read and written here (collect takes in the same), and the file extensions that
+# announce each of them.
+FORMAT_EXTENSIONS: dict[str, tuple[str, ...]] = {
+    "JPEG": (".jpg", ".jpeg", ".jpe"),
+    "PNG": (".png",),
+    "TIFF": (".tif", ".tiff"),
+    "WEBP": (".webp",),
+}
+IMAGE_EXTENSIONS = frozenset(ext for exts in FORMAT_EXTENSIONS.values() for ext in exts)
 DEFAULT_MAX_PIXELS = 150_000_000
 # zlib level for PNG output: near the best size at a fraction of level 9's time.
 PNG_COMPRESSION = 4
