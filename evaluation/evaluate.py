@@ -44,7 +44,7 @@ from evaluation.registry import CHAMPION, RegisteredModel, Registry
 from evaluation.report import Miss, ModelReport, SetReport, render_report
 from evaluation.score import ScoreOptions, load_ground_truth, score
 from serving.runtime.architecture import DetectorCore
-from serving.runtime.backends import TorchDetector
+from serving.runtime.backends import InputSize, TorchDetector
 from serving.runtime.checksum import file_sha256
 from serving.runtime.tiles import TilingSpec
 from training.loop import resolve_device
@@ -179,8 +179,7 @@ class _ModelEvaluation:
         # measured here is the recall the runtime ships.
         detector = TorchDetector(
             DetectorCore(model, score_threshold=self.cfg.min_threshold, keypoints=False),
-            input_size=int(model_cfg["min_size"]),
-            tile_size=self.spec.tile,
+            size=InputSize.of(model_cfg["min_size"], model_cfg["max_size"], self.spec.tile),
             mask_threshold=self.cfg.mask_threshold,
             device=self.device,
         )

@@ -45,7 +45,7 @@ from serving.config import ExportConfig
 from serving.model_card import render_model_card
 from serving.runtime.architecture import Architecture, DetectorCore
 from serving.runtime.artifact import MANIFEST, Manifest
-from serving.runtime.backends import OnnxDetector, TorchDetector, compare
+from serving.runtime.backends import InputSize, OnnxDetector, TorchDetector, compare
 from serving.runtime.checksum import file_sha256
 from serving.runtime.tiles import TilingSpec, cut, plan_windows
 from training.models import load_model_files, model_architecture
@@ -141,7 +141,8 @@ def export_model(
     floor = setup.evaluate.min_threshold
     core = DetectorCore(model, score_threshold=floor)
     spec = tiling_spec(setup.evaluate)
-    _export_onnx(core, arch, folder / "model.onnx", setup.export.opset)
+    canvas = InputSize.of(arch.min_size, arch.max_size, spec.tile).canvas
+    _export_onnx(core, canvas, arch.kind, folder / "model.onnx", setup.export.opset)
     parity = _check_parity(core, arch, folder / "model.onnx", spec, setup, min(thresholds.values()))
     shutil.copyfile(weights, folder / "weights.safetensors")
     recall = _headline(entry)
@@ -165,7 +166,7 @@ def export_model(
         classes=list(arch.classes),
         thresholds=thresholds,
         styles=styles,
-        input_size=arch.min_size,
+        input_size=canvas,
         score_floor=floor,
         mask_threshold=setup.evaluate.mask_threshold,
         tiling={**setup.evaluate.tiling.model_dump(), "scales": list(spec.scales)},
@@ -176,7 +177,7 @@ def export_model(
         created=str(provenance.get("validated") or ""),
     )
     write_json(folder / MANIFEST, manifest.to_json())
-    log.info("%s: exported version %s to %s", name, version, folder)
+    log.info("%s: exported version %s as %s", name, version, folder.name)
     return folder
 
 
@@ -201,8 +202,8 @@ def _styles(name: str, arch: Architecture, export: ExportConfig) -> dict[str, di
     return {c: dict(export.styles[c]) for c in arch.classes}
 
 
-def _export_onnx(core: DetectorCore, arch: Architecture, path: Path, opset: int) -> None:
-    sample = torch.zeros(3, arch.min_size, arch.min_size)
+def _export_onnx(core: DetectorCore, canvas: int, kind: str, path: Path, opset: int) -> None:
+    sample = torch.zeros(3, canvas, canvas)
     with warnings.catch_warnings():
         # The tracer warns about every Python-side shape computation of torchvision's detectors;
         # they are constants at the fixed input size, which the parity check then confirms.
@@ -214,8 +215,8 @@ def _export_onnx(core: DetectorCore, arch: Architecture, path: Path, opset: int)
             opset_version=opset,
             dynamo=False,
             input_names=["image"],
-            output_names=ONNX_OUTPUTS[arch.kind],
-            dynamic_axes={n: {0: "detections"} for n in ONNX_OUTPUTS[arch.kind]},
+            output_names=ONNX_OUTPUTS[kind],
+            dynamic_axes={n: {0: "detections"} for n in ONNX_OUTPUTS[kind]},
         )
 
 
@@ -232,8 +233,7 @@ def _check_parity(
     bounds = setup.export.parity
     tiles = _sample_tiles(setup.artifacts / "prepared", spec, bounds.tiles)
     options = {
-        "input_size": arch.min_size,
-        "tile_size": spec.tile,
+        "size": InputSize.of(arch.min_size, arch.max_size, spec.tile),
         "mask_threshold": setup.evaluate.mask_threshold,
     }
     onnx_found = OnnxDetector(onnx_path, kind=arch.kind, **options)(tiles)

@@ -46,7 +46,7 @@ class Manifest:
     name / version: the model's name and its registered version. architecture: an
     `architecture.Architecture` as a dict. thresholds: per class, the lowest score that counts
     (chosen on val for the target recall). styles: per class, an `anonymize.Style` as a dict.
-    input_size: the side of the network's square input; a whole tile is resized to it.
+    input_size: the side of the network's fixed square input (`backends.InputSize.canvas`).
     score_floor: the score below which the network itself drops detections (no threshold may be
     lower). mask_threshold: mask probability from which a pixel belongs to the object.
     tiling: a `TilingSpec` as a dict. recall: headline recall per reference set and class.

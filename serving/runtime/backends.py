@@ -2,13 +2,18 @@
 
 Both backends take the runtime's tiles (HxWx3 uint8 RGB, at most `tile` x `tile`) and return
 one `Detections` per tile in tile pixels, so `tiles.detect_tiled` drives either. Each tile is
-prepared the same way for both (`to_canvas`): resized by `input_size / tile`, so objects keep
-one scale whatever the tile's shape (a whole tile becomes the model's trained input size), and
-padded at the bottom and right to `input_size` x `input_size`, the fixed input the ONNX graph
-was traced with. The network's outputs are mapped back by `to_detections`: boxes and keypoints
-divided by that scale and clipped to the tile, and each mask probability map (28 x 28 over its
-box) resampled over the box's own `mask_window` only and thresholded; pasting every mask over
-the whole input, as torchvision does, would cost more than the network on a CPU.
+prepared the same way for both (`to_canvas`): resized as torchvision resizes a model's input,
+so the network sees objects at the scale it was trained at (the short side to the model's
+min_size, the long side at most max_size), and placed at the top left of a fixed
+`canvas` x `canvas` input, the size the ONNX graph was traced at, padded with the mean colour
+(what torchvision's batching pads with, after normalisation). The canvas is
+max(min_size, tile) rounded up to a multiple of 32, so every whole window of a tiled image fits
+at torchvision's scale; only a window cut from an image narrower than the tile that torchvision
+would enlarge past the canvas is enlarged less (`InputSize.scale`). The network's outputs are
+mapped back by `to_detections`: boxes and keypoints divided by that scale and clipped to the
+tile, and each mask probability map (28 x 28 over its box) resampled over the box's own
+`mask_window` only and thresholded; pasting every mask over the whole input, as torchvision
+does, would cost more than the network on a CPU.
 
 `OnnxDetector` needs only onnxruntime and numpy. `TorchDetector` needs torch and torchvision
 and builds the network from the artifact's `Architecture` (see `architecture.py`).
@@ -28,6 +33,7 @@ from serving.runtime.detections import Detections, mask_windows
 from serving.runtime.errors import ArtifactError
 
 __all__ = [
+    "InputSize",
     "OnnxDetector",
     "Parity",
     "TorchDetector",
@@ -41,18 +47,43 @@ __all__ = [
 _MASK_PAD = 1
 
 
-def to_canvas(tile: np.ndarray, input_size: int, tile_size: int) -> tuple[np.ndarray, float]:
-    """The network's input for `tile`: (3, S, S) float32 in [0, 1], S = `input_size`, and the
-    scale the tile was resized by (`input_size / tile_size`)."""
+# torchvision's default normalisation mean (every model here uses it): padding with it is padding
+# with zeros after normalisation, as torchvision's batching does.
+_PAD_RGB = np.array([0.485, 0.456, 0.406], np.float32)
+
+
+@dataclass(frozen=True)
+class InputSize:
+    """How a tile becomes the network's fixed input: resized by `scale`, on a `canvas` square."""
+
+    canvas: int
+    min_size: int
+    max_size: int
+
+    @staticmethod
+    def of(min_size: int, max_size: int, tile: int) -> InputSize:
+        """The input of a model (min_size, max_size) under a tiling of `tile` px windows."""
+        canvas = -(-max(min_size, tile) // 32) * 32
+        return InputSize(canvas, min_size, max_size)
+
+    def scale(self, width: int, height: int) -> float:
+        """torchvision's resize factor for a width x height tile, capped to fit the canvas."""
+        short, long = min(width, height), max(width, height)
+        return min(self.min_size / short, self.max_size / long, self.canvas / long)
+
+
+def to_canvas(tile: np.ndarray, size: InputSize) -> tuple[np.ndarray, float]:
+    """The network's input for `tile`: (3, S, S) float32 in [0, 1] (S = `size.canvas`), and the
+    scale the tile was resized by."""
     if tile.ndim != 3 or tile.shape[2] != 3 or tile.dtype != np.uint8:
         raise ValueError(f"a tile is (H, W, 3) uint8 RGB, got {tile.shape} {tile.dtype}")
     height, width = tile.shape[:2]
-    if height > tile_size or width > tile_size:
-        raise ValueError(f"tile {width}x{height} is larger than the tiling's {tile_size}")
-    scale = input_size / tile_size
-    w, h = min(round(width * scale), input_size), min(round(height * scale), input_size)
+    scale = size.scale(width, height)
+    w = min(round(width * scale), size.canvas)
+    h = min(round(height * scale), size.canvas)
     resized = tile if (w, h) == (width, height) else cv2.resize(tile, (w, h), cv2.INTER_LINEAR)
-    canvas = np.zeros((3, input_size, input_size), np.float32)
+    canvas = np.empty((3, size.canvas, size.canvas), np.float32)
+    canvas[:] = _PAD_RGB[:, None, None]
     canvas[:, :h, :w] = resized.transpose(2, 0, 1) * np.float32(1 / 255)
     return canvas, scale
 
@@ -129,14 +160,13 @@ class _Tiles:
     """Shared tile handling of both backends."""
 
     kind: str
-    input_size: int
-    tile_size: int
+    size: InputSize
     mask_threshold: float
 
     def run(self, tiles: list[np.ndarray], forward: Any) -> list[Detections]:
         out = []
         for tile in tiles:
-            canvas, scale = to_canvas(tile, self.input_size, self.tile_size)
+            canvas, scale = to_canvas(tile, self.size)
             out.append(
                 to_detections(
                     forward(canvas),
@@ -161,8 +191,7 @@ class OnnxDetector:
         path: Path,
         *,
         kind: str,
-        input_size: int,
-        tile_size: int,
+        size: InputSize,
         mask_threshold: float,
         providers: Sequence[str] | None = None,
         threads: int = 0,
@@ -181,7 +210,7 @@ class OnnxDetector:
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ArtifactError(f"{path}: onnxruntime cannot load it ({exc})") from None
         self.input_name = self.session.get_inputs()[0].name
-        self._tiles = _Tiles(kind, input_size, tile_size, mask_threshold)
+        self._tiles = _Tiles(kind, size, mask_threshold)
 
     def __call__(self, tiles: list[np.ndarray]) -> list[Detections]:
         return self._tiles.run(
@@ -196,8 +225,7 @@ class TorchDetector:
         self,
         core: Any,
         *,
-        input_size: int,
-        tile_size: int,
+        size: InputSize,
         mask_threshold: float,
         device: Any = "cpu",
     ) -> None:
@@ -206,7 +234,7 @@ class TorchDetector:
         self.torch = torch
         self.device = torch.device(device)
         self.core = core.to(self.device).eval()
-        self._tiles = _Tiles(core.kind, input_size, tile_size, mask_threshold)
+        self._tiles = _Tiles(core.kind, size, mask_threshold)
 
     def __call__(self, tiles: list[np.ndarray]) -> list[Detections]:
         torch = self.torch

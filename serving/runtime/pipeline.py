@@ -28,6 +28,7 @@ import numpy as np
 
 from serving.runtime.anonymize import Style, anonymize, hidden_mask
 from serving.runtime.artifact import MANIFEST, Artifact, load_artifact
+from serving.runtime.backends import InputSize, OnnxDetector, TorchDetector
 from serving.runtime.detections import Detections
 from serving.runtime.errors import ArtifactError
 from serving.runtime.imagefile import (
@@ -221,14 +222,9 @@ def _no_keypoints(dets: Detections) -> Detections:
 
 def _detector(artifact: Artifact, backend: str, device: str, threads: int) -> Detector:
     m = artifact.manifest
-    options = {
-        "input_size": m.input_size,
-        "tile_size": m.tiling_spec.tile,
-        "mask_threshold": m.mask_threshold,
-    }
+    size = InputSize(m.input_size, int(m.architecture["min_size"]), int(m.architecture["max_size"]))
+    options = {"size": size, "mask_threshold": m.mask_threshold}
     if backend == "onnx":
-        from serving.runtime.backends import OnnxDetector
-
         providers = ["CPUExecutionProvider"] if device == "cpu" else None
         return OnnxDetector(
             artifact.file("model.onnx"),
@@ -241,7 +237,6 @@ def _detector(artifact: Artifact, backend: str, device: str, threads: int) -> De
     from safetensors.torch import load_file
 
     from serving.runtime.architecture import Architecture, DetectorCore, build
-    from serving.runtime.backends import TorchDetector
 
     try:
         arch = Architecture.from_dict(m.architecture)

@@ -53,7 +53,8 @@ def test_artifact_holds_what_the_runtime_needs_with_checksums(artifact: Path) ->
     assert m["thresholds"] == THRESHOLDS
     # The styles of conf/export/ (the runtime's defaults): a feathered ellipse for faces, etc.
     assert m["styles"] == {c: DEFAULT_STYLES[c].to_dict() for c in CLASSES}
-    assert m["input_size"] == 96 and m["tiling"]["tile"] == TILE
+    # The canvas: max(min_size 96, tile 128), so a whole window is seen at torchvision's scale.
+    assert m["input_size"] == 128 and m["tiling"]["tile"] == TILE
     assert m["recall"]["holdout"]["face"] == {"iou": 0.5, "coverage": 0.8, "n": 12}
     assert m["provenance"]["weights_sha256"] == file_sha256(artifact / "weights.safetensors")
     for name, sha in m["files"].items():
