@@ -288,6 +288,7 @@ def _sidecar_bytes(job: Job, done: Anonymized) -> bytes:
         "height": done.height,
         "classes": done.classes,
         "detections": done.detections_json(),
+        "metadata_dropped": list(done.dropped),
     }
     return (json.dumps(body, indent=1) + "\n").encode("utf-8")
 

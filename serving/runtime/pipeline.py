@@ -60,6 +60,9 @@ class Anonymized:
     height: int
     format: str
     panorama: bool = False
+    # What of the input file's metadata was not written back, and why (`ImageFile.dropped`):
+    # embedded thumbnails and previews, which would show what was hidden, for instance.
+    dropped: tuple[str, ...] = ()
 
     def detections_json(self) -> list[dict[str, Any]]:
         """The hidden detections as JSON-ready dicts: class, score, box [x0, y0, x1, y1] in the
@@ -176,6 +179,7 @@ class Runtime:
             height=height,
             format=image.format,
             panorama=panorama,
+            dropped=image.dropped,
         )
 
     def is_panorama(self, width: int, height: int) -> bool:

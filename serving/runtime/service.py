@@ -8,7 +8,8 @@ Endpoints:
 - `POST /v1/anonymize`: the body is one JPEG, PNG, TIFF or WebP file (recognised from its bytes;
   Content-Type is not used). 200: the anonymized file, same format, with its Content-Type. With
   `?detections=true`: `application/json` {"image": base64 of that file, "format", "content_type",
-  "width", "height", "detections": [{"class", "score", "box", ...}]}.
+  "width", "height", "detections": [{"class", "score", "box", ...}], "metadata_dropped": [what
+  of the file's metadata was not written back, and why]}.
 - `GET /healthz`: 200 while the process answers. `GET /readyz`: 200 once the models are loaded
   and a warm-up inference has run; 503 before (and while stopping). `GET /metrics`: Prometheus
   text format.
@@ -603,6 +604,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "width": done.width,
                 "height": done.height,
                 "detections": done.detections_json(),
+                "metadata_dropped": list(done.dropped),
             },
         )
 

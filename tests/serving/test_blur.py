@@ -77,6 +77,7 @@ def test_blur_writes_anonymized_copies_that_keep_their_metadata(
     assert (sidecar["width"], sidecar["height"]) == (120, 160)
     assert sidecar["detections"], "the tiny model hides something at its 0.1 thresholds"
     assert {d["class"] for d in sidecar["detections"]} <= set(sidecar["classes"])
+    assert sidecar["metadata_dropped"] == []  # a plain camera JPEG loses nothing
 
     # PNG: lossless, so every pixel outside the hidden mask is the input's, bit for bit, and
     # pixels inside it changed.
