@@ -157,6 +157,7 @@ def export_model(
             styles=styles,
             targets={c: setup.evaluate.target(c) for c in arch.classes},
             tiling=spec,
+            canvas=canvas,
         ),
     )
     manifest = Manifest(

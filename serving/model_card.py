@@ -27,6 +27,7 @@ def render_model_card(
     styles: Mapping[str, Mapping[str, Any]],
     targets: Mapping[str, float],
     tiling: TilingSpec,
+    canvas: int,
 ) -> str:
     """The model card of one exported model; `entry` is its evaluate metrics entry."""
     sets = entry.get("sets") or {}
@@ -51,8 +52,9 @@ def render_model_card(
         "",
         "## Model",
         "",
-        f"- {arch.kind} on a {arch.backbone} FPN ({arch.fpn_channels} channels), "
-        f"input {arch.min_size} px per tile",
+        f"- {arch.kind} on a {arch.backbone} FPN ({arch.fpn_channels} channels); each tile is "
+        f"resized to a short side of {arch.min_size} px (long side at most {arch.max_size}) on "
+        f"a {canvas} px input",
         f"- tiling: {tiling.tile} px windows, {tiling.overlap} px overlap, scales "
         f"{', '.join(str(s) for s in tiling.scales)}; panoramas (aspect {tiling.panorama_aspect}) "
         "wrap around the seam",
