@@ -78,8 +78,8 @@ class ModelConfig(Section):
     norm: Literal["frozen_bn", "group_norm"] = "frozen_bn"
     # Width of the FPN and of the heads' convolutions (mask head: this; keypoint head: twice
     # this). 256 is torchvision's (and its COCO weights'); narrower is faster:
-    # 128 makes a CPU training step about 2.4x faster (the FPN, RPN and mask head convolutions
-    # dominate it). COCO weights need 256.
+    # 128 makes a CPU training step 2.0-2.7x faster (BENCHMARKS.md, train_step.py
+    # --fpn-channels; the FPN, RPN and mask head convolutions dominate it). COCO weights need 256.
     fpn_channels: int = Field(default=256, ge=16)
     # The classes this model detects, a subset of taxonomy.classes; label i+1 is classes[i].
     classes: list[str] = Field(min_length=1)
