@@ -11,6 +11,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from data.errors import AnonlabError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -44,6 +46,18 @@ def write_jsonl(path: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) ->
     with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+def read_json(path: str | os.PathLike[str], *, missing: str = "") -> Any:
+    """The JSON value in a file; AnonlabError naming the file when it is missing (then saying
+    `missing`, what to do) or not readable JSON."""
+    p = Path(path)
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AnonlabError(f"{p}: not found; {missing or 'check the path'}") from None
+    except (OSError, ValueError) as exc:
+        raise AnonlabError(f"{p}: not readable JSON ({exc})") from None
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

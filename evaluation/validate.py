@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import logging
 import shutil
 from collections.abc import Mapping, Sequence
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data.atomic import write_json
+from data.atomic import read_json, write_json
 from data.errors import AnonlabError
 from data.size_buckets import BUCKETS
 from evaluation.config import EvaluateConfig, ValidateConfig
@@ -153,7 +152,7 @@ def run_validate(setup: ValidateSetup) -> dict[str, Any]:
     """Run every check, write verdict.json; GateFailed when any error-level check fails."""
     out = setup.artifacts / "validation"
     baseline_path = out / "baseline_stats.json"
-    baseline = _read(baseline_path) if baseline_path.is_file() else None
+    baseline = read_json(baseline_path) if baseline_path.is_file() else None
     checks = check_dataset(
         setup.artifacts / "prepared",
         setup.artifacts / "reviewed",
@@ -165,7 +164,7 @@ def run_validate(setup: ValidateSetup) -> dict[str, Any]:
     metrics_path = setup.artifacts / "eval" / "metrics.json"
     if not metrics_path.is_file():
         raise AnonlabError(f"{metrics_path} does not exist; run `anonlab evaluate` first")
-    metrics = _read(metrics_path)
+    metrics = read_json(metrics_path)
     for model in setup.models:
         if model not in metrics:
             checks.append(
@@ -230,13 +229,6 @@ def _set_challengers(setup: ValidateSetup, metrics: Mapping[str, Any]) -> dict[s
         out[model] = version.version
         log.info("%s: %s is the challenger", model, version)
     return out
-
-
-def _read(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise AnonlabError(f"{path}: not readable JSON ({exc})") from exc
 
 
 def _pct(value: float | None) -> str:

@@ -24,7 +24,6 @@ artifacts as they were.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import warnings
@@ -37,7 +36,7 @@ import cv2
 import numpy as np
 import torch
 
-from data.atomic import staged_dir, write_json, write_text
+from data.atomic import read_json, staged_dir, write_json, write_text
 from data.errors import AnonlabError
 from evaluation.config import EvaluateConfig
 from evaluation.evaluate import tiling_spec
@@ -86,14 +85,16 @@ class ExportSetup:
 def run_export(setup: ExportSetup) -> list[Path]:
     """Export every model of the setup; the artifact folders written."""
     verdict_path = setup.artifacts / "validation" / "verdict.json"
-    verdict = _read(verdict_path, "run `anonlab validate` first")
+    verdict = read_json(verdict_path, missing="run `anonlab validate` first")
     if not verdict.get("passed"):
         failed = ", ".join(verdict.get("failed") or []) or "see the verdict"
         raise AnonlabError(
             f"{verdict_path}: validation did not pass ({failed}); only a model that passed the "
             "release gate is exported"
         )
-    metrics = _read(setup.artifacts / "eval" / "metrics.json", "run `anonlab evaluate` first")
+    metrics = read_json(
+        setup.artifacts / "eval" / "metrics.json", missing="run `anonlab evaluate` first"
+    )
     tags = run_tags(setup.root, stage="export")
     final = setup.artifacts / "serving"
     written = []
@@ -141,9 +142,10 @@ def export_model(
     floor = setup.evaluate.min_threshold
     core = DetectorCore(model, score_threshold=floor)
     spec = tiling_spec(setup.evaluate)
-    canvas = InputSize.of(arch.min_size, arch.max_size, spec.tile).canvas
-    _export_onnx(core, canvas, arch.kind, folder / "model.onnx", setup.export.opset)
-    parity = _check_parity(core, arch, folder / "model.onnx", spec, setup, min(thresholds.values()))
+    size = InputSize.of(arch.min_size, arch.max_size, spec.tile)
+    _export_onnx(core, size.canvas, arch.kind, folder / "model.onnx", setup.export.opset)
+    lowest = min(thresholds.values())
+    parity = _check_parity(core, arch, size, folder / "model.onnx", spec, setup, lowest)
     shutil.copyfile(weights, folder / "weights.safetensors")
     recall = _headline(entry)
     write_text(
@@ -157,7 +159,7 @@ def export_model(
             styles=styles,
             targets={c: setup.evaluate.target(c) for c in arch.classes},
             tiling=spec,
-            canvas=canvas,
+            canvas=size.canvas,
         ),
     )
     manifest = Manifest(
@@ -167,10 +169,10 @@ def export_model(
         classes=list(arch.classes),
         thresholds=thresholds,
         styles=styles,
-        input_size=canvas,
+        input_size=size.canvas,
         score_floor=floor,
         mask_threshold=setup.evaluate.mask_threshold,
-        tiling={**setup.evaluate.tiling.model_dump(), "scales": list(spec.scales)},
+        tiling=setup.evaluate.tiling.model_dump(),
         recall=recall,
         provenance={**provenance, "weights_sha256": weights_sha},
         parity=parity,
@@ -224,6 +226,7 @@ def _export_onnx(core: DetectorCore, canvas: int, kind: str, path: Path, opset: 
 def _check_parity(
     core: DetectorCore,
     arch: Architecture,
+    size: InputSize,
     onnx_path: Path,
     spec: TilingSpec,
     setup: ExportSetup,
@@ -234,7 +237,7 @@ def _check_parity(
     bounds = setup.export.parity
     tiles = _sample_tiles(setup.artifacts / "prepared", spec, bounds.tiles)
     options = {
-        "size": InputSize.of(arch.min_size, arch.max_size, spec.tile),
+        "size": size,
         "mask_threshold": setup.evaluate.mask_threshold,
     }
     onnx_found = OnnxDetector(onnx_path, kind=arch.kind, **options)(tiles)
@@ -264,7 +267,7 @@ def _check_parity(
 def _sample_tiles(prepared: Path, spec: TilingSpec, count: int) -> list[np.ndarray]:
     """Up to `count` windows of the val images, as the runtime cuts them, one image after
     another (the first windows of each image, round-robin)."""
-    val = _read(prepared / "val.json", "run `anonlab prepare` first")
+    val = read_json(prepared / "val.json", missing="run `anonlab prepare` first")
     per_image: list[list[np.ndarray]] = []
     for image in val.get("images", [])[:count]:
         rgb = cv2.imread(str(prepared / image["file_name"]), cv2.IMREAD_COLOR_RGB)
@@ -289,12 +292,3 @@ def _headline(entry: Mapping[str, Any]) -> dict[str, Any]:
         }
         for set_name, s in (entry.get("sets") or {}).items()
     }
-
-
-def _read(path: Path, hint: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AnonlabError(f"{path}: not found; {hint}") from None
-    except (OSError, ValueError) as exc:
-        raise AnonlabError(f"{path}: not readable JSON ({exc})") from None

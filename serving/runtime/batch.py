@@ -282,14 +282,7 @@ def _mask_path(target: Path) -> Path:
 
 
 def _sidecar_bytes(job: Job, done: Anonymized) -> bytes:
-    body = {
-        "input": str(job.source),
-        "width": done.width,
-        "height": done.height,
-        "classes": done.classes,
-        "detections": done.detections_json(),
-        "metadata_dropped": list(done.dropped),
-    }
+    body = {"input": str(job.source), **done.report()}
     return (json.dumps(body, indent=1) + "\n").encode("utf-8")
 
 

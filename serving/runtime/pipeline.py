@@ -64,6 +64,18 @@ class Anonymized:
     # embedded thumbnails and previews, which would show what was hidden, for instance.
     dropped: tuple[str, ...] = ()
 
+    def report(self) -> dict[str, Any]:
+        """What was done to the image, JSON-ready: the blur sidecar and the service's JSON
+        answer. Format, upright size, classes, detections, and the metadata not written back."""
+        return {
+            "format": self.format,
+            "width": self.width,
+            "height": self.height,
+            "classes": list(self.classes),
+            "detections": self.detections_json(),
+            "metadata_dropped": list(self.dropped),
+        }
+
     def detections_json(self) -> list[dict[str, Any]]:
         """The hidden detections as JSON-ready dicts: class, score, box [x0, y0, x1, y1] in the
         upright image's pixels (x1 beyond the width for a box across a panorama's seam), and
@@ -219,8 +231,9 @@ def artifact_folders(paths: Sequence[str | Path]) -> list[Path]:
 
 
 def _no_keypoints(dets: Detections) -> Detections:
-    """`dets` without keypoints: detections of models with and without them are concatenated
-    (the keypoints of the model that has them are in its own artifact's sidecar only)."""
+    """`dets` without keypoints, so that detections of models with and without them can be
+    concatenated. With several artifacts loaded, keypoints are dropped: hiding does not use
+    them, and the sidecar then lists boxes only."""
     return Detections(dets.boxes, dets.scores, dets.labels, masks=dets.masks)
 
 

@@ -7,9 +7,9 @@ keep-alive; nothing is written to disk and no image content, body or client addr
 Endpoints:
 - `POST /v1/anonymize`: the body is one JPEG, PNG, TIFF or WebP file (recognised from its bytes;
   Content-Type is not used). 200: the anonymized file, same format, with its Content-Type. With
-  `?detections=true`: `application/json` {"image": base64 of that file, "format", "content_type",
-  "width", "height", "detections": [{"class", "score", "box", ...}], "metadata_dropped": [what
-  of the file's metadata was not written back, and why]}.
+  `?detections=true`: `application/json` {"image": base64 of that file, "content_type", and
+  `Anonymized.report()`: "format", "width", "height", "classes", "detections": [{"class",
+  "score", "box", ...}], "metadata_dropped": [what of the metadata was not written back, why]}.
 - `GET /healthz`: 200 while the process answers. `GET /readyz`: 200 once the models are loaded
   and a warm-up inference has run; 503 before (and while stopping). `GET /metrics`: Prometheus
   text format.
@@ -599,12 +599,8 @@ class _Handler(BaseHTTPRequestHandler):
             200,
             {
                 "image": base64.b64encode(done.data).decode("ascii"),
-                "format": done.format,
                 "content_type": content_type,
-                "width": done.width,
-                "height": done.height,
-                "detections": done.detections_json(),
-                "metadata_dropped": list(done.dropped),
+                **done.report(),
             },
         )
 
