@@ -137,6 +137,20 @@ def test_export_refuses_a_model_that_did_not_pass_validation(tmp_path: Path) -> 
     assert earlier.read_text() == "{}"  # the previous export is left as it was
 
 
+def test_export_without_a_verdict_says_to_validate_first(tmp_path: Path) -> None:
+    setup = export_setup(tmp_path)
+    earlier = setup.artifacts / "serving" / "earlier-1" / "manifest.json"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("{}")
+    with pytest.raises(AnonlabError, match=r"verdict\.json: not found; run `anonlab validate`"):
+        run_export(setup)
+    (setup.artifacts / "validation").mkdir()
+    (setup.artifacts / "validation" / "verdict.json").write_text('{"passed": tr')  # cut short
+    with pytest.raises(AnonlabError, match=r"verdict\.json: not readable JSON"):
+        run_export(setup)
+    assert earlier.read_text() == "{}"
+
+
 def test_export_fails_and_writes_nothing_when_onnx_and_pytorch_disagree(tmp_path: Path) -> None:
     # Bounds no two numerical implementations meet: the check must fail and say by how much.
     setup = export_setup(tmp_path, ["export.parity.box_px=1e-12", "export.parity.score=1e-12"])
