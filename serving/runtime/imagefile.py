@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import simplejpeg
 from PIL import Image, TiffImagePlugin, WebPImagePlugin
 
 from serving.runtime.errors import ImageError
@@ -78,6 +79,8 @@ _EXIF_ID = b"Exif\x00\x00"
 _XMP_ID = b"http://ns.adobe.com/xap/1.0/\x00"
 _XMP_EXTENSION_ID = b"http://ns.adobe.com/xmp/extension/\x00"
 _ICC_ID = b"ICC_PROFILE\x00"
+# libjpeg's warning for junk between a complete scan and the end marker: the picture is whole.
+_JUNK_BEFORE_END = re.compile(r"Corrupt JPEG data: \d+ extraneous bytes before marker 0xd9")
 
 # Position in the natural (row-major) order of each coefficient of the zigzag order.
 _ZIGZAG = np.array(
@@ -280,9 +283,8 @@ def _read_jpeg(data: bytes, max_pixels: int | None) -> ImageFile:
     chroma = np.array(qtables[1]) if ncomp == 3 else None
     quality = estimate_jpeg_quality(np.array(qtables[0]), chroma)
 
-    flags = cv2.IMREAD_COLOR_RGB if ncomp == 3 else cv2.IMREAD_GRAYSCALE
-    pixels = cv2.imdecode(np.frombuffer(data, np.uint8), flags | cv2.IMREAD_IGNORE_ORIENTATION)
-    if pixels is None or pixels.shape[:2] != (height, width):
+    pixels = decode_jpeg(data, gray=ncomp == 1)
+    if pixels.shape[:2] != (height, width):
         raise ImageError("the JPEG image data cannot be decoded: the file is damaged")
 
     dropped: list[str] = []
@@ -308,6 +310,31 @@ def _read_jpeg(data: bytes, max_pixels: int | None) -> ImageFile:
         dropped=tuple(dropped),
         blocks=tuple(blocks),
     )
+
+
+def decode_jpeg(data: bytes, *, gray: bool = False, scale: int = 1) -> np.ndarray:
+    """The pixels of a JPEG in stored orientation, (H, W, 3) RGB or (H, W) grey uint8, decoded
+    strictly: any damage libjpeg reports and would paper over (a scan cut short and padded with
+    grey, "premature end of data segment", corrupt Huffman data) is an ImageError, so a damaged
+    file is never taken for a whole one. `scale` 2, 4 or 8 decodes at that fraction of the size
+    (DCT scaling: it still reads every byte of the image data, so checks the whole file for a
+    fraction of the cost). One exception: bytes of junk between the last scan and the end
+    marker (libjpeg's "extraneous bytes before marker 0xd9"), which some cameras write after a
+    complete picture, are accepted."""
+    colorspace = "GRAY" if gray else "RGB"
+    try:
+        pixels = simplejpeg.decode_jpeg(data, colorspace, min_factor=scale, strict=True)
+    except ValueError as exc:
+        message = str(exc)
+        if not _JUNK_BEFORE_END.fullmatch(message):
+            if "premature end" in message.lower():
+                raise ImageError(
+                    f"the JPEG is truncated ({message}): part of the picture is missing, and "
+                    "decoders would show it as grey; upload the whole file again"
+                ) from None
+            raise ImageError(f"the JPEG image data is damaged ({message}): re-export it") from None
+        pixels = simplejpeg.decode_jpeg(data, colorspace, min_factor=scale, strict=False)
+    return pixels[:, :, 0] if gray and pixels.ndim == 3 else pixels
 
 
 def _jpeg_header(data: bytes) -> tuple[list[tuple[int, bytes]], int]:
