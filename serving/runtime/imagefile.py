@@ -46,6 +46,17 @@ import simplejpeg
 from PIL import Image, TiffImagePlugin, WebPImagePlugin
 
 from serving.runtime.errors import ImageError
+from serving.runtime.metadata import (
+    EXIF_IFD_TAG,
+    GPS_IFD_TAG,
+    MAX_INFLATED,
+    ORIENTATION_TAG,
+    clean_xmp,
+    exif_orientation,
+    inflate,
+    rebuild_exif,
+    screen_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +64,7 @@ log = logging.getLogger(__name__)
 # The formats read and written here (collect takes in the same), and the file extensions that
 # announce each of them.
 FORMAT_EXTENSIONS: dict[str, tuple[str, ...]] = {
-    "JPEG": (".jpg", ".jpeg", ".jpe"),
+    "JPEG": (".jpg", ".jpeg", ".jpe", ".jfif"),
     "PNG": (".png",),
     "TIFF": (".tif", ".tiff"),
     "WEBP": (".webp",),
@@ -65,10 +76,6 @@ PNG_COMPRESSION = 4
 # Lossy WebP does not record its quality; re-encoding uses this one.
 WEBP_QUALITY = 90
 
-_ORIENTATION_TAG = 0x0112
-_EXIF_IFD_TAG = 0x8769
-_GPS_IFD_TAG = 0x8825
-_MAKER_NOTE_TAG = 0x927C
 
 # JPEG markers.
 _SOI, _EOI, _SOS, _DQT, _COM = 0xD8, 0xD9, 0xDA, 0xDB, 0xFE
@@ -119,17 +126,18 @@ _CV2_SAMPLING = {
 _PIL_SAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2, "4:1:1": 2, "4:4:0": 2}
 
 # PNG chunks carried over. Those that describe the pixel format only while it is unchanged.
-_PNG_KEEP = {b"cHRM", b"gAMA", b"iCCP", b"sRGB", b"cICP", b"mDCV", b"cLLI", b"pHYs", b"tIME"}
-_PNG_KEEP |= {b"tEXt", b"zTXt", b"iTXt", b"eXIf"}
+_PNG_KEEP = {b"cHRM", b"gAMA", b"sRGB", b"cICP", b"mDCV", b"cLLI", b"pHYs", b"tIME"}
+# Those chunks and sBIT/bKGD/tRNS are a few numbers each (a palette's tRNS, the longest, 256).
+_PNG_FIXED_MAX = 256
+# Text chunks kept: the keywords of the PNG standard (free text, screened for pictures).
+_PNG_TEXT_KEYWORDS = {
+    b"Title", b"Author", b"Description", b"Copyright", b"Creation Time", b"Software",
+    b"Disclaimer", b"Warning", b"Source", b"Comment",
+}  # fmt: skip
 _PNG_SAME_FORMAT = {b"sBIT", b"bKGD", b"tRNS"}
 _PNG_STRUCTURE = {b"IHDR", b"PLTE", b"IDAT", b"IEND"}
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _XMP_KEYWORD = b"XML:com.adobe.xmp"
-
-# XMP properties that hold a whole picture (Adobe thumbnails, Google camera/depth images).
-_XMP_IMAGE_PROPS = rb"(?:xmpGImg:image|GImage:Data|GDepth:Data|GDepth:Confidence)"
-_XMP_IMAGE_ATTR = re.compile(rb"(" + _XMP_IMAGE_PROPS + rb'\s*=\s*")[^"]*(")')
-_XMP_IMAGE_ELEM = re.compile(rb"(<" + _XMP_IMAGE_PROPS + rb">)[^<]*(</)")
 
 # TIFF tags written back (descriptive ones; structure is the encoder's).
 _TIFF_DESCRIPTIVE = (269, 270, 271, 272, 274, 282, 283, 285, 296, 305, 306, 315, 316, 33432)
@@ -401,33 +409,35 @@ def _jpeg_metadata(
     """The APPn/COM segments to write back (whole, marker included), the EXIF, XMP and ICC."""
     blocks: list[bytes] = []
     exif = xmp = None
-    icc_parts: list[bytes] = []
+    icc_segments: list[bytes] = []
+    icc_at = 0
     for marker, payload in segments:
         if not (0xE0 <= marker <= 0xEF or marker == _COM):
             continue
         name = f"APP{marker - 0xE0}" if marker != _COM else "COM"
         keep: bytes | None = None
         if marker == _COM:
-            keep = payload
+            keep = screen_text(payload, "JPEG comment", dropped)
         elif marker == 0xE0 and payload.startswith(b"JFIF\x00") and len(payload) >= 14:
             if len(payload) > 14 and any(payload[12:14]):
                 dropped.append("JFIF thumbnail (an unanonymized copy of the picture)")
             keep = payload[:12] + b"\x00\x00"
         elif marker == 0xE1 and payload.startswith(_EXIF_ID):
             if exif is None:
-                exif = _clean_exif(payload[len(_EXIF_ID) :], dropped)
+                exif = rebuild_exif(payload[len(_EXIF_ID) :], dropped)
                 keep = None if exif is None else _EXIF_ID + exif
             else:
                 dropped.append("a second EXIF segment")
         elif marker == 0xE1 and payload.startswith(_XMP_ID):
             if xmp is None:
-                xmp = _clean_xmp(payload[len(_XMP_ID) :], dropped)
-                keep = _XMP_ID + xmp
+                xmp = clean_xmp(payload[len(_XMP_ID) :], dropped)
+                keep = None if xmp is None else _XMP_ID + xmp
             else:
                 dropped.append("a second XMP segment")
         elif marker == 0xE2 and payload.startswith(_ICC_ID):
-            keep = payload
-            icc_parts.append(payload[len(_ICC_ID) + 2 :])
+            # Kept or left out whole, once all its parts are read (below).
+            icc_at = len(blocks) if not icc_segments else icc_at
+            icc_segments.append(payload)
         else:
             ident = payload[:32].split(b"\x00")[0][:24].decode("ascii", "replace")
             why = {
@@ -439,9 +449,18 @@ def _jpeg_metadata(
             }.get(ident, "segment of unknown content")
             dropped.append(f"{name} {ident!r}: {why}")
         if keep is not None:
-            blocks.append(bytes([0xFF, marker]) + struct.pack(">H", len(keep) + 2) + keep)
-    icc = b"".join(icc_parts) or None
+            blocks.append(_jpeg_segment(marker, keep))
+    icc = None
+    if icc_segments:
+        profile = b"".join(p[len(_ICC_ID) + 2 :] for p in icc_segments)
+        icc = screen_text(profile, "ICC profile", dropped, limit=MAX_INFLATED)
+        if icc is not None:
+            blocks[icc_at:icc_at] = [_jpeg_segment(0xE2, p) for p in icc_segments]
     return blocks, exif, xmp, icc
+
+
+def _jpeg_segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
 
 
 def _read_png(data: bytes, max_pixels: int | None) -> ImageFile:
@@ -449,7 +468,7 @@ def _read_png(data: bytes, max_pixels: int | None) -> ImageFile:
         raise ImageError("the PNG does not start with a valid header (IHDR): re-export it")
     width, height, depth, color_type = struct.unpack(">IIBB", data[16:26])
     _check_size(width, height, max_pixels, "PNG")
-    chunks = _png_chunks(data)
+    chunks = png_chunks(data)
     types = [t for t, _ in chunks]
     if b"acTL" in types:
         raise ImageError(
@@ -481,22 +500,27 @@ def _read_png(data: bytes, max_pixels: int | None) -> ImageFile:
             continue
         keep: bytes | None = None
         if ctype == b"eXIf":
-            exif = _clean_exif(bytes(body), dropped)
+            exif = rebuild_exif(bytes(body), dropped)
             keep = exif
         elif ctype in (b"tEXt", b"zTXt", b"iTXt"):
-            keyword = bytes(body[:80]).split(b"\x00")[0]
+            keyword, text = _png_text(ctype, bytes(body), dropped)
             if keyword == _XMP_KEYWORD and ctype == b"iTXt":
-                xmp = _png_xmp(bytes(body), dropped)
-                keep = _XMP_KEYWORD + b"\x00\x00\x00\x00\x00" + xmp
-            elif keyword.lower().startswith(b"raw profile type"):
-                dropped.append(f"{name} {keyword.decode('latin-1')!r} (may hold a thumbnail)")
-            else:
-                keep = bytes(body)
+                xmp = clean_xmp(text, dropped) if text is not None else None
+                if xmp is not None:
+                    keep = _png_xmp_chunk(xmp, compressed=bytes(body)[len(_XMP_KEYWORD) + 1] == 1)
+            elif keyword not in _PNG_TEXT_KEYWORDS:
+                dropped.append(f"PNG text {keyword.decode('latin-1')!r} (not a standard keyword)")
+            elif text is not None:
+                what = f"PNG text {keyword.decode('latin-1')!r}"
+                keep = bytes(body) if screen_text(text, what, dropped) is not None else None
         elif ctype == b"iCCP":
-            keep = bytes(body)
-            icc = _png_icc(keep)
+            _, _, rest = bytes(body).partition(b"\x00")
+            icc = _screen_icc(inflate(rest[1:], "ICC profile", dropped), dropped)
+            keep = bytes(body) if icc is not None else None
         elif ctype in _PNG_KEEP or ctype in _PNG_SAME_FORMAT:
-            keep = bytes(body)
+            keep = bytes(body) if len(body) <= _PNG_FIXED_MAX else None
+            if keep is None:
+                dropped.append(f"PNG chunk {name!r} ({len(body)} bytes, longer than it can be)")
         else:
             dropped.append(f"PNG chunk {name!r} (unknown content)")
         if keep is not None:
@@ -516,7 +540,7 @@ def _read_png(data: bytes, max_pixels: int | None) -> ImageFile:
     )
 
 
-def _png_chunks(data: bytes) -> list[tuple[bytes, memoryview]]:
+def png_chunks(data: bytes) -> list[tuple[bytes, memoryview]]:
     """(type, body) of each chunk up to IEND; the bodies are views into `data`."""
     view = memoryview(data)
     chunks: list[tuple[bytes, memoryview]] = []
@@ -540,23 +564,29 @@ def _png_chunk(ctype: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + ctype + body + struct.pack(">I", zlib.crc32(ctype + body))
 
 
-def _png_xmp(body: bytes, dropped: list[str]) -> bytes:
-    # iTXt: keyword \0 compression-flag method language \0 translated-keyword \0 text
-    rest = body[len(_XMP_KEYWORD) + 1 :]
+def _png_text(ctype: bytes, body: bytes, dropped: list[str]) -> tuple[bytes, bytes | None]:
+    """The keyword and text of a tEXt, zTXt or iTXt chunk, inflated (at most MAX_INFLATED
+    bytes); the text is None, with the reason in `dropped`, when it cannot be read."""
+    keyword, _, rest = body.partition(b"\x00")
+    what = f"PNG text {keyword[:80].decode('latin-1')!r}"
+    if ctype == b"tEXt":
+        return keyword, rest
+    if ctype == b"zTXt":
+        return keyword, inflate(rest[1:], what, dropped)
+    # iTXt: compression flag, method, language \0, translated keyword \0, text
+    if len(rest) < 2:
+        dropped.append(f"{what} (cut short)")
+        return keyword, None
     compressed, rest = rest[0], rest[2:]
     _, _, rest = rest.partition(b"\x00")
     _, _, text = rest.partition(b"\x00")
-    if compressed:
-        text = zlib.decompress(text)
-    return _clean_xmp(text, dropped)
+    return keyword, inflate(text, what, dropped) if compressed else text
 
 
-def _png_icc(body: bytes) -> bytes | None:
-    _, _, rest = body.partition(b"\x00")
-    try:
-        return zlib.decompress(rest[1:])
-    except zlib.error:
-        return None
+def _png_xmp_chunk(xmp: bytes, *, compressed: bool) -> bytes:
+    """An iTXt body holding `xmp`, compressed when the original was (so it stays small)."""
+    flag = b"\x01\x00" if compressed else b"\x00\x00"
+    return _XMP_KEYWORD + b"\x00" + flag + b"\x00\x00" + (zlib.compress(xmp) if compressed else xmp)
 
 
 def _read_tiff(data: bytes, max_pixels: int | None) -> ImageFile:
@@ -574,16 +604,16 @@ def _read_tiff(data: bytes, max_pixels: int | None) -> ImageFile:
     for tag in _TIFF_DESCRIPTIVE:
         if tag in source:
             made[tag] = source[tag]
-    for ifd in (_EXIF_IFD_TAG, _GPS_IFD_TAG):
+    for ifd in (EXIF_IFD_TAG, GPS_IFD_TAG):
         sub = source.get_ifd(ifd)
         if sub:
             made.get_ifd(ifd).update(sub)
-    exif = _clean_exif(made.tobytes()[len(_EXIF_ID) :], dropped) if len(made) else None
+    exif = rebuild_exif(made.tobytes()[len(_EXIF_ID) :], dropped) if len(made) else None
     orientation = exif_orientation(exif)
     xmp = img.tag_v2.get(700)
     if isinstance(xmp, str):
         xmp = xmp.encode("utf-8")
-    icc = img.info.get("icc_profile") or None
+    icc = _screen_icc(img.info.get("icc_profile"), dropped)
     compression = img.info.get("compression", "raw")
     _check_tiff_data(img, len(data))
     bits = img.tag_v2.get(258)
@@ -598,9 +628,9 @@ def _read_tiff(data: bytes, max_pixels: int | None) -> ImageFile:
         dropped.append("EXIF, XMP and ICC profile (16-bit colour TIFF is written by OpenCV)")
     else:
         pixels = _pil_pixels(img, "TIFF")
-        if orientation != 1 and _ORIENTATION_TAG not in img.tag_v2:
+        if orientation != 1 and ORIENTATION_TAG not in img.tag_v2:
             pixels = from_upright(pixels, orientation)
-    if compression != "raw" and (made.get_ifd(_EXIF_IFD_TAG) or made.get_ifd(_GPS_IFD_TAG)):
+    if compression != "raw" and (made.get_ifd(EXIF_IFD_TAG) or made.get_ifd(GPS_IFD_TAG)):
         # Pillow writes EXIF/GPS sub-IFDs only without libtiff, that is uncompressed.
         dropped.append(
             f"TIFF compression {compression!r}: written uncompressed, the only way Pillow "
@@ -614,7 +644,7 @@ def _read_tiff(data: bytes, max_pixels: int | None) -> ImageFile:
         bit_depth=16 if pixels.dtype == np.uint16 else 8,
         orientation=orientation,
         exif=exif,
-        xmp=_clean_xmp(bytes(xmp), dropped) if xmp else None,
+        xmp=clean_xmp(bytes(xmp), dropped) if xmp else None,
         icc_profile=icc,
         compression=compression,
         dropped=tuple(dropped),
@@ -655,7 +685,7 @@ def _read_webp(data: bytes, max_pixels: int | None) -> ImageFile:
     exif = None
     if raw_exif:
         raw_exif = raw_exif[len(_EXIF_ID) :] if raw_exif.startswith(_EXIF_ID) else raw_exif
-        exif = _clean_exif(raw_exif, dropped)
+        exif = rebuild_exif(raw_exif, dropped)
     xmp = img.info.get("xmp")
     return ImageFile(
         pixels=pixels,
@@ -664,11 +694,15 @@ def _read_webp(data: bytes, max_pixels: int | None) -> ImageFile:
         bit_depth=8,
         orientation=exif_orientation(exif),
         exif=exif,
-        xmp=_clean_xmp(xmp, dropped) if xmp else None,
-        icc_profile=img.info.get("icc_profile") or None,
+        xmp=clean_xmp(xmp, dropped) if xmp else None,
+        icc_profile=_screen_icc(img.info.get("icc_profile"), dropped),
         lossless=_webp_lossless(data),
         dropped=tuple(dropped),
     )
+
+
+def _screen_icc(profile: bytes | None, dropped: list[str]) -> bytes | None:
+    return screen_text(profile, "ICC profile", dropped, limit=MAX_INFLATED) if profile else None
 
 
 def _webp_lossless(data: bytes) -> bool:
@@ -750,129 +784,6 @@ def estimate_jpeg_quality(luma: np.ndarray, chroma: np.ndarray | None = None) ->
 def _exact_quality(table: np.ndarray, candidates: np.ndarray) -> int | None:
     hits = np.flatnonzero((candidates == np.asarray(table)[None, :]).all(axis=1))
     return int(hits[-1]) + 1 if len(hits) else None
-
-
-def exif_orientation(exif: bytes | None) -> int:
-    """The orientation tag (1..8) of TIFF-structured EXIF bytes; 1 when absent or invalid."""
-    if not exif:
-        return 1
-    try:
-        order = _byte_order(exif)
-        for tag, typ, count, value_pos in _ifd_entries(exif, _u32(exif, 4, order), order)[0]:
-            if tag == _ORIENTATION_TAG and typ == 3 and count >= 1:
-                value = _u16(exif, value_pos, order)
-                return value if 1 <= value <= 8 else 1
-    except _BadExif:
-        pass
-    return 1
-
-
-class _BadExif(Exception):
-    pass
-
-
-def _clean_exif(tiff: bytes, dropped: list[str]) -> bytes | None:
-    """The EXIF block with its thumbnail (IFD1 and its data) and maker note blanked (zeros, so
-    no offset moves); a thumbnail at the very end is cut off. None when it cannot be parsed:
-    what it holds cannot be checked, so it is not written."""
-    buf = bytearray(tiff)
-    try:
-        order = _byte_order(buf)
-        entries, next_pos = _ifd_entries(buf, _u32(buf, 4, order), order)
-        for tag, _, _, value_pos in entries:
-            if tag == _EXIF_IFD_TAG:
-                for sub_tag, typ, count, sub_pos in _ifd_entries(
-                    buf, _u32(buf, value_pos, order), order
-                )[0]:
-                    if sub_tag == _MAKER_NOTE_TAG and count:
-                        start = _data_offset(buf, typ, count, sub_pos, order)
-                        buf[start : start + count * _type_size(typ)] = bytes(
-                            count * _type_size(typ)
-                        )
-                        dropped.append("EXIF maker note (vendors keep preview images there)")
-        ifd1 = _u32(buf, next_pos, order)
-        if ifd1:
-            thumb_entries, _ = _ifd_entries(buf, ifd1, order)
-            values = {tag: _uints(buf, typ, count, pos, order) for tag, typ, count, pos in
-                      thumb_entries if typ in (3, 4)}  # fmt: skip
-            spans = list(zip(values.get(0x0201, []), values.get(0x0202, []), strict=False))
-            spans += list(zip(values.get(0x0111, []), values.get(0x0117, []), strict=False))
-            count = _u16(buf, ifd1, order)
-            spans.append((ifd1, 2 + 12 * count + 4))
-            for start, length in spans:
-                if start + length > len(buf):
-                    raise _BadExif("thumbnail outside the block")
-                buf[start : start + length] = bytes(length)
-            buf[next_pos : next_pos + 4] = bytes(4)
-            # Commonly the thumbnail is the block's last part: then it goes, not just blanked.
-            last = [start for start, length in spans if length and start + length == len(buf)]
-            if last:
-                del buf[last[0] :]
-            dropped.append("EXIF thumbnail (an unanonymized copy of the picture)")
-    except (_BadExif, IndexError, struct.error) as e:
-        dropped.append(f"EXIF (malformed, so its content cannot be checked: {e})")
-        log.warning("EXIF block dropped: malformed (%s)", e)
-        return None
-    return bytes(buf)
-
-
-def _byte_order(buf: bytes | bytearray) -> str:
-    if len(buf) < 8 or bytes(buf[:2]) not in (b"II", b"MM"):
-        raise _BadExif("no TIFF header")
-    return "<" if buf[:2] == b"II" else ">"
-
-
-def _u16(buf: bytes | bytearray, pos: int, order: str) -> int:
-    return struct.unpack_from(order + "H", buf, pos)[0]
-
-
-def _u32(buf: bytes | bytearray, pos: int, order: str) -> int:
-    return struct.unpack_from(order + "I", buf, pos)[0]
-
-
-def _type_size(typ: int) -> int:
-    return {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}.get(
-        typ, 1
-    )
-
-
-def _ifd_entries(
-    buf: bytes | bytearray, offset: int, order: str
-) -> tuple[list[tuple[int, int, int, int]], int]:
-    """(tag, type, count, position of the value field) of each entry of the IFD at `offset`,
-    and the position of its next-IFD pointer."""
-    if offset < 8 or offset + 2 > len(buf):
-        raise _BadExif(f"IFD offset {offset} outside the block")
-    count = _u16(buf, offset, order)
-    if offset + 2 + 12 * count + 4 > len(buf):
-        raise _BadExif("IFD runs past the block")
-    entries = []
-    for k in range(count):
-        pos = offset + 2 + 12 * k
-        tag, typ, n = struct.unpack_from(order + "HHI", buf, pos)
-        entries.append((tag, typ, n, pos + 8))
-    return entries, offset + 2 + 12 * count
-
-
-def _data_offset(buf: bytes | bytearray, typ: int, count: int, value_pos: int, order: str) -> int:
-    size = count * _type_size(typ)
-    start = value_pos if size <= 4 else _u32(buf, value_pos, order)
-    if start + size > len(buf):
-        raise _BadExif("value outside the block")
-    return start
-
-
-def _uints(buf: bytes | bytearray, typ: int, count: int, value_pos: int, order: str) -> list[int]:
-    start = _data_offset(buf, typ, count, value_pos, order)
-    code = "H" if typ == 3 else "I"
-    return list(struct.unpack_from(f"{order}{count}{code}", buf, start))
-
-
-def _clean_xmp(xmp: bytes, dropped: list[str]) -> bytes:
-    cleaned = _XMP_IMAGE_ELEM.sub(rb"\1\2", _XMP_IMAGE_ATTR.sub(rb"\1\2", xmp))
-    if cleaned != xmp:
-        dropped.append("XMP embedded images (thumbnails or camera/depth pictures)")
-    return cleaned
 
 
 # ---------------------------------------------------------------------------------------------
@@ -998,7 +909,7 @@ def _write_png(file: ImageFile, pixels: np.ndarray) -> bytes:
         if not ok:
             raise ImageError("OpenCV could not encode the PNG")
         encoded = buf.tobytes()
-    chunks = _png_chunks(encoded)
+    chunks = png_chunks(encoded)
     header = bytes(chunks[0][1])
     same_format = file.png_format == (header[8], header[9])
     kept = [block for block in file.blocks if block[4:8] not in _PNG_SAME_FORMAT or same_format]

@@ -39,6 +39,7 @@ from serving.runtime.imagefile import (
     upright,
     write_image,
 )
+from serving.runtime.output_check import check_output
 from serving.runtime.tiles import Detector, detect_tiled, is_panorama
 
 __all__ = ["BACKENDS", "Anonymized", "Decoded", "Runtime", "artifact_folders"]
@@ -175,7 +176,8 @@ class Runtime:
         return Decoded(image, view, detector_rgb(view))
 
     def finish(self, decoded: Decoded, dets: Detections) -> Anonymized:
-        """Step 3 of `anonymize_bytes` (after `detect`): hide `dets` and encode the file."""
+        """Step 3 of `anonymize_bytes` (after `detect`): hide `dets`, encode the file, and check
+        that the encoded file holds no picture but its own (`output_check`)."""
         height, width = decoded.view.shape[:2]
         panorama = self.is_panorama(width, height)
         # In place: the decoded pixels are not needed afterwards, and a panorama is 96 MB.
@@ -183,8 +185,10 @@ class Runtime:
             decoded.view, dets, self.classes, self.styles, panorama=panorama, inplace=True
         )
         image = decoded.image
+        data = write_image(image, from_upright(hidden, image.orientation))
+        check_output(data, image.format)
         return Anonymized(
-            data=write_image(image, from_upright(hidden, image.orientation)),
+            data=data,
             detections=dets,
             classes=self.classes,
             width=width,
