@@ -189,31 +189,33 @@ def rebuild_exif(tiff: bytes, dropped: list[str]) -> bytes | None:
     """A new EXIF block (TIFF-structured, no "Exif" prefix, the same byte order) holding only
     the allowed tags of `tiff`'s IFD0, Exif and GPS IFDs; None when none is left or the block
     cannot be parsed. What is left out is appended to `dropped`."""
+    left_out: list[int] = []
+    subs: dict[int, list[tuple[int, int, int, bytes]]] = {}
     try:
         order = byte_order(tiff)
         entries, next_pos = ifd_entries(tiff, u32(tiff, 4, order), order)
-        left_out: list[str] = []
-        ifd0 = _allowed(tiff, entries, order, _IFD0_TAGS, left_out)
-        subs: dict[int, list[tuple[int, int, int, bytes]]] = {}
-        for tag, typ, count, value_pos in entries:
-            if tag in (EXIF_IFD_TAG, GPS_IFD_TAG) and typ in (4, 13) and count == 1:
-                name = "Exif" if tag == EXIF_IFD_TAG else "GPS"
-                try:
-                    sub_entries, _ = ifd_entries(tiff, u32(tiff, value_pos, order), order)
-                except BadExif as exc:
-                    dropped.append(f"EXIF {name} IFD (malformed, so it cannot be checked: {exc})")
-                    continue
-                allowed = EXIF_ALLOWED[name]
-                subs[tag] = _allowed(tiff, sub_entries, order, allowed, left_out)
+        pointers = [e for e in entries if e[0] in (EXIF_IFD_TAG, GPS_IFD_TAG)]
+        ifd0 = _allowed(
+            tiff, [e for e in entries if e not in pointers], order, _IFD0_TAGS, left_out
+        )
+        for tag, typ, count, value_pos in pointers:
+            name = "Exif" if tag == EXIF_IFD_TAG else "GPS"
+            try:
+                if typ not in (4, 13) or count != 1:
+                    raise BadExif(f"its pointer has type {typ} and count {count}")
+                sub_entries, _ = ifd_entries(tiff, u32(tiff, value_pos, order), order)
+            except BadExif as exc:
+                dropped.append(f"EXIF {name} IFD (malformed, so it cannot be checked: {exc})")
+                continue
+            subs[tag] = _allowed(tiff, sub_entries, order, EXIF_ALLOWED[name], left_out)
         if u32(tiff, next_pos, order):
             dropped.append("EXIF thumbnail (an unanonymized copy of the picture)")
     except (BadExif, struct.error) as exc:
         dropped.append(f"EXIF (malformed, so its content cannot be checked: {exc})")
         log.warning("EXIF block dropped: malformed (%s)", exc)
         return None
-    notable = [_NOTABLE[int(t, 16)] for t in left_out if int(t, 16) in _NOTABLE]
-    dropped.extend(notable)
-    rest = [t for t in left_out if int(t, 16) not in _NOTABLE]
+    dropped.extend(_NOTABLE[tag] for tag in left_out if tag in _NOTABLE)
+    rest = [f"0x{tag:04X}" for tag in left_out if tag not in _NOTABLE]
     if rest:
         dropped.append(f"EXIF tags not on the allowlist ({', '.join(rest)})")
     subs = {tag: values for tag, values in subs.items() if values}
@@ -227,21 +229,16 @@ def _allowed(
     entries: list[tuple[int, int, int, int]],
     order: str,
     allowed: dict[int, str],
-    left_out: list[str],
+    left_out: list[int],
 ) -> list[tuple[int, int, int, bytes]]:
-    """(tag, type, count, raw value bytes) of the entries on the allowlist with a readable,
-    bounded value; the tags of the others go to `left_out` (as hex)."""
+    """(tag, type, count, raw value bytes) of the entries on the allowlist with a readable
+    value of at most MAX_EXIF_VALUE bytes; the tags of the others go to `left_out`."""
     kept = []
     for tag, typ, count, value_pos in entries:
-        if tag in (EXIF_IFD_TAG, GPS_IFD_TAG) and allowed is _IFD0_TAGS:
-            continue  # rebuilt by the caller
         size = count * _TYPE_SIZES.get(typ, 0)
-        if tag not in allowed or typ not in _TYPE_SIZES or not 0 < size <= MAX_EXIF_VALUE:
-            left_out.append(f"0x{tag:04X}")
-            continue
         start = value_pos if size <= 4 else u32(tiff, value_pos, order)
-        if start + size > len(tiff):
-            left_out.append(f"0x{tag:04X}")
+        if tag not in allowed or not 0 < size <= MAX_EXIF_VALUE or start + size > len(tiff):
+            left_out.append(tag)
             continue
         kept.append((tag, typ, count, bytes(tiff[start : start + size])))
     return kept
