@@ -1,17 +1,31 @@
-"""Atomic file writes: a file appears complete under its final name, or not at all."""
+"""Atomic file writes: a file appears complete under its final name, or not at all; a folder
+of outputs is swapped in as a whole."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
+import functools
 import json
+import logging
 import os
+import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from data.errors import AnonlabError
+
+log = logging.getLogger(__name__)
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2  # linux/fs.h
+# What renameat2 answers where it, or the exchange flag on this filesystem, is not supported.
+_NO_EXCHANGE = {errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP}
 
 
 @contextlib.contextmanager
@@ -75,17 +89,90 @@ def staged_dir(final: str | os.PathLike[str]) -> Iterator[Path]:
 
     A stage that writes a folder of outputs writes them here; if it fails, the previous outputs
     stay as they were and the staging folder is removed.
+
+    The swap is one atomic exchange of the two folders (Linux `renameat2` with
+    RENAME_EXCHANGE), so `final` holds the old or the new outputs at every moment, even when
+    the process is killed. Where the exchange is not supported (another OS, a filesystem
+    without it) it is two renames, `final` -> `.final.old` and stage -> `final`; a kill between
+    them leaves `final` missing, and the next `staged_dir(final)` renames `.final.old` back.
+
+    Decision: one writer per output folder at a time (DVC runs a stage once; two commands
+    writing the same folder at once are not supported). So, on entry, every staging folder of
+    `final` (`.final.<id>.staging`) and a leftover `.final.old` are debris of an interrupted
+    run: they are removed, after an interrupted swap is undone.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".staging", dir=final.parent))
+    recover_staged(final)
+    stage = final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}.staging")
+    stage.mkdir()
     try:
         yield stage
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(stage, final)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_into_place(stage, final)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def recover_staged(final: str | os.PathLike[str]) -> None:
+    """Undo what an interrupted `staged_dir(final)` left: a swap cut between its two renames
+    (`final` missing, `.final.old` present: renamed back), stale staging folders, a stale
+    `.final.old`."""
+    final = Path(final)
+    old = _old(final)
+    if old.is_dir() and not final.exists():
+        os.replace(old, final)
+        log.warning("%s: restored the previous outputs after an interrupted run", final)
+    shutil.rmtree(old, ignore_errors=True)
+    # The id has no dot, so the staging folders of an output named `<final>.x` never match.
+    staging = re.compile(rf"\.{re.escape(final.name)}\.[0-9a-z_]+\.staging")
+    if final.parent.is_dir():
+        for entry in final.parent.iterdir():
+            if staging.fullmatch(entry.name):
+                log.debug("removing %s, left by an interrupted run", entry)
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def swap_into_place(stage: Path, final: Path) -> None:
+    """Make `stage` the folder `final`; the previous `final` ends up at `stage` (or is gone)."""
+    if not final.exists():
+        os.replace(stage, final)
+        return
+    try:
+        exchange(stage, final)
+    except OSError as e:
+        if e.errno not in _NO_EXCHANGE:
+            raise
+        old = _old(final)
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(stage, final)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def exchange(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> None:
+    """Swap the paths `a` and `b` in one atomic step (Linux `renameat2(RENAME_EXCHANGE)`).
+
+    OSError with the call's errno on failure; ENOSYS where the C library lacks the call.
+    """
+    call = _renameat2()
+    if call is None:
+        raise OSError(errno.ENOSYS, "renameat2 is not available", str(a))
+    if call(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
+@functools.cache
+def _renameat2() -> Callable[..., int] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.renameat2
+    except (OSError, TypeError, AttributeError):  # not Linux, or glibc older than 2.28
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    return call
+
+
+def _old(final: Path) -> Path:
+    return final.with_name(f".{final.name}.old")
