@@ -8,7 +8,8 @@ Authentication takes either kind of token Label Studio hands out, from ANONLAB_L
   the server refuses it as expired.
 Transient failures (connection refused or reset, timeouts, 502/503/504) are retried
 `retries` times with exponential backoff, then raised as an AnonlabError that names the URL.
-The token itself never appears in an error message or a log line.
+The token itself never appears in an error message or a log line, and a URL with a user or
+password in it is refused (see `annotation.config.url_credentials_error`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 import requests
 
-from annotation.config import TOKEN_ENV, AnnotationConfig
+from annotation.config import TOKEN_ENV, AnnotationConfig, url_credentials_error
 from data.errors import AnonlabError
 
 log = logging.getLogger(__name__)
@@ -82,6 +83,10 @@ class LabelStudio:
     """The Label Studio API at `url`, authenticated with `token` (legacy or personal access)."""
 
     def __init__(self, url: str, token: str, *, timeout_s: float = 30.0, retries: int = 3) -> None:
+        # Every message and file that names the server shows this URL: it holds no secret.
+        problem = url_credentials_error(url, "the Label Studio URL")
+        if problem:
+            raise AnonlabError(problem)
         if not token:
             raise AnonlabError(_missing_token_message())
         self.url = url.rstrip("/")

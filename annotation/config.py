@@ -2,20 +2,47 @@
 
 Credentials are never part of it: they come from the environment (`ANONLAB_LS_TOKEN` for the
 API; `ANONLAB_LS_USERNAME` and `ANONLAB_LS_PASSWORD` for the admin user `annotate serve`
-creates).
+creates). A `url` that carries a user or password (`http://user:pass@host`) is refused, here
+and by the client, with an error that shows the URL without them.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from data.config import Section
+from data.config import CredentialInConfig, Section
 
 TOKEN_ENV = "ANONLAB_LS_TOKEN"
 USERNAME_ENV = "ANONLAB_LS_USERNAME"
 PASSWORD_ENV = "ANONLAB_LS_PASSWORD"
+
+
+def _after_scheme(url: str) -> tuple[str, str]:
+    scheme, sep, rest = url.partition("://")
+    return (scheme + sep, rest) if sep else ("", url)
+
+
+def redact_url(url: str) -> str:
+    """`url` with any user and password before its host replaced by `***`."""
+    scheme, rest = _after_scheme(url)
+    if "@" not in rest:
+        return url
+    # The last '@' ends the user information: a password may hold '@', '/', '?' or '#'.
+    return f"{scheme}***@{rest.rpartition('@')[2]}"
+
+
+def url_credentials_error(url: str, where: str) -> str | None:
+    """Why `url` may not be used (it carries a user or password), or None when it may."""
+    if "@" not in _after_scheme(url)[1]:
+        return None
+    return (
+        f"{where} '{redact_url(url)}' carries a user or password; credentials never go in the "
+        f"config or in a URL (they would reach params.yaml, logs and files). Remove them from "
+        f"the URL and set {TOKEN_ENV} (the API token) in the environment; `annotate serve` "
+        f"takes its admin user from {USERNAME_ENV} and {PASSWORD_ENV}"
+    )
 
 
 class ServeConfig(Section):
@@ -37,3 +64,11 @@ class AnnotationConfig(Section):
     timeout_s: float = Field(gt=0)
     retries: int = Field(ge=0, le=10)
     serve: ServeConfig
+
+    @field_validator("url")
+    @classmethod
+    def _no_credentials(cls, value: str) -> str:
+        problem = url_credentials_error(value, "the URL")
+        if problem:
+            raise CredentialInConfig(problem)
+        return value

@@ -4,18 +4,24 @@ Each file found ends up in exactly one of three places, and the counts add up:
 - `manifest.jsonl`: the first file with a given content (sha256), stored once under
   `images/<sha256[:2]>/<sha256>.<ext>`;
 - `duplicates.jsonl`: every further file with content already in the store;
-- `quarantine.jsonl`: files that are not whole, supported images, with the reason.
+- `quarantine.jsonl`: files that are not whole, supported images, with the reason, and folders
+  that could not be listed (reason `unlisted`).
 
 The manifest mirrors the configured sources: content no longer found in any source leaves the
 manifest and its stored copy is deleted (raw imagery is personal data; keep no more than the
-sources hold). Re-runs are incremental: a file whose path and version (size + modification
-time, or ETag) are unchanged is not read again. Retention: every record carries
-`delete_after = collected_at + retention_days`; `collected_at` is when its content first
-entered the store.
+sources hold). Only a complete listing shows that a file is gone: the records of a source whose
+listing was empty or had folders it could not list (allowed by `allow_empty`,
+`allow_unreadable`) are carried over unchanged, so `seen + unlisted + carried_over = images +
+duplicates + quarantined`. Re-runs are incremental: a file whose path and version (size +
+modification time, or ETag) are unchanged is not read again; a file whose size changed between
+listing and reading is recorded as read, with a version that makes the next run read it again.
+Retention: every record carries `delete_after = collected_at + retention_days`; `collected_at`
+is when its content first entered the store.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -42,7 +48,7 @@ from data.manifest import (
     read_manifest,
     write_manifest,
 )
-from data.sources import SYNTHETIC, list_source
+from data.sources import SYNTHETIC, Unlisted, list_source
 from serving.runtime.progress import bar
 
 log = logging.getLogger(__name__)
@@ -55,6 +61,11 @@ SYNTHETIC_EXPORT = "synthetic/labelstudio_export.json"
 # Label Studio serves local files under this URL, relative to its document root: the
 # artifacts folder (see annotate serve).
 LABEL_STUDIO_LOCAL_FILES = "/data/local-files/?d=raw/"
+# Quarantine reason of a folder that could not be listed.
+UNLISTED = "unlisted"
+# The version of a file whose size changed while it was collected: no listing gives it, so the
+# next run reads the file again.
+CHANGED_WHILE_READ = "changed-while-read"
 
 
 @dataclass
@@ -70,14 +81,15 @@ class _Candidate:
     extra: dict[str, Any] = field(default_factory=dict)
     task: dict[str, Any] | None = None  # synthetic: its ground truth as a Label Studio task
 
-    def origin(self) -> dict[str, Any]:
-        """The fields every record of this file starts with: where it came from."""
+    def origin(self, out: _Outcome) -> dict[str, Any]:
+        """The fields every record of this file starts with: where it came from, and the size
+        and version of what `out` read (the listed ones when it read nothing)."""
         return {
             "source": self.source,
             "source_path": self.url,
             "session": self.session,
-            "size": self.size,
-            "source_version": self.version,
+            "size": self.size if out.size is None else out.size,
+            "source_version": out.version or self.version,
         }
 
 
@@ -87,6 +99,17 @@ class _Outcome:
     info: ImageInfo | None = None
     bad: BadImage | None = None
     reread: bool = True
+    size: int | None = None  # bytes read; None: not read
+    version: str | None = None  # set when what was read is not what was listed
+
+
+@dataclass
+class _Sources:
+    """What the listings of all sources gave."""
+
+    candidates: list[_Candidate]
+    incomplete: list[str]  # labels of the sources whose listing was empty or had errors
+    unlisted: list[tuple[str, Unlisted]]  # (source label, folder)
 
 
 @dataclass
@@ -99,8 +122,12 @@ class CollectReport:
     unchanged: int = 0
     removed: int = 0
     ignored: int = 0
+    unlisted: int = 0  # folders that could not be listed (quarantined, reason `unlisted`)
+    carried_over: int = 0  # records of incomplete sources kept from the last run, not seen now
     quarantined_by_reason: dict[str, int] = field(default_factory=dict)
     seen_by_source: dict[str, int] = field(default_factory=dict)
+    # Each source whose listing was empty or incomplete: how many records were carried over.
+    incomplete_sources: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -113,6 +140,14 @@ class CollectReport:
             f"removed (no longer in any source): {self.removed}   "
             f"ignored (not image files): {self.ignored}",
         ]
+        if self.incomplete_sources:
+            lines[0] = (
+                f"collect: {self.seen} files seen + {self.unlisted} folders not listed + "
+                f"{self.carried_over} records carried over = {self.images} images stored "
+                f"+ {self.duplicate} duplicates + {self.quarantined} quarantined"
+            )
+            for label, n in sorted(self.incomplete_sources.items()):
+                lines.append(f"  not listed completely, {n} records kept as they were: {label}")
         for reason, n in sorted(self.quarantined_by_reason.items()):
             lines.append(f"  quarantined, {reason}: {n}")
         return "\n".join(lines)
@@ -128,7 +163,8 @@ def run_collect(
     previous = _Previous.load(raw_dir)
     report = CollectReport()
 
-    candidates = _candidates(cfg, taxonomy, root, report)
+    listed = _candidates(cfg, taxonomy, root, report)
+    candidates = listed.candidates
 
     def examine(c: _Candidate) -> _Outcome:
         cached = previous.outcome(c, raw_dir)
@@ -150,7 +186,7 @@ def run_collect(
                 old = previous.quarantine.get((c.source, c.url))
                 quarantine.append(
                     QuarantineRecord(
-                        **c.origin(),
+                        **c.origin(out),
                         reason=out.bad.reason,
                         detail=out.bad.detail,
                         quarantined_at=old.quarantined_at if old else now.isoformat(),
@@ -161,14 +197,14 @@ def run_collect(
                     DuplicateRecord(
                         sha256=out.sha256,
                         duplicate_of=manifest[out.sha256].source_path,
-                        **c.origin(),
+                        **c.origin(out),
                     )
                 )
             else:
                 assert out.sha256 is not None and out.info is not None
                 first = previous.manifest.get(out.sha256)
                 collected_at = datetime.fromisoformat(first.collected_at) if first else now
-                manifest[out.sha256] = _record(c, out.sha256, out.info, collected_at, retention)
+                manifest[out.sha256] = _record(c, out, collected_at, retention)
                 report.new += first is None
                 if c.task is not None:
                     tasks.append(c.task)
@@ -180,13 +216,39 @@ def run_collect(
             )
     progress.close()
 
+    for label, folder in listed.unlisted:
+        old = previous.quarantine.get((label, folder.url))
+        quarantine.append(
+            QuarantineRecord(
+                source=label,
+                source_path=folder.url,
+                session=folder.session,
+                size=0,
+                source_version="",
+                reason=UNLISTED,
+                detail=f"the folder cannot be listed ({folder.error}); its files were not "
+                "collected, and nothing this source stored before was removed",
+                quarantined_at=old.quarantined_at if old else now.isoformat(),
+            )
+        )
+    report.unlisted = len(listed.unlisted)
+    seen = {(c.source, c.url) for c in candidates}
+    for label in listed.incomplete:
+        n = _carry_over(previous, label, seen, manifest, duplicates, quarantine)
+        report.incomplete_sources[label] = n
+        report.carried_over += n
+        if n:
+            log.warning("%s: not listed completely; %d record(s) kept as they were", label, n)
+
     report.images = len(manifest)
     report.duplicate = len(duplicates)
     report.quarantined = len(quarantine)
     report.quarantined_by_reason = dict(Counter(q.reason for q in quarantine))
     removed = [r for sha, r in previous.manifest.items() if sha not in manifest]
     report.removed = len(removed)
-    assert report.seen == report.images + report.duplicate + report.quarantined
+    assert report.seen + report.unlisted + report.carried_over == (
+        report.images + report.duplicate + report.quarantined
+    )
 
     write_manifest(raw_dir / MANIFEST, list(manifest.values()))
     atomic.write_jsonl(raw_dir / DUPLICATES, (d.to_dict() for d in duplicates))
@@ -203,16 +265,22 @@ def run_collect(
 
 def _candidates(
     cfg: CollectConfig, taxonomy: TaxonomyConfig, root: Path, report: CollectReport
-) -> list[_Candidate]:
+) -> _Sources:
     """Every file of every source, in config order then path order; a file listed twice under
-    one source name counts once."""
+    one source name counts once. Raises before anything is written when a source may not be
+    collected (see `list_source`)."""
     candidates: dict[tuple[str, str], _Candidate] = {}
+    incomplete: list[str] = []
+    unlisted: list[tuple[str, Unlisted]] = []
     for i, src in enumerate(cfg.sources):
         if src.uri == SYNTHETIC:
             found = list(_synthetic_candidates(cfg, src.label, taxonomy))
         else:
             listing = list_source(src, f"collect.sources[{i}]", root)
             report.ignored += listing.ignored
+            if not listing.complete and src.label not in incomplete:
+                incomplete.append(src.label)
+            unlisted += [(src.label, u) for u in listing.unlisted]
             found = [
                 _Candidate(
                     source=src.label,
@@ -226,7 +294,69 @@ def _candidates(
             ]
         for c in found:
             candidates.setdefault((c.source, c.url), c)
-    return list(candidates.values())
+    return _Sources(list(candidates.values()), incomplete, unlisted)
+
+
+def _carry_over(
+    previous: _Previous,
+    label: str,
+    seen: set[tuple[str, str]],
+    manifest: dict[str, ManifestRecord],
+    duplicates: list[DuplicateRecord],
+    quarantine: list[QuarantineRecord],
+) -> int:
+    """Add the last run's records of source `label` that this run did not see, as they were;
+    return how many. Content that another file now holds makes a record a duplicate, and a
+    duplicate whose content no longer has a holder becomes the holder: either way the content
+    stays in the store."""
+
+    def unseen(r: ManifestRecord | DuplicateRecord | QuarantineRecord) -> bool:
+        return r.source == label and (r.source, r.source_path) not in seen
+
+    n = 0
+    for r in previous.manifest.values():
+        if not unseen(r):
+            continue
+        n += 1
+        holder = manifest.get(r.sha256)
+        if holder is None:
+            manifest[r.sha256] = r
+        else:
+            duplicates.append(
+                DuplicateRecord(
+                    sha256=r.sha256,
+                    duplicate_of=holder.source_path,
+                    source=r.source,
+                    source_path=r.source_path,
+                    session=r.session,
+                    size=r.size,
+                    source_version=r.source_version,
+                )
+            )
+    for d in previous.duplicates:
+        if not unseen(d):
+            continue
+        n += 1
+        holder = manifest.get(d.sha256)
+        first = previous.manifest.get(d.sha256)
+        if holder is None and first is not None:
+            manifest[d.sha256] = dataclasses.replace(
+                first,
+                source=d.source,
+                source_path=d.source_path,
+                session=d.session,
+                size=d.size,
+                source_version=d.source_version,
+                extra={},
+            )
+        else:
+            duplicate_of = holder.source_path if holder else d.duplicate_of
+            duplicates.append(dataclasses.replace(d, duplicate_of=duplicate_of))
+    for q in previous.quarantine.values():
+        if unseen(q) and q.reason != UNLISTED:  # folders are listed again each run
+            n += 1
+            quarantine.append(q)
+    return n
 
 
 def _reader(fs: Any, path: str) -> Callable[[], bytes]:
@@ -239,15 +369,25 @@ def _examine(c: _Candidate, raw_dir: Path, max_pixels: int) -> _Outcome:
         data = c.read()
     except OSError as e:
         return _Outcome(bad=BadImage("unreadable", f"cannot read the file: {e}"))
+    version = None
+    if len(data) != c.size:
+        version = CHANGED_WHILE_READ
+        log.warning(
+            "%s: %d bytes when listed, %d when read: it changed while being collected; "
+            "recorded as read, and read again on the next run",
+            c.url,
+            c.size,
+            len(data),
+        )
     try:
         info = inspect_image(data, c.url, max_pixels)
     except BadImage as e:
-        return _Outcome(bad=e)
+        return _Outcome(bad=e, size=len(data), version=version)
     sha = hashlib.sha256(data).hexdigest()
     target = raw_dir / _store_path(sha, info.format)
     if not target.exists():
         atomic.write_bytes(target, data)
-    return _Outcome(sha256=sha, info=info)
+    return _Outcome(sha256=sha, info=info, size=len(data), version=version)
 
 
 def _store_path(sha: str, fmt: str) -> str:
@@ -255,12 +395,14 @@ def _store_path(sha: str, fmt: str) -> str:
 
 
 def _record(
-    c: _Candidate, sha: str, info: ImageInfo, collected_at: datetime, retention: timedelta
+    c: _Candidate, out: _Outcome, collected_at: datetime, retention: timedelta
 ) -> ManifestRecord:
+    sha, info = out.sha256, out.info
+    assert sha is not None and info is not None
     return ManifestRecord(
         sha256=sha,
         path=_store_path(sha, info.format),
-        **c.origin(),
+        **c.origin(out),
         width=info.width,
         height=info.height,
         format=info.format,
@@ -309,6 +451,7 @@ class _Previous:
     """What the last run recorded, to skip files that have not changed since."""
 
     manifest: dict[str, ManifestRecord]
+    duplicates: list[DuplicateRecord]
     by_url: dict[tuple[str, str], tuple[str, str]]  # (source, url) -> (version, sha256)
     quarantine: dict[tuple[str, str], QuarantineRecord]
 
@@ -329,6 +472,7 @@ class _Previous:
         by_url.update({(d.source, d.source_path): (d.source_version, d.sha256) for d in dups})
         return cls(
             manifest={r.sha256: r for r in records},
+            duplicates=dups,
             by_url=by_url,
             quarantine={(q.source, q.source_path): q for q in quarantined},
         )

@@ -47,6 +47,10 @@ class TaxonomyConfig(Section):
 _SECRET_KEY = re.compile(r"(secret|password|token|passwd|credential|^key$|access_key)", re.I)
 
 
+class CredentialInConfig(ValueError):
+    """A config value that holds a credential. Its error names the key, never the value."""
+
+
 class SourceConfig(Section):
     # `synthetic`, a local folder or glob, or an fsspec URL (s3://, gs://, ...).
     uri: str = Field(min_length=1)
@@ -55,6 +59,13 @@ class SourceConfig(Section):
     # Name recorded in the manifest; None: the uri.
     name: str | None = None
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    # A source that lists no image files (empty, absent, a glob without a match) is an error
+    # unless this is set; then collect goes on and keeps what the source stored before.
+    allow_empty: bool = False
+    # A source with folders that cannot be listed (or that cannot be listed at all) is an error
+    # unless this is set; then collect takes what can be listed, records the folders in the
+    # quarantine as `unlisted`, and removes nothing the source stored before.
+    allow_unreadable: bool = False
 
     @field_validator("storage_options")
     @classmethod
@@ -63,7 +74,7 @@ class SourceConfig(Section):
             if isinstance(obj, dict):
                 for k, v in obj.items():
                     if _SECRET_KEY.search(str(k)):
-                        raise ValueError(
+                        raise CredentialInConfig(
                             f"'{prefix}{k}' looks like a credential; credentials never go in the "
                             "config (params.yaml is committed and logged). Set them in the "
                             "environment instead (for S3: AWS_ACCESS_KEY_ID, "
@@ -272,17 +283,21 @@ def _describe(err: Any, model: type[BaseModel]) -> str:
     if not loc:  # a check across sections: its message names the keys
         return str(err["msg"]).removeprefix("Value error, ")
     key = _dotted(loc)
-    value = err.get("input")
+    # A credential, or anything under a key named like one, is never echoed back.
+    secret = isinstance((err.get("ctx") or {}).get("error"), CredentialInConfig) or any(
+        _SECRET_KEY.search(str(part)) for part in loc
+    )
+    shown = key if secret else f"{key} = {err.get('input')!r}"
     if err["type"] == "extra_forbidden":
         allowed = _fields_at(model, loc[:-1])
         hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
-        return f"{key} = {value!r}: unknown key{hint}"
+        return f"{shown}: unknown key{hint}"
     if err["type"] == "missing":
         return f"{key}: required key is missing"
     msg = err["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
-    return f"{key} = {value!r}: {msg}"
+    return f"{shown}: {msg}"
 
 
 def _fields_at(model: type[BaseModel], loc: Sequence[int | str]) -> list[str]:

@@ -13,8 +13,11 @@ from pathlib import PurePosixPath
 
 from PIL import Image, UnidentifiedImageError
 
-# The formats the platform takes in are the ones the runtime writes back.
-from serving.runtime.imagefile import FORMAT_EXTENSIONS
+from serving.runtime.errors import ImageError
+
+# The formats the platform takes in are the ones the runtime writes back; the runtime also owns
+# JPEG decoding.
+from serving.runtime.imagefile import FORMAT_EXTENSIONS, decode_jpeg
 
 STORE_EXTENSION = {fmt: exts[0] for fmt, exts in FORMAT_EXTENSIONS.items()}
 
@@ -90,9 +93,15 @@ def inspect_image(data: bytes, name: str, max_pixels: int) -> ImageInfo:
     orientation, captured_at, has_gps = _exif(img)
 
     if fmt == "JPEG":
-        # Decoding at 1/8 scale still reads every entropy-coded byte, so truncation and
-        # corruption are found at a fraction of a full decode's cost.
-        img.draft(img.mode, (max(1, width // 8), max(1, height // 8)))
+        # The runtime's strict decode: Pillow pads a scan cut short with grey (a truncated
+        # file with an end marker appended passes its load). At 1/8 scale it still reads every
+        # entropy-coded byte.
+        try:
+            decode_jpeg(data, scale=8)
+        except ImageError as e:
+            reason = "truncated" if "truncated" in str(e).lower() else "undecodable"
+            raise BadImage(reason, str(e)) from None
+        return ImageInfo(fmt, width, height, bit_depth, channels, orientation, captured_at, has_gps)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -251,6 +251,9 @@ def _cmd_blur(args: argparse.Namespace) -> int:
         device=args.device,
         threads=args.threads,
         max_pixels=args.max_pixels,
+        require=args.require,
+        pins=args.pin,
+        environ=os.environ,
     )
     out = Path(args.out)
     report = blur_batch(
@@ -271,8 +274,26 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
         required=True,
         metavar="DIR",
         help="an exported artifact folder (artifacts/serving/<model>-<version>), or a folder of "
-        "them (artifacts/serving: every model in it); repeat it to add models. Everything any "
-        "model finds is hidden",
+        "them (artifacts/serving: every model in it, and nothing else: a sub-folder without "
+        "manifest.json, a hidden entry or a file there is refused); repeat it to add models. "
+        "Every artifact is verified before anything runs, and one that fails stops the "
+        "command. Everything any model finds is hidden",
+    )
+    p.add_argument(
+        "--require",
+        action="append",
+        metavar="CLASSES",
+        help="classes the loaded models must detect between them, comma-separated; repeatable. "
+        "Loading is refused when one is missing. Default: $ANONLAB_REQUIRE_CLASSES, else "
+        "face,license_plate (a Keypoint R-CNN alone detects persons only: --require person)",
+    )
+    p.add_argument(
+        "--pin",
+        action="append",
+        metavar="SHA256",
+        help="the manifest_sha256 (in its manifest.json) of an artifact to run; repeatable or "
+        "comma-separated. With pins, every loaded artifact must be pinned and every pin loaded. "
+        "Default: $ANONLAB_ARTIFACT_SHA256 (comma-separated), else nothing is pinned",
     )
     p.add_argument(
         "--backend",
@@ -346,6 +367,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             device=args.device,
             threads=args.threads,
             max_pixels=args.max_pixels,
+            require=args.require,
+            pins=args.pin,
+            environ=os.environ,
         )
 
     server = start_server(load, args.host, args.port, config)

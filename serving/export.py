@@ -43,7 +43,7 @@ from evaluation.evaluate import tiling_spec
 from serving.config import ExportConfig
 from serving.model_card import render_model_card
 from serving.runtime.architecture import Architecture, DetectorCore
-from serving.runtime.artifact import MANIFEST, Manifest
+from serving.runtime.artifact import MANIFEST, Manifest, manifest_problems
 from serving.runtime.backends import InputSize, OnnxDetector, TorchDetector, compare
 from serving.runtime.checksum import file_sha256
 from serving.runtime.tiles import TilingSpec, cut, plan_windows
@@ -179,6 +179,13 @@ def export_model(
         files={f: file_sha256(folder / f) for f in ARTIFACT_FILES},
         created=str(provenance.get("validated") or ""),
     )
+    # The runtime refuses a manifest it cannot run safely: better to fail here than there.
+    problems = manifest_problems(manifest)
+    if problems:
+        raise AnonlabError(
+            f"{name}: the runtime would refuse this manifest: {'; '.join(problems)}. Check "
+            "export.styles, evaluate's tiling and thresholds (artifacts/eval/metrics.json)"
+        )
     write_json(folder / MANIFEST, manifest.to_json())
     log.info("%s: exported version %s as %s", name, version, folder.name)
     return folder

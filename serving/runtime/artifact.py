@@ -1,4 +1,5 @@
-"""An exported model artifact: its manifest, and loading it with every file verified.
+"""An exported model artifact: its manifest, and loading it with every file verified; and the
+set of artifacts a deployment loads, whole or not at all.
 
 An artifact is a folder `<model>-<version>/` with `manifest.json`, `model.onnx`,
 `weights.safetensors` and `MODEL_CARD.md`. The manifest says everything the runtime needs (the
@@ -6,37 +7,77 @@ network's `Architecture`, classes, per-class operating thresholds and anonymizat
 input size and tiling) and where the model came from; `files` holds the sha256 of every other
 file, and `manifest_sha256` the sha256 of the manifest's own canonical JSON (sorted keys, no
 whitespace) without that key, so an edited threshold is caught like an altered weights file.
-These are integrity checks, not signatures: they catch a corrupted copy or a hand edit, not a
-forger who recomputes them (sign the folder for that).
+These checksums detect accidents (a half-finished copy, bit rot, a hand edit), not an attacker,
+who can recompute them. Pins given to the runtime out-of-band (`load_artifacts(pins=...)`,
+`anonlab blur --pin`, ANONLAB_ARTIFACT_SHA256) do detect a swapped artifact: an artifact runs
+only when its manifest_sha256, which covers the sha256 of every file, is one of them.
 
 `load_artifact` refuses an artifact from a newer schema than this runtime reads, a missing or
-altered file, and a manifest that is not one; nothing is unpickled (JSON, ONNX, safetensors).
+altered file, a manifest that is not one, and a manifest holding a value the runtime cannot run
+safely (`manifest_problems`: a threshold that is not a number from score_floor to 1, a class
+without a style it can draw, a tiling it cannot cut, ...); nothing is unpickled (JSON, ONNX,
+safetensors).
+
+`load_artifacts` loads a model set: the folders `artifact_folders` names (a folder of artifacts
+must hold complete artifact folders and nothing else), each verified by `load_artifact`, then
+held to what the deployment requires: between them the artifacts detect every required class
+(default face and license_plate: a missed face is a legal incident), and, when pins are given,
+every artifact is pinned and every pin is loaded. Anything less is an ArtifactError: the runtime
+never runs with part of its models.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from serving.runtime.anonymize import METHODS, SHAPES, Style
+from serving.runtime.backends import InputSize
 from serving.runtime.checksum import file_sha256
 from serving.runtime.errors import ArtifactError
 from serving.runtime.tiles import TilingSpec
 
 __all__ = [
+    "DEFAULT_REQUIRED_CLASSES",
     "MANIFEST",
+    "PINS_ENV",
+    "REQUIRE_ENV",
     "SCHEMA_VERSION",
     "Artifact",
     "Manifest",
+    "artifact_folders",
     "load_artifact",
+    "load_artifacts",
     "manifest_digest",
+    "manifest_pins",
+    "manifest_problems",
+    "required_classes",
 ]
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
+# `architecture.Architecture.kind` (that module needs torch, which an onnx deployment lacks).
+KINDS = ("maskrcnn", "keypointrcnn")
+# The files the runtime loads: model.onnx (onnx backend), weights.safetensors (torch backend).
+RUNTIME_FILES = ("model.onnx", "weights.safetensors")
+TILING_KEYS = tuple(f.name for f in fields(TilingSpec))
+# Bounds no export comes near: past them a value is a slip of the hand, and would make the
+# runtime crawl or run out of memory (a scale of 100 cuts a panorama into millions of windows).
+MAX_INPUT_SIZE = 8192
+MIN_TILE = 32
+MAX_SCALE = 8.0
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+# The objects that identify people: a deployment hides them unless it says otherwise.
+DEFAULT_REQUIRED_CLASSES = ("face", "license_plate")
+REQUIRE_ENV = "ANONLAB_REQUIRE_CLASSES"
+PINS_ENV = "ANONLAB_ARTIFACT_SHA256"
 
 
 @dataclass(frozen=True)
@@ -88,8 +129,8 @@ class Manifest:
 
     @staticmethod
     def from_json(raw: Mapping[str, Any], where: str) -> Manifest:
-        """The manifest of a parsed `manifest.json`; ArtifactError on anything but a manifest of
-        a schema this runtime reads."""
+        """The manifest of a parsed `manifest.json`; ArtifactError on anything but a manifest
+        of a schema this runtime reads holding values it can run safely (`manifest_problems`)."""
         if not isinstance(raw, Mapping) or "schema_version" not in raw:
             raise ArtifactError(f"{where}: not an anonlab artifact manifest (no schema_version)")
         schema = raw["schema_version"]
@@ -108,15 +149,212 @@ class Manifest:
         unknown = sorted(set(body) - names)
         if unknown:
             raise ArtifactError(f"{where}: unknown manifest keys {unknown}")
-        try:
-            manifest = Manifest(**body)
-            manifest.tiling_spec  # noqa: B018 (validates the tiling)
-        except (TypeError, ValueError) as exc:
-            raise ArtifactError(f"{where}: invalid manifest ({exc})") from None
-        missing = [c for c in manifest.classes if c not in manifest.thresholds]
+        required = [
+            f.name
+            for f in fields(Manifest)
+            if f.default is MISSING and f.default_factory is MISSING
+        ]
+        missing = [name for name in required if name not in body]
         if missing:
-            raise ArtifactError(f"{where}: no operating threshold for classes {missing}")
+            raise ArtifactError(f"{where}: the manifest has no {', '.join(missing)}")
+        manifest = Manifest(**body)
+        problems = manifest_problems(manifest)
+        if problems:
+            raise ArtifactError(
+                f"{where}: invalid manifest: {'; '.join(problems)}. Export the model again "
+                "(`anonlab export`) instead of editing its manifest"
+            )
         return manifest
+
+
+def manifest_problems(m: Manifest) -> list[str]:
+    """What in `m` the runtime cannot run safely, each as `key = value: what is allowed`; empty
+    when nothing. Checks types and ranges, not files (`load_artifact` checks those)."""
+    out: list[str] = []
+    for key in ("name", "version"):
+        if not (isinstance(getattr(m, key), str) and getattr(m, key).strip()):
+            out.append(_bad(key, getattr(m, key), "must be a non-empty string"))
+    if not isinstance(m.created, str):
+        out.append(_bad("created", m.created, "must be a string"))
+    if not (_is_int(m.schema_version) and 1 <= m.schema_version <= SCHEMA_VERSION):
+        out.append(_bad("schema_version", m.schema_version, f"must be 1 to {SCHEMA_VERSION}"))
+    objects = ("architecture", "thresholds", "styles", "tiling", "recall", "provenance")
+    not_objects = [
+        k for k in (*objects, "parity", "files") if not isinstance(getattr(m, k), Mapping)
+    ]
+    out += [_bad(k, getattr(m, k), "must be a JSON object") for k in not_objects]
+    if not_objects:
+        return out  # the checks below read them as objects
+    classes = m.classes
+    if not (
+        isinstance(classes, list) and classes and all(isinstance(c, str) and c for c in classes)
+    ):
+        out.append(_bad("classes", classes, "must be a non-empty list of class names"))
+        classes = None
+    elif len(set(classes)) != len(classes):
+        twice = sorted({c for c in classes if classes.count(c) > 1})
+        out.append(_bad("classes", classes, f"lists {twice} more than once; each class once"))
+        classes = None
+    floor_ok = _is_number(m.score_floor) and 0 <= m.score_floor < 1
+    if not floor_ok:
+        out.append(_bad("score_floor", m.score_floor, "must be a number from 0 to below 1"))
+    if not (_is_number(m.mask_threshold) and 0 < m.mask_threshold < 1):
+        out.append(_bad("mask_threshold", m.mask_threshold, "must be a number above 0, below 1"))
+    if classes is not None:
+        out += _threshold_problems(m.thresholds, classes, m.score_floor if floor_ok else 0.0)
+        out += _style_problems(m.styles, classes)
+    out += _architecture_problems(m.architecture, classes)
+    out += _tiling_problems(m.tiling)
+    out += _input_size_problems(m)
+    for name in RUNTIME_FILES:
+        if name not in m.files:
+            out.append(f"files: lists no {name}, which the runtime loads")
+    for name, sha in m.files.items():
+        if not (isinstance(sha, str) and _SHA256.fullmatch(sha)):
+            out.append(_bad(f"files.{name}", sha, "must be the file's sha256 (64 hex digits)"))
+    return out
+
+
+def _input_size_problems(m: Manifest) -> list[str]:
+    """input_size must be the canvas export traced the ONNX graph at (`InputSize.of`): on any
+    other the network sees tiles at a scale evaluate did not measure."""
+    if not (_is_int(m.input_size) and 1 <= m.input_size <= MAX_INPUT_SIZE):
+        return [_bad("input_size", m.input_size, f"must be a whole number 1 to {MAX_INPUT_SIZE}")]
+    min_size, max_size = m.architecture.get("min_size"), m.architecture.get("max_size")
+    tile = m.tiling.get("tile")
+    sizes_ok = all(_is_int(v) and 1 <= v <= MAX_INPUT_SIZE for v in (min_size, max_size))
+    if not (sizes_ok and _is_int(tile) and MIN_TILE <= tile <= MAX_INPUT_SIZE):
+        return []  # reported as the architecture's or the tiling's problem
+    canvas = InputSize.of(min_size, max_size, tile).canvas
+    if m.input_size == canvas:
+        return []
+    return [
+        _bad(
+            "input_size",
+            m.input_size,
+            f"must be {canvas}, the network input for architecture.min_size {min_size} and "
+            f"tiling.tile {tile} (export traces the ONNX graph at it; evaluate measured it)",
+        )
+    ]
+
+
+def _threshold_problems(
+    thresholds: Mapping[str, Any], classes: list[str], floor: float
+) -> list[str]:
+    out = [
+        f"thresholds: no operating threshold for class {c!r}"
+        for c in classes
+        if c not in thresholds
+    ]
+    for cls, value in thresholds.items():
+        if cls not in classes:
+            out.append(_bad(f"thresholds.{cls}", value, f"{cls!r} is not one of classes {classes}"))
+        elif not (_is_number(value) and floor <= value <= 1):
+            out.append(
+                _bad(f"thresholds.{cls}", value, f"must be a number from score_floor {floor} to 1")
+            )
+    return out
+
+
+def _style_problems(styles: Mapping[str, Any], classes: list[str]) -> list[str]:
+    out = [f"styles: no style for class {c!r}" for c in classes if c not in styles]
+    for cls, value in styles.items():
+        if cls not in classes:
+            out.append(_bad(f"styles.{cls}", value, f"{cls!r} is not one of classes {classes}"))
+            continue
+        try:
+            Style.from_dict(value)
+        except (TypeError, ValueError) as exc:
+            out.append(
+                _bad(
+                    f"styles.{cls}",
+                    value,
+                    f"{exc}; every class a model detects is hidden: a style is a shape "
+                    f"({', '.join(SHAPES)}), a method ({', '.join(METHODS)}), margin and feather",
+                )
+            )
+    return out
+
+
+def _architecture_problems(arch: Mapping[str, Any], classes: list[str] | None) -> list[str]:
+    """What the runtime reads of the architecture; the torch backend checks the rest when it
+    builds the network (`architecture.Architecture.from_dict`)."""
+    out = []
+    if arch.get("kind") not in KINDS:
+        out.append(
+            _bad("architecture.kind", arch.get("kind"), f"must be one of {', '.join(KINDS)}")
+        )
+    sizes = {key: arch.get(key) for key in ("min_size", "max_size")}
+    for key, value in sizes.items():
+        if not (_is_int(value) and 1 <= value <= MAX_INPUT_SIZE):
+            out.append(_bad(f"architecture.{key}", value, f"must be 1 to {MAX_INPUT_SIZE}"))
+    min_size, max_size = sizes.values()
+    if all(_is_int(v) for v in sizes.values()) and min_size > max_size:
+        out.append(_bad("architecture.min_size", min_size, f"must be at most max_size {max_size}"))
+    if classes is not None and arch.get("classes") != classes:
+        out.append(
+            _bad(
+                "architecture.classes",
+                arch.get("classes"),
+                f"must be classes {classes}: the network's label i + 1 is classes[i]",
+            )
+        )
+    names = arch.get("keypoint_names")
+    if arch.get("kind") == "keypointrcnn" and not (
+        isinstance(names, list) and names and all(isinstance(n, str) and n for n in names)
+    ):
+        out.append(_bad("architecture.keypoint_names", names, "a keypointrcnn names its keypoints"))
+    return out
+
+
+def _tiling_problems(tiling: Mapping[str, Any]) -> list[str]:
+    missing = [k for k in TILING_KEYS if k not in tiling]
+    unknown = sorted(set(tiling) - set(TILING_KEYS))
+    if missing or unknown:
+        return [f"tiling: missing keys {missing}, unknown keys {unknown}; its keys: {TILING_KEYS}"]
+    out = []
+    tile, overlap, scales = tiling["tile"], tiling["overlap"], tiling["scales"]
+    if not (_is_int(tile) and MIN_TILE <= tile <= MAX_INPUT_SIZE):
+        out.append(
+            _bad("tiling.tile", tile, f"must be a whole number {MIN_TILE} to {MAX_INPUT_SIZE}")
+        )
+    elif not (_is_int(overlap) and 0 <= overlap < tile):
+        out.append(
+            _bad("tiling.overlap", overlap, f"must be a whole number 0 to below tile {tile}")
+        )
+    if not (
+        isinstance(scales, list)
+        and scales
+        and all(_is_number(s) and 0 < s <= MAX_SCALE for s in scales)
+    ):
+        out.append(
+            _bad("tiling.scales", scales, f"must be a list of numbers above 0, to {MAX_SCALE}")
+        )
+    aspect = tiling["panorama_aspect"]
+    if not (_is_number(aspect) and 0 <= aspect < math.inf):
+        out.append(_bad("tiling.panorama_aspect", aspect, "must be a finite number >= 0 (0: none)"))
+    if not (_is_number(tiling["merge_iou"]) and 0 < tiling["merge_iou"] <= 1):
+        out.append(_bad("tiling.merge_iou", tiling["merge_iou"], "must be a number above 0, to 1"))
+    if not out:
+        try:
+            TilingSpec(**{**tiling, "scales": tuple(scales)})
+        except ValueError as exc:
+            out.append(f"tiling: {exc}")
+    return out
+
+
+def _is_number(value: object) -> bool:
+    """A JSON number (not true/false); NaN and infinities fail every range check above."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _bad(key: str, value: object, allowed: str) -> str:
+    shown = repr(value)
+    return f"{key} = {shown if len(shown) <= 80 else shown[:77] + '...'}: {allowed}"
 
 
 def manifest_digest(body: Mapping[str, Any]) -> str:
@@ -128,10 +366,11 @@ def manifest_digest(body: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Artifact:
-    """A verified artifact folder and its manifest."""
+    """A verified artifact folder, its manifest, and the manifest's sha256 (what pins name)."""
 
     path: Path
     manifest: Manifest
+    manifest_sha256: str
 
     def file(self, name: str) -> Path:
         if name not in self.manifest.files:
@@ -170,4 +409,152 @@ def load_artifact(path: str | Path) -> Artifact:
                 f"{folder}: {name} was altered or corrupted (sha256 {actual[:12]}..., the "
                 f"manifest says {expected[:12]}...); copy the artifact again from its source"
             )
-    return Artifact(folder, manifest)
+    return Artifact(folder, manifest, raw["manifest_sha256"])
+
+
+def artifact_folders(paths: Sequence[str | Path]) -> list[Path]:
+    """The artifact folders `paths` name, in order. A path is an artifact folder (it has a
+    manifest.json; a path that is not a folder is passed on for `load_artifact` to refuse), or a
+    folder of artifacts such as artifacts/serving/: every entry in it must be an artifact folder.
+
+    ArtifactError naming every other entry of a folder of artifacts: a folder without
+    manifest.json (a half-finished copy), a hidden entry even with a manifest (`.x.staging`, or
+    rsync's `.x.AbC123`: an interrupted export or copy), a file (perhaps a model still packed in
+    an archive). Loading the rest would run without a model the deployment counts on.
+    """
+    out: list[Path] = []
+    for path in map(Path, paths):
+        try:
+            if path.is_dir() and not (path / MANIFEST).exists():
+                out += _folder_of_artifacts(path)
+            else:
+                out.append(path)
+        except OSError as exc:
+            raise ArtifactError(f"{path}: cannot be read ({exc})") from None
+    return out
+
+
+def _folder_of_artifacts(folder: Path) -> list[Path]:
+    entries = sorted(folder.iterdir())
+    found = [e for e in entries if not e.name.startswith(".") and (e / MANIFEST).is_file()]
+    if not found:
+        held = ", ".join(e.name for e in entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise ArtifactError(
+            f"{folder}: no {MANIFEST}; this is not an exported artifact (`anonlab export` "
+            "writes them), nor a folder of them ("
+            + (f"none of its entries has one: {held})" if entries else "it is empty)")
+        )
+    rejected = [
+        f"{e.name}{'/' if e.is_dir() else ''} ({_not_an_artifact(e)})"
+        for e in entries
+        if e not in found
+    ]
+    if rejected:
+        raise ArtifactError(
+            f"{folder}: a folder of artifacts is loaded whole or not at all, and these entries "
+            f"in it are not artifact folders: {'; '.join(rejected)}. Finish copying or remove "
+            "them, or name each artifact folder on its own (--model DIR)"
+        )
+    return found
+
+
+def _not_an_artifact(entry: Path) -> str:
+    if entry.name.startswith("."):
+        return "hidden: left by an interrupted export or copy?"
+    if not entry.is_dir():
+        return "a file"
+    return f"no {MANIFEST}: a half-finished copy?"
+
+
+def required_classes(
+    given: Sequence[str] | None, environ: Mapping[str, str] | None = None
+) -> tuple[str, ...]:
+    """The classes a deployment requires its models to detect: `given` (each item a class or a
+    comma-separated list of them), else `environ`'s ANONLAB_REQUIRE_CLASSES when set and not
+    empty, else DEFAULT_REQUIRED_CLASSES. ArtifactError when that names no class."""
+    if given is None:
+        text = (environ or {}).get(REQUIRE_ENV, "").strip()
+        if not text:
+            return DEFAULT_REQUIRED_CLASSES
+        given, source = [text], REQUIRE_ENV
+    else:
+        source = "--require"
+    names = tuple(dict.fromkeys(_items(given)))
+    if not names:
+        raise ArtifactError(
+            f"{source} {','.join(given)!r} names no class; name the classes the loaded models "
+            f"must detect, such as {','.join(DEFAULT_REQUIRED_CLASSES)}"
+        )
+    return names
+
+
+def manifest_pins(
+    given: Sequence[str] | None, environ: Mapping[str, str] | None = None
+) -> tuple[str, ...]:
+    """The manifest_sha256 values a deployment pins: `given` (each item a sha256 or a
+    comma-separated list), else `environ`'s ANONLAB_ARTIFACT_SHA256 when set; () when neither
+    (nothing pinned). ArtifactError for a pin that is not 64 hex digits."""
+    if given is None:
+        given, source = [(environ or {}).get(PINS_ENV, "")], PINS_ENV
+    else:
+        source = "--pin"
+    pins = tuple(dict.fromkeys(item.lower() for item in _items(given)))
+    bad = [p for p in pins if not _SHA256.fullmatch(p)]
+    if bad:
+        raise ArtifactError(
+            f"{source}: {', '.join(map(repr, bad))} is not a manifest_sha256 (64 hex digits); "
+            f"pin the manifest_sha256 written in each artifact's {MANIFEST}"
+        )
+    return pins
+
+
+def _items(values: Sequence[str]) -> list[str]:
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
+def load_artifacts(
+    paths: Sequence[str | Path],
+    *,
+    require: Sequence[str] | None = None,
+    pins: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> list[Artifact]:
+    """The model set `paths` name (`artifact_folders`), every artifact verified
+    (`load_artifact`), held to what the deployment requires: between them the artifacts detect
+    every class of `required_classes(require, environ)`, and when `manifest_pins(pins,
+    environ)` pins any, every artifact's manifest_sha256 is pinned and every pin is loaded.
+
+    ArtifactError otherwise, naming what is missing and what was loaded: nothing loads unless
+    all of it does.
+    """
+    required = required_classes(require, environ)
+    pinned = manifest_pins(pins, environ)
+    folders = artifact_folders(paths)
+    if not folders:
+        raise ArtifactError("no artifact folder given (`anonlab export` writes them)")
+    artifacts = [load_artifact(f) for f in folders]
+    if pinned:
+        unpinned = [
+            f"{a.path} (manifest_sha256 {a.manifest_sha256}) is not pinned"
+            for a in artifacts
+            if a.manifest_sha256 not in pinned
+        ]
+        loaded = {a.manifest_sha256 for a in artifacts}
+        unloaded = [f"pin {p} matches no loaded artifact" for p in pinned if p not in loaded]
+        if unpinned or unloaded:
+            raise ArtifactError(
+                f"the artifacts are not the pinned ones: {'; '.join(unpinned + unloaded)}. Load "
+                f"exactly the pinned artifacts, or pin those you mean to run (--pin, {PINS_ENV})"
+            )
+    detected = {c for a in artifacts for c in a.manifest.classes}
+    missing = [c for c in required if c not in detected]
+    if missing:
+        held = "; ".join(f"{a.path}: {', '.join(a.manifest.classes)}" for a in artifacts)
+        raise ArtifactError(
+            f"no loaded model detects {', '.join(missing)}, which this deployment requires "
+            f"(required: {', '.join(required)}; loaded: {held}). Add a model that detects "
+            f"{'it' if len(missing) == 1 else 'them'} (--model), or name the classes this "
+            f"deployment requires (--require, {REQUIRE_ENV}; default "
+            f"{','.join(DEFAULT_REQUIRED_CLASSES)})"
+        )
+    return artifacts

@@ -1,6 +1,7 @@
 """The runtime's core: exported artifacts loaded once, then image in, anonymized image out.
 
-`Runtime.load` verifies each artifact (`artifact.load_artifact`) and starts its detector
+`Runtime.load` loads the model set whole (`artifact.load_artifacts`: every artifact verified,
+the classes the deployment requires detected, pins matched) and starts each detector
 (onnxruntime by default, or PyTorch from the safetensors weights). `Runtime.anonymize_bytes`
 does one image file: decode (`imagefile`), turn it upright as a viewer shows it (so faces are
 upright for the detector), detect on tiles (`tiles.detect_tiled`, the artifact's tiling, the
@@ -19,7 +20,7 @@ Nothing is written to disk here and no pixel content is logged; any failure is a
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from serving.runtime.anonymize import Style, anonymize, hidden_mask
-from serving.runtime.artifact import MANIFEST, Artifact, load_artifact
+from serving.runtime.artifact import Artifact, artifact_folders, load_artifacts
 from serving.runtime.backends import InputSize, OnnxDetector, TorchDetector
 from serving.runtime.detections import Detections
 from serving.runtime.errors import ArtifactError
@@ -138,12 +139,22 @@ class Runtime:
         device: str = "auto",
         threads: int = 0,
         max_pixels: int | None = None,
+        require: Sequence[str] | None = None,
+        pins: Sequence[str] | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> Runtime:
         """Verify and load the artifacts at `paths` with `backend` (onnx: onnxruntime, CUDA
-        where it has it; torch: PyTorch from weights.safetensors on `device`)."""
+        where it has it; torch: PyTorch from weights.safetensors on `device`).
+
+        The model set loads whole or not at all (`artifact.load_artifacts`): `require`, the
+        classes its models must detect between them (default: `environ`'s
+        ANONLAB_REQUIRE_CLASSES, else face and license_plate), and `pins`, the manifest_sha256
+        of every artifact to run (default: `environ`'s ANONLAB_ARTIFACT_SHA256, else none).
+        `environ` (the command line passes os.environ) is read only where these are None.
+        """
         if backend not in BACKENDS:
             raise ArtifactError(f"backend {backend!r}: use one of {', '.join(BACKENDS)}")
-        artifacts = [load_artifact(p) for p in artifact_folders(paths)]
+        artifacts = load_artifacts(paths, require=require, pins=pins, environ=environ)
         detectors = [_detector(a, backend, device, threads) for a in artifacts]
         return cls(artifacts, detectors, max_pixels=max_pixels)
 
@@ -222,16 +233,6 @@ class Decoded:
     image: ImageFile
     view: np.ndarray
     rgb: np.ndarray
-
-
-def artifact_folders(paths: Sequence[str | Path]) -> list[Path]:
-    """The artifact folders `paths` name: each path is an artifact folder (it has a
-    manifest.json), or a folder of them such as artifacts/serving/ (every subfolder with one)."""
-    out: list[Path] = []
-    for path in map(Path, paths):
-        inner = sorted(p.parent for p in path.glob(f"*/{MANIFEST}"))
-        out += inner if path.is_dir() and not (path / MANIFEST).exists() and inner else [path]
-    return out
 
 
 def _no_keypoints(dets: Detections) -> Detections:

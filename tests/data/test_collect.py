@@ -40,7 +40,9 @@ def check_counts_add_up(project: Project, report: CollectReport) -> None:
     manifest = read_manifest(raw(project) / "manifest.jsonl")
     dups = read_jsonl(raw(project) / "duplicates.jsonl")
     quarantine = read_jsonl(raw(project) / "quarantine.jsonl")
-    assert report.seen == len(manifest) + len(dups) + len(quarantine)
+    assert report.seen + report.unlisted + report.carried_over == (
+        len(manifest) + len(dups) + len(quarantine)
+    )
     assert (report.images, report.duplicate, report.quarantined) == (
         len(manifest),
         len(dups),
@@ -48,6 +50,7 @@ def check_counts_add_up(project: Project, report: CollectReport) -> None:
     )
     metrics = json.loads((raw(project) / "metrics.json").read_text())
     assert metrics["seen"] == report.seen and metrics["images"] == report.images
+    assert (metrics["unlisted"], metrics["carried_over"]) == (report.unlisted, report.carried_over)
 
 
 @pytest.fixture
@@ -122,6 +125,8 @@ def test_every_bad_file_is_quarantined_with_its_reason(params_file: Path, tmp_pa
     write(d / "ok.jpg", good)
     write(d / "empty.jpg", b"")
     write(d / "truncated.jpg", good[: len(good) // 2])
+    # Cut short, then given an end marker: Pillow's decoder pads the missing rows with grey.
+    write(d / "padded.jpg", good[: len(good) // 2] + b"\xff\xd9")
     write(d / "garbage.jpg", b"this is text, not a JPEG" * 20)
     write(d / "png-named.jpg", pil_bytes(texture(20, 20, 2), "PNG"))
     write(d / "huge.png", pil_bytes(np.zeros((200, 300, 3), np.uint8), "PNG"))
@@ -133,6 +138,7 @@ def test_every_bad_file_is_quarantined_with_its_reason(params_file: Path, tmp_pa
     assert {k: v["reason"] for k, v in reasons.items()} == {
         "empty.jpg": "empty",
         "truncated.jpg": "truncated",
+        "padded.jpg": "truncated",
         "garbage.jpg": "undecodable",
         "png-named.jpg": "wrong_extension",
         "huge.png": "too_many_pixels",
@@ -140,8 +146,8 @@ def test_every_bad_file_is_quarantined_with_its_reason(params_file: Path, tmp_pa
     }
     assert "PNG" in reasons["png-named.jpg"]["detail"]
     assert "collect.max_pixels=50000" in reasons["huge.png"]["detail"]
-    assert report.images == 1 and report.quarantined == 6
-    assert report.quarantined_by_reason["truncated"] == 1
+    assert report.images == 1 and report.quarantined == 7
+    assert report.quarantined_by_reason["truncated"] == 2
     check_counts_add_up(project, report)
     # Quarantined files are never copied into the store.
     assert len(list((raw(project) / "images").rglob("*.*"))) == 1
@@ -200,7 +206,12 @@ def test_credentials_in_the_config_are_refused(
     assert main(["--params", str(params_file), "collect", source]) == 2
     err = capsys.readouterr().err
     assert "collect.sources[0].storage_options" in err and "environment" in err
-    assert "AWS_SECRET_ACCESS_KEY" in err
+    assert "'secret' looks like a credential" in err and "AWS_SECRET_ACCESS_KEY" in err
+    assert "hunter2" not in err  # the key is named, its value never shown
+    unknown = "+collect.sources.0.password=hunter3"
+    assert main(["--params", str(params_file), "collect", unknown]) == 2
+    err = capsys.readouterr().err
+    assert "collect.sources[0].password: unknown key" in err and "hunter3" not in err
 
 
 def test_synthetic_source_writes_images_and_label_studio_ground_truth(params_file: Path) -> None:

@@ -43,8 +43,11 @@ def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> boto3.client:
     client.delete_bucket(Bucket=BUCKET)
 
 
-def collect_s3(params_file: Path, endpoint: str, uri: str):
-    source = f"collect.sources=[{{uri:'{uri}',storage_options:{{endpoint_url:'{endpoint}'}}}}]"
+def collect_s3(params_file: Path, endpoint: str, uri: str, allow_empty: bool = False):
+    options = (
+        f"storage_options:{{endpoint_url:'{endpoint}'}},allow_empty:{str(allow_empty).lower()}"
+    )
+    source = f"collect.sources=[{{uri:'{uri}',{options}}}]"
     project = load_project(params_file, [source])
     p = project.params
     raw_dir = project.artifacts / "raw"
@@ -84,3 +87,18 @@ def test_s3_glob_and_missing_prefix(params_file: Path, s3_endpoint: str, bucket)
 
     with pytest.raises(AnonlabError, match="does not exist"):
         collect_s3(params_file, s3_endpoint, f"s3://{BUCKET}/nothing-here/")
+
+
+def test_s3_prefix_emptied_keeps_the_store(params_file: Path, s3_endpoint: str, bucket) -> None:
+    bucket.put_object(Bucket=BUCKET, Key="e/a.jpg", Body=jpeg_bytes(texture(64, 48, 1)))
+    raw_dir, _ = collect_s3(params_file, s3_endpoint, f"s3://{BUCKET}/e/")
+    manifest = (raw_dir / "manifest.jsonl").read_bytes()
+    bucket.delete_object(Bucket=BUCKET, Key="e/a.jpg")  # an object store has no empty folders
+    from data.errors import AnonlabError
+
+    with pytest.raises(AnonlabError, match=r"collect\.sources\[0\]\.allow_empty=true"):
+        collect_s3(params_file, s3_endpoint, f"s3://{BUCKET}/e/")
+    assert (raw_dir / "manifest.jsonl").read_bytes() == manifest
+    _, report = collect_s3(params_file, s3_endpoint, f"s3://{BUCKET}/e/", allow_empty=True)
+    assert (report.carried_over, report.removed) == (1, 0)
+    assert (raw_dir / "manifest.jsonl").read_bytes() == manifest

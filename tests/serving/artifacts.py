@@ -4,6 +4,7 @@ by the real export code (ONNX traced and checked against PyTorch, manifest with 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from data.atomic import write_json
 from data.config import compose
 from serving.export import ExportSetup, export_model
 from serving.params import load_project
+from serving.runtime.artifact import manifest_digest
 from tests.conftest import REPO
 from tests.images import texture
 from training.config import ModelConfig
@@ -112,3 +114,13 @@ def tiny_artifact(root: Path) -> Path:
 
 def read_manifest(folder: Path) -> dict[str, Any]:
     return json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+
+
+def edit_manifest(folder: Path, edit: Callable[[dict[str, Any]], object]) -> None:
+    """Change `folder`'s manifest.json with `edit` and recompute its manifest_sha256, as someone
+    who knows the format would: the checksums hold, so only the values themselves can be
+    refused."""
+    m = read_manifest(folder)
+    edit(m)
+    m["manifest_sha256"] = manifest_digest(m)
+    (folder / "manifest.json").write_text(json.dumps(m), encoding="utf-8")
