@@ -157,10 +157,11 @@ class ImageFile:
     uint16 for 16-bit PNG/TIFF. format: "JPEG", "PNG", "TIFF" or "WEBP". orientation: the EXIF
     orientation, 1..8 (1 when absent or invalid). exif: the EXIF block as TIFF-structured bytes
     (no "Exif" prefix) rebuilt from its allowed tags, GPS included (`metadata.rebuild_exif`).
-    xmp, icc_profile: as in the file (XMP without embedded images or binary values). jpeg_*: quality estimate, chroma subsampling
-    ("4:2:0", ...; None when unusual), and the quantization tables per colour component in
-    natural order (an unusual subsampling, None, is written as 4:2:0). dropped: what of the
-    file will not be written back, and why (for the caller's report).
+    xmp, icc_profile: as in the file (XMP without embedded images or binary values). jpeg_*:
+    quality estimate, chroma subsampling ("4:2:0", ...; None when unusual), and the
+    quantization tables per colour component in natural order (an unusual subsampling, None, is
+    written as 4:2:0). dropped: what of the file will not be written back, and why (for the
+    caller's report).
     """
 
     pixels: np.ndarray
@@ -336,8 +337,10 @@ def decode_jpeg(data: bytes, *, gray: bool = False, scale: int = 1) -> np.ndarra
     marker (libjpeg's "extraneous bytes before marker 0xd9"), which some cameras write after a
     complete picture, are accepted."""
     colorspace = "GRAY" if gray else "RGB"
+    # simplejpeg scales only when given a least size too (then the smallest scale that keeps it).
+    scaling = {"min_factor": scale, "min_height": 1, "min_width": 1} if scale > 1 else {}
     try:
-        pixels = simplejpeg.decode_jpeg(data, colorspace, min_factor=scale, strict=True)
+        pixels = simplejpeg.decode_jpeg(data, colorspace, strict=True, **scaling)
     except ValueError as exc:
         message = str(exc)
         if not _JUNK_BEFORE_END.fullmatch(message):
@@ -347,7 +350,7 @@ def decode_jpeg(data: bytes, *, gray: bool = False, scale: int = 1) -> np.ndarra
                     "decoders would show it as grey; upload the whole file again"
                 ) from None
             raise ImageError(f"the JPEG image data is damaged ({message}): re-export it") from None
-        pixels = simplejpeg.decode_jpeg(data, colorspace, min_factor=scale, strict=False)
+        pixels = simplejpeg.decode_jpeg(data, colorspace, strict=False, **scaling)
     return pixels[:, :, 0] if gray and pixels.ndim == 3 else pixels
 
 
