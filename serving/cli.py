@@ -241,10 +241,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_blur(args: argparse.Namespace) -> int:
-    from serving.runtime.batch import FAILURES, blur_batch, find_inputs
+    from serving.runtime.batch import FAILURES, SKIPPED, blur_batch, find_inputs
     from serving.runtime.pipeline import Runtime
 
-    jobs = find_inputs(args.inputs)
+    found = find_inputs(args.inputs)
     runtime = Runtime.load(
         args.model,
         backend=args.backend,
@@ -257,13 +257,19 @@ def _cmd_blur(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     report = blur_batch(
-        runtime, jobs, out, workers=args.workers, sidecar=args.sidecar, masks=args.masks
+        runtime, found, out, workers=args.workers, sidecar=args.sidecar, masks=args.masks
     )
     print(report.summary())
-    if report.failures:
-        print(f"failures: {out / FAILURES}", file=sys.stderr)
-        return 1
-    return 0
+    for name, rows in ((FAILURES, report.failures), (SKIPPED, report.skipped)):
+        if name in report.unwritten:
+            # Its file could not be written: stderr is then the only record of these rows.
+            follow = f"; its {len(rows)} lines follow" if rows else ""
+            print(f"error: {out / name} {report.unwritten[name]}{follow}", file=sys.stderr)
+            for row in rows:
+                print(row.json_line(), file=sys.stderr)
+        elif rows:
+            print(f"{name.removesuffix('.jsonl')}: {out / name}", file=sys.stderr)
+    return 1 if report.failures or report.unwritten else 0
 
 
 def _runtime_args(p: argparse.ArgumentParser) -> None:
@@ -322,9 +328,17 @@ def _blur_args(p: argparse.ArgumentParser) -> None:
         "inputs",
         nargs="+",
         metavar="INPUT",
-        help="image files, folders (searched recursively) and glob patterns ('**/*.jpg')",
+        help="image files, folders (searched recursively) and glob patterns ('**/*.jpg'). Every "
+        "file found is accounted for: anonymized; failed (an image format that cannot be "
+        "anonymized, a broken link: failures.jsonl); or skipped (hidden, or not an image: "
+        "skipped.jsonl). Two inputs with the same output name are refused",
     )
-    p.add_argument("--out", required=True, help="output folder (must not hold the inputs)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder (must not hold the inputs); each output keeps its input's path "
+        "below the folder or glob it was found through",
+    )
     _runtime_args(p)
     p.add_argument(
         "--workers", type=int, default=2, help="threads decoding and encoding beside inference"

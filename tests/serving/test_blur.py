@@ -1,11 +1,16 @@
 """`anonlab blur` on a real (tiny, random-weight) exported artifact: anonymized copies that keep
-their files' metadata, and failing closed: a failure at any step leaves no output for that
-image, is recorded, and makes the command exit non-zero after the others are done."""
+their files' metadata, and failing closed: a failure at any step (a full disk included) leaves no
+output for that image, is recorded, and makes the command exit non-zero after the others are
+done; every file found is accounted for, and outputs that would collide are refused."""
 
 from __future__ import annotations
 
 import io
 import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import cv2
@@ -15,7 +20,7 @@ from PIL import Image
 
 from serving.cli import main as cli_main
 from serving.runtime import pipeline
-from serving.runtime.batch import FAILURES, blur_batch, find_inputs
+from serving.runtime.batch import FAILURES, SKIPPED, blur_batch, find_inputs
 from serving.runtime.detections import Detections
 from serving.runtime.errors import ServingError
 from serving.runtime.pipeline import Runtime, artifact_folders
@@ -93,7 +98,7 @@ def test_blur_takes_globs_and_refuses_to_overwrite_its_inputs(
     artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     inputs = _inputs(tmp_path)
-    jobs = find_inputs([str(tmp_path / "in" / "**" / "*.jpg")])
+    jobs = find_inputs([str(tmp_path / "in" / "**" / "*.jpg")]).jobs
     assert sorted(str(j.relative) for j in jobs) == ["day1/phone.jpg", "pano.jpg"]
     original = inputs["pano"].read_bytes()
     code = cli_main(
@@ -189,6 +194,211 @@ def test_blur_exits_non_zero_after_finishing_the_others(
     )
     assert not (out / FAILURES).exists()
     assert Image.open(io.BytesIO((out / "day1" / "still.png").read_bytes())).format == "PNG"
+
+
+def test_inputs_that_would_share_an_output_are_refused_before_anything_is_written(
+    artifact: Path, runtime: Runtime, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "in"
+    a = write(folder / "a" / "x.jpg", jpeg_bytes(texture(64, 48, seed=1)))
+    b = write(folder / "b" / "x.jpg", jpeg_bytes(texture(64, 48, seed=2)))
+    upper = write(folder / "c" / "Y.jpg", jpeg_bytes(texture(64, 48, seed=3)))
+    lower = write(folder / "d" / "y.jpg", jpeg_bytes(texture(64, 48, seed=4)))
+    out = tmp_path / "out"
+    earlier = write(out / "x.jpg", b"an earlier run's output")
+    model = ["--model", str(artifact), "--out", str(out)]
+
+    assert cli_main(["blur", str(a), str(b), str(upper), str(lower), *model]) == 2
+    err = capsys.readouterr().err
+    assert f"x.jpg <- {a}, {b}" in err
+    # One file on macOS, Windows and SMB shares, where outputs are often copied.
+    assert f"Y.jpg and y.jpg <- {upper}, {lower} (names that differ only by case" in err
+    assert "nothing was written" in err and f"the folder that holds them all ({folder})" in err
+    assert list(out.rglob("*")) == [earlier] and earlier.read_bytes() == b"an earlier run's output"
+
+    # As the message says: their common folder gives each output its own name.
+    assert cli_main(["blur", str(folder), *model]) == 0
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg"))
+    assert written == ["a/x.jpg", "b/x.jpg", "c/Y.jpg", "d/y.jpg", "x.jpg"]
+
+    # A mask's name counts too: z.jpg's mask would overwrite the image z.jpg.mask.png.
+    write(tmp_path / "m" / "z.jpg", jpeg_bytes(texture(64, 48, seed=5)))
+    write(tmp_path / "m" / "z.jpg.mask.png", _png(texture(64, 48, seed=6)))
+    found = find_inputs([str(tmp_path / "m")])
+    with pytest.raises(ServingError, match=r"z\.jpg\.mask\.png <- .*z\.jpg, .*z\.jpg\.mask\.png"):
+        blur_batch(runtime, found, tmp_path / "out-m", masks=True)
+    assert not (tmp_path / "out-m").exists()
+
+
+def _gif() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(texture(16, 12, seed=8)).save(buf, "GIF")
+    return buf.getvalue()
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_every_file_found_is_anonymized_or_failed_or_skipped_with_its_reason(
+    artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _inputs(tmp_path)  # three images
+    folder = tmp_path / "in"
+    jpeg = jpeg_bytes(texture(64, 48, seed=4))
+    write(folder / "scan.jfif", jpeg)  # a JPEG extension
+    write(folder / "noext", jpeg)  # a JPEG by its content: anonymized under its own name
+    write(folder / "anim.gif", _gif())  # formats the runtime cannot anonymize: failures
+    write(folder / "anim", _gif())
+    write(folder / "clip.heic", b"\0\0\0\x18ftypheic" + bytes(64))
+    (folder / "dangling.jpg").symlink_to("gone.jpg")  # a link to nothing: a failure
+    (folder / "linked").symlink_to("day1")  # a link to a folder, not followed: a failure
+    write(folder / ".hidden.jpg", jpeg)  # skipped
+    write(folder / "notes.txt", b"shot list\n")
+    write(folder / "README", b"read me\n")
+    entries = [p for p in folder.rglob("*") if p.is_symlink() or not p.is_dir()]
+    out = tmp_path / "out"
+    earlier = write(out / "dangling.jpg", b"an earlier run's output")
+
+    assert cli_main(["blur", str(folder), "--model", str(artifact), "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    failures = {Path(r["input"]).name: (r["step"], r["error"]) for r in _rows(out / FAILURES)}
+    skipped = {Path(r["input"]).name: r["reason"] for r in _rows(out / SKIPPED)}
+    written = sorted(
+        p.relative_to(out).as_posix()
+        for p in out.rglob("*")
+        if p.is_file() and p.name not in (FAILURES, SKIPPED)
+    )
+    assert written == ["day1/phone.jpg", "day1/still.png", "noext", "pano.jpg", "scan.jfif"]
+    assert Image.open(out / "noext").format == "JPEG"
+    assert not earlier.exists()  # its input failed: no output, an earlier run's neither
+
+    assert {name: step for name, (step, _) in failures.items()} == dict.fromkeys(
+        ["anim", "anim.gif", "clip.heic", "dangling.jpg", "linked"], "find"
+    )
+    assert failures["anim.gif"][1].startswith("a GIF image by its extension; only JPEG, PNG")
+    assert failures["anim"][1].startswith("a GIF image by its content")
+    assert "convert it to one of them" in failures["clip.heic"][1]
+    assert failures["dangling.jpg"][1].startswith("a link to gone.jpg, which leads to nothing")
+    assert "not followed" in failures["linked"][1]
+    assert skipped.keys() == {".hidden.jpg", "notes.txt", "README"}
+    assert skipped[".hidden.jpg"] == "hidden: its name starts with '.'"
+    assert skipped["notes.txt"].startswith("not an image: neither its extension (.txt) nor")
+
+    assert len(entries) == 13 == len(written) + len(failures) + len(skipped)
+    assert "found 13 files: anonymized 5 images" in captured.out
+    assert "5 FAILED" in captured.out and "3 skipped" in captured.out
+    assert str(out / FAILURES) in captured.err and str(out / SKIPPED) in captured.err
+
+
+@contextmanager
+def _tmpfs(where: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at `where`: a real disk that is small or read-only. Skips the test where
+    mounting needs privileges that it lacks (root with CAP_SYS_ADMIN)."""
+    where.mkdir()
+    mount = shutil.which("mount")
+    done = mount and subprocess.run(
+        [mount, "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True
+    )
+    if not done or done.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode() if done else 'no mount'}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def _noise_png(width: int, height: int) -> bytes:
+    return _png(np.random.default_rng(0).integers(0, 256, (height, width, 3), np.uint8))
+
+
+def test_a_full_disk_fails_the_images_that_do_not_fit_and_the_run_goes_on(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    _inputs(tmp_path)  # three small images (about 40 KB written)
+    big = write(tmp_path / "in" / "big.png", _noise_png(400, 300))  # about 200 KB written
+    with _tmpfs(tmp_path / "disk", "size=128k") as disk:
+        out = disk / "out"
+        # One worker: the images are written one after the other, so what fits is known.
+        report = blur_batch(runtime, find_inputs([str(tmp_path / "in")]), out, workers=1)
+        assert [(f.input, f.step) for f in report.failures] == [(str(big), "write")]
+        assert "No space left on device" in report.failures[0].error
+        assert (report.found, report.written) == (4, 3)
+        assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.*")) == [
+            "day1/phone.jpg",
+            "day1/still.png",
+            FAILURES,
+            "pano.jpg",
+        ]
+        assert _rows(out / FAILURES)[0]["error"] == report.failures[0].error
+        assert not _leftovers(out)
+
+
+def _fill(disk: Path) -> None:
+    full = pytest.raises(OSError, match="No space left on device")
+    with (disk / "filler").open("wb", buffering=0) as f, full:
+        while True:
+            f.write(bytes(1 << 16))
+
+
+def test_when_the_disk_is_full_the_failures_go_to_stderr_and_the_command_exits_1(
+    artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs = _inputs(tmp_path)
+    with _tmpfs(tmp_path / "disk", "size=64k") as disk:
+        _fill(disk)
+        out = disk / "out"
+        code = cli_main(["blur", str(tmp_path / "in"), "--model", str(artifact), "--out", str(out)])
+        captured = capsys.readouterr()
+        assert code == 1
+        assert "found 3 files: anonymized 0 images" in captured.out and "3 FAILED" in captured.out
+        rows = [json.loads(line) for line in captured.err.splitlines() if line.startswith("{")]
+        assert sorted(r["input"] for r in rows) == sorted(str(p) for p in inputs.values())
+        assert all(r["step"] == "write" for r in rows)
+        assert all("No space left on device" in r["error"] for r in rows)
+        assert f"error: {out / FAILURES} could not be written: OSError" in captured.err
+        assert "Traceback" not in captured.err
+        assert not [p for p in out.rglob("*") if p.is_file()]
+
+
+def test_when_failures_jsonl_cannot_be_written_the_failures_go_to_stderr(
+    artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inputs = _inputs(tmp_path)
+    inputs["png"].write_bytes(b"this is not an image")
+    out = tmp_path / "out"
+    (out / FAILURES).mkdir(parents=True)  # its name is taken by a folder: it cannot be written
+    code = cli_main(["blur", str(tmp_path / "in"), "--model", str(artifact), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "anonymized 2 images" in captured.out and "1 FAILED" in captured.out
+    assert f"error: {out / FAILURES} could not be written: IsADirectoryError" in captured.err
+    lines = captured.err.splitlines()
+    row = json.loads(lines[lines.index(next(x for x in lines if x.startswith("error:"))) + 1])
+    assert (row["input"], row["step"]) == (str(inputs["png"]), "decode")
+    assert "Traceback" not in captured.err
+    assert (out / "pano.jpg").is_file() and not (out / "day1" / "still.png").exists()
+
+
+@pytest.mark.parametrize("where", ["under a file", "on a read-only disk"])
+def test_an_output_folder_that_cannot_be_written_is_refused_up_front(
+    artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    _inputs(tmp_path)
+    blocker = write(tmp_path / "taken", b"a file, not a folder")
+    if where == "under a file":
+        out, disk, expected = blocker / "out", nullcontext(), "Not a directory"
+    else:
+        out, expected = tmp_path / "disk" / "out", "Read-only file system"
+        disk = _tmpfs(tmp_path / "disk", "ro,size=64k")
+    with disk:
+        code = cli_main(["blur", str(tmp_path / "in"), "--model", str(artifact), "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err
+        assert f"--out {out}: cannot write there: {expected}" in err
+        assert "choose a folder that can be created and written to" in err
+        assert not out.exists()
+    assert blocker.read_bytes() == b"a file, not a folder"
 
 
 def _marker_detector(tiles: list[np.ndarray]) -> list[Detections]:
