@@ -8,12 +8,14 @@ up: found = written + failed + skipped.
 - Taken: a file named by itself, unless its extension is an unsupported format's (below;
   decoding says what else is wrong with it); in a walk or a glob's matches, a file with an
   image extension (`imagefile.IMAGE_EXTENSIONS`) or, whatever its extension (none included),
-  one whose content Pillow recognises as JPEG, PNG, TIFF or WebP; its output keeps its name.
+  one whose first bytes are a JPEG, PNG, TIFF or WebP signature (Pillow's checks); its output
+  keeps its name.
 - Failed (fail closed: each may hold a picture the operator expects to be anonymized): an image
   of a format the runtime cannot anonymize, by extension (`UNSUPPORTED_EXTENSIONS`: GIF, BMP,
-  HEIF, camera raw, ...) or by content; a link to nothing; a link to a folder met in a walk (not
-  followed, since links can loop: give it as an input of its own); a folder that cannot be
-  listed (step "find"); a file whose first bytes cannot be read (step "read").
+  HEIF, camera raw, ...) or by signature (GIF, BMP, ICO, PSD, JPEG 2000, AVIF); a link to
+  nothing; a link to a folder met in a walk (not followed, since links can loop: give it as an
+  input of its own); a folder that cannot be listed (step "find"); a file whose first bytes
+  cannot be read (step "read").
 - Skipped, each with its reason: in a walk or a glob's matches, hidden files (names starting
   with '.': `.DS_Store`, macOS's `._*` companions), files that are images neither by extension
   nor by content, and FIFOs, sockets and devices.
@@ -41,13 +43,13 @@ the detector runs on the previous image; at most `workers + 1` images are in mem
 
 from __future__ import annotations
 
+import functools
 import glob
 import json
 import logging
 import os
 import tempfile
 import time
-import warnings
 from collections import defaultdict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -56,7 +58,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from serving.runtime.detections import Detections
 from serving.runtime.errors import ServingError
@@ -104,8 +106,10 @@ _UNSUPPORTED = {
     ".x3f .3fr .erf",
 }
 UNSUPPORTED_EXTENSIONS = {ext: fmt for fmt, exts in _UNSUPPORTED.items() for ext in exts.split()}
-# Pillow's names for the formats the runtime reads (a multi-picture JPEG is Pillow's MPO).
-_TAKEN_FORMATS = {*FORMAT_EXTENSIONS, "MPO"}
+# The picture formats whose signature (Pillow's, in the first 16 bytes) is looked for in a file
+# without an image extension: those the runtime reads, and others that hold pictures. Formats
+# with a weak signature (Netpbm: "P1" to "P7") or that are not pictures (MPEG) are left out.
+_SNIFFED = (*FORMAT_EXTENSIONS, "GIF", "BMP", "ICO", "PSD", "JPEG2000", "AVIF")
 # More colliding outputs than this are counted, not listed, in the error.
 _CLASHES_LISTED = 10
 
@@ -415,25 +419,28 @@ def _sort(job: Job, walked: bool) -> Job | Refused | Skipped:
     if kind is None:
         named = f"neither its extension ({ext}) nor" if ext else "it has no extension, and neither"
         return Skipped(str(path), f"not an image: {named} its content is an image format's")
-    if kind == "" or kind in _TAKEN_FORMATS:
+    if kind in FORMAT_EXTENSIONS:
         return job
     return refused("find", _unsupported(f"a {kind} image by its content"))
 
 
 def _content_format(path: Path) -> str | None:
-    """The image format Pillow recognises at the start of the file ('JPEG', 'GIF', ...); None
-    when it recognises none; '' when a format's signature matches but its header does not parse
-    (decoding it then says what is wrong). OSError when the file cannot be opened."""
+    """The picture format (`_SNIFFED`) whose signature the file starts with, by Pillow's
+    signature checks; None for none. OSError when the file cannot be read."""
     with path.open("rb") as f:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # a huge image is still an image
-                with Image.open(f) as image:
-                    return image.format or ""
-        except UnidentifiedImageError:
-            return None
-        except Exception:  # a plugin took the signature and then failed on the header
-            return ""
+        head = f.read(16)  # what Pillow's own checks look at
+    return next((fmt for fmt, accept in _signatures() if accept(head)), None)
+
+
+@functools.cache
+def _signatures() -> list[tuple[str, Callable[[bytes], object]]]:
+    """Pillow's signature check of each `_SNIFFED` format that this Pillow reads."""
+    Image.init()  # registers every plugin that this Pillow has (AVIF needs libavif)
+    return [
+        (fmt, Image.OPEN[fmt][1])
+        for fmt in _SNIFFED
+        if fmt in Image.OPEN and Image.OPEN[fmt][1] is not None
+    ]
 
 
 def _unsupported(what: str) -> str:

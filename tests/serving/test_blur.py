@@ -248,6 +248,7 @@ def test_every_file_found_is_anonymized_or_failed_or_skipped_with_its_reason(
     jpeg = jpeg_bytes(texture(64, 48, seed=4))
     write(folder / "scan.jfif", jpeg)  # a JPEG extension
     write(folder / "noext", jpeg)  # a JPEG by its content: anonymized under its own name
+    write(folder / "cut", b"II*\0" + bytes(8))  # a TIFF by its signature, damaged: a failure
     write(folder / "anim.gif", _gif())  # formats the runtime cannot anonymize: failures
     write(folder / "anim", _gif())
     write(folder / "clip.heic", b"\0\0\0\x18ftypheic" + bytes(64))
@@ -273,9 +274,8 @@ def test_every_file_found_is_anonymized_or_failed_or_skipped_with_its_reason(
     assert Image.open(out / "noext").format == "JPEG"
     assert not earlier.exists()  # its input failed: no output, an earlier run's neither
 
-    assert {name: step for name, (step, _) in failures.items()} == dict.fromkeys(
-        ["anim", "anim.gif", "clip.heic", "dangling.jpg", "linked"], "find"
-    )
+    steps = dict.fromkeys(["anim", "anim.gif", "clip.heic", "dangling.jpg", "linked"], "find")
+    assert {name: step for name, (step, _) in failures.items()} == {**steps, "cut": "decode"}
     assert failures["anim.gif"][1].startswith("a GIF image by its extension; only JPEG, PNG")
     assert failures["anim"][1].startswith("a GIF image by its content")
     assert "convert it to one of them" in failures["clip.heic"][1]
@@ -285,9 +285,9 @@ def test_every_file_found_is_anonymized_or_failed_or_skipped_with_its_reason(
     assert skipped[".hidden.jpg"] == "hidden: its name starts with '.'"
     assert skipped["notes.txt"].startswith("not an image: neither its extension (.txt) nor")
 
-    assert len(entries) == 13 == len(written) + len(failures) + len(skipped)
-    assert "found 13 files: anonymized 5 images" in captured.out
-    assert "5 FAILED" in captured.out and "3 skipped" in captured.out
+    assert len(entries) == 14 == len(written) + len(failures) + len(skipped)
+    assert "found 14 files: anonymized 5 images" in captured.out
+    assert "6 FAILED" in captured.out and "3 skipped" in captured.out
     assert str(out / FAILURES) in captured.err and str(out / SKIPPED) in captured.err
 
 
