@@ -66,6 +66,10 @@ def serve(models: list[Path], args: argparse.Namespace) -> Iterator[tuple[str, i
         str(args.max_concurrency),
         "--max-queue",
         str(max(args.clients, 8)),
+        # Every client's body is received at once at the start: none is refused for want of an
+        # upload slot, which would measure the limit instead of the service.
+        "--max-uploads",
+        str(max(args.clients, 16)),
     ]
     proc = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue[str] = queue.Queue()

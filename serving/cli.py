@@ -360,6 +360,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     config = ServiceConfig(
         max_body_bytes=int(args.max_body_mb * (1 << 20)),
+        max_pixels=int(args.max_image_mp * 1_000_000),
+        cost_check_pixels=int(args.cost_check_mp * 1_000_000),
+        min_bytes_per_mp=args.min_bytes_per_mp,
+        max_uploads=args.max_uploads,
+        upload_grace=args.upload_grace,
+        min_upload_rate=args.min_upload_rate,
         max_concurrency=args.max_concurrency,
         max_queue=args.max_queue,
         queue_timeout=args.queue_timeout,
@@ -397,14 +403,62 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _serve_args(p: argparse.ArgumentParser) -> None:
+    def number(text: str) -> float:
+        value = float(text)
+        if value != value or abs(value) == float("inf"):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        return value
+
     _runtime_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     p.add_argument(
         "--max-body-mb",
-        type=float,
+        type=number,
         default=64,
         help="refuse bodies over this many MiB with 413, before reading them (default 64)",
+    )
+    p.add_argument(
+        "--max-image-mp",
+        type=number,
+        default=64,
+        help="refuse images over this many megapixels with 422, from the file's header before "
+        "decoding (default 64: an 8000x4000 panorama is 32); --max-pixels applies as well",
+    )
+    p.add_argument(
+        "--min-bytes-per-mp",
+        type=int,
+        default=16000,
+        help="CPU-cost guard: refuse with 422 an image over --cost-check-mp whose file has fewer "
+        "bytes than this per megapixel (a flat 36 MP PNG of 117 KB would cost minutes of "
+        "detection; a photo has far more); 0 turns the guard off (default 16000)",
+    )
+    p.add_argument(
+        "--cost-check-mp",
+        type=number,
+        default=4,
+        help="images over this many megapixels face the CPU-cost guard (default 4)",
+    )
+    p.add_argument(
+        "--max-uploads",
+        type=int,
+        default=16,
+        help="request bodies received at once; one more gets 503 (default 16)",
+    )
+    p.add_argument(
+        "--upload-grace",
+        type=number,
+        default=5,
+        help="seconds a body gets before its average rate since it began must reach "
+        "--min-upload-rate (default 5)",
+    )
+    p.add_argument(
+        "--min-upload-rate",
+        type=int,
+        default=8192,
+        help="bytes/s a body must average after --upload-grace, else 408 and the connection "
+        "closed (default 8192, 64 kbit/s: a 2G/EDGE uplink passes, a client trickling bytes "
+        "is cut)",
     )
     p.add_argument(
         "--max-concurrency",
@@ -416,25 +470,26 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         "--max-queue",
         type=int,
         default=8,
-        help="images admitted beyond those, waiting for a slot; more get 503 (default 8)",
+        help="received images admitted beyond those, waiting for a slot; more get 503 (default 8)",
     )
     p.add_argument(
         "--queue-timeout",
-        type=float,
+        type=number,
         default=30,
         help="seconds an admitted image waits for a slot before 503 (default 30)",
     )
     p.add_argument(
         "--read-timeout",
-        type=float,
+        type=number,
         default=60,
-        help="seconds of client silence before its connection is dropped (default 60)",
+        help="seconds of client silence (before a request, or within a body) before its "
+        "connection is dropped (default 60)",
     )
     p.add_argument(
         "--grace",
-        type=float,
+        type=number,
         default=10,
-        help="on SIGTERM or Ctrl-C, seconds to let admitted images finish (default 10)",
+        help="on SIGTERM or Ctrl-C, seconds to let uploads and admitted images finish (default 10)",
     )
 
 

@@ -1,8 +1,9 @@
 """The runtime as an HTTP service (`anonlab serve`): POST an image file, get it back anonymized.
 
 Stdlib only (`http.server`): the runtime ships alone in a small container. HTTP/1.1 with
-keep-alive; nothing is written to disk and no image content, body or client address is logged
-(one line per request: method, path, status, latency, body sizes, request id).
+keep-alive; nothing is written to disk, and no image content, body, query string or client
+address is logged: one line per request at INFO (method, path without its query, status,
+latency, body sizes, request id); a stack trace only for a 500, and never for a 4xx.
 
 Endpoints:
 - `POST /v1/anonymize`: the body is one JPEG, PNG, TIFF or WebP file (recognised from its bytes;
@@ -16,37 +17,71 @@ Endpoints:
 
 Errors are JSON {"error": "what went wrong and what to do"}:
 - 400 empty body, bad Content-Length, unknown query parameter; 404 unknown path; 405 wrong
-  method (with Allow); 408 body not received within the read timeout; 411 no Content-Length
-  (chunked uploads are refused); 413 Content-Length over `max_body_bytes`, refused before any of
-  the body is read (a client sending `Expect: 100-continue` never sends it);
-- 422 the image cannot be anonymized: not decodable, truncated, unsupported, or over
-  `max_pixels` (every `ImageError` of the runtime);
-- 503 + Retry-After: not ready yet, stopping, or over capacity (see below);
+  method (with Allow); 408 body too slow (below); 411 no Content-Length (chunked uploads are
+  refused); 413 Content-Length over `max_body_bytes`, refused before any of the body is read (a
+  client sending `Expect: 100-continue` never sends it);
+- 422 the image cannot be anonymized: not decodable, truncated, unsupported, over the pixel
+  budget, or refused by the CPU-cost guard (every `ImageError` of the runtime);
+- 503 + Retry-After: not ready yet, stopping, or over capacity (below);
 - 500 any other failure. Fail closed: a 5xx never carries image bytes; the response is only built
   from a fully anonymized result.
 
-Concurrency: `ThreadingHTTPServer` gives each connection a thread. At most `max_concurrency`
-images are anonymized at once (a semaphore: onnxruntime sessions are safe to run from several
-threads and the rest of `Runtime.anonymize_bytes` works on per-call arrays; more at once only
-splits the same cores). At most `max_concurrency + max_queue` anonymize requests are admitted
-(body read, waiting or running), which bounds memory to that many bodies of `max_body_bytes`;
-one more is refused at once with 503. An admitted request waits up to `queue_timeout` seconds for
-a slot, then gets 503 too.
+Bounds (ServiceConfig field, `anonlab serve` flag, default):
+- Body size: `max_body_bytes` (--max-body-mb, 64 MiB): 413 from the Content-Length alone.
+- Upload deadline: the body is read in chunks; after `upload_grace` seconds (--upload-grace, 5)
+  the bytes received so far must average at least `min_upload_rate` bytes/s (--min-upload-rate,
+  8192 = 64 kbit/s) since the body began, else 408 and the connection is closed; and no wait for
+  the next chunk may exceed `read_timeout` (--read-timeout, 60 s). A phone on a 2G/EDGE uplink
+  (100-200 kbit/s) passes with room to spare, a stall is forgiven as long as the average holds
+  (the grace absorbs TCP slow start and a radio waking up), and a client trickling bytes is cut
+  about `upload_grace` seconds after its body began.
+- Uploads: at most `max_uploads` bodies (--max-uploads, 16) are received at once; one more gets
+  503 at once. Uploads hold no inference admission: a body is admitted only once it has arrived
+  whole, so slow senders cannot lock finished requests out.
+- Concurrency and queue: at most `max_concurrency` images (--max-concurrency, 2) are anonymized
+  at once (a semaphore: onnxruntime sessions are safe to run from several threads and the rest
+  of the pipeline works on per-call arrays; more at once only splits the same cores), and at
+  most `max_concurrency + max_queue` (--max-queue, 8) received bodies are admitted, waiting or
+  running; one more gets 503 at once, and an admitted one that waits `queue_timeout` seconds
+  (--queue-timeout, 30) for a slot gets 503 too.
+- Memory: bodies being received take what has arrived so far, so request bodies hold at most
+  (max_uploads + max_concurrency + max_queue) x max_body_bytes (26 x 64 MiB = 1.6 GiB with the
+  defaults; a body is briefly held twice while its chunks are joined); decoded pixels exist only
+  inside the `max_concurrency` slots, each image at most the pixel budget.
+- Pixel budget: `max_pixels` (--max-image-mp, 64 MP: an 8000x4000 panorama is 32 MP), checked
+  from the file's header before decoding (and by the runtime itself, which is handed the lower
+  of this and its own `max_pixels`); 422 over it.
+- CPU-cost guard: detection costs the same per pixel however well the file compresses, so a
+  flat 6000x6000 PNG of 117 KB would cost minutes of CPU. An image over `cost_check_pixels`
+  (--cost-check-mp, 4 MP) whose file has fewer than `min_bytes_per_mp` bytes per megapixel
+  (--min-bytes-per-mp, 16000; 0 turns the guard off) gets 422 before decoding (from the header;
+  after the decode and before detection when only the runtime can read the header). A 32 MP
+  street JPEG of several MB has over 100 KB per megapixel.
+- Refusals do not reset connections: the listen backlog holds 128 connections (a burst beyond
+  socketserver's 5 got resets), and a refused body whose Content-Length is within
+  `max_body_bytes` is read and discarded (under the upload deadline) before the connection is
+  closed, so the client gets its response; a 503 at admission comes after the body was read
+  and keeps the connection open.
 """
 
 from __future__ import annotations
 
 import base64
+import copy
+import io
 import json
 import logging
+import math
 import re
 import socket
+import sys
 import threading
 import time
 import uuid
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -56,6 +91,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from serving.runtime.errors import ImageError, ServingError
 from serving.runtime.pipeline import Anonymized, Runtime
@@ -90,24 +126,37 @@ FAILURE_KINDS = (
     "body_too_large",
     "timeout",
     "bad_image",
+    "too_costly",
     "not_ready",
     "overloaded",
     "client_disconnected",
     "internal",
 )
-# After refusing a body it did not read, the server drains at most this much before closing, so
-# the client's kernel gets the response instead of a reset; the rest is never read.
+# After refusing a body it will not read whole (over max_body_bytes, no Content-Length, or an
+# upload cut off), the server drains at most this much before closing, so the client's kernel
+# more likely delivers the response than a reset; the rest is never read.
 _DRAIN_BYTES = 1 << 20
 _DRAIN_SECONDS = 1.0
+_CHUNK = 1 << 16
+# socketserver's default backlog is 5: a burst of connections beyond it got resets, not 503s.
+_BACKLOG = 128
+_MP = 1_000_000
 _WARMUP_SIZE = (320, 240)
 _DIGITS = re.compile(r"[0-9]{1,20}")
 
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    """Limits of the service (the `anonlab serve` flags)."""
+    """Limits of the service, each an `anonlab serve` flag (`FLAGS`); the module docstring says
+    why each default is what it is."""
 
     max_body_bytes: int = 64 << 20
+    max_pixels: int = 64 * _MP  # per image, checked from the header before decoding
+    cost_check_pixels: int = 4 * _MP  # images over this face the CPU-cost guard
+    min_bytes_per_mp: int = 16_000  # the CPU-cost guard's floor; 0 turns it off
+    max_uploads: int = 16  # bodies being received at once
+    upload_grace: float = 5.0  # seconds before the minimum upload rate applies
+    min_upload_rate: int = 8192  # bytes/s, averaged over the body once the grace is over
     max_concurrency: int = 2
     max_queue: int = 8
     queue_timeout: float = 30.0  # seconds an admitted request waits for a slot before 503
@@ -115,12 +164,86 @@ class ServiceConfig:
     retry_after: int = 1  # seconds, in the Retry-After of every 503
 
     def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_concurrency", "read_timeout", "retry_after"):
-            if getattr(self, name) <= 0:
-                raise ServingError(f"{name} is {getattr(self, name)}: it must be above 0")
-        for name in ("max_queue", "queue_timeout"):
-            if getattr(self, name) < 0:
-                raise ServingError(f"{name} is {getattr(self, name)}: it must be 0 or more")
+        above_zero = (
+            "max_body_bytes",
+            "max_pixels",
+            "max_uploads",
+            "min_upload_rate",
+            "max_concurrency",
+            "read_timeout",
+            "retry_after",
+        )
+        at_least_zero = (
+            "cost_check_pixels",
+            "min_bytes_per_mp",
+            "upload_grace",
+            "max_queue",
+            "queue_timeout",
+        )
+        for name in (*above_zero, *at_least_zero):
+            value = getattr(self, name)
+            allowed = "above 0" if name in above_zero else "0 or more"
+            flag = f" ({FLAGS[name]})" if name in FLAGS else ""
+            if not math.isfinite(value) or value < 0 or (value == 0 and name in above_zero):
+                raise ServingError(f"{name}{flag} is {value}: it must be a number {allowed}")
+
+
+# The `anonlab serve` flag of each ServiceConfig field, for error messages.
+FLAGS = {
+    "max_body_bytes": "--max-body-mb",
+    "max_pixels": "--max-image-mp",
+    "cost_check_pixels": "--cost-check-mp",
+    "min_bytes_per_mp": "--min-bytes-per-mp",
+    "max_uploads": "--max-uploads",
+    "upload_grace": "--upload-grace",
+    "min_upload_rate": "--min-upload-rate",
+    "max_concurrency": "--max-concurrency",
+    "max_queue": "--max-queue",
+    "queue_timeout": "--queue-timeout",
+    "read_timeout": "--read-timeout",
+}
+
+
+def check_image(width: int, height: int, size: int, config: ServiceConfig) -> None:
+    """Refuse (422) an image of `width` x `height` pixels in a file of `size` bytes that is over
+    the pixel budget, or that the CPU-cost guard stops: detection time grows with the pixels,
+    not the bytes, so a big image in a tiny file is cheap to send and dear to process."""
+    pixels = width * height
+    megapixels = pixels / _MP
+    if pixels > config.max_pixels:
+        raise HttpError(
+            422,
+            f"the image is {width}x{height} = {megapixels:.1f} MP, over this server's limit of "
+            f"{config.max_pixels / _MP:g} MP (--max-image-mp): downscale it, or start the "
+            "server with a larger --max-image-mp",
+            "bad_image",
+        )
+    floor = config.min_bytes_per_mp
+    if pixels > config.cost_check_pixels and size < floor * megapixels:
+        raise HttpError(
+            422,
+            f"the image is {width}x{height} = {megapixels:.1f} MP in a file of only {size} "
+            f"bytes ({size / megapixels:.0f} per MP): the CPU-cost guard refuses images over "
+            f"{config.cost_check_pixels / _MP:g} MP (--cost-check-mp) with fewer than {floor} "
+            "bytes per MP (--min-bytes-per-mp), since detection costs the same per pixel "
+            "however well the file compresses; send the photo itself, or start the server "
+            "with --min-bytes-per-mp 0 to turn the guard off",
+            "too_costly",
+        )
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from an image file's header, without decoding its pixels; None when
+    Pillow cannot tell (the runtime's decode then has the last word)."""
+    try:
+        with warnings.catch_warnings():
+            # Pillow's own bomb limit warns from 89 MP; the service's budget is checked here.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=("JPEG", "PNG", "TIFF", "WEBP")) as img:
+                width, height = img.size
+    except Exception:  # any reason Pillow cannot read it: the decode reports it properly
+        return None
+    return int(width), int(height)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,6 +262,7 @@ class Metrics:
         self.bytes_in = 0
         self.bytes_out = 0
         self.in_flight = 0
+        self.uploading = 0
         self.inferring = 0
         self._buckets = {e: [0] * (len(LATENCY_BUCKETS) + 1) for e in (*ENDPOINTS, "other")}
         self._sum = dict.fromkeys(self._buckets, 0.0)
@@ -175,6 +299,10 @@ class Metrics:
     def add_in_flight(self, delta: int) -> None:
         with self._lock:
             self.in_flight += delta
+
+    def add_uploading(self, delta: int) -> None:
+        with self._lock:
+            self.uploading += delta
 
     def add_inferring(self, delta: int) -> None:
         with self._lock:
@@ -248,6 +376,12 @@ class Metrics:
                 [("", self.in_flight)],
             )
             family(
+                "anonlab_uploads_in_flight",
+                "gauge",
+                "Request bodies being received now (at most max_uploads).",
+                [("", self.uploading)],
+            )
+            family(
                 "anonlab_inferences_in_flight",
                 "gauge",
                 "Images being anonymized now (at most max_concurrency).",
@@ -318,6 +452,7 @@ class AnonymizeServer(ThreadingHTTPServer):
     """The HTTP server with its runtime, limits and metrics; made and started by `start_server`."""
 
     daemon_threads = True
+    request_queue_size = _BACKLOG
 
     def __init__(self, address: tuple[str, int], config: ServiceConfig) -> None:
         self.config = config
@@ -328,6 +463,7 @@ class AnonymizeServer(ThreadingHTTPServer):
         self._settled = threading.Event()  # ready or failed
         self.stopping = False
         self._slots = threading.BoundedSemaphore(config.max_concurrency)
+        self._uploads = 0
         self._admitted = 0
         self._lock = threading.Lock()
         super().__init__(address, _Handler)
@@ -365,7 +501,7 @@ class AnonymizeServer(ThreadingHTTPServer):
             runtime.anonymize_bytes(encoded.tobytes())
             log.info("warm-up inference in %.0f ms", 1000 * (time.perf_counter() - started))
             self.metrics.add_classes(runtime.classes)
-            self.runtime = runtime
+            self.runtime = _with_pixel_budget(runtime, self.config.max_pixels)
             self._ready.set()
             log.info("ready on %s", self.url)
         except ServingError as exc:
@@ -381,8 +517,28 @@ class AnonymizeServer(ThreadingHTTPServer):
             self._settled.set()
 
     @contextmanager
+    def upload(self) -> Iterator[None]:
+        """One of `max_uploads` bodies being received, or 503 at once."""
+        limit = self.config.max_uploads
+        with self._lock:
+            if self._uploads >= limit:
+                raise self.unavailable(
+                    f"the server is receiving {limit} uploads already (--max-uploads): retry "
+                    "shortly",
+                    "overloaded",
+                )
+            self._uploads += 1
+        self.metrics.add_uploading(1)
+        try:
+            yield
+        finally:
+            self.metrics.add_uploading(-1)
+            with self._lock:
+                self._uploads -= 1
+
+    @contextmanager
     def admission(self) -> Iterator[None]:
-        """One admitted anonymize request (body read, waiting or running), or 503 at once."""
+        """One admitted anonymize request (body received, waiting or running), or 503 at once."""
         cap = self.config.max_concurrency + self.config.max_queue
         with self._lock:
             if self._admitted >= cap:
@@ -423,11 +579,32 @@ class AnonymizeServer(ThreadingHTTPServer):
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
             with self._lock:
-                if not self._admitted:
+                if not self._uploads and not self._admitted:
                     break
             time.sleep(0.02)
         self.server_close()
         log.info("stopped")
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """An exception that escaped a connection's handler. socketserver's default prints the
+        client's address and a traceback to stderr; here a connection error (the client's side)
+        is one line at DEBUG, anything else a traceback in the log, neither with the address."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError):
+            log.debug("a connection ended with %s", type(exc).__name__)
+        else:
+            log.error("a connection's handler failed", exc_info=True)
+
+
+def _with_pixel_budget(runtime: Runtime, max_pixels: int) -> Runtime:
+    """`runtime`, or a shallow copy of it whose `max_pixels` is lowered to the service's budget,
+    so the decode itself refuses bigger images from the header; the caller's runtime keeps its
+    own limit, and the copy shares its detectors (their sessions run from several threads)."""
+    if runtime.max_pixels is not None and runtime.max_pixels <= max_pixels:
+        return runtime
+    bounded = copy.copy(runtime)
+    bounded.max_pixels = max_pixels
+    return bounded
 
 
 def start_server(
@@ -482,6 +659,7 @@ class _Handler(BaseHTTPRequestHandler):
         started = time.perf_counter()
         self._request_id = uuid.uuid4().hex[:16]
         self._bytes_in = 0
+        self._body_started = False  # 100 Continue sent or the first chunk asked for
         self._body_read = False
         self._expect_continue = getattr(self, "_expect_continue", False)
         path = urlsplit(self.path).path
@@ -491,22 +669,38 @@ class _Handler(BaseHTTPRequestHandler):
             reply = self._reply(path)
         finally:
             metrics.add_in_flight(-1)
-            self._expect_continue = False
         # Counted before the response goes out, so a client that has it sees it in /metrics.
         seconds = time.perf_counter() - started
         size = 0 if self.command == "HEAD" else len(reply.body)
         metrics.request(path, reply.status, seconds, self._bytes_in, size)
-        sent = self._send(reply)
-        level = logging.INFO if path == ANONYMIZE else logging.DEBUG
+        unread = self._unread_body(reply)
+        length = self._drainable_length()
+        # The client sends a body it announced unless it waits for a 100 Continue it never got.
+        sending = length is not None and not self._body_started and not self._expect_continue
+        self._expect_continue = False
+        sent = self._send(reply, close=unread)
+        self._log(
+            logging.INFO if path == ANONYMIZE else logging.DEBUG,
+            path,
+            reply.status,
+            seconds,
+            size if sent else 0,
+        )
+        if unread and sent:
+            self._drain(length if sending else None)
+
+    def _log(self, level: int, path: str, status: int, seconds: float, size: int) -> None:
+        """The request's one line: never its query string, body or the client's address."""
+        command = self.command if (self.command or "").isalpha() else "-"
         log.log(
             level,
             "%s %s %d %.1f ms in=%d out=%d id=%s",
-            self.command,
-            self.path[:200],
-            reply.status,
+            command[:16],
+            path[:200].encode("unicode_escape").decode("ascii"),
+            status,
             1000 * seconds,
             self._bytes_in,
-            size if sent else 0,
+            size,
             self._request_id,
         )
 
@@ -583,13 +777,18 @@ class _Handler(BaseHTTPRequestHandler):
             )
         runtime = server.runtime
         assert runtime is not None
-        with server.admission():
-            body = self._read_body(length)
+        with ExitStack() as admitted:
+            with server.upload():
+                body = self._read_body(length)
+                # Before admission: a refused image waits for no slot and costs no decode.
+                size = header_size(body)
+                if size is not None:
+                    check_image(*size, len(body), server.config)
+                # Admitted before the upload slot is given back, so that every body held is
+                # counted in one of the two (the memory bound).
+                admitted.enter_context(server.admission())
             with server.slot():
-                try:
-                    done = runtime.anonymize_bytes(body)
-                except ImageError as exc:
-                    raise HttpError(422, str(exc), "bad_image") from None
+                done = self._run(runtime, body)
             del body
         server.metrics.anonymized(done)
         content_type = CONTENT_TYPES[done.format]
@@ -603,6 +802,18 @@ class _Handler(BaseHTTPRequestHandler):
                 **done.report(),
             },
         )
+
+    def _run(self, runtime: Runtime, body: bytes) -> Anonymized:
+        """`runtime.anonymize_bytes(body)` in its steps, with the CPU-cost guard between the
+        decode and the detection for a file whose header only the runtime could read. The
+        decoded pixels are gone when this returns, before the slot is given back."""
+        try:
+            decoded = runtime.decode(body)
+            height, width = decoded.view.shape[:2]
+            check_image(width, height, len(body), self.server.config)
+            return runtime.finish(decoded, runtime.detect(decoded.rgb))
+        except ImageError as exc:
+            raise HttpError(422, str(exc), "bad_image") from None
 
     def _detections_flag(self) -> bool:
         query = parse_qs(urlsplit(self.path).query, keep_blank_values=True)
@@ -653,38 +864,98 @@ class _Handler(BaseHTTPRequestHandler):
             )
         return length
 
+    def _drainable_length(self) -> int | None:
+        """The body's length when it is framed by one valid Content-Length within
+        `max_body_bytes` (a body the server may read to discard it), else None."""
+        values = self.headers.get_all("Content-Length") or []
+        if self.headers.get("Transfer-Encoding") is not None or len(set(values)) != 1:
+            return None
+        if not _DIGITS.fullmatch(values[0].strip()):
+            return None
+        length = int(values[0])
+        return length if 0 < length <= self.server.config.max_body_bytes else None
+
     def _read_body(self, length: int) -> bytes:
         if self._expect_continue:
             self.send_response_only(100)
             self.end_headers()
-        try:
-            body = self.rfile.read(length)
-        except TimeoutError:
-            raise HttpError(
-                408,
-                f"the body did not arrive within {self.server.config.read_timeout:g} s: resend",
-                "timeout",
-            ) from None
-        self._bytes_in = len(body)
-        if len(body) < length:
-            raise HttpError(
-                400,
-                f"the body ended after {len(body)} of {length} bytes: resend the whole file",
-                "client_disconnected",
-            )
+        self._body_started = True
+        body = self._receive(length, keep=True)
         self._body_read = True
         return body
 
-    def _send(self, reply: Reply) -> bool:
-        """Write `reply`; whether it went out. A connection whose request body was not read is
-        closed after it (its bytes would be taken for the next request), and so is one refused
-        for want of a Content-Length (a body may follow, unframed)."""
-        unread = not self._body_read and (
+    def _receive(self, length: int, *, keep: bool) -> bytes:
+        """The body's `length` bytes (with `keep` false, read and dropped: b""), in chunks under
+        the upload deadline: once `upload_grace` seconds have passed, the bytes so far must
+        average `min_upload_rate` per second since the body began, and no chunk may take over
+        `read_timeout` seconds. 408 past either, 400 when the client ends the body early."""
+        config = self.server.config
+        sock = self.connection
+        started = time.monotonic()
+        chunks: list[bytes] = []
+        got = 0
+        silent = False  # whether the wait that ran out was read_timeout, not the rate's
+        try:
+            while got < length:
+                # The moment at which `got` bytes fall below the minimum average rate.
+                due = started + config.upload_grace + got / config.min_upload_rate
+                left = due - time.monotonic()
+                silent = config.read_timeout < left
+                if left <= 0:
+                    raise TimeoutError
+                sock.settimeout(min(config.read_timeout, left))
+                chunk = self.rfile.read1(min(length - got, _CHUNK))
+                if not chunk:
+                    break
+                got += len(chunk)
+                if keep:
+                    chunks.append(chunk)
+                    self._bytes_in = got
+        except TimeoutError:
+            elapsed = time.monotonic() - started
+            if silent:
+                message = (
+                    f"no part of the body arrived for {config.read_timeout:g} s ({got} of "
+                    f"{length} bytes received): resend it"
+                )
+            else:
+                message = (
+                    f"the body arrived too slowly: {got} of {length} bytes in {elapsed:.1f} s, "
+                    f"under the minimum of {config.min_upload_rate} bytes/s on average after "
+                    f"the first {config.upload_grace:g} s (--min-upload-rate, --upload-grace): "
+                    "resend it over a faster connection"
+                )
+            raise HttpError(408, message, "timeout") from None
+        except OSError:  # reset by the client: it will not read an answer, and it is no bug here
+            got = -1
+        finally:
+            sock.settimeout(config.read_timeout)
+        if got < length:
+            ended = (
+                "the connection was reset during the body"
+                if got < 0
+                else f"the body ended after {got} bytes"
+            )
+            raise HttpError(
+                400,
+                f"{ended}, of the {length} announced: resend the whole file",
+                "client_disconnected",
+            )
+        return b"".join(chunks)
+
+    def _unread_body(self, reply: Reply) -> bool:
+        """Whether the request announced a body that was not read whole: its bytes would be
+        taken for the next request, so the connection is closed after the response. So is one
+        refused for want of a Content-Length (a body may follow, unframed)."""
+        return not self._body_read and (
             reply.status == 411
             or self.headers.get("Transfer-Encoding") is not None
             or (self.headers.get("Content-Length") or "0").strip() not in ("", "0")
         )
-        if unread:
+
+    def _send(self, reply: Reply, *, close: bool) -> bool:
+        """Write `reply` (closing the connection after it when `close`); whether it went out."""
+        if close:
             self.close_connection = True
         body = b"" if self.command == "HEAD" else reply.body
         try:
@@ -705,36 +976,43 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.metrics.failure("client_disconnected")
             self.close_connection = True
             return False
-        if unread:
-            self._drain()
         return True
 
-    def _drain(self) -> None:
-        """Lingering close: end our side, then discard what the client already sent (bounded)
-        so its kernel delivers the response rather than a connection reset."""
+    def _drain(self, length: int | None) -> None:
+        """Lingering close: end our side, then discard what the client sends, so that its
+        kernel delivers the response rather than a connection reset (which unread bytes at
+        close cause). A body of known `length` (within max_body_bytes, being sent) is read
+        whole under the upload deadline; anything else at most _DRAIN_BYTES in _DRAIN_SECONDS."""
         sock = self.connection
         try:
             sock.shutdown(socket.SHUT_WR)
+            if length is not None:
+                self._receive(length, keep=False)
+                return
             sock.settimeout(_DRAIN_SECONDS)
             deadline = time.monotonic() + _DRAIN_SECONDS
             left = _DRAIN_BYTES
             while left > 0 and time.monotonic() < deadline:
-                chunk = sock.recv(min(left, 65536))
+                chunk = sock.recv(min(left, _CHUNK))
                 if not chunk:
                     break
                 left -= len(chunk)
-        except OSError:
-            pass
+        except (OSError, HttpError):
+            pass  # the response is out; a client that stops sending is not waited for
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Errors found by `http.server` itself (bad request line, too long headers, unknown
-        method): JSON like ours, and the connection closed."""
+        method): JSON like ours, the connection closed, and one log line like any request's
+        (the request line itself is not logged: it can hold a query string)."""
         self.close_connection = True
-        self._request_id = getattr(self, "_request_id", uuid.uuid4().hex[:16])
+        self._request_id = uuid.uuid4().hex[:16]
+        self._bytes_in = 0
         self._body_read = True  # nothing to drain: the request could not be parsed
         text = message or HTTPStatus(code).phrase
         self.server.metrics.failure("bad_request")
         self.server.metrics.request("other", code, 0.0, 0, 0)
+        path = getattr(self, "path", None)
+        self._log(logging.INFO, urlsplit(path).path if path else "-", code, 0.0, 0)
         try:
             self.send_response(code)
             body = json.dumps({"error": f"{text}: send a valid HTTP/1.1 request"}).encode()
@@ -751,7 +1029,7 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # one line per request is written by _dispatch, without the client's address
 
     def log_message(self, format: str, *args: Any) -> None:
-        log.debug("http.server: " + format, *args)
+        pass  # http.server's messages quote the raw request line; send_error logs instead
 
 
 def _json(status: int, payload: dict[str, Any]) -> Reply:

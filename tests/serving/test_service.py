@@ -14,6 +14,7 @@ import queue
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -24,13 +25,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
 from serving.runtime.errors import ServingError
 from serving.runtime.pipeline import Runtime
-from serving.runtime.service import ANONYMIZE, AnonymizeServer, ServiceConfig, start_server
+from serving.runtime.service import (
+    ANONYMIZE,
+    AnonymizeServer,
+    HttpError,
+    ServiceConfig,
+    check_image,
+    start_server,
+)
 from tests.conftest import REPO
 from tests.images import jpeg_bytes, texture
 from tests.serving.artifacts import CLASSES, tiny_artifact
@@ -97,6 +106,14 @@ def raw(srv: AnonymizeServer, data: bytes) -> tuple[bytes, float]:
 def split(reply: bytes) -> tuple[int, str, dict[str, Any]]:
     head, _, body = reply.partition(b"\r\n\r\n")
     return int(head.split()[1]), head.decode("latin-1"), json.loads(body)
+
+
+def wait_for_log(caplog: pytest.LogCaptureFixture, text: str, timeout: float = 5) -> None:
+    """The request's line is written after its response is sent: wait for it."""
+    deadline = time.monotonic() + timeout
+    while text not in caplog.text:
+        assert time.monotonic() < deadline, f"no log line with {text!r} in {caplog.text!r}"
+        time.sleep(0.01)
 
 
 def assert_json_error(status: int, headers: http.client.HTTPMessage, body: bytes) -> str:
@@ -361,14 +378,13 @@ def test_bad_requests(
     }.get(body, body)
     with caplog.at_level("DEBUG", logger="serving.runtime.service"):
         got, headers, reply = call(server, "POST", path, data)
-        deadline = time.monotonic() + 5  # the line is written after the response is sent
-        while f"POST {path} {status}" not in caplog.text:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_for_log(caplog, f"POST {ANONYMIZE} {status} ")
     assert got == status
     assert says in assert_json_error(got, headers, reply)
     logged = caplog.text
     assert "not an i" not in logged and "GIF89a" not in logged  # no body content in logs
+    assert "?" not in logged and "detection" not in logged  # nor the query string
+    assert not [r for r in caplog.records if r.exc_info]  # nor a stack trace for a 4xx
 
 
 @pytest.mark.parametrize(
@@ -394,23 +410,29 @@ def test_wrong_method_or_path(
 @pytest.mark.parametrize("step", ["detect", "finish"])
 def test_internal_failure_returns_500_and_no_image(
     server: AnonymizeServer,
-    runtime: Runtime,
     photo: bytes,
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
     step: str,
 ) -> None:
     def boom(*args: object) -> None:
         raise RuntimeError("simulated failure")
 
     internal = metric(server, "anonlab_failures_total", kind="internal")
-    monkeypatch.setattr(runtime, step, boom)
-    for path in (ANONYMIZE, f"{ANONYMIZE}?detections=true"):
-        status, headers, body = call(server, "POST", path, photo)
-        assert status == 500
-        message = assert_json_error(status, headers, body)
-        assert "not anonymized" in message and headers["X-Request-Id"] in message
-        assert b"\xff\xd8" not in body
+    monkeypatch.setattr(server.runtime, step, boom)
+    with caplog.at_level("INFO", logger="serving.runtime.service"):
+        for path in (ANONYMIZE, f"{ANONYMIZE}?detections=true"):
+            status, headers, body = call(server, "POST", path, photo)
+            assert status == 500
+            message = assert_json_error(status, headers, body)
+            assert "not anonymized" in message and headers["X-Request-Id"] in message
+            assert b"\xff\xd8" not in body
+        wait_for_log(caplog, f"POST {ANONYMIZE} 500 ")
     monkeypatch.undo()
+    # The 500 logs its traceback (for the operator), without the client's address or query.
+    traced = [r for r in caplog.records if r.exc_info]
+    assert len(traced) == 2 and "simulated failure" in caplog.text
+    assert "127.0.0.1" not in caplog.text and "detections" not in caplog.text
     assert metric(server, "anonlab_failures_total", kind="internal") == internal + 2
     assert call(server, "POST", ANONYMIZE, photo)[0] == 200
 
@@ -429,7 +451,7 @@ def test_over_capacity_gets_503_with_retry_after(
         release.wait(30)
         return detect(rgb)
 
-    monkeypatch.setattr(runtime, "detect", slow_detect)
+    monkeypatch.setattr(srv.runtime, "detect", slow_detect)
     try:
         with ThreadPoolExecutor(2) as pool:
             first = pool.submit(call, srv, "POST", ANONYMIZE, photo)
@@ -450,9 +472,299 @@ def test_over_capacity_gets_503_with_retry_after(
         srv.stop(grace=5)
 
 
-def test_config_is_checked() -> None:
-    with pytest.raises(ServingError, match="max_concurrency is 0"):
-        ServiceConfig(max_concurrency=0)
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("max_concurrency", 0, r"max_concurrency \(--max-concurrency\) is 0: .* above 0"),
+        ("max_body_bytes", -1, r"max_body_bytes \(--max-body-mb\) is -1"),
+        ("max_pixels", 0, r"max_pixels \(--max-image-mp\) is 0"),
+        ("min_upload_rate", 0, r"min_upload_rate \(--min-upload-rate\) is 0: .* above 0"),
+        ("upload_grace", float("nan"), r"upload_grace \(--upload-grace\) is nan"),
+        ("max_uploads", 0, r"max_uploads \(--max-uploads\) is 0"),
+        ("min_bytes_per_mp", -5, r"min_bytes_per_mp \(--min-bytes-per-mp\) is -5: .* 0 or more"),
+        ("cost_check_pixels", float("inf"), r"cost_check_pixels \(--cost-check-mp\) is inf"),
+    ],
+)
+def test_config_is_checked(field: str, value: float, says: str) -> None:
+    with pytest.raises(ServingError, match=says):
+        ServiceConfig(**{field: value})
+    ServiceConfig(min_bytes_per_mp=0, cost_check_pixels=0, upload_grace=0, max_queue=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bounds: slow uploads, bursts, cheap huge images, quiet logs
+
+
+class Trickler:
+    """A client that announces `length` bytes and sends one every `every` seconds until the
+    server answers or closes; `status` and `seconds` (since its body began) once it has."""
+
+    def __init__(self, srv: AnonymizeServer, length: int = 100_000, every: float = 0.3) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        self.status: int | None = None
+        self.seconds = float("inf")
+        self.message = ""
+        head = f"POST {ANONYMIZE} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n"
+        self.sock.sendall(head.encode())
+        self._started = time.monotonic()
+        self._every = every
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.sock.settimeout(self._every)
+        reply = b""
+        try:
+            while time.monotonic() - self._started < 20:  # stops by itself, whatever happens
+                try:
+                    chunk = self.sock.recv(65536)
+                except TimeoutError:
+                    self.sock.sendall(b"x")
+                    continue
+                if not chunk:
+                    break
+                reply += chunk
+        except OSError:
+            pass
+        finally:
+            self.seconds = time.monotonic() - self._started
+            self.sock.close()
+        if reply:
+            self.status, _, payload = split(reply)
+            self.message = payload["error"]
+
+
+def tricklers(srv: AnonymizeServer, count: int) -> list[Trickler]:
+    """`count` trickling clients, returned once the server is receiving all their bodies."""
+    clients = [Trickler(srv) for _ in range(count)]
+    deadline = time.monotonic() + 5
+    while metric(srv, "anonlab_uploads_in_flight") < count:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    return clients
+
+
+def assert_cut(clients: list[Trickler], grace: float) -> None:
+    for client in clients:
+        client.thread.join(grace + 5)
+        assert client.status == 408, client.message
+        assert "too slowly" in client.message and "--min-upload-rate" in client.message
+        assert client.seconds < grace + 2  # cut about `grace` seconds after its body began
+
+
+def test_slow_uploads_hold_no_admission(runtime: Runtime, photo: bytes) -> None:
+    # 6 tricklers, more than the 2 requests admitted (1 running + 1 queued): they hold upload
+    # slots, not admission, so a request whose body has arrived is served while they trickle.
+    grace = 3.0
+    config = ServiceConfig(
+        max_concurrency=1, max_queue=1, max_uploads=8, upload_grace=grace, min_upload_rate=1000
+    )
+    srv = start_server(runtime, "127.0.0.1", 0, config)
+    srv.wait_ready(30)
+    try:
+        started = time.monotonic()
+        slow = tricklers(srv, 6)
+        status, _, body = call(srv, "POST", ANONYMIZE, photo)
+        assert status == 200, body[:300]
+        # Served before any trickler can have been cut: all six were uploading all along.
+        assert time.monotonic() - started < grace
+        assert_cut(slow, grace)
+        assert metric(srv, "anonlab_failures_total", kind="timeout") == 6
+    finally:
+        srv.stop(grace=1)
+
+
+def test_trickling_clients_lock_nobody_out_beyond_the_grace(runtime: Runtime, photo: bytes) -> None:
+    # As many tricklers as upload slots: a legitimate client gets 503 (with Retry-After) until
+    # they are cut after the grace period, then 200.
+    grace = 1.0
+    config = ServiceConfig(max_uploads=3, upload_grace=grace, min_upload_rate=1000)
+    srv = start_server(runtime, "127.0.0.1", 0, config)
+    srv.wait_ready(30)
+    try:
+        slow = tricklers(srv, 3)
+        started = time.monotonic()
+        statuses = []
+        while not statuses or statuses[-1] != 200:
+            assert time.monotonic() - started < grace + 2, statuses
+            status, headers, body = call(srv, "POST", ANONYMIZE, photo)
+            statuses.append(status)
+            if status == 503:
+                assert headers["Retry-After"] == "1"
+                assert "--max-uploads" in assert_json_error(status, headers, body)
+                time.sleep(0.1)
+        assert statuses[0] == 503 and statuses[-1] == 200
+        assert_cut(slow, grace)
+    finally:
+        srv.stop(grace=1)
+
+
+def test_a_silent_body_is_cut_by_the_read_timeout(server: AnonymizeServer) -> None:
+    head = f"POST {ANONYMIZE} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+    config = ServiceConfig(read_timeout=0.5, upload_grace=30)
+    srv = start_server(server.runtime, "127.0.0.1", 0, config)
+    srv.wait_ready(30)
+    try:
+        reply, seconds = raw(srv, head.encode() + b"x" * 10)
+        status, _, payload = split(reply)
+        assert status == 408 and "no part of the body arrived for 0.5 s" in payload["error"]
+        assert seconds < 3
+    finally:
+        srv.stop(grace=1)
+
+
+def test_a_burst_of_posts_gets_responses_not_resets(runtime: Runtime, photo: bytes) -> None:
+    # 40 clients at once against 1 upload, 1 inference and no queue: every one gets 200 or
+    # 503, none a reset. More than socketserver's backlog of 5 connect at once, and each body
+    # (8.4 MB) outgrows both a lingering close's 1 MiB and the loopback socket buffers, so a
+    # refused body that is not read whole would reset the connection under the client.
+    config = ServiceConfig(max_concurrency=1, max_queue=0, max_uploads=1, queue_timeout=0)
+    comment = b"\xff\xfe\xff\xff" + b"x" * 65533  # a JPEG COM segment of 64 KiB
+    body = photo[:2] + comment * 128 + photo[2:]
+    srv = start_server(runtime, "127.0.0.1", 0, config)
+    srv.wait_ready(30)
+    clients = 40
+    start = threading.Barrier(clients)
+
+    def post() -> int | str:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+        try:
+            start.wait(10)
+            conn.request("POST", ANONYMIZE, body=body)
+            resp = conn.getresponse()
+            resp.read()
+            if resp.status == 503:
+                assert resp.headers["Retry-After"] == "1"
+            return resp.status
+        except OSError as exc:
+            return type(exc).__name__
+        finally:
+            conn.close()
+
+    try:
+        with ThreadPoolExecutor(clients) as pool:
+            results = list(pool.map(lambda _: post(), range(clients)))
+    finally:
+        srv.stop(grace=1)
+    assert set(results) <= {200, 503}, results
+    assert results.count(200) >= 1 and results.count(503) >= 1
+
+
+def test_a_refused_body_is_read_so_the_client_gets_its_answer(server: AnonymizeServer) -> None:
+    # Refused before its body is read, each body (8 MiB, within max_body_bytes) is read and
+    # dropped before the connection closes: unread, its bytes would reset the connection and
+    # the client would see that instead of the answer.
+    config = ServiceConfig(max_body_bytes=16 << 20)
+    srv = start_server(server.runtime, "127.0.0.1", 0, config)
+    srv.wait_ready(30)
+    body = b"\xff" * (8 << 20)
+    try:
+        for path, status in [("/v1/blur", 404), (f"{ANONYMIZE}?detection=true", 400)]:
+            got, headers, reply = call(srv, "POST", path, body)
+            assert got == status and headers["Connection"] == "close"
+            assert_json_error(got, headers, reply)
+    finally:
+        srv.stop(grace=1)
+
+
+def test_a_flat_huge_png_is_refused_before_decoding(server: AnonymizeServer) -> None:
+    # 36 MP in about 120 KB: minutes of detection for a tiny upload.
+    ok, png = cv2.imencode(
+        ".png", np.full((6000, 6000, 3), 128, np.uint8), [cv2.IMWRITE_PNG_COMPRESSION, 9]
+    )
+    flat = png.tobytes()
+    assert ok and len(flat) < 200_000
+    refused = metric(server, "anonlab_failures_total", kind="too_costly")
+    started = time.monotonic()
+    status, headers, body = call(server, "POST", ANONYMIZE, flat)
+    seconds = time.monotonic() - started
+    assert status == 422
+    message = assert_json_error(status, headers, body)
+    assert "6000x6000" in message and "CPU-cost guard" in message
+    assert "--min-bytes-per-mp" in message
+    assert seconds < 1.0  # decoding it alone takes 1-2 s on a shared 2-core machine
+    assert metric(server, "anonlab_failures_total", kind="too_costly") == refused + 1
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "size", "says"),
+    [
+        (6000, 6000, 119_906, "CPU-cost guard"),  # a flat PNG
+        (6000, 6000, 575_000, "CPU-cost guard"),  # 15 972 bytes per MP: just under 16 000
+        (6000, 6000, 576_000, None),  # 16 000 per MP
+        (8000, 4000, 3_000_000, None),  # a 32 MP panorama JPEG of 3 MB
+        (2000, 2000, 1_000, None),  # 4 MP: small enough to be cheap whatever its file
+        (2001, 2000, 1_000, "CPU-cost guard"),
+        (8000, 8000, 64 << 20, None),  # the budget: 64 MP
+        (8001, 8000, 64 << 20, "over this server's limit of 64 MP (--max-image-mp)"),
+    ],
+)
+def test_pixel_budget_and_cost_guard(width: int, height: int, size: int, says: str | None) -> None:
+    config = ServiceConfig()
+    if says is None:
+        check_image(width, height, size, config)
+        return
+    with pytest.raises(HttpError) as refused:
+        check_image(width, height, size, config)
+    assert refused.value.status == 422 and says in refused.value.message
+
+
+def test_the_cost_guard_can_be_turned_off() -> None:
+    check_image(6000, 6000, 119_906, ServiceConfig(min_bytes_per_mp=0))
+    check_image(6000, 6000, 119_906, ServiceConfig(cost_check_pixels=36_000_000))
+
+
+def test_the_pixel_budget_is_the_services_own(runtime: Runtime, photo: bytes) -> None:
+    # The runtime allows 100 000 pixels; the service's budget of 20 000 applies, and the
+    # caller's runtime keeps its own limit.
+    config = ServiceConfig(max_pixels=20_000)
+    srv = start_server(runtime, "127.0.0.1", 0, config)
+    srv.wait_ready(30)
+    try:
+        status, headers, body = call(srv, "POST", ANONYMIZE, jpeg_bytes(texture(200, 150)))
+        assert status == 422
+        assert "(--max-image-mp)" in assert_json_error(status, headers, body)
+        assert call(srv, "POST", ANONYMIZE, photo)[0] == 200  # 12 288 pixels
+        assert srv.runtime.max_pixels == 20_000 and runtime.max_pixels == MAX_PIXELS
+    finally:
+        srv.stop(grace=1)
+
+
+def test_logs_hold_no_query_address_or_client_error_trace(
+    server: AnonymizeServer,
+    photo: bytes,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    secret = "tok3n"
+    with caplog.at_level("DEBUG", logger="serving.runtime.service"):
+        assert call(server, "POST", f"{ANONYMIZE}?detections=true", photo)[0] == 200
+        assert call(server, "POST", f"{ANONYMIZE}?key={secret}", photo)[0] == 400
+        assert call(server, "GET", f"/nope?key={secret}")[0] == 404
+        assert call(server, "POST", f"{ANONYMIZE}?detections=1", b"garbage")[0] == 422
+        plain = f"POST {ANONYMIZE} HTTP/1.1\r\nHost: x\r\n"
+        raw(server, (plain + "Content-Length: 999999999\r\n\r\n").encode())  # 413
+        raw(server, (plain + "\r\n").encode())  # 411
+        raw(server, f"GET /x?key={secret} HTTP/1.1 extra\r\n\r\n".encode())  # 400
+        # Reset by the client while its body arrives, and before its request line.
+        for data in [(plain + "Content-Length: 100\r\n\r\nabc").encode(), b""]:
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            sock.sendall(data)
+            time.sleep(0.2)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+        wait_for_log(caplog, "a connection ended with ConnectionResetError")
+        for status in (200, 404, 422, 413, 411):
+            wait_for_log(caplog, f" {status} ")
+        deadline = time.monotonic() + 5  # the ?key= request's line and the reset body's
+        while caplog.text.count(f"POST {ANONYMIZE} 400 ") < 2:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.01)
+    logged = caplog.text + capfd.readouterr().err
+    assert f"POST {ANONYMIZE} 200 " in logged and "GET /nope 404 " in logged
+    assert secret not in logged and "detections" not in logged  # no query string
+    assert "127.0.0.1" not in logged  # no client address
+    assert "Traceback" not in logged and not [r for r in caplog.records if r.exc_info]
 
 
 # ---------------------------------------------------------------------------------------------
