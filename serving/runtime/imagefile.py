@@ -211,6 +211,33 @@ def read_image(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> I
     return reader[kind](data, max_pixels)
 
 
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file's header says, read without decoding a pixel."""
+
+    format: str  # "JPEG", "PNG", "TIFF" or "WEBP"
+    width: int
+    height: int
+
+
+def read_header(data: bytes) -> ImageHeader:
+    """The format and stored size of an image file from its header alone (cheap even for a
+    huge or hostile file); ImageError when it is not a supported image or the header is damaged.
+    `read_image` checks the same header again, so a file that passes here may still fail there."""
+    if not data:
+        raise ImageError("the image is empty (0 bytes): send the file's content")
+    kind = _sniff(data)
+    if kind == "JPEG":
+        _, width, height, _ = _jpeg_frame(_jpeg_header(data)[0])
+    elif kind == "PNG":
+        width, height = _png_header(data)[:2]
+    else:
+        tiff = kind == "TIFF"
+        cls = TiffImagePlugin.TiffImageFile if tiff else WebPImagePlugin.WebPImageFile
+        width, height = _open_pil(cls, data, "TIFF" if tiff else "WebP").size
+    return ImageHeader(kind, int(width), int(height))
+
+
 def _sniff(data: bytes) -> str:
     if data.startswith(b"\xff\xd8\xff"):
         return "JPEG"
@@ -254,26 +281,8 @@ def _check_size(width: int, height: int, max_pixels: int | None, fmt: str) -> No
 
 def _read_jpeg(data: bytes, max_pixels: int | None) -> ImageFile:
     segments, scan_start = _jpeg_header(data)
-    sof = next(((m, p) for m, p in segments if m in _SOF_ALL), None)
-    if sof is None:
-        raise ImageError("the JPEG has no frame header (SOF) before its image data: re-export it")
-    marker, frame = sof
-    if marker not in _SOF_SUPPORTED:
-        raise ImageError(
-            f"JPEG frame type 0x{marker:02X} (lossless or hierarchical) is not supported: "
-            "re-export it as a baseline or progressive JPEG"
-        )
-    if len(frame) < 6:
-        raise ImageError("the JPEG frame header is cut short: the file is damaged")
-    precision, height, width, ncomp = frame[0], *struct.unpack(">HH", frame[1:5]), frame[5]
-    if precision != 8:
-        raise ImageError(f"{precision}-bit JPEG is not supported: re-export it as 8-bit JPEG")
-    if ncomp not in (1, 3):
-        raise ImageError(
-            f"JPEG with {ncomp} colour components (CMYK/YCCK) is not supported: convert to RGB"
-        )
-    if height == 0:
-        raise ImageError("JPEG with the height after the image data (DNL) is not supported")
+    marker, width, height, frame = _jpeg_frame(segments)
+    ncomp = frame[5]
     _check_size(width, height, max_pixels, "JPEG")
     if len(frame) < 6 + 3 * ncomp:
         raise ImageError("the JPEG frame header is cut short: the file is damaged")
@@ -325,6 +334,32 @@ def _read_jpeg(data: bytes, max_pixels: int | None) -> ImageFile:
         dropped=tuple(dropped),
         blocks=tuple(blocks),
     )
+
+
+def _jpeg_frame(segments: list[tuple[int, bytes]]) -> tuple[int, int, int, bytes]:
+    """(SOF marker, width, height, frame header) of a JPEG this runtime can decode; ImageError
+    naming what is wrong otherwise."""
+    sof = next(((m, p) for m, p in segments if m in _SOF_ALL), None)
+    if sof is None:
+        raise ImageError("the JPEG has no frame header (SOF) before its image data: re-export it")
+    marker, frame = sof
+    if marker not in _SOF_SUPPORTED:
+        raise ImageError(
+            f"JPEG frame type 0x{marker:02X} (lossless or hierarchical) is not supported: "
+            "re-export it as a baseline or progressive JPEG"
+        )
+    if len(frame) < 6:
+        raise ImageError("the JPEG frame header is cut short: the file is damaged")
+    precision, height, width, ncomp = frame[0], *struct.unpack(">HH", frame[1:5]), frame[5]
+    if precision != 8:
+        raise ImageError(f"{precision}-bit JPEG is not supported: re-export it as 8-bit JPEG")
+    if ncomp not in (1, 3):
+        raise ImageError(
+            f"JPEG with {ncomp} colour components (CMYK/YCCK) is not supported: convert to RGB"
+        )
+    if height == 0:
+        raise ImageError("JPEG with the height after the image data (DNL) is not supported")
+    return marker, width, height, frame
 
 
 def decode_jpeg(data: bytes, *, gray: bool = False, scale: int = 1) -> np.ndarray:
@@ -473,9 +508,7 @@ def _jpeg_segment(marker: int, payload: bytes) -> bytes:
 
 
 def _read_png(data: bytes, max_pixels: int | None) -> ImageFile:
-    if data[12:16] != b"IHDR" or int.from_bytes(data[8:12], "big") != 13 or len(data) < 33:
-        raise ImageError("the PNG does not start with a valid header (IHDR): re-export it")
-    width, height, depth, color_type = struct.unpack(">IIBB", data[16:26])
+    width, height, depth, color_type = _png_header(data)
     _check_size(width, height, max_pixels, "PNG")
     chunks = png_chunks(data)
     types = [t for t, _ in chunks]
@@ -547,6 +580,13 @@ def _read_png(data: bytes, max_pixels: int | None) -> ImageFile:
         blocks=tuple(blocks),
         png_format=(depth, color_type),
     )
+
+
+def _png_header(data: bytes) -> tuple[int, int, int, int]:
+    """(width, height, bit depth, colour type) from the IHDR chunk."""
+    if data[12:16] != b"IHDR" or int.from_bytes(data[8:12], "big") != 13 or len(data) < 33:
+        raise ImageError("the PNG does not start with a valid header (IHDR): re-export it")
+    return struct.unpack(">IIBB", data[16:26])
 
 
 def png_chunks(data: bytes) -> list[tuple[bytes, memoryview]]:
