@@ -40,7 +40,7 @@ from serving.runtime.imagefile import (
     upright,
     write_image,
 )
-from serving.runtime.output_check import check_output
+from serving.runtime.imagefile.check import check_output
 from serving.runtime.tiles import Detector, detect_tiled, is_panorama
 
 __all__ = ["BACKENDS", "Anonymized", "Decoded", "Runtime", "artifact_folders"]
@@ -188,7 +188,7 @@ class Runtime:
 
     def finish(self, decoded: Decoded, dets: Detections) -> Anonymized:
         """Step 3 of `anonymize_bytes` (after `detect`): hide `dets`, encode the file, and check
-        that the encoded file holds no picture but its own (`output_check`)."""
+        that the encoded file holds no picture but its own (`imagefile.check`)."""
         height, width = decoded.view.shape[:2]
         panorama = self.is_panorama(width, height)
         # In place: the decoded pixels are not needed afterwards, and a panorama is 96 MB.

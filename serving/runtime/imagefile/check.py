@@ -15,10 +15,10 @@ from __future__ import annotations
 import re
 import struct
 
-from serving.runtime.embedded import find_pictures
 from serving.runtime.errors import ImageError
-from serving.runtime.imagefile import png_chunks
-from serving.runtime.metadata import BadExif, byte_order, ifd_entries, inflate, u32
+from serving.runtime.imagefile.embedded import find_pictures
+from serving.runtime.imagefile.metadata import BadExif, byte_order, ifd_entries, inflate, u32
+from serving.runtime.imagefile.png import png_chunks
 
 __all__ = ["check_output"]
 

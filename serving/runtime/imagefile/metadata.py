@@ -32,10 +32,11 @@ import re
 import struct
 import zlib
 
-from serving.runtime.embedded import find_pictures
+from serving.runtime.imagefile.embedded import find_pictures
 
 __all__ = [
     "EXIF_ALLOWED",
+    "EXIF_ID",
     "EXIF_IFD_TAG",
     "GPS_IFD_TAG",
     "MAX_EXIF_VALUE",
@@ -50,6 +51,7 @@ __all__ = [
     "ifd_entries",
     "inflate",
     "rebuild_exif",
+    "screen_icc",
     "screen_text",
     "u16",
     "u32",
@@ -57,6 +59,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+EXIF_ID = b"Exif\x00\x00"  # what precedes TIFF-structured EXIF in JPEG APP1 and Pillow's info
 MAX_INFLATED = 4 << 20  # bytes: the most any metadata decompression may produce
 MAX_XMP_BYTES = 4 << 20
 MAX_TEXT_BYTES = 2048  # a PNG text chunk or JPEG comment longer than this is left out
@@ -365,6 +368,11 @@ def screen_text(
         dropped.append(f"{what} (holds a picture: {found[0]})")
         return None
     return data
+
+
+def screen_icc(profile: bytes | None, dropped: list[str]) -> bytes | None:
+    """An ICC profile when it holds no picture (at most MAX_INFLATED bytes); else None."""
+    return screen_text(profile, "ICC profile", dropped, limit=MAX_INFLATED) if profile else None
 
 
 def inflate(data: bytes | memoryview, what: str, dropped: list[str]) -> bytes | None:
