@@ -241,7 +241,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_blur(args: argparse.Namespace) -> int:
-    from serving.runtime.batch import FAILURES, SKIPPED, blur_batch, find_inputs
+    from serving.runtime.batch import FAILURES, SKIPPED, blur_batch
+    from serving.runtime.inputs import find_inputs
     from serving.runtime.pipeline import Runtime
 
     found = find_inputs(args.inputs)

@@ -20,9 +20,10 @@ from PIL import Image
 
 from serving.cli import main as cli_main
 from serving.runtime import pipeline
-from serving.runtime.batch import FAILURES, SKIPPED, blur_batch, find_inputs
+from serving.runtime.batch import FAILURES, SKIPPED, blur_batch
 from serving.runtime.detections import Detections
 from serving.runtime.errors import ServingError
+from serving.runtime.inputs import find_inputs
 from serving.runtime.pipeline import Runtime, artifact_folders
 from tests.images import jpeg_bytes, texture, write
 from tests.serving.artifacts import tiny_artifact
@@ -258,6 +259,8 @@ def test_every_file_found_is_anonymized_or_failed_or_skipped_with_its_reason(
     write(folder / "notes.txt", b"shot list\n")
     write(folder / "README", b"read me\n")
     entries = [p for p in folder.rglob("*") if p.is_symlink() or not p.is_dir()]
+    for name in ("HEAD", "objects/ab/cdef"):  # a hidden folder: skipped whole, one entry
+        write(folder / ".git" / name, b"not walked")
     out = tmp_path / "out"
     earlier = write(out / "dangling.jpg", b"an earlier run's output")
 
@@ -281,13 +284,14 @@ def test_every_file_found_is_anonymized_or_failed_or_skipped_with_its_reason(
     assert "convert it to one of them" in failures["clip.heic"][1]
     assert failures["dangling.jpg"][1].startswith("a link to gone.jpg, which leads to nothing")
     assert "not followed" in failures["linked"][1]
-    assert skipped.keys() == {".hidden.jpg", "notes.txt", "README"}
+    assert skipped.keys() == {".hidden.jpg", "notes.txt", "README", ".git"}
     assert skipped[".hidden.jpg"] == "hidden: its name starts with '.'"
+    assert skipped[".git"].startswith("hidden folder")
     assert skipped["notes.txt"].startswith("not an image: neither its extension (.txt) nor")
 
-    assert len(entries) == 14 == len(written) + len(failures) + len(skipped)
-    assert "found 14 files: anonymized 5 images" in captured.out
-    assert "6 FAILED" in captured.out and "3 skipped" in captured.out
+    assert len(entries) + 1 == 15 == len(written) + len(failures) + len(skipped)
+    assert "found 15 items: anonymized 5 images" in captured.out
+    assert "6 FAILED" in captured.out and "4 skipped" in captured.out
     assert str(out / FAILURES) in captured.err and str(out / SKIPPED) in captured.err
 
 
@@ -351,7 +355,7 @@ def test_when_the_disk_is_full_the_failures_go_to_stderr_and_the_command_exits_1
         code = cli_main(["blur", str(tmp_path / "in"), "--model", str(artifact), "--out", str(out)])
         captured = capsys.readouterr()
         assert code == 1
-        assert "found 3 files: anonymized 0 images" in captured.out and "3 FAILED" in captured.out
+        assert "found 3 items: anonymized 0 images" in captured.out and "3 FAILED" in captured.out
         rows = [json.loads(line) for line in captured.err.splitlines() if line.startswith("{")]
         assert sorted(r["input"] for r in rows) == sorted(str(p) for p in inputs.values())
         assert all(r["step"] == "write" for r in rows)

@@ -25,12 +25,13 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from serving.runtime.batch import FAILURES, blur_batch, find_inputs
+from serving.runtime.batch import FAILURES, blur_batch
 from serving.runtime.errors import ImageError
 from serving.runtime.imagefile import read_image, write_image
 from serving.runtime.imagefile.check import check_output
 from serving.runtime.imagefile.embedded import find_pictures
 from serving.runtime.imagefile.metadata import rebuild_exif
+from serving.runtime.inputs import find_inputs
 from serving.runtime.pipeline import Runtime
 from serving.runtime.service import ANONYMIZE, AnonymizeServer, ServiceConfig, start_server
 from tests.images import texture, write

@@ -52,6 +52,7 @@ from serving.runtime.imagefile.formats import (
     IMAGE_EXTENSIONS,
     ImageFile,
     ImageHeader,
+    identify,
     sniff,
 )
 from serving.runtime.imagefile.jpeg import (
@@ -82,6 +83,7 @@ __all__ = [
     "detector_rgb",
     "estimate_jpeg_quality",
     "from_upright",
+    "identify",
     "png_chunks",
     "read_header",
     "read_image",

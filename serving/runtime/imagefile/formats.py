@@ -76,31 +76,51 @@ class ImageHeader:
     height: int
 
 
-def sniff(data: bytes) -> str:
-    if data.startswith(b"\xff\xd8\xff"):
+# Signatures of picture formats this runtime does not read (each named in errors). A file with
+# one holds a picture that cannot be anonymized, which is not the same as not being an image.
+_OTHER_PICTURES = (
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"8BPS", "Photoshop"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (b"\xff\x0a", "JPEG XL"),
+    (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "JPEG XL"),
+    (b"II\xbc", "JPEG XR"),
+    (b"II+\x00", "BigTIFF"),
+    (b"MM\x00+", "BigTIFF"),
+)
+_HEIF_BRANDS = {b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif",
+                b"avis"}  # fmt: skip
+
+
+def identify(head: bytes) -> str | None:
+    """The picture format whose signature `head` (a file's first 16 bytes, or more) starts
+    with: "JPEG", "PNG", "TIFF" or "WEBP" (read here), the name of another picture format
+    ("GIF", "BMP", "HEIF/AVIF", ...), or None when it is none of them."""
+    if head.startswith(b"\xff\xd8\xff"):
         return "JPEG"
-    if data.startswith(PNG_SIGNATURE):
+    if head.startswith(PNG_SIGNATURE):
         return "PNG"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
         return "TIFF"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WEBP"
-    known = {
-        b"GIF8": "GIF",
-        b"BM": "BMP",
-        b"%PDF": "PDF",
-        b"\x00\x00\x00\x0cjP": "JPEG 2000",
-        b"\xff\x0a": "JPEG XL",
-        b"II\xbc": "JPEG XR",
-    }
-    for magic, name in known.items():
-        if data.startswith(magic):
-            raise ImageError(f"{name} images are not supported: convert to JPEG or PNG")
-    if data[4:8] == b"ftyp":
-        brand = data[8:12].decode("ascii", "replace")
-        raise ImageError(f"HEIF/AVIF images ({brand!r}) are not supported: convert to JPEG")
-    if data.startswith(b"II+\x00") or data.startswith(b"MM\x00+"):
-        raise ImageError("BigTIFF images are not supported: convert to TIFF, PNG or JPEG")
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return "HEIF/AVIF"
+    return next((name for magic, name in _OTHER_PICTURES if head.startswith(magic)), None)
+
+
+def sniff(data: bytes) -> str:
+    """The format of an image file this runtime reads ("JPEG", "PNG", "TIFF", "WEBP"); an
+    ImageError that names the format, or says it is none, otherwise."""
+    kind = identify(data[:16])
+    if kind in FORMAT_EXTENSIONS:
+        return kind
+    if kind is not None:
+        raise ImageError(f"{kind} images are not supported: convert to JPEG or PNG")
     raise ImageError(
         f"the data is not a JPEG, PNG, TIFF or WebP image (it starts with {data[:8]!r}): "
         "check that the file was sent whole and in one of those formats"
