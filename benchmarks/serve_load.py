@@ -35,7 +35,8 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-ANONYMIZE = "/v1/anonymize"
+from serving.runtime.service import ANONYMIZE
+
 REPO = Path(__file__).resolve().parent.parent
 
 

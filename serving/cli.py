@@ -273,8 +273,9 @@ def _cmd_blur(args: argparse.Namespace) -> int:
     return 1 if report.failures or report.unwritten else 0
 
 
-def _runtime_args(p: argparse.ArgumentParser) -> None:
-    """Options of the commands that load artifacts (blur, serve)."""
+def _runtime_args(p: argparse.ArgumentParser, *, max_pixels_default: int) -> None:
+    """Options of the commands that load artifacts (blur, serve); each has its own default
+    pixel limit."""
     p.add_argument(
         "--model",
         action="append",
@@ -319,8 +320,10 @@ def _runtime_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-pixels",
         type=int,
-        default=150_000_000,
-        help="refuse images with more pixels than this (decompression bombs); default 150 MP",
+        default=max_pixels_default,
+        help="refuse images with more pixels than this, from the file's header before decoding "
+        "(decompression bombs, and detection time, which grows with the pixels; an 8000x4000 "
+        f"panorama is 32 MP); default {max_pixels_default} ({max_pixels_default / 1e6:g} MP)",
     )
 
 
@@ -340,7 +343,7 @@ def _blur_args(p: argparse.ArgumentParser) -> None:
         help="output folder (must not hold the inputs); each output keeps its input's path "
         "below the folder or glob it was found through",
     )
-    _runtime_args(p)
+    _runtime_args(p, max_pixels_default=150_000_000)
     p.add_argument(
         "--workers", type=int, default=2, help="threads decoding and encoding beside inference"
     )
@@ -361,7 +364,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     config = ServiceConfig(
         max_body_bytes=int(args.max_body_mb * (1 << 20)),
-        max_pixels=int(args.max_image_mp * 1_000_000),
+        max_pixels=args.max_pixels,
         cost_check_pixels=int(args.cost_check_mp * 1_000_000),
         min_bytes_per_mp=args.min_bytes_per_mp,
         max_uploads=args.max_uploads,
@@ -410,7 +413,8 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
             raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
         return value
 
-    _runtime_args(p)
+    # Lower than blur's: each image the service takes holds a slot and its pixels while it runs.
+    _runtime_args(p, max_pixels_default=64_000_000)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     p.add_argument(
@@ -418,13 +422,6 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         type=number,
         default=64,
         help="refuse bodies over this many MiB with 413, before reading them (default 64)",
-    )
-    p.add_argument(
-        "--max-image-mp",
-        type=number,
-        default=64,
-        help="refuse images over this many megapixels with 422, from the file's header before "
-        "decoding (default 64: an 8000x4000 panorama is 32); --max-pixels applies as well",
     )
     p.add_argument(
         "--min-bytes-per-mp",
@@ -717,28 +714,45 @@ COMMANDS: dict[str, Command] = {
     ),
     "blur": (
         "anonymize image files with exported models; fails closed per image",
-        "Detect with each --model artifact (tiled, panoramas wrapped around the seam, at the "
-        "operating thresholds in its manifest) and hide every detection in its class's style "
-        "(faces: feathered ellipse; persons and vehicles: their mask; plates: box). Outputs keep "
-        "each input's relative path, name, format, bit depth, EXIF (GPS included), XMP, ICC "
-        "profile and orientation, and JPEG quality; pixels outside hidden regions are untouched "
-        "(beyond JPEG re-encoding). An image that fails at any step gets no output at all (an "
-        "earlier run's is removed); failures.jsonl in --out lists why, and the exit status is 1. "
-        "Artifacts are verified (sha256 of every file, schema) before anything runs. Reads no "
-        "params.yaml.",
+        "Load the --model artifacts as one model set, whole or not at all: each artifact verified "
+        "(schema, the sha256 of every file and of the manifest, the manifest's values: thresholds, "
+        "styles, classes, input size, tiling), the --require classes (default "
+        "$ANONLAB_REQUIRE_CLASSES, else face,license_plate) detected between them, and with --pin "
+        "(or $ANONLAB_ARTIFACT_SHA256) every artifact's manifest_sha256 pinned and every pin "
+        "loaded. Then detect with each (tiled, panoramas wrapped around the seam, at the operating "
+        "thresholds in its manifest) and hide every detection in its class's style (faces: "
+        "feathered ellipse; persons and vehicles: their mask; plates: box). Outputs keep each "
+        "input's relative path, name, format, bit depth, orientation and JPEG quality; pixels "
+        "outside hidden regions are untouched (beyond JPEG re-encoding). Metadata is kept by "
+        "allowlist: EXIF only for orientation, capture time, GPS, camera and exposure tags; XMP "
+        "without its picture properties; the ICC profile; short PNG text and JPEG comments; any "
+        "that holds a picture, thumbnails, previews, maker notes and all else are left out "
+        "(--sidecar names what was left out and why). Every file found is accounted for: "
+        "anonymized, failed (failures.jsonl in --out says at which step and why; exit status 1) or "
+        "skipped (hidden files and folders, files that are not images: skipped.jsonl); an image "
+        "that fails gets no output at all (an earlier run's is removed). Inputs that would share "
+        "an output name, or names differing only by case, are refused before anything is "
+        "written. Reads no params.yaml.",
         _blur_args,
         _cmd_blur,
     ),
     "serve": (
         "HTTP service: POST an image to /v1/anonymize, get it back anonymized",
-        "Load the --model artifacts (verified as for blur), warm up with one inference, and "
-        "serve on --host:--port: POST /v1/anonymize with an image file as the body returns it "
-        "anonymized in the same format (?detections=true: JSON with the image in base64 and "
-        "the detections); GET /healthz, /readyz (200 once warm) and /metrics (Prometheus). "
-        "Bad images get a 4xx with a JSON error, any other failure a 500 without image bytes. "
-        "At most --max-concurrency images run at once and --max-queue more wait; beyond that "
-        "503 with Retry-After. Nothing is written to disk; logs hold no image content or client "
-        "address. SIGTERM or Ctrl-C stops it after admitted images finish. Reads no params.yaml.",
+        "Load the --model artifacts (the model set verified as for blur), warm up with one "
+        "inference, and serve on --host:--port: POST /v1/anonymize with an image file as the "
+        "body returns it anonymized in the same format (?detections=true: JSON with the image "
+        "in base64, the detections and the metadata left out); GET /healthz, /readyz (200 once "
+        "warm) and /metrics (Prometheus). A body over --max-body-mb gets 413 before it is read; "
+        "it must arrive at --min-upload-rate on average after --upload-grace, else 408. Its "
+        "header is read before any pixel is decoded: a body that is not a JPEG, PNG, TIFF or "
+        "WebP, a damaged header, an image over --max-pixels (default 64 MP) or one the "
+        "CPU-cost guard refuses (--min-bytes-per-mp over --cost-check-mp) gets 422 without "
+        "waiting for a slot. Bad images get a 4xx with a JSON error, any other failure a 500 "
+        "without image bytes. At most --max-uploads bodies are received at once, "
+        "--max-concurrency images run at once and --max-queue more wait (up to "
+        "--queue-timeout); beyond that 503 with Retry-After. Nothing is written to disk; logs "
+        "hold no image content, query string or client address. SIGTERM or Ctrl-C stops it "
+        "after admitted images finish. Reads no params.yaml.",
         _serve_args,
         _cmd_serve,
     ),

@@ -30,7 +30,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serving.runtime.errors import ServingError
+from serving.cli import build_parser
+from serving.cli import main as cli_main
+from serving.runtime.errors import ImageError, ServingError
 from serving.runtime.pipeline import Runtime
 from serving.runtime.service import (
     ANONYMIZE,
@@ -477,7 +479,7 @@ def test_over_capacity_gets_503_with_retry_after(
     [
         ("max_concurrency", 0, r"max_concurrency \(--max-concurrency\) is 0: .* above 0"),
         ("max_body_bytes", -1, r"max_body_bytes \(--max-body-mb\) is -1"),
-        ("max_pixels", 0, r"max_pixels \(--max-image-mp\) is 0"),
+        ("max_pixels", 0, r"max_pixels \(--max-pixels\) is 0"),
         ("min_upload_rate", 0, r"min_upload_rate \(--min-upload-rate\) is 0: .* above 0"),
         ("upload_grace", float("nan"), r"upload_grace \(--upload-grace\) is nan"),
         ("max_uploads", 0, r"max_uploads \(--max-uploads\) is 0"),
@@ -696,7 +698,7 @@ def test_a_flat_huge_png_is_refused_before_decoding(server: AnonymizeServer) -> 
         (2000, 2000, 1_000, None),  # 4 MP: small enough to be cheap whatever its file
         (2001, 2000, 1_000, "CPU-cost guard"),
         (8000, 8000, 64 << 20, None),  # the budget: 64 MP
-        (8001, 8000, 64 << 20, "over this server's limit of 64 MP (--max-image-mp)"),
+        (8001, 8000, 64 << 20, "over this server's limit of 64 MP (--max-pixels)"),
     ],
 )
 def test_pixel_budget_and_cost_guard(width: int, height: int, size: int, says: str | None) -> None:
@@ -714,18 +716,45 @@ def test_the_cost_guard_can_be_turned_off() -> None:
     check_image(6000, 6000, 119_906, ServiceConfig(cost_check_pixels=36_000_000))
 
 
+@pytest.mark.parametrize("kind", ["png", "jpeg", "tiff", "gif"])
+def test_a_damaged_header_is_refused_before_admission(
+    server: AnonymizeServer, photo: bytes, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    # The runtime's own header reader refuses it, with the message the decode would give; the
+    # body waits for no slot and nothing is decoded (a decode here would be a 500).
+    data = {
+        "png": b"\x89PNG\r\n\x1a\n" + bytes(40),
+        "jpeg": photo[:40],  # cut inside its EXIF segment
+        "tiff": b"II*\x00" + bytes(40),
+        "gif": b"GIF89a" + bytes(64),
+    }[kind]
+    with pytest.raises(ImageError) as decoded:
+        server.runtime.decode(data)
+
+    def no_decode(*args: object) -> None:
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(server.runtime, "anonymize_bytes", no_decode)
+    monkeypatch.setattr(server.runtime, "decode", no_decode)
+    bad_image = metric(server, "anonlab_failures_total", kind="bad_image")
+    status, headers, body = call(server, "POST", ANONYMIZE, data)
+    assert status == 422
+    assert assert_json_error(status, headers, body) == str(decoded.value)
+    assert metric(server, "anonlab_failures_total", kind="bad_image") == bad_image + 1
+
+
 def test_the_pixel_budget_is_the_services_own(runtime: Runtime, photo: bytes) -> None:
-    # The runtime allows 100 000 pixels; the service's budget of 20 000 applies, and the
-    # caller's runtime keeps its own limit.
+    # The runtime allows 100 000 pixels; the service's budget of 20 000 applies, from the
+    # header, and the runtime is served as it was given, with its own limit.
     config = ServiceConfig(max_pixels=20_000)
     srv = start_server(runtime, "127.0.0.1", 0, config)
     srv.wait_ready(30)
     try:
         status, headers, body = call(srv, "POST", ANONYMIZE, jpeg_bytes(texture(200, 150)))
         assert status == 422
-        assert "(--max-image-mp)" in assert_json_error(status, headers, body)
+        assert "(--max-pixels)" in assert_json_error(status, headers, body)
         assert call(srv, "POST", ANONYMIZE, photo)[0] == 200  # 12 288 pixels
-        assert srv.runtime.max_pixels == 20_000 and runtime.max_pixels == MAX_PIXELS
+        assert srv.runtime is runtime and runtime.max_pixels == MAX_PIXELS
     finally:
         srv.stop(grace=1)
 
@@ -859,6 +888,58 @@ def test_anonlab_serve_stops_on_sigterm(artifact: Path, photo: bytes) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_max_pixels_is_one_flag_whose_default_is_the_commands(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = build_parser()
+    serve = parser.parse_args(["serve", "--model", "m"])
+    blur = parser.parse_args(["blur", "in.jpg", "--model", "m", "--out", "o"])
+    assert serve.max_pixels == 64_000_000 and blur.max_pixels == 150_000_000
+    assert not hasattr(serve, "max_image_mp")
+    for command, default in (("serve", "64000000 (64 MP)"), ("blur", "150000000 (150 MP)")):
+        with pytest.raises(SystemExit):
+            parser.parse_args([command, "--help"])
+        assert f"default {default}" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize(("given", "expected"), [([], 64_000_000), (["5000000"], 5_000_000)])
+def test_serve_gives_the_runtime_and_the_service_the_same_pixel_limit(
+    monkeypatch: pytest.MonkeyPatch, given: list[str], expected: int
+) -> None:
+    seen: dict[str, int] = {}
+
+    def load(paths: list[str], **kwargs: Any) -> Runtime:
+        seen["runtime"] = kwargs["max_pixels"]
+        raise ServingError("stop here")
+
+    class Stopped:
+        failure: ServingError | None = None
+
+        def stop(self, grace: float) -> None:
+            pass
+
+    def start(loader: Any, host: str, port: int, config: ServiceConfig) -> Stopped:
+        seen["service"] = config.max_pixels
+        server = Stopped()
+        try:
+            loader()
+        except ServingError as exc:
+            server.failure = exc
+        return server
+
+    monkeypatch.setattr(Runtime, "load", load)
+    monkeypatch.setattr("serving.runtime.service.start_server", start)
+    monkeypatch.setattr(signal, "signal", lambda *args: None)
+    flag = ["--max-pixels", *given] if given else []
+    assert cli_main(["serve", "--model", "m", *flag]) == 2
+    assert seen == {"runtime": expected, "service": expected}
+
+
+def test_a_bad_max_pixels_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["serve", "--model", "m", "--max-pixels", "0"]) == 2
+    assert "max_pixels (--max-pixels) is 0" in capsys.readouterr().err
 
 
 def wait_for_line(lines: queue.Queue[str], pattern: str, timeout: float) -> str:

@@ -1,0 +1,130 @@
+"""What the service takes on: upload slots, admission to the queue and inference slots (each
+a 503 with Retry-After when full), and the per-image checks made from the file's header before
+any pixel is decoded (the pixel budget and the CPU-cost guard, 422)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from serving.runtime.errors import ImageError
+from serving.runtime.imagefile import ImageHeader, read_header
+from serving.runtime.service.config import MP, ServiceConfig
+from serving.runtime.service.metrics import Metrics
+from serving.runtime.service.protocol import HttpError
+
+
+def check_header(data: bytes, config: ServiceConfig) -> ImageHeader:
+    """The header of the image file `data`, read by the runtime's own reader (no pixel
+    decoded), once `check_image` passes it. 422 when it is not a supported image or its header
+    is damaged, with the message the decode would give."""
+    try:
+        header = read_header(data)
+    except ImageError as exc:
+        raise HttpError(422, str(exc), "bad_image") from None
+    check_image(header.width, header.height, len(data), config)
+    return header
+
+
+def check_image(width: int, height: int, size: int, config: ServiceConfig) -> None:
+    """Refuse (422) an image of `width` x `height` pixels in a file of `size` bytes that is over
+    the pixel budget, or that the CPU-cost guard stops: detection time grows with the pixels,
+    not the bytes, so a big image in a tiny file is cheap to send and dear to process."""
+    pixels = width * height
+    megapixels = pixels / MP
+    if pixels > config.max_pixels:
+        raise HttpError(
+            422,
+            f"the image is {width}x{height} = {megapixels:.1f} MP, over this server's limit of "
+            f"{config.max_pixels / MP:g} MP (--max-pixels): downscale it, or start the "
+            "server with a larger --max-pixels",
+            "bad_image",
+        )
+    floor = config.min_bytes_per_mp
+    if pixels > config.cost_check_pixels and size < floor * megapixels:
+        raise HttpError(
+            422,
+            f"the image is {width}x{height} = {megapixels:.1f} MP in a file of only {size} "
+            f"bytes ({size / megapixels:.0f} per MP): the CPU-cost guard refuses images over "
+            f"{config.cost_check_pixels / MP:g} MP (--cost-check-mp) with fewer than {floor} "
+            "bytes per MP (--min-bytes-per-mp), since detection costs the same per pixel "
+            "however well the file compresses; send the photo itself, or start the server "
+            "with --min-bytes-per-mp 0 to turn the guard off",
+            "too_costly",
+        )
+
+
+class Limits:
+    """The counts of bodies being received, of requests admitted (received whole, waiting or
+    running) and of inference slots taken, held to `config`'s bounds."""
+
+    def __init__(self, config: ServiceConfig, metrics: Metrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self._slots = threading.BoundedSemaphore(config.max_concurrency)
+        self._uploads = 0
+        self._admitted = 0
+        self._lock = threading.Lock()
+
+    @property
+    def idle(self) -> bool:
+        """Whether no body is being received and no request is admitted."""
+        with self._lock:
+            return not self._uploads and not self._admitted
+
+    @contextmanager
+    def upload(self) -> Iterator[None]:
+        """One of `max_uploads` bodies being received, or 503 at once."""
+        limit = self.config.max_uploads
+        with self._lock:
+            if self._uploads >= limit:
+                raise self.unavailable(
+                    f"the server is receiving {limit} uploads already (--max-uploads): retry "
+                    "shortly",
+                    "overloaded",
+                )
+            self._uploads += 1
+        self.metrics.add_uploading(1)
+        try:
+            yield
+        finally:
+            self.metrics.add_uploading(-1)
+            with self._lock:
+                self._uploads -= 1
+
+    @contextmanager
+    def admission(self) -> Iterator[None]:
+        """One admitted anonymize request (body received, waiting or running), or 503 at once."""
+        cap = self.config.max_concurrency + self.config.max_queue
+        with self._lock:
+            if self._admitted >= cap:
+                raise self.unavailable(
+                    f"the server is at capacity ({cap} images admitted): retry shortly",
+                    "overloaded",
+                )
+            self._admitted += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._admitted -= 1
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        """One of `max_concurrency` inference slots, waited for up to `queue_timeout` s."""
+        if not self._slots.acquire(timeout=self.config.queue_timeout):
+            raise self.unavailable(
+                f"no inference slot within {self.config.queue_timeout:g} s: retry shortly",
+                "overloaded",
+            )
+        self.metrics.add_inferring(1)
+        try:
+            yield
+        finally:
+            self.metrics.add_inferring(-1)
+            self._slots.release()
+
+    def unavailable(self, message: str, kind: str) -> HttpError:
+        """A 503 with the Retry-After of every 503."""
+        return HttpError(503, message, kind, {"Retry-After": str(self.config.retry_after)})
