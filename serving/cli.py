@@ -273,6 +273,13 @@ def _cmd_blur(args: argparse.Namespace) -> int:
     return 1 if report.failures or report.unwritten else 0
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not above 0")
+    return value
+
+
 def _runtime_args(p: argparse.ArgumentParser, *, max_pixels_default: int) -> None:
     """Options of the commands that load artifacts (blur, serve); each has its own default
     pixel limit."""
@@ -319,7 +326,7 @@ def _runtime_args(p: argparse.ArgumentParser, *, max_pixels_default: int) -> Non
     )
     p.add_argument(
         "--max-pixels",
-        type=int,
+        type=_positive_int,
         default=max_pixels_default,
         help="refuse images with more pixels than this, from the file's header before decoding "
         "(decompression bombs, and detection time, which grows with the pixels; an 8000x4000 "

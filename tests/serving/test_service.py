@@ -937,9 +937,13 @@ def test_serve_gives_the_runtime_and_the_service_the_same_pixel_limit(
     assert seen == {"runtime": expected, "service": expected}
 
 
-def test_a_bad_max_pixels_is_named(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli_main(["serve", "--model", "m", "--max-pixels", "0"]) == 2
-    assert "max_pixels (--max-pixels) is 0" in capsys.readouterr().err
+@pytest.mark.parametrize("command", ["serve", "blur"])
+def test_a_bad_max_pixels_is_named(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [command, *(["x", "--out", "o"] if command == "blur" else []), "--model", "m"]
+    with pytest.raises(SystemExit) as exited:
+        cli_main([*argv, "--max-pixels", "0"])
+    assert exited.value.code == 2
+    assert "argument --max-pixels: '0' is not above 0" in capsys.readouterr().err
 
 
 def wait_for_line(lines: queue.Queue[str], pattern: str, timeout: float) -> str:

@@ -133,7 +133,8 @@ def check_size(width: int, height: int, max_pixels: int | None, fmt: str) -> Non
     if max_pixels is not None and width * height > max_pixels:
         raise ImageError(
             f"the image is {width}x{height} = {width * height} pixels, over the limit of "
-            f"{max_pixels} (max_pixels): downscale it or raise the limit"
+            f"{max_pixels} (max_pixels; --max-pixels of blur and serve): downscale it or raise "
+            "the limit"
         )
 
 
