@@ -18,14 +18,14 @@ from serving.runtime.artifact import Manifest, manifest_digest
 from serving.runtime.errors import ArtifactError
 from serving.runtime.pipeline import Runtime
 from tests.images import jpeg_bytes, texture, write
-from tests.serving.artifacts import edit_manifest, read_manifest, tiny_artifact
+from tests.serving.artifacts import edit_manifest, read_manifest
 
 WRONG_PIN = "0" * 64
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_artifact(tmp_path_factory.mktemp("artifact"))
+def artifact(shared_artifact: Path) -> Path:
+    return shared_artifact  # read only: tests that change an artifact change a copy
 
 
 @pytest.fixture

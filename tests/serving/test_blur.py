@@ -26,12 +26,11 @@ from serving.runtime.errors import ServingError
 from serving.runtime.inputs import find_inputs
 from serving.runtime.pipeline import Runtime, artifact_folders
 from tests.images import jpeg_bytes, texture, write
-from tests.serving.artifacts import tiny_artifact
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_artifact(tmp_path_factory.mktemp("blur-artifact"))
+def artifact(shared_artifact: Path) -> Path:
+    return shared_artifact  # read only: tests that change an artifact change a copy
 
 
 @pytest.fixture(scope="module")

@@ -44,7 +44,7 @@ from serving.runtime.service import (
 )
 from tests.conftest import REPO
 from tests.images import jpeg_bytes, texture
-from tests.serving.artifacts import CLASSES, tiny_artifact
+from tests.serving.artifacts import CLASSES
 
 MAX_PIXELS = 100_000
 MAX_BODY = 256 << 10
@@ -54,8 +54,8 @@ CONFIG = ServiceConfig(
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_artifact(tmp_path_factory.mktemp("service"))
+def artifact(shared_artifact: Path) -> Path:
+    return shared_artifact  # read only: tests that change an artifact change a copy
 
 
 @pytest.fixture(scope="module")
