@@ -249,12 +249,13 @@ def _check_parity(
     }
     onnx_found = OnnxDetector(onnx_path, kind=arch.kind, **options)(tiles)
     torch_found = TorchDetector(core, **options)(tiles)
-    parity = compare(onnx_found, torch_found, floor=floor)
+    parity = compare(onnx_found, torch_found, floor=floor, cap=arch.detections_per_image)
     measured = {
         "tiles": len(tiles),
         "floor": floor,
         "compared": parity.compared,
         "unmatched": parity.unmatched,
+        "at_cap": parity.at_cap,
         "max_box_px": parity.max_box_px,
         "max_score": parity.max_score,
         "min_mask_iou": parity.min_mask_iou,

@@ -257,9 +257,12 @@ class Parity:
     Every detection scoring at least `floor` in one backend needs a partner in the other: same
     label, box IoU >= 0.5, paired greedily by IoU, among the other's detections scoring at least
     floor - slack (a score just over the floor on one side may be just under it on the other).
-    unmatched: those without one. max_box_px: the largest coordinate difference of a pair;
-    max_score: the largest score difference; min_mask_iou: the lowest mask IoU of a pair (1.0
-    without masks).
+    unmatched: those without one. at_cap: detections without a partner only because the other
+    backend's list of that tile was full (the network's `detections_per_image`) and its last
+    kept score is within slack of theirs: two near-equal scores competing for the last place
+    are ordered by float noise, so either backend may keep either (not counted in unmatched).
+    max_box_px: the largest coordinate difference of a pair; max_score: the largest score
+    difference; min_mask_iou: the lowest mask IoU of a pair (1.0 without masks).
     """
 
     compared: int
@@ -267,6 +270,7 @@ class Parity:
     max_box_px: float
     max_score: float
     min_mask_iou: float
+    at_cap: int = 0
 
     def within(self, box_px: float, score: float, mask_iou: float) -> bool:
         return (
@@ -281,30 +285,41 @@ class Parity:
             f"{self.compared} detections compared: {self.unmatched} without a counterpart, "
             f"boxes differ by up to {self.max_box_px:.3f} px, scores by up to "
             f"{self.max_score:.5f}, lowest mask IoU {self.min_mask_iou:.3f}"
+            + (f"; {self.at_cap} at the detection cap (see Parity)" if self.at_cap else "")
         )
 
 
 def compare(
-    a: Sequence[Detections], b: Sequence[Detections], *, floor: float, slack: float = 0.01
+    a: Sequence[Detections],
+    b: Sequence[Detections],
+    *,
+    floor: float,
+    slack: float = 0.01,
+    cap: int | None = None,
 ) -> Parity:
-    """`Parity` of two backends' detections of the same tiles (see `Parity`)."""
-    compared = unmatched = 0
+    """`Parity` of two backends' detections of the same tiles (see `Parity`); `cap`: the most
+    detections the network keeps per tile (None: no cap)."""
+    compared = unmatched = at_cap = 0
     max_box = max_score = 0.0
     min_mask = 1.0
-    for one, other in zip(a, b, strict=True):
-        one = one.select(one.scores >= floor - slack)
-        other = other.select(other.scores >= floor - slack)
+    for whole_one, whole_other in zip(a, b, strict=True):
+        one = whole_one.select(whole_one.scores >= floor - slack)
+        other = whole_other.select(whole_other.scores >= floor - slack)
         pairs = _pairs(one, other)
         paired_one = {i for i, _ in pairs}
         paired_other = {j for _, j in pairs}
-        counted = [(one, paired_one), (other, paired_other)]
-        compared += max(int((d.scores >= floor).sum()) for d, _ in counted)
-        unmatched += sum(
-            1
-            for dets, paired in counted
-            for k in np.flatnonzero(dets.scores >= floor)
-            if int(k) not in paired
-        )
+        counted = [(one, paired_one, whole_other), (other, paired_other, whole_one)]
+        compared += max(int((d.scores >= floor).sum()) for d, _, _ in counted)
+        for dets, paired, whole in counted:
+            full = cap is not None and len(whole) >= cap
+            last = float(whole.scores.min()) if len(whole) else 0.0
+            for k in np.flatnonzero(dets.scores >= floor):
+                if int(k) in paired:
+                    continue
+                if full and float(dets.scores[k]) <= last + slack:
+                    at_cap += 1
+                else:
+                    unmatched += 1
         for i, j in pairs:
             if max(one.scores[i], other.scores[j]) < floor:
                 continue
@@ -312,7 +327,7 @@ def compare(
             max_score = max(max_score, abs(float(one.scores[i]) - float(other.scores[j])))
             if one.masks is not None and other.masks is not None:
                 min_mask = min(min_mask, _mask_iou(one, i, other, j))
-    return Parity(compared, unmatched, max_box, max_score, min_mask)
+    return Parity(compared, unmatched, max_box, max_score, min_mask, at_cap)
 
 
 def _pairs(one: Detections, other: Detections) -> list[tuple[int, int]]:

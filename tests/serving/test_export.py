@@ -18,6 +18,7 @@ from serving.runtime.anonymize import DEFAULT_STYLES
 from serving.runtime.artifact import SCHEMA_VERSION, load_artifact, manifest_digest
 from serving.runtime.backends import compare
 from serving.runtime.checksum import file_sha256
+from serving.runtime.detections import Detections
 from serving.runtime.errors import ArtifactError
 from serving.runtime.pipeline import Runtime
 from tests.images import texture
@@ -76,6 +77,29 @@ def test_onnx_and_pytorch_backends_find_the_same_objects(artifact: Path) -> None
     assert len(found[0]) > 0
     parity = compare([found[0]], [found[1]], floor=min(THRESHOLDS.values()))
     assert parity.within(box_px=0.5, score=0.005, mask_iou=0.95), parity.describe()
+
+
+def _dets(*rows: tuple[float, float]) -> Detections:
+    """Person detections, one per (x0, score): 20 px boxes side by side."""
+    boxes = np.array([[x, 10.0, x + 20.0, 40.0] for x, _ in rows], np.float32).reshape(-1, 4)
+    scores = np.array([score for _, score in rows], np.float32)
+    return Detections(boxes, scores, np.full(len(rows), 2, np.int64))
+
+
+def test_parity_forgives_only_a_tie_for_the_last_place_under_the_detection_cap() -> None:
+    # Both backends keep 3 (the cap); the third place goes to x=100 in one and x=200 in the
+    # other, whose scores differ by float noise.
+    onnx = _dets((0, 0.9), (50, 0.6), (100, 0.3001))
+    torch = _dets((0, 0.9), (50, 0.6), (200, 0.3000))
+    tie = compare([onnx], [torch], floor=0.1, cap=3)
+    assert (tie.unmatched, tie.at_cap) == (0, 2) and tie.within(0.5, 0.005, 0.95)
+    assert "2 at the detection cap" in tie.describe()
+    assert compare([onnx], [torch], floor=0.1).unmatched == 2  # no cap: real differences
+    # Under the cap, or a detection scoring well above the other's last place: not a tie.
+    assert compare([onnx], [torch], floor=0.1, cap=4).unmatched == 2
+    missing = _dets((0, 0.9), (50, 0.6), (300, 0.8))
+    beyond = compare([missing], [torch], floor=0.1, cap=3)
+    assert beyond.unmatched == 1 and beyond.at_cap == 1 and not beyond.within(0.5, 0.005, 0.95)
 
 
 def _copy(artifact: Path, tmp_path: Path) -> Path:
