@@ -204,7 +204,36 @@ def compose(conf_dir: str | Path, overrides: Sequence[str] = (), name: str = "co
         OmegaConf.resolve(cfg)
         return OmegaConf.to_yaml(cfg)
     except (HydraException, OmegaConfBaseException) as e:
+        unknown = _unknown_override(e, overrides)
+        if unknown:
+            raise ConfigError(
+                f"invalid configuration:\n  {unknown}\nCorrect the key=value override."
+            ) from None
         raise ConfigError(f"cannot compose {conf_dir}: {e}") from None
+
+
+def _unknown_override(error: Exception, overrides: Sequence[str]) -> str | None:
+    """What Hydra failed on, in the words of `validate`'s errors, when it is an override of a
+    key the composition does not have; None for any other failure."""
+    from omegaconf import DictConfig
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    cause = error.__cause__
+    if not isinstance(cause, ConfigKeyError | ConfigAttributeError):
+        return None
+    missing, parent = cause.full_key, cause.parent_node
+    if not missing or not isinstance(parent, DictConfig):
+        return None
+    for text in overrides:
+        key, eq, value = text.partition("=")
+        if eq and (key == missing or key.startswith(f"{missing}.")):
+            where, _, _ = missing.rpartition(".")
+            allowed = [str(k) for k in parent if where or k != "hydra"]
+            return (
+                f"{key} = {value}: unknown key '{missing}'; allowed keys "
+                f"{f'under {where}' if where else 'at the top'}: {', '.join(allowed)}"
+            )
+    return None
 
 
 def read_params(path: str | Path) -> dict[str, Any]:
@@ -309,7 +338,8 @@ def _fields_at(model: type[BaseModel], loc: Sequence[int | str]) -> list[str]:
             return []
     annotation = _unwrap(annotation, None)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return list(annotation.model_fields)
+        # As params.yaml spells them: `validate`, not the attribute `validation`.
+        return [field.alias or name for name, field in annotation.model_fields.items()]
     return []
 
 
@@ -325,6 +355,7 @@ def _unwrap(annotation: Any, part: int | str | None) -> Any:
     if isinstance(part, int):
         return typing.get_args(annotation)[0] if origin is list else None
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        field = annotation.model_fields.get(part)
-        return field.annotation if field else None
+        for name, field in annotation.model_fields.items():
+            if part in (name, field.alias):
+                return field.annotation
     return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,6 +23,9 @@ OVERRIDES_HELP = (
     "key=value overrides applied on top of params.yaml (Hydra syntax: "
     "collect.synthetic.count=50, review.blur_threshold=25.5, collect.sources=[{uri:/data}])"
 )
+
+# An argument in Hydra's override syntax: key=value, +key=value, ++key=value or ~key.
+_OVERRIDE = re.compile(r"^(?:(?:\+\+?)?[A-Za-z_][\w.@-]*=|~[A-Za-z_])")
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
@@ -739,7 +743,7 @@ COMMANDS: dict[str, Command] = {
         "skipped (hidden files and folders, files that are not images: skipped.jsonl); an image "
         "that fails gets no output at all (an earlier run's is removed). Inputs that would share "
         "an output name, or names differing only by case, are refused before anything is "
-        "written. Reads no params.yaml.",
+        "written. Reads no params.yaml and takes no key=value overrides.",
         _blur_args,
         _cmd_blur,
     ),
@@ -759,7 +763,7 @@ COMMANDS: dict[str, Command] = {
         "--max-concurrency images run at once and --max-queue more wait (up to "
         "--queue-timeout); beyond that 503 with Retry-After. Nothing is written to disk; logs "
         "hold no image content, query string or client address. SIGTERM or Ctrl-C stops it "
-        "after admitted images finish. Reads no params.yaml.",
+        "after admitted images finish. Reads no params.yaml and takes no key=value overrides.",
         _serve_args,
         _cmd_serve,
     ),
@@ -770,14 +774,15 @@ COMMANDS: dict[str, Command] = {
         "operating thresholds; the 12 COCO AP/AR numbers (equal to pycocotools'); false "
         "positives per image; precision/recall curves; and the highest threshold per class "
         "that still reaches --target-recall. Class names are the ground truth's. Reads no "
-        "params.yaml.",
+        "params.yaml and takes no key=value overrides.",
         _score_args,
         _cmd_score,
     ),
 }
 
-# Commands of the blurring runtime: they read an artifact folder, not params.yaml.
-RUNTIME_COMMANDS = frozenset({"blur", "serve"})
+# Commands that read no params.yaml (the runtime's read an artifact folder, score two COCO
+# files): their options are all their settings, so a key=value argument is an error there.
+NO_PARAMS_COMMANDS = frozenset({"blur", "serve", "score"})
 
 GROUPS: dict[str, tuple[str, str]] = {
     "annotate": (
@@ -793,8 +798,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="anonlab",
         description="Train, evaluate and ship image-anonymization models. "
-        "Every command reads params.yaml (written from conf/ by `anonlab config`) and takes "
-        "key=value overrides after its options.",
+        "Every command but blur, serve and score reads params.yaml (written from conf/ by "
+        "`anonlab config`) and takes key=value overrides after its options; an unknown key is "
+        "an error.",
     )
     parser.add_argument(
         "--params",
@@ -814,14 +820,41 @@ def build_parser() -> argparse.ArgumentParser:
             groups[group] = g.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", required=True)
         p = (groups[group] if group else sub).add_parser(leaf, help=short, description=description)
         add_args(p)
-        if name not in RUNTIME_COMMANDS:
+        if name not in NO_PARAMS_COMMANDS:
             p.add_argument("overrides", nargs="*", metavar="key=value", help=OVERRIDES_HELP)
-        p.set_defaults(handler=handler)
+        p.set_defaults(handler=handler, command_name=name)
     return parser
 
 
+def _stray_overrides(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
+    """The key=value arguments given to a command that takes none, among the arguments argparse
+    did not take and blur's inputs; for blur, only those that are no file or folder (nor a
+    pattern): `a=b.jpg` may be an image."""
+    if args.command_name not in NO_PARAMS_COMMANDS:
+        return []
+    given = [*extra, *(getattr(args, "inputs", None) or [])]
+    stray = [a for a in given if _OVERRIDE.match(a)]
+    if args.command_name == "blur":
+        stray = [a for a in stray if not any(c in a for c in "*?[") and not os.path.lexists(a)]
+    return stray
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    stray = _stray_overrides(args, extra)
+    if stray:
+        name = args.command_name
+        print(
+            f"error: {name} reads no params.yaml and takes no key=value overrides: "
+            f"{', '.join(stray)}"
+            + (" (not a file or folder either)" if name == "blur" else "")
+            + f"; its settings are its options (anonlab {name} --help)",
+            file=sys.stderr,
+        )
+        return 2
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:

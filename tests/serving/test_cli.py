@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from data.config import compose
-from serving.cli import COMMANDS, RUNTIME_COMMANDS, main
+from serving.cli import COMMANDS, NO_PARAMS_COMMANDS, main
 from tests.conftest import REPO
 
 
@@ -102,8 +102,53 @@ def test_every_command_explains_itself(command: str, capsys: pytest.CaptureFixtu
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert f"anonlab {command}" in out
-    # The runtime's commands read an artifact folder, not params.yaml: no overrides there.
-    assert ("key=value" in out) == (command not in RUNTIME_COMMANDS)
+    # blur and serve read an artifact folder, score two COCO files: no overrides there.
+    assert ("[key=value ...]" in out) == (command not in NO_PARAMS_COMMANDS)
+
+
+# What each command needs besides overrides to get as far as reading them.
+REQUIRED = {
+    "blur": ["--model", "artifacts/serving", "--out", "blurred", "in.jpg"],
+    "serve": ["--model", "artifacts/serving"],
+    "score": ["--gt", "gt.json", "--pred", "pred.json"],
+}
+
+
+@pytest.fixture(scope="module")
+def params_text() -> str:
+    return compose(REPO / "conf")
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_refuses_an_unknown_override(
+    command: str,
+    params_text: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    project = tmp_path
+    params_file = project / "params.yaml"
+    params_file.write_text(params_text)
+    monkeypatch.chdir(project)
+    if command == "config":
+        shutil.copytree(REPO / "conf", project / "conf")
+    before = params_file.read_text()
+    argv = [*command.split(), *REQUIRED.get(command, []), "bogus.key=1"]
+    code, out, err = run(capsys, "--params", str(params_file), *argv)
+    assert code == 2 and not out and "Traceback" not in err
+    if command in NO_PARAMS_COMMANDS:
+        assert f"error: {command} reads no params.yaml and takes no key=value overrides: " in err
+        assert "bogus.key=1" in err and f"anonlab {command} --help" in err
+    elif command == "config":
+        assert "bogus.key = 1: unknown key 'bogus'; allowed keys at the top: " in err
+        assert "collect, review" in err and "hydra" not in err
+    else:
+        assert "bogus = {'key': 1}: unknown key; allowed keys here: seed, paths, " in err
+        assert ", validate, export" in err  # as params.yaml spells it
+    # Nothing was started, nothing written.
+    assert params_file.read_text() == before
+    assert sorted(p.name for p in project.iterdir() if p.name != "conf") == ["params.yaml"]
 
 
 def test_train_takes_its_own_keys_without_the_train_prefix() -> None:
