@@ -714,8 +714,11 @@ COMMANDS: dict[str, Command] = {
     "export": (
         "write each validated model as a runtime artifact (ONNX checked against PyTorch)",
         "After a passing `anonlab validate`, write artifacts/serving/<model>-<version>/ for each "
-        "model of train.models: model.onnx (checked at export: onnxruntime and PyTorch must "
-        "give the same detections on val tiles within export.parity, or nothing is written), "
+        "model of train.models: model.onnx (checked at export: on val tiles holding objects of "
+        "each class first, onnxruntime and PyTorch must give the same detections, masks and "
+        "keypoints within export.parity, and at least export.parity.min_compared detections "
+        "must be compared, every class of the model among them but those in "
+        "export.parity.allow_absent, or nothing is written), "
         "weights.safetensors, MODEL_CARD.md (recall per reference set and size bucket with "
         "intervals, known limits) and manifest.json (operating thresholds chosen on val, "
         "anonymization style per class from export.styles, input size and tiling, provenance, "

@@ -12,13 +12,23 @@ __all__ = ["ExportConfig", "ParityConfig"]
 
 
 class ParityConfig(Section):
-    """The ONNX check: on `tiles` windows of val images, every detection at or above the
-    lowest operating threshold in one backend has a partner in the other within these bounds."""
+    """The ONNX check: on `tiles` windows of val images (those holding objects of each of the
+    model's classes first), every detection at or above the lowest operating threshold in one
+    backend has a partner in the other within these bounds; at least `min_compared` detections
+    are compared, and among them every class of the model (but those in `allow_absent`)."""
 
     tiles: int = Field(ge=1)
+    min_compared: int = Field(ge=1)
     box_px: float = Field(gt=0)
     score: float = Field(gt=0, lt=1)
     mask_iou: float = Field(gt=0, le=1)
+    # Keypoints scoring at least keypoint_score (the keypoint head's heatmap logit) in either
+    # backend must lie within keypoint_px of each other.
+    keypoint_px: float = Field(gt=0)
+    keypoint_score: float
+    # Classes that may have no compared detection (the model detects none on val); the
+    # manifest's parity entry lists them as unchecked.
+    allow_absent: list[str] = Field(default_factory=list)
 
 
 class ExportConfig(Section):

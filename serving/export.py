@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import shutil
 import warnings
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +47,7 @@ from serving.runtime.architecture import Architecture, DetectorCore
 from serving.runtime.artifact import MANIFEST, Manifest, manifest_problems
 from serving.runtime.backends import InputSize, OnnxDetector, TorchDetector, compare
 from serving.runtime.checksum import file_sha256
-from serving.runtime.tiles import TilingSpec, cut, plan_windows
+from serving.runtime.tiles import TilingSpec, Window, cut, plan_windows
 from training.models import load_model_files, model_architecture
 from training.tracking import run_tags
 
@@ -240,17 +241,28 @@ def _check_parity(
     floor: float,
 ) -> dict[str, Any]:
     """Run onnxruntime and PyTorch on val tiles; AnonlabError when they differ beyond
-    `export.parity`; the measured numbers and the bounds."""
+    `export.parity`, or when too little was compared to tell (fewer than `min_compared`
+    detections, a class of the model not among them, a keypoint model without keypoints
+    compared); the measured numbers and the bounds."""
     bounds = setup.export.parity
-    tiles = _sample_tiles(setup.artifacts / "prepared", spec, bounds.tiles)
+    sample = _sample_tiles(setup.artifacts / "prepared", spec, bounds.tiles, arch.classes)
+    tiles = sample.tiles
     options = {
         "size": size,
         "mask_threshold": setup.evaluate.mask_threshold,
     }
     onnx_found = OnnxDetector(onnx_path, kind=arch.kind, **options)(tiles)
     torch_found = TorchDetector(core, **options)(tiles)
-    parity = compare(onnx_found, torch_found, floor=floor, cap=arch.detections_per_image)
-    measured = {
+    parity = compare(
+        onnx_found,
+        torch_found,
+        floor=floor,
+        cap=arch.detections_per_image,
+        keypoint_score=bounds.keypoint_score,
+    )
+    by_class = {c: parity.by_label.get(i + 1, 0) for i, c in enumerate(arch.classes)}
+    absent = [c for c, n in by_class.items() if n == 0]
+    measured: dict[str, Any] = {
         "tiles": len(tiles),
         "floor": floor,
         "compared": parity.compared,
@@ -259,36 +271,166 @@ def _check_parity(
         "max_box_px": parity.max_box_px,
         "max_score": parity.max_score,
         "min_mask_iou": parity.min_mask_iou,
+        # Per class: detections compared, and the val objects in the sample tiles / in val.
+        "classes": {
+            c: {
+                "compared": by_class[c],
+                "sampled_objects": sample.sampled[c],
+                "val_objects": sample.objects[c],
+            }
+            for c in arch.classes
+        },
+        "unchecked": [c for c in absent if c in bounds.allow_absent],
         "bounds": bounds.model_dump(),
     }
-    if not parity.within(bounds.box_px, bounds.score, bounds.mask_iou):
+    if arch.kind == "keypointrcnn":
+        measured |= {"keypoints": parity.keypoints, "max_keypoint_px": parity.max_keypoint_px}
+    where = f"on {len(tiles)} val tiles"
+    if not parity.within(bounds.box_px, bounds.score, bounds.mask_iou, bounds.keypoint_px):
         raise AnonlabError(
             f"ONNX export of {arch.kind} on {arch.backbone}: onnxruntime and PyTorch disagree "
-            f"on {len(tiles)} val tiles: {parity.describe()}; allowed: every detection matched, "
-            f"boxes within {bounds.box_px} px, scores within {bounds.score}, mask IoU at least "
-            f"{bounds.mask_iou} (export.parity). Nothing was exported."
+            f"{where}: {parity.describe()}; allowed: every detection matched, boxes within "
+            f"{bounds.box_px} px, scores within {bounds.score}, mask IoU at least "
+            f"{bounds.mask_iou}, keypoints (scoring {bounds.keypoint_score} or more) within "
+            f"{bounds.keypoint_px} px (export.parity). Nothing was exported."
         )
-    log.info("ONNX parity on %d tiles: %s", len(tiles), parity.describe())
+    problems = []
+    if parity.compared < bounds.min_compared:
+        problems.append(
+            f"only {parity.compared} detections at or above {floor:g} (the lowest operating "
+            f"threshold) were compared {where}, fewer than export.parity.min_compared = "
+            f"{bounds.min_compared}: raise export.parity.tiles, or check that the model detects "
+            "anything on val (artifacts/eval/metrics.json)"
+        )
+    for c in absent:
+        if c in bounds.allow_absent:
+            continue
+        if sample.objects[c]:
+            why = (
+                f"the sample tiles hold {sample.sampled[c]} of its {sample.objects[c]} val "
+                f"objects and the model detected none of them at or above {floor:g}; check its "
+                "recall on val (artifacts/eval/metrics.json) before shipping it"
+            )
+        else:
+            why = (
+                "val.json has no objects of it and the model detected none on the sample tiles; "
+                "add annotated examples of it to val, or remove it from the model's classes "
+                "(conf/model/) and train again"
+            )
+        problems.append(
+            f"class {c} never appeared among the compared detections: {why}; or, to export "
+            f"with its ONNX output unchecked, add it to export.parity.allow_absent"
+        )
+    if arch.kind == "keypointrcnn" and parity.compared and not parity.keypoints:
+        problems.append(
+            f"no keypoint of the compared detections scored {bounds.keypoint_score} or more "
+            "(export.parity.keypoint_score) in either backend, so none was compared: lower "
+            "export.parity.keypoint_score"
+        )
+    if problems:
+        raise AnonlabError(
+            f"ONNX export of {arch.kind} on {arch.backbone}: the check of onnxruntime against "
+            f"PyTorch proves nothing {where} ({parity.describe()}): "
+            + "; ".join(problems)
+            + ". Nothing was exported."
+        )
+    log.info("ONNX parity %s: %s", where, parity.describe())
     return measured
 
 
-def _sample_tiles(prepared: Path, spec: TilingSpec, count: int) -> list[np.ndarray]:
-    """Up to `count` windows of the val images, as the runtime cuts them, one image after
-    another (the first windows of each image, round-robin)."""
+@dataclass(frozen=True)
+class _ParitySample:
+    """The tiles of the ONNX check (and the image file and window of each), and per class of
+    the model its val objects: in val, and in the tiles (a box counts for a window holding its
+    centre)."""
+
+    tiles: list[np.ndarray]
+    windows: list[tuple[str, Window]]
+    objects: Counter[str]
+    sampled: Counter[str]
+
+
+def _sample_tiles(
+    prepared: Path, spec: TilingSpec, count: int, classes: Sequence[str]
+) -> _ParitySample:
+    """Up to `count` windows of the val images, as the runtime cuts them. First windows holding
+    objects of `classes` (val.json's annotations): each time for the class with the fewest
+    objects in the windows taken so far, the window holding most of its objects not yet in
+    them; then the rest, the first windows of each image round-robin."""
     val = read_json(prepared / "val.json", missing="run `anonlab prepare` first")
-    per_image: list[list[np.ndarray]] = []
-    for image in val.get("images", [])[:count]:
-        rgb = cv2.imread(str(prepared / image["file_name"]), cv2.IMREAD_COLOR_RGB)
-        if rgb is None:
-            raise AnonlabError(f"{prepared / image['file_name']}: cannot be read")
-        windows = plan_windows(rgb.shape[1], rgb.shape[0], spec)
-        per_image.append([cut(rgb, w) for w in windows if w.scale == 1.0][:count])
-    tiles: list[np.ndarray] = []
-    for depth in range(count):
-        tiles += [windows[depth] for windows in per_image if depth < len(windows)]
-    if not tiles:
+    names = {c.get("id"): c.get("name") for c in val.get("categories", [])}
+    objects: list[tuple[Any, str, float, float]] = []  # image id, class, box centre
+    for a in val.get("annotations", []):
+        name = names.get(a.get("category_id"))
+        if name in classes:
+            x, y, w, h = a["bbox"]
+            objects.append((a["image_id"], name, x + w / 2, y + h / 2))
+    images = val.get("images", [])
+    windows = [
+        [w for w in plan_windows(int(im["width"]), int(im["height"]), spec) if w.scale == 1.0]
+        for im in images
+    ]
+    # The objects (indices into `objects`) each window holds, by (image k, window j).
+    row = {im["id"]: k for k, im in enumerate(images)}
+    held: dict[tuple[int, int], set[int]] = {}
+    for k, planned in enumerate(windows):
+        for j in range(len(planned)):
+            held[k, j] = set()
+    for i, (image_id, _, x, y) in enumerate(objects):
+        k = row.get(image_id)
+        for j, w in enumerate(windows[k] if k is not None else []):
+            if _holds(w, x, y, int(images[k]["width"])):
+                held[k, j].add(i)
+    chosen: list[tuple[int, int]] = []
+    seen: set[int] = set()
+
+    def new(key: tuple[int, int], cls: str) -> int:
+        return sum(1 for i in held[key] - seen if objects[i][1] == cls)
+
+    while len(chosen) < count:
+        left = [key for key in held if key not in chosen and held[key] - seen]
+        wanted = [c for c in classes if any(new(key, c) for key in left)]
+        if not wanted:
+            break
+        sampled = Counter(objects[i][1] for i in seen)
+        c = min(wanted, key=lambda c: (sampled[c], classes.index(c)))
+        best = max(left, key=lambda key: (new(key, c), len(held[key] - seen)))
+        chosen.append(best)
+        seen |= held[best]
+    for j in range(max(map(len, windows), default=0)):
+        for k, planned in enumerate(windows):
+            if len(chosen) < count and j < len(planned) and (k, j) not in chosen:
+                chosen.append((k, j))
+    if not chosen:
         raise AnonlabError(f"{prepared / 'val.json'}: no val images to check the ONNX export on")
-    return tiles[:count]
+    pixels = {k: _read_val_image(prepared, images[k]) for k in sorted({k for k, _ in chosen})}
+    every = Counter(c for _, c, _, _ in objects)
+    sampled = Counter(objects[i][1] for i in seen)
+    return _ParitySample(
+        tiles=[cut(pixels[k], windows[k][j]) for k, j in chosen],
+        windows=[(images[k]["file_name"], windows[k][j]) for k, j in chosen],
+        objects=Counter({c: every[c] for c in classes}),
+        sampled=Counter({c: sampled[c] for c in classes}),
+    )
+
+
+def _holds(window: Window, x: float, y: float, width: int) -> bool:
+    """Whether the point (x, y) of an image `width` px wide lies in a scale-1 window."""
+    dx = (x - window.x) % width if window.wrap else x - window.x
+    return 0 <= dx < window.width and window.y <= y < window.y + window.height
+
+
+def _read_val_image(prepared: Path, image: Mapping[str, Any]) -> np.ndarray:
+    path = prepared / image["file_name"]
+    rgb = cv2.imread(str(path), cv2.IMREAD_COLOR_RGB)
+    if rgb is None:
+        raise AnonlabError(f"{path}: cannot be read")
+    if rgb.shape[:2] != (int(image["height"]), int(image["width"])):
+        raise AnonlabError(
+            f"{path} is {rgb.shape[1]}x{rgb.shape[0]}, but val.json says "
+            f"{image['width']}x{image['height']}: run `anonlab prepare` again"
+        )
+    return rgb
 
 
 def _headline(entry: Mapping[str, Any]) -> dict[str, Any]:

@@ -67,6 +67,12 @@ class Params(Section):
                     f"evaluate.target_recall names {sorted(given)}; give one per class of "
                     f"taxonomy.classes {self.taxonomy.classes}, or one number for all"
                 )
+        unknown = [c for c in self.export.parity.allow_absent if c not in self.taxonomy.classes]
+        if unknown:
+            raise ValueError(
+                f"export.parity.allow_absent = {self.export.parity.allow_absent!r}: {unknown} "
+                f"not in taxonomy.classes {self.taxonomy.classes}"
+            )
         for name in self.train.models:
             unstyled = [c for c in self.models[name].classes if c not in self.export.styles]
             if unstyled:

@@ -21,8 +21,9 @@ and builds the network from the artifact's `Architecture` (see `architecture.py`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -262,7 +263,11 @@ class Parity:
     kept score is within slack of theirs: two near-equal scores competing for the last place
     are ordered by float noise, so either backend may keep either (not counted in unmatched).
     max_box_px: the largest coordinate difference of a pair; max_score: the largest score
-    difference; min_mask_iou: the lowest mask IoU of a pair (1.0 without masks).
+    difference; min_mask_iou: the lowest mask IoU of a pair (1.0 without masks). by_label: the
+    pairs per label (a label absent: none of it was compared). keypoints: the keypoints of
+    pairs compared (those scoring at least `keypoint_score` in either backend: a keypoint on a
+    flat heatmap has no stable position, its argmax may move a heatmap cell on float noise);
+    max_keypoint_px: their largest coordinate difference.
     """
 
     compared: int
@@ -271,13 +276,19 @@ class Parity:
     max_score: float
     min_mask_iou: float
     at_cap: int = 0
+    by_label: Mapping[int, int] = field(default_factory=dict)
+    keypoints: int = 0
+    max_keypoint_px: float = 0.0
 
-    def within(self, box_px: float, score: float, mask_iou: float) -> bool:
+    def within(
+        self, box_px: float, score: float, mask_iou: float, keypoint_px: float = math.inf
+    ) -> bool:
         return (
             self.unmatched == 0
             and self.max_box_px <= box_px
             and self.max_score <= score
             and self.min_mask_iou >= mask_iou
+            and self.max_keypoint_px <= keypoint_px
         )
 
     def describe(self) -> str:
@@ -285,6 +296,11 @@ class Parity:
             f"{self.compared} detections compared: {self.unmatched} without a counterpart, "
             f"boxes differ by up to {self.max_box_px:.3f} px, scores by up to "
             f"{self.max_score:.5f}, lowest mask IoU {self.min_mask_iou:.3f}"
+            + (
+                f", {self.keypoints} keypoints by up to {self.max_keypoint_px:.3f} px"
+                if self.keypoints
+                else ""
+            )
             + (f"; {self.at_cap} at the detection cap (see Parity)" if self.at_cap else "")
         )
 
@@ -296,12 +312,15 @@ def compare(
     floor: float,
     slack: float = 0.01,
     cap: int | None = None,
+    keypoint_score: float = -math.inf,
 ) -> Parity:
     """`Parity` of two backends' detections of the same tiles (see `Parity`); `cap`: the most
-    detections the network keeps per tile (None: no cap)."""
-    compared = unmatched = at_cap = 0
-    max_box = max_score = 0.0
+    detections the network keeps per tile (None: no cap); `keypoint_score`: the lowest score
+    of a keypoint compared (default: every keypoint)."""
+    compared = unmatched = at_cap = keypoints = 0
+    max_box = max_score = max_keypoint = 0.0
     min_mask = 1.0
+    by_label: dict[int, int] = {}
     for whole_one, whole_other in zip(a, b, strict=True):
         one = whole_one.select(whole_one.scores >= floor - slack)
         other = whole_other.select(whole_other.scores >= floor - slack)
@@ -327,7 +346,26 @@ def compare(
             max_score = max(max_score, abs(float(one.scores[i]) - float(other.scores[j])))
             if one.masks is not None and other.masks is not None:
                 min_mask = min(min_mask, _mask_iou(one, i, other, j))
-    return Parity(compared, unmatched, max_box, max_score, min_mask, at_cap)
+            if one.keypoints is not None and other.keypoints is not None:
+                ki, kj = one.keypoints[i], other.keypoints[j]
+                shown = np.maximum(ki[:, 2], kj[:, 2]) >= keypoint_score
+                if shown.any():
+                    keypoints += int(shown.sum())
+                    gap = float(np.abs(ki[shown, :2] - kj[shown, :2]).max())
+                    max_keypoint = max(max_keypoint, gap)
+            label = int(one.labels[i])
+            by_label[label] = by_label.get(label, 0) + 1
+    return Parity(
+        compared,
+        unmatched,
+        max_box,
+        max_score,
+        min_mask,
+        at_cap,
+        by_label=by_label,
+        keypoints=keypoints,
+        max_keypoint_px=max_keypoint,
+    )
 
 
 def _pairs(one: Detections, other: Detections) -> list[tuple[int, int]]:

@@ -8,19 +8,21 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from data.atomic import write_json
 from data.errors import AnonlabError
-from serving.export import run_export
+from serving.export import _sample_tiles, run_export
 from serving.runtime.anonymize import DEFAULT_STYLES
 from serving.runtime.artifact import SCHEMA_VERSION, load_artifact, manifest_digest
-from serving.runtime.backends import compare
+from serving.runtime.backends import Parity, compare
 from serving.runtime.checksum import file_sha256
 from serving.runtime.detections import Detections
 from serving.runtime.errors import ArtifactError
 from serving.runtime.pipeline import Runtime
+from serving.runtime.tiles import TilingSpec, cut, plan_windows
 from tests.images import texture
 from tests.serving.artifacts import (
     CLASSES,
@@ -62,8 +64,12 @@ def test_artifact_holds_what_the_runtime_needs_with_checksums(artifact: Path) ->
         assert file_sha256(artifact / name) == sha
     # The ONNX check ran on val tiles and its numbers are in the manifest.
     parity = m["parity"]
-    assert parity["tiles"] == 3 and parity["unmatched"] == 0 and parity["compared"] > 0
+    assert parity["tiles"] == 3 and parity["unmatched"] == 0 and parity["compared"] >= 10
     assert parity["max_box_px"] <= parity["bounds"]["box_px"]
+    # Per class: what was compared; the classes allowed absent that were are named unchecked.
+    assert parity["classes"]["face"]["compared"] > 0
+    assert parity["unchecked"] == ["person", "license_plate", "vehicle"]
+    assert parity["bounds"]["min_compared"] == 10
     card = (artifact / "MODEL_CARD.md").read_text()
     assert "## Intended use" in card and "## Known limits" in card
     assert "| face | all | 12 | 0.500 [0.300, 0.700] | 0.800 [0.600, 0.900] |" in card
@@ -100,6 +106,71 @@ def test_parity_forgives_only_a_tie_for_the_last_place_under_the_detection_cap()
     missing = _dets((0, 0.9), (50, 0.6), (300, 0.8))
     beyond = compare([missing], [torch], floor=0.1, cap=3)
     assert beyond.unmatched == 1 and beyond.at_cap == 1 and not beyond.within(0.5, 0.005, 0.95)
+
+
+def _person(keypoints: list[tuple[float, float, float]]) -> Detections:
+    """One person detection with keypoints (x, y, score)."""
+    return Detections(
+        np.array([[10.0, 10.0, 30.0, 40.0]]),
+        np.array([0.9]),
+        np.array([2]),
+        keypoints=np.array([keypoints], np.float32),
+    )
+
+
+def test_parity_fails_when_keypoints_lie_apart_beyond_the_bound() -> None:
+    def parity(a: Detections, b: Detections) -> Parity:
+        return compare([a], [b], floor=0.1, keypoint_score=1.0)
+
+    here = _person([(15, 20, 3.0), (25, 20, 0.2)])
+    same = parity(here, here)
+    # The keypoint scoring under keypoint_score in both (a flat heatmap) is not compared.
+    assert (same.keypoints, same.max_keypoint_px, same.by_label) == (1, 0.0, {2: 1})
+    assert same.within(0.5, 0.005, 0.95, keypoint_px=0.5)
+    moved = parity(here, _person([(17, 20, 3.0), (25, 20, 0.2)]))
+    assert moved.max_keypoint_px == 2.0 and not moved.within(0.5, 0.005, 0.95, keypoint_px=0.5)
+    assert "1 keypoints by up to 2.000 px" in moved.describe()
+    # Under the bar in both: its position is not held to the bound; over it in one: it is.
+    assert parity(here, _person([(15, 20, 3.0), (30, 20, 0.3)])).within(0.5, 0.005, 0.95, 0.5)
+    flipped = parity(here, _person([(15, 20, 3.0), (30, 20, 1.5)]))
+    assert flipped.keypoints == 2 and not flipped.within(0.5, 0.005, 0.95, keypoint_px=0.5)
+
+
+def test_parity_tiles_hold_every_class_first(tmp_path: Path) -> None:
+    # Objects of each class sit in one window that the first windows of each image would miss.
+    layout = {
+        "a.png": ((128, 128), []),
+        "b.png": ((128, 128), []),
+        "c.png": ((300, 200), [("license_plate", (270, 170, 20, 10))]),
+        "d.png": ((128, 128), [("face", (20, 20, 16, 20)), ("person", (10, 10, 60, 110))]),
+        "e.png": ((240, 128), [("vehicle", (200, 60, 30, 20))]),
+    }
+    categories = [{"id": i + 1, "name": c} for i, c in enumerate(CLASSES)]
+    ids = {c["name"]: c["id"] for c in categories}
+    images, annotations, pixels = [], [], {}
+    for k, (name, ((w, h), objects)) in enumerate(layout.items()):
+        pixels[name] = texture(w, h, seed=k)
+        cv2.imwrite(str(tmp_path / name), cv2.cvtColor(pixels[name], cv2.COLOR_RGB2BGR))
+        images.append({"id": k, "file_name": name, "width": w, "height": h})
+        for cls, box in objects:
+            annotations.append({"image_id": k, "category_id": ids[cls], "bbox": list(box)})
+    val = {"images": images, "annotations": annotations, "categories": categories}
+    write_json(tmp_path / "val.json", val)
+    spec = TilingSpec(tile=TILE, overlap=16)
+
+    sample = _sample_tiles(tmp_path, spec, 3, CLASSES)
+    assert [name for name, _ in sample.windows] == ["d.png", "c.png", "e.png"]
+    assert sample.sampled == sample.objects == dict.fromkeys(CLASSES, 1)
+    for tile, (name, window) in zip(sample.tiles, sample.windows, strict=True):
+        np.testing.assert_array_equal(tile, cut(pixels[name], window))
+    # c.png's plate is in its last window, e.png's vehicle in its second, not their first.
+    assert sample.windows[1][1] == plan_windows(300, 200, spec)[-1]
+    assert sample.windows[2][1] == plan_windows(240, 128, spec)[1]
+    # Room for more: then the first windows of the other images.
+    more = _sample_tiles(tmp_path, spec, 5, CLASSES)
+    assert [name for name, _ in more.windows] == ["d.png", "c.png", "e.png", "a.png", "b.png"]
+    # A keypoint model detects persons only: its first tile holds one.
+    assert _sample_tiles(tmp_path, spec, 1, ["person"]).windows[0][0] == "d.png"
 
 
 def _copy(artifact: Path, tmp_path: Path) -> Path:
@@ -187,3 +258,22 @@ def test_export_fails_and_writes_nothing_when_onnx_and_pytorch_disagree(tmp_path
         run_export(setup)
     assert not (setup.artifacts / "serving").exists()
     np.testing.assert_equal(len(list((setup.artifacts / "models" / NAME).iterdir())), 2)
+
+
+def test_export_fails_and_writes_nothing_when_nothing_was_compared(tmp_path: Path) -> None:
+    # A score floor above every score of the random model: neither backend detects anything,
+    # which agrees perfectly and proves nothing.
+    setup = replace(export_setup(tmp_path, ["evaluate.min_threshold=0.99"]), models=[NAME])
+    tiny_model_dir(setup.artifacts)
+    write_json(setup.artifacts / "eval" / "metrics.json", {NAME: evaluate_entry()})
+    verdict = {"passed": True, "failed": [], "challengers": {NAME: "3"}, "when": "now"}
+    write_json(setup.artifacts / "validation" / "verdict.json", verdict)
+    with pytest.raises(AnonlabError) as failed:
+        run_export(setup)
+    message = str(failed.value)
+    assert "proves nothing on 3 val tiles (0 detections compared" in message
+    assert "fewer than export.parity.min_compared = 10: raise export.parity.tiles" in message
+    assert "class face never appeared among the compared detections: val.json has no " in message
+    assert "add it to export.parity.allow_absent" in message
+    assert message.endswith("Nothing was exported.")
+    assert not (setup.artifacts / "serving").exists()
