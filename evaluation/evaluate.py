@@ -11,13 +11,14 @@ Per model:
 3. The champion (MLflow alias `champion` of the model's registered name), when there is one and
    it is not these very weights, goes through 1 and 2 the same way, with its own thresholds.
 
-Outputs under `artifacts/eval/`: `metrics.json` (DVC metrics: per model and set, recall and
+Outputs under `artifacts/eval/`: `metrics.json` (DVC metrics: per model the sha256 of the
+weights it scored, which validate and export check the weights against; per set, recall and
 coverage per class and bucket, thresholds, champion), `plots/<model>/<set>/` (precision/recall
 points and recall by size bucket, for `dvc plots`), `predictions/<model>/<set>.json` (COCO
 results: `anonlab score` reads them), `report.html`. The folder is replaced as a whole, so a
 failed run leaves the previous outputs. Each model also gets an MLflow run in the experiment
-`anonlab/evaluate`, with `recall/<set>/<class>/<bucket>` (IoU) and `coverage/...`, and the
-champion's under `champion/...`.
+`anonlab/evaluate`, tagged `anonlab.weights_sha256`, with `recall/<set>/<class>/<bucket>` (IoU)
+and `coverage/...`, and the champion's under `champion/...`.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from serving.runtime.checksum import file_sha256
 from serving.runtime.tiles import TilingSpec
 from training.loop import resolve_device
 from training.models import load_model_files
-from training.tracking import Tracker, run_tags
+from training.tracking import WEIGHTS_SHA256_TAG, Tracker, run_tags
 
 __all__ = ["EvalSetup", "run_evaluate"]
 
@@ -113,11 +114,13 @@ def run_evaluate(setup: EvalSetup) -> dict[str, Any]:
             weights, config = model_dir / "weights.safetensors", model_dir / "config.yaml"
             if not (weights.is_file() and config.is_file()):
                 raise AnonlabError(f"{model_dir}: no weights.safetensors/config.yaml; train {name}")
-            version = _version_of(registry, name, weights)
             evaluator = _ModelEvaluation(setup, sets, truths, device, out)
             mine = evaluator.run(name, config, weights, label=name, outputs=True)
+            version = _version_of(registry, name, mine.weights_sha256)
             champion = None
-            champ_ref = _champion(registry, name, weights) if setup.evaluate.champion else None
+            champ_ref = (
+                _champion(registry, name, mine.weights_sha256) if setup.evaluate.champion else None
+            )
             if champ_ref is not None:
                 with tempfile.TemporaryDirectory(prefix="anonlab-champion-") as tmp:
                     c_config, c_weights = registry.download(champ_ref, Path(tmp))
@@ -141,8 +144,10 @@ def run_evaluate(setup: EvalSetup) -> dict[str, Any]:
 
 @dataclass
 class _Result:
-    """One model's evaluation: thresholds chosen on val, scores and misses per set."""
+    """One model's evaluation: the sha256 of the weights scored, thresholds chosen on val,
+    scores and misses per set."""
 
+    weights_sha256: str
     thresholds: dict[str, dict[str, Any]]
     scores: dict[str, dict[str, Any]]
     misses: dict[str, tuple[list[Miss], int]]
@@ -172,7 +177,13 @@ class _ModelEvaluation:
     ) -> _Result:
         """Thresholds on val, then every set scored; `outputs`: also write the predictions
         and plots of `name` (the evaluated model's, not the champion's)."""
+        # Hashed before and after loading, so the sha256 recorded is that of the bytes scored.
+        weights_sha256 = file_sha256(weights)
         model, model_cfg = load_model_files(config, weights)
+        if file_sha256(weights) != weights_sha256:
+            raise AnonlabError(
+                f"{weights} changed while evaluate read it; run evaluate again once it is written"
+            )
         classes = list(model_cfg["classes"])
         # The runtime's own detector: the same tile resize, padding and mask pasting as an
         # exported artifact (whose ONNX graph export checks against this), so the recall
@@ -207,7 +218,7 @@ class _ModelEvaluation:
             if outputs:
                 write_json(self.out / "predictions" / name / f"{set_name}.json", results)
                 _write_plots(self.out / "plots" / name / set_name, scores[set_name])
-        return _Result(thresholds, scores, misses)
+        return _Result(weights_sha256, thresholds, scores, misses)
 
     def _options(
         self, thresholds: Mapping[str, float] | float, *, per_object: bool = False
@@ -319,6 +330,7 @@ def _metrics_entry(
 ) -> dict[str, Any]:
     def compact(result: _Result) -> dict[str, Any]:
         return {
+            "weights_sha256": result.weights_sha256,
             "thresholds": result.thresholds,
             "sets": {
                 name: {
@@ -386,7 +398,11 @@ def _track(
     champion: _Result | None,
     champ_ref: RegisteredModel | None,
 ) -> None:
-    tags = {**run_tags(setup.root, stage="evaluate"), "anonlab.model": name}
+    tags = {
+        **run_tags(setup.root, stage="evaluate"),
+        "anonlab.model": name,
+        WEIGHTS_SHA256_TAG: mine.weights_sha256,
+    }
     if version:
         tags["anonlab.model_version"] = version.version
     if champ_ref:
@@ -431,17 +447,19 @@ def _registry(root: Path) -> Registry | None:
         return None
 
 
-def _version_of(registry: Registry | None, name: str, weights: Path) -> RegisteredModel | None:
+def _version_of(
+    registry: Registry | None, name: str, weights_sha256: str
+) -> RegisteredModel | None:
     if registry is None:
         return None
     try:
-        return registry.version_of(name, weights)
+        return registry.version_with_weights(name, weights_sha256)
     except Exception as exc:
         log.warning("cannot look up %s in the MLflow registry: %s", name, exc)
         return None
 
 
-def _champion(registry: Registry | None, name: str, weights: Path) -> RegisteredModel | None:
+def _champion(registry: Registry | None, name: str, weights_sha256: str) -> RegisteredModel | None:
     if registry is None:
         return None
     try:
@@ -449,6 +467,6 @@ def _champion(registry: Registry | None, name: str, weights: Path) -> Registered
     except Exception as exc:
         log.warning("cannot look up the champion of %s: %s", name, exc)
         return None
-    if champion is None or champion.weights_sha256 == file_sha256(weights):
+    if champion is None or champion.weights_sha256 == weights_sha256:
         return None  # none yet, or the champion is this very model
     return champion

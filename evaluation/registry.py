@@ -68,15 +68,23 @@ class Registry:
         self.uri = uri or tracking_uri(root)
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
 
-    def version_of(self, name: str, weights: Path) -> RegisteredModel | None:
-        """The newest version of `name` whose weights are byte for byte `weights`; None if the
-        file was never registered (training without tracking, or tracking failed)."""
-        sha = file_sha256(weights)
+    def version_with_weights(self, name: str, weights_sha256: str) -> RegisteredModel | None:
+        """The newest version of `name` tagged with this sha256 of its weights; None if such
+        weights were never registered (training without tracking, or tracking failed)."""
         versions = self._versions(name)
-        found = [mv for mv in versions if mv.tags.get(WEIGHTS_SHA256_TAG) == sha]
+        found = [mv for mv in versions if mv.tags.get(WEIGHTS_SHA256_TAG) == weights_sha256]
         if not found:
             return None
         return RegisteredModel.of(max(found, key=lambda mv: int(mv.version)))
+
+    def get(self, name: str, version: str) -> RegisteredModel | None:
+        """Version `version` of `name`, or None when there is no such version."""
+        try:
+            return RegisteredModel.of(self.client.get_model_version(name, version))
+        except MlflowException as exc:
+            if _not_found(exc):
+                return None
+            raise
 
     def by_alias(self, name: str, alias: str) -> RegisteredModel | None:
         """The version that holds `alias`, or None (no such model, or no version has it)."""

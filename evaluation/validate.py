@@ -9,6 +9,13 @@ The model gate, per model, on every reference set (`gate` is pure: numbers in, c
   `validate.tolerance`, for buckets with at least `validate.min_objects` objects (fewer move by
   1/n per object: reported, not judged). No champion yet: passes with a note.
 
+The chain of custody, per model (`weights`): the weights in `artifacts/models/<model>/` are
+the ones evaluate scored (their sha256 is the one `metrics.json` records), and where there is a
+registry, the registered version evaluate named is tagged with that sha256. The verdict names
+those weights (`models.<model>.weights_sha256`, and their version) and the sha256 of the
+metrics.json it judged (`metrics_sha256`); export ships no other weights, and no thresholds from
+another metrics.json.
+
 `artifacts/validation/verdict.json` holds every check with its numbers; the previous dataset
 version's `stats.json` is kept as `artifacts/validation/baseline_stats.json` (a persistent DVC
 output) and replaced by the current one when the data checks pass.
@@ -30,15 +37,38 @@ from data.errors import AnonlabError
 from data.size_buckets import BUCKETS
 from evaluation.config import EvaluateConfig, ValidateConfig
 from evaluation.data_checks import ERROR, Check, check_dataset
-from evaluation.registry import CHALLENGER, Registry
+from evaluation.registry import CHALLENGER, RegisteredModel, Registry
+from serving.runtime.checksum import file_sha256
+from training.tracking import WEIGHTS_SHA256_TAG
 
-__all__ = ["GateFailed", "ValidateSetup", "gate", "run_validate"]
+__all__ = ["GateFailed", "ValidateSetup", "ValidatedModel", "gate", "run_validate"]
 
 log = logging.getLogger(__name__)
 
 
 class GateFailed(AnonlabError):
     """The verdict is fail; the message lists the failed checks."""
+
+
+@dataclass(frozen=True)
+class ValidatedModel:
+    """What the verdict says of one model (`verdict.json` `models.<name>`): the sha256 of the
+    weights evaluate scored and validate found on disk (None when metrics.json records none),
+    and the registered version tagged with it (None without a registry or a registration)."""
+
+    weights_sha256: str | None
+    version: str | None
+
+    @staticmethod
+    def from_verdict(verdict: Mapping[str, Any], name: str) -> ValidatedModel | None:
+        """Model `name` of a parsed verdict.json; None when the verdict does not name it."""
+        found = (verdict.get("models") or {}).get(name)
+        if not isinstance(found, Mapping):
+            return None
+        sha, version = found.get("weights_sha256"), found.get("version")
+        return ValidatedModel(
+            sha if isinstance(sha, str) else None, None if version is None else str(version)
+        )
 
 
 @dataclass(frozen=True)
@@ -165,6 +195,9 @@ def run_validate(setup: ValidateSetup) -> dict[str, Any]:
     if not metrics_path.is_file():
         raise AnonlabError(f"{metrics_path} does not exist; run `anonlab evaluate` first")
     metrics = read_json(metrics_path)
+    registry = _registry(setup.root)
+    validated: dict[str, ValidatedModel] = {}
+    registered: dict[str, RegisteredModel | None] = {}
     for model in setup.models:
         if model not in metrics:
             checks.append(
@@ -172,6 +205,11 @@ def run_validate(setup: ValidateSetup) -> dict[str, Any]:
             )
             continue
         entry = metrics[model]
+        weights = setup.artifacts / "models" / model / "weights.safetensors"
+        check, registered[model] = _custody(model, entry, weights, registry)
+        checks.append(check)
+        version = registered[model].version if registered[model] else None
+        validated[model] = ValidatedModel(_sha(entry.get("weights_sha256")), version)
         checks.extend(gate(entry, evaluate=setup.evaluate, validate=setup.validate, model=model))
     failed = [c for c in checks if not c.passed and c.severity == ERROR]
     warnings = [c for c in checks if not c.passed and c.severity != ERROR]
@@ -181,11 +219,13 @@ def run_validate(setup: ValidateSetup) -> dict[str, Any]:
         "failed": [c.name for c in failed],
         "warnings": [c.name for c in warnings],
         "checks": [dataclasses.asdict(c) for c in checks],
+        "metrics_sha256": file_sha256(metrics_path),
+        "models": {m: dataclasses.asdict(v) for m, v in validated.items()},
         "challengers": {},
     }
     data_ok = all(_is_model_check(c, setup) for c in failed)
     if not failed:
-        verdict["challengers"] = _set_challengers(setup, metrics)
+        verdict["challengers"] = _set_challengers(registry, registered)
     write_json(out / "verdict.json", verdict)
     if data_ok:
         stats = setup.artifacts / "prepared" / "stats.json"
@@ -206,23 +246,97 @@ def _is_model_check(check: Check, setup: ValidateSetup) -> bool:
     return any(check.name.startswith(f"{m}.") for m in setup.models)
 
 
-def _set_challengers(setup: ValidateSetup, metrics: Mapping[str, Any]) -> dict[str, str | None]:
-    """Alias `challenger` on each passing model's registered version (by its weights)."""
-    out: dict[str, str | None] = {}
+def _registry(root: Path) -> Registry | None:
     try:
-        registry = Registry(setup.root)
+        return Registry(root)
     except Exception as exc:
-        log.warning("MLflow registry unavailable (%s): no challenger alias set", exc)
-        return {m: None for m in setup.models}
-    for model in setup.models:
-        weights = setup.artifacts / "models" / model / "weights.safetensors"
-        version = registry.version_of(model, weights) if weights.is_file() else None
-        if version is None:
-            log.warning(
-                "%s: these weights are not in the MLflow registry (trained without tracking?); "
-                "no challenger alias set",
-                model,
+        log.warning(
+            "MLflow registry unavailable (%s): the weights are not checked against a registered "
+            "version, and no challenger alias is set",
+            exc,
+        )
+        return None
+
+
+def _sha(value: Any) -> str | None:
+    return value if isinstance(value, str) and len(value) == 64 else None
+
+
+def _custody(
+    model: str, entry: Mapping[str, Any], weights: Path, registry: Registry | None
+) -> tuple[Check, RegisteredModel | None]:
+    """Check `{model}.weights`: `weights` are the bytes evaluate scored (`entry`'s
+    weights_sha256), and the registered version evaluate named carries that sha256 in its
+    `anonlab.weights_sha256` tag; that version (None without a registry or a registration)."""
+    name = f"{model}.weights"
+    scored = _sha(entry.get("weights_sha256"))
+    if scored is None:
+        message = (
+            f"{model}: artifacts/eval/metrics.json records no weights_sha256 for it (written "
+            "by an older evaluate), so the weights cannot be told apart; run `anonlab evaluate` "
+            "again, then `anonlab validate`"
+        )
+        return Check(name, False, ERROR, message, {}), None
+    details: dict[str, Any] = {"evaluated": scored}
+    on_disk = file_sha256(weights) if weights.is_file() else None
+    details["file"] = on_disk
+    if on_disk != scored:
+        now = f"has sha256 {on_disk}" if on_disk else "does not exist"
+        message = (
+            f"{model}: {weights} {now}, but evaluate scored weights with sha256 {scored}: "
+            "they changed after evaluate; run `anonlab evaluate` and `anonlab validate` again"
+        )
+        return Check(name, False, ERROR, message, details), None
+    version = _registered(model, entry, scored, registry)
+    if version is not None:
+        details["registered"] = {
+            "version": version.version,
+            "weights_sha256": version.weights_sha256,
+        }
+        if version.weights_sha256 != scored:
+            message = (
+                f"{model}: {version} is tagged {WEIGHTS_SHA256_TAG} "
+                f"{version.weights_sha256}, but evaluate scored weights with sha256 {scored} "
+                "under that version: the registry changed after evaluate; run `anonlab "
+                "evaluate` and `anonlab validate` again"
             )
+            return Check(name, False, ERROR, message, details), None
+    elif entry.get("version") is not None and registry is not None:
+        message = (
+            f"{model}: evaluate scored it as version {entry['version']}, which the MLflow "
+            f"registry ({registry.uri}) does not hold; run `anonlab evaluate` and "
+            "`anonlab validate` again against the registry the model was trained with"
+        )
+        return Check(name, False, ERROR, message, details), None
+    where = f" ({version})" if version else ""
+    message = f"{model}: the weights are those evaluate scored, sha256 {scored}{where}"
+    return Check(name, True, ERROR, message, details), version
+
+
+def _registered(
+    model: str, entry: Mapping[str, Any], scored: str, registry: Registry | None
+) -> RegisteredModel | None:
+    """The version evaluate named (its `version`), else the newest tagged with `scored`."""
+    if registry is None:
+        return None
+    if entry.get("version") is not None:
+        return registry.get(model, str(entry["version"]))
+    return registry.version_with_weights(model, scored)
+
+
+def _set_challengers(
+    registry: Registry | None, registered: Mapping[str, RegisteredModel | None]
+) -> dict[str, str | None]:
+    """Alias `challenger` on each passing model's registered version (checked by `_custody`)."""
+    out: dict[str, str | None] = {}
+    for model, version in registered.items():
+        if registry is None or version is None:
+            if registry is not None:
+                log.warning(
+                    "%s: these weights are not in the MLflow registry (trained without "
+                    "tracking?); no challenger alias set",
+                    model,
+                )
             out[model] = None
             continue
         registry.set_alias(version, CHALLENGER)

@@ -703,8 +703,10 @@ COMMANDS: dict[str, Command] = {
         "Check the prepared data (schema, geometry, leakage into reference sets, shifts from "
         "the previous version) and hold each model to the gate: on every reference set each "
         "class's recall reaches evaluate.target_recall, and no class and size bucket is worse "
-        "than the champion's by more than validate.tolerance. Writes "
-        "artifacts/validation/verdict.json and exits non-zero when any check fails; a passing "
+        "than the champion's by more than validate.tolerance; its weights must be the ones "
+        "evaluate scored (by sha256, also against the registered version's tag). Writes "
+        "artifacts/validation/verdict.json (naming each model's weights by sha256) and exits "
+        "non-zero when any check fails; a passing "
         "model's registered version gets the MLflow alias challenger. `anonlab validate "
         "promote [--model NAME]` moves the alias champion to the challenger and records who "
         "and when.",
@@ -722,7 +724,10 @@ COMMANDS: dict[str, Command] = {
         "weights.safetensors, MODEL_CARD.md (recall per reference set and size bucket with "
         "intervals, known limits) and manifest.json (operating thresholds chosen on val, "
         "anonymization style per class from export.styles, input size and tiling, provenance, "
-        "the sha256 of every file). `anonlab blur` and `anonlab serve` load these folders.",
+        "the sha256 of every file). Only the weights the verdict names are exported: a "
+        "weights.safetensors whose sha256 differs, or an artifacts/eval/metrics.json other than "
+        "the one validate judged, is an error naming both sha256s, and nothing is written. "
+        "`anonlab blur` and `anonlab serve` load these folders.",
         _no_args,
         _cmd_export,
     ),

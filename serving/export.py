@@ -18,6 +18,12 @@ challenger, else `sha-<12 hex of the weights>` for a model trained without a reg
   min_size: a whole tile is seen at the scale the model was trained at) and evaluate's tiling,
   the headline recall per reference set, where the model came from, and the sha256 of every file.
 
+Only what validate passed is exported: each model's `weights.safetensors` must have the sha256
+the verdict names (the weights evaluate scored), and `artifacts/eval/metrics.json`, where the
+thresholds and recall come from, the sha256 of the one validate judged; otherwise export fails,
+naming both hashes, before anything is written. The manifest's `provenance.weights_sha256` is that
+validated sha256 (checked again on the copy in the artifact).
+
 The folder `artifacts/serving/` is replaced as a whole, so a failed export leaves the previous
 artifacts as they were.
 """
@@ -41,6 +47,7 @@ from data.atomic import read_json, staged_dir, write_json, write_text
 from data.errors import AnonlabError
 from evaluation.config import EvaluateConfig
 from evaluation.evaluate import tiling_spec
+from evaluation.validate import ValidatedModel
 from serving.config import ExportConfig
 from serving.model_card import render_model_card
 from serving.runtime.architecture import Architecture, DetectorCore
@@ -93,9 +100,9 @@ def run_export(setup: ExportSetup) -> list[Path]:
             f"{verdict_path}: validation did not pass ({failed}); only a model that passed the "
             "release gate is exported"
         )
-    metrics = read_json(
-        setup.artifacts / "eval" / "metrics.json", missing="run `anonlab evaluate` first"
-    )
+    metrics_path = setup.artifacts / "eval" / "metrics.json"
+    metrics = read_json(metrics_path, missing="run `anonlab evaluate` first")
+    validated = _validated_weights(setup, verdict, verdict_path, metrics_path)
     tags = run_tags(setup.root, stage="export")
     final = setup.artifacts / "serving"
     written = []
@@ -114,9 +121,53 @@ def run_export(setup: ExportSetup) -> list[Path]:
                 stage,
                 version=str(version) if version else None,
                 provenance={"validated": verdict.get("when"), **tags},
+                weights_sha256=validated[name],
             )
             written.append(final / folder.name)
     return written
+
+
+def _validated_weights(
+    setup: ExportSetup, verdict: Mapping[str, Any], verdict_path: Path, metrics_path: Path
+) -> dict[str, str]:
+    """Per model, the sha256 of the weights the verdict validated, once each model's weights
+    file is found to have it and metrics.json to be the one validate judged; AnonlabError
+    naming both hashes otherwise."""
+    out: dict[str, str] = {}
+    again = "run `anonlab evaluate` and `anonlab validate` again"
+    for name in setup.models:
+        model = ValidatedModel.from_verdict(verdict, name)
+        if model is None or model.weights_sha256 is None:
+            raise AnonlabError(
+                f"{verdict_path} names no validated weights for {name} (a verdict of an older "
+                f"validate, or train.models changed since); {again}. Nothing was exported"
+            )
+        weights = setup.artifacts / "models" / name / "weights.safetensors"
+        actual = file_sha256(weights) if weights.is_file() else None
+        _check_weights(name, weights, actual, model.weights_sha256)
+        out[name] = model.weights_sha256
+    judged, actual = verdict.get("metrics_sha256"), file_sha256(metrics_path)
+    if judged != actual:
+        raise AnonlabError(
+            f"{metrics_path} has sha256 {actual}, but validate judged "
+            + (f"the one with sha256 {judged}" if judged else "one it recorded no sha256 of")
+            + f" ({verdict_path}): the thresholds and recall an artifact ships must be those "
+            "the gate passed. Run `anonlab validate` again. Nothing was exported"
+        )
+    return out
+
+
+def _check_weights(name: str, weights: Path, actual: str | None, validated: str) -> None:
+    """AnonlabError unless `actual` (the sha256 of `weights`; None: no such file) is the
+    sha256 of the weights validate passed."""
+    if actual == validated:
+        return
+    found = f"has sha256 {actual}" if actual else "does not exist"
+    raise AnonlabError(
+        f"{name}: {weights} {found}, but the weights validate passed have sha256 {validated}; "
+        "only validated weights are exported. Run `anonlab evaluate` and `anonlab validate` "
+        "on these weights (or put the validated ones back). Nothing was exported"
+    )
 
 
 def export_model(
@@ -128,14 +179,17 @@ def export_model(
     *,
     version: str | None,
     provenance: Mapping[str, Any],
+    weights_sha256: str,
 ) -> Path:
     """Export one trained model (`model_dir`: config.yaml + weights.safetensors) with its
-    evaluate `entry` into a new folder under `out`; that folder."""
+    evaluate `entry` into a new folder under `out`; that folder. `weights_sha256`: the sha256
+    of the weights validate passed, which the weights file, and its copy in the artifact, must
+    have (AnonlabError otherwise)."""
     weights = model_dir / "weights.safetensors"
+    _check_weights(name, weights, file_sha256(weights), weights_sha256)
     arch = model_architecture(model_dir / "config.yaml")
     model, _ = load_model_files(model_dir / "config.yaml", weights)
-    weights_sha = file_sha256(weights)
-    version = version or f"sha-{weights_sha[:12]}"
+    version = version or f"sha-{weights_sha256[:12]}"
     thresholds = _thresholds(name, entry, arch)
     styles = _styles(name, arch, setup.export)
     folder = out / f"{name}-{version}"
@@ -148,6 +202,8 @@ def export_model(
     lowest = min(thresholds.values())
     parity = _check_parity(core, arch, size, folder / "model.onnx", spec, setup, lowest)
     shutil.copyfile(weights, folder / "weights.safetensors")
+    # The copy too, not only the file read earlier: the bytes shipped are the bytes validated.
+    _check_weights(name, weights, file_sha256(folder / "weights.safetensors"), weights_sha256)
     recall = _headline(entry)
     write_text(
         folder / "MODEL_CARD.md",
@@ -161,6 +217,7 @@ def export_model(
             targets={c: setup.evaluate.target(c) for c in arch.classes},
             tiling=spec,
             canvas=size.canvas,
+            weights_sha256=weights_sha256,
         ),
     )
     manifest = Manifest(
@@ -175,7 +232,7 @@ def export_model(
         mask_threshold=setup.evaluate.mask_threshold,
         tiling=setup.evaluate.tiling.model_dump(),
         recall=recall,
-        provenance={**provenance, "weights_sha256": weights_sha},
+        provenance={**provenance, "weights_sha256": weights_sha256},
         parity=parity,
         files={f: file_sha256(folder / f) for f in ARTIFACT_FILES},
         created=str(provenance.get("validated") or ""),

@@ -28,8 +28,10 @@ def render_model_card(
     targets: Mapping[str, float],
     tiling: TilingSpec,
     canvas: int,
+    weights_sha256: str,
 ) -> str:
-    """The model card of one exported model; `entry` is its evaluate metrics entry."""
+    """The model card of one exported model; `entry` is its evaluate metrics entry and
+    `weights_sha256` the sha256 of the weights evaluate scored and validate passed."""
     sets = entry.get("sets") or {}
     lines = [
         f"# {name}, version {version}",
@@ -58,6 +60,8 @@ def render_model_card(
         f"- tiling: {tiling.tile} px windows, {tiling.overlap} px overlap, scales "
         f"{', '.join(str(s) for s in tiling.scales)}; panoramas (aspect {tiling.panorama_aspect}) "
         "wrap around the seam",
+        f"- weights: `weights.safetensors`, sha256 `{weights_sha256}`: the bytes evaluate "
+        "scored and validate passed (export refuses any other)",
         "",
         "| class | operating threshold | target recall | reached on val | anonymized as |",
         "|---|---|---|---|---|",

@@ -91,8 +91,9 @@ class Manifest:
     score_floor: the score below which the network itself drops detections (no threshold may be
     lower). mask_threshold: mask probability from which a pixel belongs to the object.
     tiling: a `TilingSpec` as a dict. recall: headline recall per reference set and class.
-    provenance: code, data and run it came from. parity: the ONNX check's numbers.
-    files: file name -> sha256.
+    provenance: code, data and run it came from, and `weights_sha256`, the sha256 of the
+    weights validate passed (export writes it; when present it must be files'
+    weights.safetensors). parity: the ONNX check's numbers. files: file name -> sha256.
     """
 
     name: str
@@ -115,6 +116,11 @@ class Manifest:
     @property
     def kind(self) -> str:
         return str(self.architecture["kind"])
+
+    @property
+    def weights_sha256(self) -> str:
+        """The sha256 of weights.safetensors (the validated weights: see provenance)."""
+        return str(self.files["weights.safetensors"])
 
     @property
     def tiling_spec(self) -> TilingSpec:
@@ -212,6 +218,16 @@ def manifest_problems(m: Manifest) -> list[str]:
     for name, sha in m.files.items():
         if not (isinstance(sha, str) and _SHA256.fullmatch(sha)):
             out.append(_bad(f"files.{name}", sha, "must be the file's sha256 (64 hex digits)"))
+    validated = m.provenance.get("weights_sha256")
+    if validated is not None and validated != m.files.get("weights.safetensors"):
+        out.append(
+            _bad(
+                "provenance.weights_sha256",
+                validated,
+                "must be files' weights.safetensors sha256: the weights validate passed are the "
+                "weights shipped",
+            )
+        )
     return out
 
 
@@ -376,6 +392,17 @@ class Artifact:
         if name not in self.manifest.files:
             raise ArtifactError(f"{self.path}: the manifest lists no {name}")
         return self.path / name
+
+    def identity(self) -> dict[str, str]:
+        """Which model this is, JSON-ready: name, version, the sha256 of its weights (those
+        validate passed) and its manifest_sha256 (what pins name)."""
+        m = self.manifest
+        return {
+            "name": m.name,
+            "version": m.version,
+            "weights_sha256": m.weights_sha256,
+            "manifest_sha256": self.manifest_sha256,
+        }
 
 
 def load_artifact(path: str | Path) -> Artifact:

@@ -151,12 +151,24 @@ class Runtime:
         ANONLAB_REQUIRE_CLASSES, else face and license_plate), and `pins`, the manifest_sha256
         of every artifact to run (default: `environ`'s ANONLAB_ARTIFACT_SHA256, else none).
         `environ` (the command line passes os.environ) is read only where these are None.
+        Each artifact loaded is logged at INFO: name, version, and the first 12 hex digits of
+        its weights' sha256 and of its manifest_sha256.
         """
         if backend not in BACKENDS:
             raise ArtifactError(f"backend {backend!r}: use one of {', '.join(BACKENDS)}")
         artifacts = load_artifacts(paths, require=require, pins=pins, environ=environ)
         detectors = [_detector(a, backend, device, threads) for a in artifacts]
-        return cls(artifacts, detectors, max_pixels=max_pixels)
+        runtime = cls(artifacts, detectors, max_pixels=max_pixels)
+        for a in artifacts:
+            log.info(
+                "loaded %s version %s (weights sha256 %s..., manifest_sha256 %s...) from %s",
+                a.manifest.name,
+                a.manifest.version,
+                a.manifest.weights_sha256[:12],
+                a.manifest_sha256[:12],
+                a.path,
+            )
+        return runtime
 
     def detect(self, rgb: np.ndarray) -> Detections:
         """What every artifact finds in an upright (H, W, 3) uint8 RGB image at or above its

@@ -15,6 +15,7 @@ from evaluation.registry import Registry
 from evaluation.validate import gate
 from serving.cli import main as cli_main
 from serving.params import Project, load_project
+from serving.runtime.checksum import file_sha256
 from tests.conftest import REPO
 from tests.prepared import prepared_project
 from tests.training.test_train import DATA, MODEL, TINY
@@ -62,6 +63,9 @@ def test_evaluate_writes_metrics_report_and_mlflow_consistent_with_score(
     metrics = json.loads((out / "metrics.json").read_text())
     entry = metrics[MODEL]
     assert entry["version"] == "1"  # the registered version of these weights
+    # The weights scored, by content: what validate and export check the weights against.
+    sha = file_sha256(project.artifacts / "models" / MODEL / "weights.safetensors")
+    assert entry["weights_sha256"] == sha
     assert set(entry["sets"]) == {"val", "holdout"}
     classes = project.params.models[MODEL].classes
     assert set(entry["thresholds"]) == set(classes)
@@ -101,6 +105,7 @@ def test_evaluate_writes_metrics_report_and_mlflow_consistent_with_score(
     experiment = client.get_experiment_by_name("anonlab/evaluate")
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.data.tags["anonlab.model"] == MODEL
+    assert run.data.tags["anonlab.weights_sha256"] == sha
     key = "recall/holdout/face/all"
     if holdout["face"]["all"]["iou"] is not None:
         assert run.data.metrics[key] == pytest.approx(holdout["face"]["all"]["iou"])
@@ -128,16 +133,15 @@ def test_validate_fails_the_gate_then_passes_sets_challenger_and_promotes(
         assert registry.by_alias(MODEL, "challenger") is None
 
         # The same weights with recall at the target (as a good model's metrics would be).
-        metrics = json.loads(saved)
-        for s in metrics[MODEL]["sets"].values():
-            for buckets in s["recall"].values():
-                for cell in buckets.values():
-                    cell["iou"] = cell["coverage"] = 1.0 if cell["n"] else None
-        metrics_path.write_text(json.dumps(metrics))
+        metrics_path.write_text(_reaching_targets(saved))
         assert _cli(project, "validate") == 0
         assert "version 1 is the challenger" in capsys.readouterr().out
         verdict = json.loads((project.artifacts / "validation" / "verdict.json").read_text())
         assert verdict["passed"] is True and verdict["challengers"] == {MODEL: "1"}
+        weights = project.artifacts / "models" / MODEL / "weights.safetensors"
+        sha = file_sha256(weights)
+        assert verdict["models"] == {MODEL: {"weights_sha256": sha, "version": "1"}}
+        assert verdict["metrics_sha256"] == file_sha256(metrics_path)
         assert registry.by_alias(MODEL, "challenger").version == "1"
         assert registry.by_alias(MODEL, "champion") is None  # promotion is explicit
 
@@ -150,6 +154,69 @@ def test_validate_fails_the_gate_then_passes_sets_challenger_and_promotes(
         for alias in ("challenger", "champion"):
             if Registry(project.root).by_alias(MODEL, alias):
                 _client(project).delete_registered_model_alias(MODEL, alias)
+
+
+def _reaching_targets(metrics_json: str) -> str:
+    """evaluate's metrics.json with every recall 1.0: the gate passes on the numbers."""
+    metrics = json.loads(metrics_json)
+    for s in metrics[MODEL]["sets"].values():
+        for buckets in s["recall"].values():
+            for cell in buckets.values():
+                cell["iou"] = cell["coverage"] = 1.0 if cell["n"] else None
+    return json.dumps(metrics)
+
+
+def test_validate_and_export_hold_to_the_weights_evaluate_scored(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Weights changed after a passing validate are not exported; weights changed after
+    evaluate, or a registered version tagged with other weights, fail validate."""
+    if not (project.artifacts / "eval" / "metrics.json").is_file():
+        assert _cli(project, "evaluate") == 0
+    metrics_path = project.artifacts / "eval" / "metrics.json"
+    verdict_path = project.artifacts / "validation" / "verdict.json"
+    saved = metrics_path.read_text()
+    weights = project.artifacts / "models" / MODEL / "weights.safetensors"
+    original = weights.read_bytes()
+    scored = file_sha256(weights)
+    client = _client(project)
+    try:
+        metrics_path.write_text(_reaching_targets(saved))
+        assert _cli(project, "validate") == 0
+        capsys.readouterr()
+        changed = bytearray(original)
+        changed[-1] ^= 1  # a byte of the last tensor: still a loadable safetensors file
+        weights.write_bytes(bytes(changed))
+        now = file_sha256(weights)
+
+        assert _cli(project, "export") == 2
+        err = capsys.readouterr().err
+        assert f"has sha256 {now}, but the weights validate passed have sha256 {scored}" in err
+        assert "`anonlab evaluate` and `anonlab validate`" in err
+        assert not (project.artifacts / "serving").exists()  # nothing written, not even staged
+        assert not list(project.artifacts.glob(".serving*"))
+
+        assert _cli(project, "validate") == 2
+        err = capsys.readouterr().err
+        assert f"has sha256 {now}, but evaluate scored weights with sha256 {scored}" in err
+        verdict = json.loads(verdict_path.read_text())
+        assert f"{MODEL}.weights" in verdict["failed"] and verdict["challengers"] == {}
+
+        weights.write_bytes(original)
+        client.set_model_version_tag(MODEL, "1", "anonlab.weights_sha256", "0" * 64)
+        assert _cli(project, "validate") == 2
+        err = capsys.readouterr().err
+        assert f"version 1 is tagged anonlab.weights_sha256 {'0' * 64}" in err
+        assert f"evaluate scored weights with sha256 {scored}" in err
+        verdict = json.loads(verdict_path.read_text())
+        assert verdict["failed"] == [f"{MODEL}.weights"] and verdict["challengers"] == {}
+    finally:
+        weights.write_bytes(original)
+        client.set_model_version_tag(MODEL, "1", "anonlab.weights_sha256", scored)
+        metrics_path.write_text(saved)
+        for alias in ("challenger", "champion"):
+            if Registry(project.root).by_alias(MODEL, alias):
+                client.delete_registered_model_alias(MODEL, alias)
 
 
 def test_promote_without_challenger_says_what_to_do(

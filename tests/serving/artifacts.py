@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,11 @@ import yaml
 
 from data.atomic import write_json
 from data.config import compose
+from evaluation.validate import ValidatedModel
 from serving.export import ExportSetup, export_model
 from serving.params import load_project
 from serving.runtime.artifact import manifest_digest
+from serving.runtime.checksum import file_sha256
 from tests.conftest import REPO
 from tests.images import texture
 from training.config import ModelConfig
@@ -101,6 +104,25 @@ def export_setup(root: Path, overrides: list[str] | None = None) -> ExportSetup:
     return ExportSetup.of(project.params, artifacts=project.artifacts, root=root)
 
 
+def write_validation(setup: ExportSetup, version: str | None = "3") -> str:
+    """artifacts/eval/metrics.json and a passing artifacts/validation/verdict.json for the tiny
+    model in `setup`'s artifacts, as evaluate and validate write them (its registered
+    `version`); the sha256 of its weights, which the verdict names."""
+    sha = file_sha256(setup.artifacts / "models" / NAME / "weights.safetensors")
+    metrics = setup.artifacts / "eval" / "metrics.json"
+    write_json(metrics, {NAME: {**evaluate_entry(), "weights_sha256": sha}})
+    verdict = {
+        "passed": True,
+        "when": "2026-11-22T00:00:00+00:00",
+        "failed": [],
+        "metrics_sha256": file_sha256(metrics),
+        "models": {NAME: asdict(ValidatedModel(sha, version))},
+        "challengers": {NAME: version},
+    }
+    write_json(setup.artifacts / "validation" / "verdict.json", verdict)
+    return sha
+
+
 def tiny_artifact(root: Path) -> Path:
     """Export the tiny model from a fresh project in `root`; the artifact folder."""
     setup = export_setup(root)
@@ -113,6 +135,7 @@ def tiny_artifact(root: Path) -> Path:
         setup.artifacts / "serving",
         version="1",
         provenance={"validated": "2026-11-22T00:00:00+00:00"},
+        weights_sha256=file_sha256(model_dir / "weights.safetensors"),
     )
 
 

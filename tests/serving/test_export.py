@@ -4,6 +4,7 @@ PyTorch at export), the artifact it writes, and the runtime's refusal of altered
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
-from data.atomic import write_json
+from data.atomic import read_json, write_json
 from data.errors import AnonlabError
 from serving.export import _sample_tiles, run_export
 from serving.runtime.anonymize import DEFAULT_STYLES
@@ -29,11 +30,13 @@ from tests.serving.artifacts import (
     NAME,
     THRESHOLDS,
     TILE,
+    edit_manifest,
     evaluate_entry,
     export_setup,
     read_manifest,
     tiny_artifact,
     tiny_model_dir,
+    write_validation,
 )
 
 
@@ -251,9 +254,7 @@ def test_export_fails_and_writes_nothing_when_onnx_and_pytorch_disagree(tmp_path
     setup = export_setup(tmp_path, ["export.parity.box_px=1e-12", "export.parity.score=1e-12"])
     setup = replace(setup, models=[NAME])
     tiny_model_dir(setup.artifacts)
-    write_json(setup.artifacts / "eval" / "metrics.json", {NAME: evaluate_entry()})
-    verdict = {"passed": True, "failed": [], "challengers": {NAME: "3"}, "when": "now"}
-    write_json(setup.artifacts / "validation" / "verdict.json", verdict)
+    write_validation(setup)
     with pytest.raises(AnonlabError, match=r"disagree on 3 val tiles: \d+ detections compared"):
         run_export(setup)
     assert not (setup.artifacts / "serving").exists()
@@ -265,9 +266,7 @@ def test_export_fails_and_writes_nothing_when_nothing_was_compared(tmp_path: Pat
     # which agrees perfectly and proves nothing.
     setup = replace(export_setup(tmp_path, ["evaluate.min_threshold=0.99"]), models=[NAME])
     tiny_model_dir(setup.artifacts)
-    write_json(setup.artifacts / "eval" / "metrics.json", {NAME: evaluate_entry()})
-    verdict = {"passed": True, "failed": [], "challengers": {NAME: "3"}, "when": "now"}
-    write_json(setup.artifacts / "validation" / "verdict.json", verdict)
+    write_validation(setup)
     with pytest.raises(AnonlabError) as failed:
         run_export(setup)
     message = str(failed.value)
@@ -277,3 +276,75 @@ def test_export_fails_and_writes_nothing_when_nothing_was_compared(tmp_path: Pat
     assert "add it to export.parity.allow_absent" in message
     assert message.endswith("Nothing was exported.")
     assert not (setup.artifacts / "serving").exists()
+
+
+# -- chain of custody: what validate passed is what ships --------------------------------------
+
+
+def test_export_ships_the_validated_weights_and_refuses_any_other(tmp_path: Path) -> None:
+    setup = replace(export_setup(tmp_path), models=[NAME])
+    weights = tiny_model_dir(setup.artifacts) / "weights.safetensors"
+    validated = write_validation(setup, version="3")
+    (folder,) = run_export(setup)
+    m = read_manifest(folder)
+    assert m["provenance"]["weights_sha256"] == validated == m["files"]["weights.safetensors"]
+    assert (
+        f"sha256 `{validated}`: the bytes evaluate scored" in (folder / "MODEL_CARD.md").read_text()
+    )
+    shipped = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    original = weights.read_bytes()
+    changed = bytearray(original)
+    changed[-1] ^= 1  # a byte of the last tensor: the file still loads
+    weights.write_bytes(bytes(changed))
+    now = file_sha256(weights)
+    with pytest.raises(AnonlabError) as refused:
+        run_export(setup)
+    message = str(refused.value)
+    assert f"has sha256 {now}, but the weights validate passed have sha256 {validated}" in message
+    assert "Run `anonlab evaluate` and `anonlab validate`" in message
+    # The previous export is left as it was, and no staging folder was made.
+    assert [p.name for p in (setup.artifacts / "serving").iterdir()] == [folder.name]
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == shipped
+    assert not list(setup.artifacts.glob(".serving*"))
+
+    # The validated weights again, but thresholds from a metrics.json validate never judged.
+    weights.write_bytes(original)
+    metrics = setup.artifacts / "eval" / "metrics.json"
+    edited = read_json(metrics)
+    edited[NAME]["thresholds"]["face"]["threshold"] = 0.05
+    write_json(metrics, edited)
+    with pytest.raises(AnonlabError, match=r"but validate judged the one with sha256 [0-9a-f]{64}"):
+        run_export(setup)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == shipped
+
+
+def test_export_refuses_a_verdict_that_names_no_weights(tmp_path: Path) -> None:
+    setup = replace(export_setup(tmp_path), models=[NAME])
+    tiny_model_dir(setup.artifacts)
+    write_validation(setup)
+    verdict = read_json(setup.artifacts / "validation" / "verdict.json")
+    del verdict["models"]  # as an older validate wrote it
+    write_json(setup.artifacts / "validation" / "verdict.json", verdict)
+    with pytest.raises(AnonlabError, match=r"names no validated weights for tiny"):
+        run_export(setup)
+    assert not (setup.artifacts / "serving").exists()
+
+
+def test_the_runtime_logs_what_it_loaded_and_refuses_unvalidated_provenance(
+    shared_artifact: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    m = read_manifest(shared_artifact)
+    with caplog.at_level(logging.INFO, logger="serving.runtime.pipeline"):
+        Runtime.load([shared_artifact])
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded ")]
+    weights, manifest = m["files"]["weights.safetensors"], m["manifest_sha256"]
+    assert line.startswith(
+        f"loaded {NAME} version 1 (weights sha256 {weights[:12]}..., "
+        f"manifest_sha256 {manifest[:12]}...)"
+    )
+    # A manifest claiming other validated weights than the ones it ships is refused.
+    folder = _copy(shared_artifact, tmp_path)
+    edit_manifest(folder, lambda m: m["provenance"].update(weights_sha256="0" * 64))
+    with pytest.raises(ArtifactError, match=r"provenance\.weights_sha256 = '0{64}': must be"):
+        Runtime.load([folder])

@@ -32,6 +32,7 @@ from PIL import Image
 
 from serving.cli import build_parser
 from serving.cli import main as cli_main
+from serving.runtime.checksum import file_sha256
 from serving.runtime.errors import ImageError, ServingError
 from serving.runtime.pipeline import Runtime
 from serving.runtime.service import (
@@ -224,10 +225,17 @@ def test_keep_alive_survives_a_refused_image(server: AnonymizeServer, photo: byt
 # Probes and metrics
 
 
-def test_probes(server: AnonymizeServer) -> None:
+def test_probes(server: AnonymizeServer, artifact: Path) -> None:
     assert call(server, "GET", "/healthz")[0] == 200
     status, _, body = call(server, "GET", "/readyz")
-    assert status == 200 and json.loads(body) == {"ready": True}
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    loaded = {
+        "name": "tiny",
+        "version": "1",
+        "weights_sha256": file_sha256(artifact / "weights.safetensors"),
+        "manifest_sha256": manifest["manifest_sha256"],
+    }
+    assert status == 200 and json.loads(body) == {"ready": True, "models": [loaded]}
 
 
 def test_metrics_parse_and_move(server: AnonymizeServer, photo: bytes) -> None:

@@ -12,8 +12,9 @@ Endpoints:
   `Anonymized.report()`: "format", "width", "height", "classes", "detections": [{"class",
   "score", "box", ...}], "metadata_dropped": [what of the metadata was not written back, why]}.
 - `GET /healthz`: 200 while the process answers. `GET /readyz`: 200 once the models are loaded
-  and a warm-up inference has run; 503 before (and while stopping). `GET /metrics`: Prometheus
-  text format.
+  and a warm-up inference has run, with the models loaded: {"ready": true, "models": [{"name",
+  "version", "weights_sha256", "manifest_sha256"}]}; 503 before (and while stopping).
+  `GET /metrics`: Prometheus text format.
 
 Errors are JSON {"error": "what went wrong and what to do"}:
 - 400 empty body, bad Content-Length, unknown query parameter; 404 unknown path; 405 wrong

@@ -165,8 +165,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def _readyz(self) -> Reply:
         server = self.server
-        if server.ready:
-            return json_reply(200, {"ready": True})
+        if server.ready and server.runtime is not None:
+            models = [a.identity() for a in server.runtime.artifacts]
+            return json_reply(200, {"ready": True, "models": models})
         reason = (
             "stopping"
             if server.stopping
