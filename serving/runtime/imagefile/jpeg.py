@@ -218,6 +218,15 @@ def jpeg_header(data: bytes) -> tuple[list[tuple[int, bytes]], int]:
             return segments, pos
 
 
+def jpeg_orientation(segments: list[tuple[int, bytes]]) -> int:
+    """The EXIF orientation (1..8) of a JPEG from its header segments (`jpeg_header`): that of
+    its first EXIF segment as `read_jpeg` keeps it (rebuilt), 1 when there is none."""
+    for marker, payload in segments:
+        if marker == 0xE1 and payload.startswith(EXIF_ID):
+            return exif_orientation(rebuild_exif(payload[len(EXIF_ID) :], []))
+    return 1
+
+
 def _jpeg_qtables(segments: list[tuple[int, bytes]]) -> dict[int, np.ndarray]:
     """Quantization tables by id, natural order."""
     tables: dict[int, np.ndarray] = {}

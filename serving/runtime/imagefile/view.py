@@ -37,6 +37,12 @@ def from_upright(pixels: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(_UPRIGHT[_INVERSE[_valid(orientation)]](pixels))
 
 
+def upright_size(width: int, height: int, orientation: int) -> tuple[int, int]:
+    """(width, height) as a viewer shows an image stored `width` x `height` with this EXIF
+    orientation: 5 to 8 turn it a quarter, the others keep its size."""
+    return (height, width) if _valid(orientation) >= 5 else (width, height)
+
+
 def _valid(orientation: int) -> int:
     if orientation not in _UPRIGHT:
         raise ValueError(f"EXIF orientation must be 1..8, got {orientation}")
