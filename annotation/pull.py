@@ -4,10 +4,12 @@ The raw export (from the server, or a Label Studio JSON export file when
 `annotation.source=export`) is kept byte for byte under `annotations/snapshots/`, named by time
 and content hash; a snapshot is never overwritten, and pulling unchanged content reuses the
 snapshot it already has. The export is then converted to `annotations/coco.json` for the images
-review kept. Everything that was not converted as-is is listed in `annotations/pull_report.json`
-with task ids: skipped, cancelled or conflicting tasks, degenerate geometry, keypoints that fit
-no person, tasks whose image review rejected. A pull that fails (server gone mid-export,
-malformed export) writes nothing: the previous snapshot and COCO file stay as they were.
+review kept, in the frame annotators drew in: the image upright (EXIF orientation applied), whose
+size is the manifest's `width` and `height`. Everything that was not converted as-is is listed
+in `annotations/pull_report.json` with task ids: skipped, cancelled or conflicting tasks,
+degenerate geometry, keypoints that fit no person, tasks whose image review rejected. A pull
+that fails (server gone mid-export, malformed export) writes nothing: the previous snapshot and
+COCO file stay as they were.
 """
 
 from __future__ import annotations
@@ -78,6 +80,7 @@ def run_pull(
         rec = by_sha.get(image_sha256(task) or "")
         if rec is None:
             return None
+        # The upright size: Label Studio shows the image as a viewer does.
         return ImageRef(f"raw/{rec.path}", rec.width, rec.height, rec.sha256)
 
     conversion = to_coco(

@@ -10,8 +10,10 @@ task (compared by `data.image`, the local-files URL) becomes one, in batches of
 Pre-annotations are Label Studio predictions, from the MLflow registry's `champion` model
 when there is one (`champion_predictions`), otherwise from OpenCV's bundled Haar cascades:
 faces (`haarcascade_frontalface_default`) as ellipses, plates
-(`haarcascade_russian_plate_number`) as rectangles, found on the image reduced to a long side
-of 800 pixels.
+(`haarcascade_russian_plate_number`) as rectangles, found on the image upright (EXIF
+orientation applied, as Label Studio shows it to annotators) and reduced to a long side of 800
+pixels; regions are in percent of that upright image, `original_width`/`_height` its size in
+the manifest.
 
 Import order, uncertain first. A Haar detection's confidence is c = n / (n + 8), n being the
 number of overlapping raw detections the cascade merged into it (more neighbours, surer). An
@@ -326,9 +328,8 @@ class HaarDetector:
             plates = []
         height, width = work.luma.shape[:2]
         detections = faces + plates
-        full_w, full_h = _upright_size(record)
         return Prediction(
-            result=to_regions(detections, width, height, full_w, full_h),
+            result=to_regions(detections, width, height, record.width, record.height),
             uncertainty=image_uncertainty(detections, faces, faces_alt),
             model_version=self.model_version,
         )
@@ -457,13 +458,6 @@ def to_regions(
 
 def _pct(pixels: float, size: int) -> float:
     return round(100.0 * pixels / size, 4)
-
-
-def _upright_size(record: ManifestRecord) -> tuple[int, int]:
-    # EXIF orientations 5-8 turn the image a quarter: a viewer shows it height x width.
-    if record.orientation in (5, 6, 7, 8):
-        return record.height, record.width
-    return record.width, record.height
 
 
 def _import(

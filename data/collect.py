@@ -411,6 +411,8 @@ def _record(
         collected_at=collected_at.isoformat(),
         delete_after=(collected_at + retention).isoformat(),
         orientation=info.orientation,
+        stored_width=info.stored_width,
+        stored_height=info.stored_height,
         captured_at=info.captured_at,
         has_gps=info.has_gps,
         extra=c.extra,
@@ -488,6 +490,8 @@ class _Previous:
         record = self.manifest.get(sha) if sha else None
         if version != c.version or record is None or not (raw_dir / record.path).exists():
             return None
+        if record.stored_width is None or record.stored_height is None:
+            return None  # recorded by hand, without its stored size: inspected again
         info = ImageInfo(
             format=record.format,
             width=record.width,
@@ -497,5 +501,7 @@ class _Previous:
             orientation=record.orientation,
             captured_at=record.captured_at,
             has_gps=record.has_gps,
+            stored_width=record.stored_width,
+            stored_height=record.stored_height,
         )
         return _Outcome(sha256=sha, info=info, reread=False)

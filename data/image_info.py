@@ -1,7 +1,10 @@
 """Inspect one image file: verify that it decodes completely and read what the manifest records.
 
 Every reason an image can be refused has a name (`BadImage.reason`), so collect can quarantine
-it with that reason instead of failing or dropping it.
+it with that reason instead of failing or dropping it. The orientation and the upright size
+come from the runtime's image reader (`serving.runtime.imagefile`), the one owner of what
+"upright" means, and a file is taken in only when that reader decodes it: every later stage
+reads it through `read_upright`.
 """
 
 from __future__ import annotations
@@ -17,11 +20,17 @@ from serving.runtime.errors import ImageError
 
 # The formats the platform takes in are the ones the runtime writes back; the runtime also owns
 # JPEG decoding.
-from serving.runtime.imagefile import FORMAT_EXTENSIONS, decode_jpeg
+from serving.runtime.imagefile import (
+    FORMAT_EXTENSIONS,
+    decode_jpeg,
+    read_header,
+    read_image,
+    read_orientation,
+    upright_size,
+)
 
 STORE_EXTENSION = {fmt: exts[0] for fmt, exts in FORMAT_EXTENSIONS.items()}
 
-_EXIF_ORIENTATION = 0x0112
 _EXIF_DATETIME = 0x0132
 _EXIF_IFD = 0x8769
 _EXIF_DATETIME_ORIGINAL = 0x9003
@@ -44,14 +53,18 @@ class BadImage(Exception):
 
 @dataclass(frozen=True)
 class ImageInfo:
+    """What the manifest records of an image; sizes as in `data.manifest.ManifestRecord`."""
+
     format: str
-    width: int
+    width: int  # upright: as a viewer shows it
     height: int
     bit_depth: int
     channels: int
-    orientation: int | None
+    orientation: int  # EXIF orientation, 1..8 (1: none)
     captured_at: str | None
     has_gps: bool
+    stored_width: int  # the pixel rows and columns as stored, before the orientation
+    stored_height: int
 
 
 def inspect_image(data: bytes, name: str, max_pixels: int) -> ImageInfo:
@@ -90,28 +103,42 @@ def inspect_image(data: bytes, name: str, max_pixels: int) -> ImageInfo:
         )
     bit_depth = _bit_depth(img, data)
     channels = len(img.getbands())
-    orientation, captured_at, has_gps = _exif(img)
+    captured_at, has_gps = _exif(img)
 
-    if fmt == "JPEG":
-        # The runtime's strict decode: Pillow pads a scan cut short with grey (a truncated
-        # file with an end marker appended passes its load). At 1/8 scale it still reads every
-        # entropy-coded byte.
-        try:
-            decode_jpeg(data, scale=8)
-        except ImageError as e:
-            reason = "truncated" if "truncated" in str(e).lower() else "undecodable"
-            raise BadImage(reason, str(e)) from None
-        return ImageInfo(fmt, width, height, bit_depth, channels, orientation, captured_at, has_gps)
+    # The stored size and the orientation as the runtime's reader has them (Pillow gives some
+    # TIFFs' size already turned).
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img.load()
-    except OSError as e:
-        reason = "truncated" if "truncated" in str(e).lower() else "undecodable"
+        if fmt == "JPEG":
+            # The runtime's strict decode: Pillow pads a scan cut short with grey (a truncated
+            # file with an end marker appended passes its load). At 1/8 scale it still reads
+            # every entropy-coded byte. The frame (CMYK, 12-bit and lossless JPEG are refused)
+            # and the orientation come from the header.
+            header = read_header(data)
+            decode_jpeg(data, scale=8)
+            width, height = header.width, header.height
+            orientation = read_orientation(data)
+        else:
+            image = read_image(data, max_pixels=max_pixels)
+            width, height, orientation = image.width, image.height, image.orientation
+    except ImageError as e:
+        message = str(e).lower()
+        reason = "truncated" if "truncated" in message else "undecodable"
+        if "not supported" in message:  # a mode, depth or animation the reader refuses
+            reason = "unsupported_format"
         raise BadImage(reason, str(e)) from None
-    except (ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise BadImage("undecodable", str(e)) from None
-    return ImageInfo(fmt, width, height, bit_depth, channels, orientation, captured_at, has_gps)
+    upright_width, upright_height = upright_size(width, height, orientation)
+    return ImageInfo(
+        format=fmt,
+        width=upright_width,
+        height=upright_height,
+        bit_depth=bit_depth,
+        channels=channels,
+        orientation=orientation,
+        captured_at=captured_at,
+        has_gps=has_gps,
+        stored_width=width,
+        stored_height=height,
+    )
 
 
 def _bit_depth(img: Image.Image, data: bytes) -> int:
@@ -125,19 +152,14 @@ def _bit_depth(img: Image.Image, data: bytes) -> int:
     return _MODE_BITS.get(img.mode, 8)
 
 
-def _exif(img: Image.Image) -> tuple[int | None, str | None, bool]:
+def _exif(img: Image.Image) -> tuple[str | None, bool]:
+    """(capture time, whether GPS tags are present) from the EXIF block."""
     try:
         exif = img.getexif()
     except Exception:  # a broken EXIF block does not make the pixels unusable
-        return None, None, False
-    orientation = exif.get(_EXIF_ORIENTATION)
+        return None, False
     raw_time = exif.get_ifd(_EXIF_IFD).get(_EXIF_DATETIME_ORIGINAL) or exif.get(_EXIF_DATETIME)
-    gps = exif.get_ifd(_GPS_IFD)
-    return (
-        int(orientation) if isinstance(orientation, int) and 1 <= orientation <= 8 else None,
-        _exif_time(raw_time),
-        bool(gps),
-    )
+    return _exif_time(raw_time), bool(exif.get_ifd(_GPS_IFD))
 
 
 def _exif_time(value: object) -> str | None:

@@ -4,6 +4,9 @@ Every score is measured on the *working image*: 8-bit luminance resized so that 
 `work_size` pixels. JPEGs are decoded straight at 1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling
 (luma only), which is what makes review cheap; other formats are decoded fully, then reduced.
 Review thresholds are therefore defined on the working image, not on the full resolution.
+The working image and the thumbnail are turned upright after the reduced decode, with the
+orientation and the mapping of the runtime's reader (`serving.runtime.imagefile`), which every
+stage uses: the orientation as collect recorded it, else read from the file.
 Pure functions on paths, bytes and arrays: no manifest, no configuration.
 """
 
@@ -20,6 +23,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from serving.runtime.imagefile import read_orientation, upright
+from serving.runtime.imagefile.metadata import ORIENTATION_TAG
+
 # A path, the encoded bytes, or an open binary file.
 ImageSource = str | os.PathLike[str] | bytes | BinaryIO
 
@@ -27,17 +33,6 @@ ImageSource = str | os.PathLike[str] | bytes | BinaryIO
 OVEREXPOSED_LEVEL = 250
 
 THUMBNAIL_SIZE = 160
-
-# The EXIF orientation tag (1-8) as the transpositions a viewer applies, in Pillow's terms.
-_ORIENTATION_TRANSPOSE = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
 
 
 @dataclass(frozen=True)
@@ -86,17 +81,20 @@ def decode_working(
     For a JPEG, Pillow's `draft` asks libjpeg for the smallest DCT scale (1/2, 1/4, 1/8) whose
     output is still at least `work_size` on the long side, in luma only: the decoder then skips
     colour conversion, chroma upsampling and most of the inverse DCT. Other formats have no such
-    shortcut and are decoded fully. `orientation` is the EXIF tag (1-8) as collect recorded it;
-    it is applied to the small image so hashes and thumbnails match what a viewer shows.
+    shortcut and are decoded fully. `orientation` is the EXIF tag (1-8) as collect recorded it
+    (None: read from the file); it is applied to the small image so hashes and thumbnails match
+    what a viewer shows.
     """
+    source, orientation = _oriented(source, orientation)
     with _open(source) as img:
         width, height = img.size
         fmt = img.format or ""
         if fmt == "JPEG" and max(width, height) > work_size:
             img.draft("L", draft_size(width, height, work_size))
         luma = to_luma8(img)
+        turned = _turned_by_pillow(img)
     luma = resize_long_side(luma, work_size)
-    return WorkingImage(_orient(luma, orientation), width, height, fmt)
+    return WorkingImage(luma if turned else upright(luma, orientation), width, height, fmt)
 
 
 def draft_size(width: int, height: int, work_size: int) -> tuple[int, int]:
@@ -206,7 +204,9 @@ def pixel_digest(source: ImageSource) -> str:
 def thumbnail_jpeg(
     source: ImageSource, size: int = THUMBNAIL_SIZE, orientation: int | None = None
 ) -> bytes:
-    """A small upright colour JPEG of `source` (long side `size`) for the review report."""
+    """A small upright colour JPEG of `source` (long side `size`) for the review report;
+    `orientation` as for `decode_working`."""
+    source, orientation = _oriented(source, orientation)
     with _open(source) as img:
         if img.format == "JPEG":
             img.draft("RGB", (size, size))
@@ -216,9 +216,10 @@ def thumbnail_jpeg(
             small = img.copy()
         else:
             small = img.convert("RGB")
+        turned = _turned_by_pillow(img)
     small.thumbnail((size, size))
-    if orientation in _ORIENTATION_TRANSPOSE:
-        small = small.transpose(_ORIENTATION_TRANSPOSE[orientation])
+    if not turned:
+        small = Image.fromarray(upright(np.asarray(small), orientation))
     buf = io.BytesIO()
     small.save(buf, "JPEG", quality=80)
     return buf.getvalue()
@@ -234,20 +235,25 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 
 
-def _orient(luma: np.ndarray, orientation: int | None) -> np.ndarray:
-    """`luma` as a viewer shows it given the EXIF orientation tag (numpy's views, then a copy)."""
-    if orientation is None or orientation <= 1 or orientation > 8:
-        return luma
-    out = {
-        2: lambda a: a[:, ::-1],
-        3: lambda a: a[::-1, ::-1],
-        4: lambda a: a[::-1, :],
-        5: lambda a: a.T,
-        6: lambda a: np.rot90(a, -1),
-        7: lambda a: np.rot90(a, 2).T,
-        8: lambda a: np.rot90(a, 1),
-    }[orientation](luma)
-    return np.ascontiguousarray(out)
+def _turned_by_pillow(img: Image.Image) -> bool:
+    """Whether Pillow's load already turned `img` upright: its TIFF reader does so (and drops
+    the tag; the runtime's TIFF reader turns such pixels back to stored orientation)."""
+    return img.format == "TIFF" and ORIENTATION_TAG not in img.tag_v2
+
+
+def _oriented(source: ImageSource, orientation: int | None) -> tuple[ImageSource, int]:
+    """`source` and its orientation; when that is not given, the file is read once into bytes
+    and its orientation taken as the runtime's reader finds it."""
+    if orientation is not None:
+        return source, orientation
+    if isinstance(source, bytes | bytearray):
+        data = bytes(source)
+    elif isinstance(source, str | os.PathLike):
+        with open(source, "rb") as f:
+            data = f.read()
+    else:
+        data = source.read()
+    return data, read_orientation(data)
 
 
 def _array_digest(luma: np.ndarray) -> str:

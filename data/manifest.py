@@ -2,6 +2,14 @@
 
 Paths in a manifest (`path`) are relative to the raw store folder (`artifacts/raw`), so a store
 can be moved or synced as a whole.
+
+Sizes: `width` and `height` are the image upright, as a viewer shows it (EXIF orientation
+applied, `serving.runtime.imagefile.upright_size`): the frame annotators draw in and every
+coordinate of every stage is in. `stored_width` and `stored_height` are the pixel columns and
+rows as stored in the file, before the orientation is applied (what a decoder that ignores the
+tag gives); they differ from the upright size only for orientations 5 to 8. Rows written before
+the stored size was recorded hold Pillow's size in `width`/`height` (stored, but upright for
+TIFF); `read_manifest` gives them both sizes.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from typing import Any, TypeVar
 
 from data.atomic import read_jsonl, write_jsonl
 from data.errors import AnonlabError
+from serving.runtime.imagefile import upright_size
 
 MANIFEST = "manifest.jsonl"
 
@@ -33,7 +42,7 @@ class ManifestRecord(Record):
     source: str  # the source's name (config `name`, else its uri)
     source_path: str  # where it was found: a local path or a URL
     session: str  # capture session (a drive, a day)
-    width: int
+    width: int  # upright, as a viewer shows the image (module docstring)
     height: int
     format: str  # JPEG, PNG, TIFF, WEBP
     bit_depth: int  # bits per channel
@@ -42,7 +51,9 @@ class ManifestRecord(Record):
     source_version: str  # what identifies an unchanged source file (size + mtime, or ETag)
     collected_at: str  # ISO 8601, UTC
     delete_after: str  # ISO 8601, UTC: collected_at + retention
-    orientation: int | None = None  # EXIF orientation (1-8) when present
+    orientation: int = 1  # EXIF orientation (1-8) that turns the stored pixels upright; 1: none
+    stored_width: int | None = None  # as stored in the file, before the orientation
+    stored_height: int | None = None
     captured_at: str | None = None  # EXIF DateTimeOriginal when present
     has_gps: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -61,7 +72,33 @@ def from_row(cls: type[R], row: dict[str, Any]) -> R:
 
 
 def read_manifest(path: str | Path) -> list[ManifestRecord]:
-    return [from_row(ManifestRecord, row) for row in read_jsonl(path)]
+    return [from_row(ManifestRecord, _upright_row(row)) for row in read_jsonl(path)]
+
+
+def _upright_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A manifest row with upright `width`/`height`. Rows written before `stored_width` was
+    recorded hold the size Pillow reports there (and None for no orientation): the stored size,
+    except for TIFF, whose reader in Pillow turns the size upright itself. Their other size is
+    worked out (a quarter turn swaps the two, either way). Rows without a usable size are left
+    for `from_row` to refuse."""
+    if "stored_width" in row:
+        return row
+    width, height, orientation = row.get("width"), row.get("height"), row.get("orientation")
+    orientation = 1 if orientation is None else orientation
+    if not (isinstance(width, int) and isinstance(height, int) and orientation in range(1, 9)):
+        return row
+    other = upright_size(width, height, orientation)
+    upright, stored = (
+        ((width, height), other) if row.get("format") == "TIFF" else (other, (width, height))
+    )
+    return {
+        **row,
+        "width": upright[0],
+        "height": upright[1],
+        "orientation": orientation,
+        "stored_width": stored[0],
+        "stored_height": stored[1],
+    }
 
 
 def write_manifest(path: str | Path, records: list[ManifestRecord]) -> None:

@@ -13,6 +13,12 @@
    from the store. Reference sets stay whole images: evaluation runs tiled inference on them,
    as the runtime does.
 
+Every image is upright (invariant 7): the annotations' sizes must be the manifest's upright
+ones (else pull ran on an older manifest: an error), tiles are cut from the image as
+`serving.runtime.imagefile.read_upright` decodes it (EXIF orientation applied) and written
+without an orientation tag, and whole images keep their stored file, which training and
+evaluation read through `read_upright` as well.
+
 Outputs in `artifacts/prepared/` (replaced as a whole only on success): `train.json`,
 `val.json`, `refs/<name>.json` (COCO; every `file_name` is relative to `prepared/` itself;
 categories and keypoint names from the taxonomy), `tiles/`, `stats.json` (images and objects
@@ -44,6 +50,8 @@ from data.manifest import ManifestRecord, read_reviewed
 from data.size_buckets import BUCKETS, size_bucket
 from data.splits import split_sessions
 from data.tiling import crop, is_panorama, keep_empty_tiles, plan_tiles, tile_annotations
+from serving.runtime.errors import ImageError
+from serving.runtime.imagefile import read_orientation, read_upright
 from serving.runtime.progress import progress
 
 log = logging.getLogger(__name__)
@@ -77,6 +85,7 @@ def run_prepare(
     _check_categories(coco, taxonomy)
 
     images = [i for i in coco["images"] if i.get("sha256") in records]
+    _check_upright_sizes(images, records)
     anns_by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for a in coco["annotations"]:
         anns_by_image[a["image_id"]].append(a)
@@ -202,6 +211,24 @@ def _check_categories(coco: dict[str, Any], taxonomy: TaxonomyConfig) -> None:
         )
 
 
+def _check_upright_sizes(images: list[dict[str, Any]], records: dict[str, ManifestRecord]) -> None:
+    """Annotations drawn at another size than the image upright are in another frame (a COCO
+    file converted from a manifest that recorded stored sizes): an error naming them."""
+    wrong = [
+        f"{records[i['sha256']].source_path}: {i['width']}x{i['height']} in the annotations, "
+        f"{records[i['sha256']].width}x{records[i['sha256']].height} upright"
+        for i in images
+        if (i["width"], i["height"]) != (records[i["sha256"]].width, records[i["sha256"]].height)
+    ]
+    if wrong:
+        shown = "\n  ".join(wrong[:20])
+        raise AnonlabError(
+            f"{ANNOTATIONS}: {len(wrong)} image(s) annotated at another size than the image "
+            f"upright (EXIF orientation applied):\n  {shown}\nRun `anonlab annotate pull` "
+            "again; nothing written"
+        )
+
+
 def _phash(record: ManifestRecord) -> int:
     return int(record.extra["review"]["phash"], 16)
 
@@ -257,7 +284,13 @@ def _external(
         if not file.is_file():
             raise AnonlabError(f"{where} ('{ref.name}'): image {file} not found")
         img["file_name"] = os.path.relpath(file, artifacts / "prepared")
-        hashes[str(file)] = score_image(file, work_size=work_size).phash
+        data = file.read_bytes()
+        try:
+            orientation = read_orientation(data)
+        except ImageError as e:
+            raise AnonlabError(f"{where} ('{ref.name}'): image {file}: {e}") from None
+        # Upright, as review hashed the store's images.
+        hashes[str(file)] = score_image(data, work_size, orientation).phash
     return coco, hashes
 
 
@@ -302,7 +335,7 @@ def _tiled(
             out_images.append({**img, "id": new_id, "file_name": "../" + img["file_name"]})
             out_anns.extend({**a, "image_id": new_id} for a in anns)
             continue
-        pixels = np.asarray(Image.open(artifacts / img["file_name"]).convert("RGB"))
+        pixels = _upright_pixels(artifacts / img["file_name"], w, h)
         tiles = plan_tiles(w, h, size=t.size, overlap=t.overlap, panorama=is_panorama(w, h))
         per_tile = {
             tile: tile_annotations(
@@ -332,7 +365,22 @@ def _tiled(
     return {"info": {}, "images": out_images, "annotations": out_anns, "categories": categories}
 
 
+def _upright_pixels(path: Path, width: int, height: int) -> np.ndarray:
+    """The image at `path` upright, checked against the size its annotations were made at."""
+    try:
+        pixels = read_upright(path)
+    except (OSError, ImageError) as e:
+        raise AnonlabError(f"{path}: cannot be read ({e}); run `anonlab collect` again") from None
+    if pixels.shape[:2] != (height, width):
+        raise AnonlabError(
+            f"{path}: {pixels.shape[1]}x{pixels.shape[0]} upright, annotated at {width}x{height}; "
+            "run `anonlab annotate pull` again"
+        )
+    return pixels
+
+
 def _jpeg(pixels: np.ndarray, quality: int) -> bytes:
+    # Pillow writes no EXIF unless given one: the tile is upright and carries no orientation.
     out = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(pixels)).save(out, "JPEG", quality=quality)
     return out.getvalue()

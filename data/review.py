@@ -2,7 +2,8 @@
 
 Rules, in the order they are applied (an image gets the first reason that fits):
 
-1. `too_small`: width < min_width or height < min_height, from the manifest (no decode).
+1. `too_small`: width < min_width or height < min_height, from the manifest's upright size
+   (no decode).
 2. `unreadable`: the image cannot be decoded now (missing, truncated, corrupt).
 3. `duplicate`: the same decoded pixels as an earlier image in the manifest (re-encoded
    losslessly, other metadata); the first one in manifest order is kept. Images with identical

@@ -47,6 +47,8 @@ from evaluation.score import ScoreOptions, load_ground_truth, score
 from serving.runtime.architecture import DetectorCore
 from serving.runtime.backends import InputSize, TorchDetector
 from serving.runtime.checksum import file_sha256
+from serving.runtime.errors import ImageError
+from serving.runtime.imagefile import read_upright
 from serving.runtime.tiles import TilingSpec
 from training.loop import resolve_device
 from training.models import load_model_files
@@ -266,7 +268,7 @@ class _ModelEvaluation:
             ann = anns[o["id"]]
             image = images[ann["image_id"]]
             if ann["image_id"] not in cache:
-                cache[ann["image_id"]] = cv2.imread(str(path.parent.parent / image["file_name"]))
+                cache[ann["image_id"]] = _read_bgr(path.parent.parent / image["file_name"])
             bgr = cache[ann["image_id"]]
             if bgr is None:
                 continue
@@ -279,6 +281,15 @@ class _ModelEvaluation:
                 Miss(jpeg=_crop(bgr, ann["bbox"], self.cfg.gallery.context), caption=caption)
             )
         return shown, len(missed)
+
+
+def _read_bgr(path: Path) -> np.ndarray | None:
+    """The image upright (the frame of its boxes) in OpenCV's BGR; None when it cannot be read:
+    the gallery then leaves its misses out."""
+    try:
+        return cv2.cvtColor(read_upright(path), cv2.COLOR_RGB2BGR)
+    except (OSError, ImageError):
+        return None
 
 
 def _crop(bgr: np.ndarray, bbox: Sequence[float], context: float) -> bytes:

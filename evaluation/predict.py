@@ -3,7 +3,9 @@
 `predict_set` runs a runtime detector (tiles in, `Detections` out: evaluate uses the runtime's
 `serving.runtime.backends.TorchDetector`) through `serving.runtime.tiles.detect_tiled` over every
 image of a COCO file, so it cuts, runs and merges exactly as the runtime will, and returns the
-results in COCO's format (what `anonlab score` reads) plus the `Detections` per image.
+results in COCO's format (what `anonlab score` reads) plus the `Detections` per image. Images are
+decoded upright by the runtime's reader (`serving.runtime.imagefile.read_upright`), the frame of
+the ground truth and of the runtime's detections.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from pycocotools import mask as mask_util
 
 from data.errors import AnonlabError
 from serving.runtime.detections import Detections
+from serving.runtime.errors import ImageError
+from serving.runtime.imagefile import read_upright
 from serving.runtime.progress import bar
 from serving.runtime.tiles import Detector, TilingSpec, detect_tiled
 
@@ -44,9 +47,18 @@ def predict_set(
     per_image: dict[int, Detections] = {}
     for image in bar(images, desc=desc, unit="img"):
         path = images_root / image["file_name"]
-        rgb = cv2.imread(str(path), cv2.IMREAD_COLOR_RGB)
-        if rgb is None:
-            raise AnonlabError(f"{desc}: image {image['id']} ({path}) cannot be read")
+        try:
+            rgb = read_upright(path)
+        except (OSError, ImageError) as e:
+            raise AnonlabError(
+                f"{desc}: image {image['id']} ({path}) cannot be read: {e}"
+            ) from None
+        if rgb.shape[:2] != (image["height"], image["width"]):
+            # Its annotations are in another frame: scores would compare unrelated places.
+            raise AnonlabError(
+                f"{desc}: image {image['id']} ({path}) is {rgb.shape[1]}x{rgb.shape[0]} upright, "
+                f"its ground truth says {image['width']}x{image['height']}"
+            )
         dets = detect_tiled(rgb, detector, spec)
         per_image[image["id"]] = dets
         results.extend(to_results(dets, image["id"], rgb.shape[1], rgb.shape[0], category_ids))

@@ -1,12 +1,13 @@
 """Training data: a prepared COCO file as a torch Dataset of torchvision detection targets.
 
 `CocoDetection` reads one COCO file written by `prepare` (images relative to the file's folder,
-masks as RLE, person keypoints), applies the augmenter to numpy arrays and returns
-`(image CxHxW uint8, target)`. Images stay uint8 until they reach the model's device: a quarter
-of the bytes between loader processes, and no float pass on the loader's core (the trainer
-converts with `images_to_float`). `GroupedBatchSampler` batches images of one aspect-ratio
-group together, so padding a batch to its largest image wastes little; `collate` keeps images
-and targets as lists, as torchvision's detection models take them.
+masks as RLE, person keypoints; every image decoded upright by the runtime's
+`serving.runtime.imagefile.read_upright`, the frame of the annotations), applies the augmenter
+to numpy arrays and returns `(image CxHxW uint8, target)`. Images stay uint8 until they reach
+the model's device: a quarter of the bytes between loader processes, and no float pass on the
+loader's core (the trainer converts with `images_to_float`). `GroupedBatchSampler` batches
+images of one aspect-ratio group together, so padding a batch to its largest image wastes
+little; `collate` keeps images and targets as lists, as torchvision's detection models take them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import torch
 from torch.utils.data import Dataset, Sampler, Subset, get_worker_info
 
 from data.errors import AnonlabError
+from serving.runtime.errors import ImageError
+from serving.runtime.imagefile import read_upright
 from training.augment import Augmenter
 from training.masks import MaskCrop, PackedMasks, decode_crop
 
@@ -96,7 +99,7 @@ class CocoDetection(Dataset[tuple[torch.Tensor, Target]]):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
         info = self.images[index]
-        image = _read_rgb(self.root / info["file_name"])
+        image = _read_rgb(self.root / info["file_name"], info["width"], info["height"])
         height, width = image.shape[:2]
         anns = self.annotations[info["id"]]
         target, crops = _instances(anns, height, width, len(self.keypoint_names))
@@ -159,14 +162,20 @@ def _check_categories(categories: list[dict[str, Any]], classes: list[str], wher
         )
 
 
-def _read_rgb(path: Path) -> np.ndarray:
-    # OpenCV's decoder (libjpeg-turbo) writing RGB directly: cheaper than PIL's convert("RGB")
-    # and than decoding to BGR and swapping.
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR_RGB)
-    if image is None:
-        if not path.is_file():
-            raise AnonlabError(f"{path}: image file not found (named in the COCO file)")
-        raise AnonlabError(f"{path}: cannot decode the image (corrupt or not an image)")
+def _read_rgb(path: Path, width: int, height: int) -> np.ndarray:
+    """The image upright, uint8 RGB; an error when it is not the size the COCO file gives (its
+    annotations would be in another frame)."""
+    if not path.is_file():
+        raise AnonlabError(f"{path}: image file not found (named in the COCO file)")
+    try:
+        image = read_upright(path)
+    except (OSError, ImageError) as e:
+        raise AnonlabError(f"{path}: cannot decode the image ({e})") from None
+    if image.shape[:2] != (height, width):
+        raise AnonlabError(
+            f"{path}: {image.shape[1]}x{image.shape[0]} upright, the COCO file says "
+            f"{width}x{height}; run prepare again"
+        )
     return image
 
 

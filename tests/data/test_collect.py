@@ -75,7 +75,10 @@ def test_folder_source_records_every_format(params_file: Path, drive: Path) -> N
     assert sorted(rows) == ["a.jpg", "b.png", "c.tif", "d.png", "e.webp", "f.tiff"]
     assert report.ignored == 1  # notes.txt: counted, not an image
     a = rows["a.jpg"]
-    assert (a.format, a.width, a.height, a.bit_depth, a.channels) == ("JPEG", 64, 48, 8, 3)
+    # Stored 64x48 with orientation 6: a viewer shows it 48x64, the size every stage uses.
+    assert (a.format, a.width, a.height, a.bit_depth, a.channels) == ("JPEG", 48, 64, 8, 3)
+    assert (a.stored_width, a.stored_height) == (64, 48)
+    assert (rows["b.png"].width, rows["b.png"].height, rows["b.png"].orientation) == (40, 30, 1)
     assert (a.orientation, a.captured_at, a.has_gps) == (6, "2026-05-04T10:30:15", True)
     assert a.session == "drive-07"  # derived from the folder
     assert (rows["c.tif"].format, rows["c.tif"].bit_depth, rows["c.tif"].channels) == (

@@ -154,6 +154,24 @@ def test_missing_image_is_named(coco_file: Path) -> None:
         dataset[1]
 
 
+def test_images_are_read_upright_and_must_have_the_coco_files_size(coco_file: Path) -> None:
+    tile = coco_file.parent / "tiles" / "1.png"
+    pixels = np.array(Image.open(tile))
+    # Stored turned a quarter, with the EXIF orientation (6) that turns it back: as a viewer
+    # shows it, the picture the annotations were drawn on.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(pixels).transpose(Image.Transpose.ROTATE_90).save(tile, exif=exif.tobytes())
+    image, _ = _dataset(coco_file)[0]
+    assert torch.equal(image, torch.from_numpy(pixels).permute(2, 0, 1))
+    # Turned without the tag, it is upright at another size: its annotations would miss.
+    Image.fromarray(pixels).transpose(Image.Transpose.ROTATE_90).save(tile)
+    with pytest.raises(
+        AnonlabError, match=r"tiles/1\.png: 48x64 upright, the COCO file says 64x48"
+    ):
+        _dataset(coco_file)[0]
+
+
 def test_aspect_ratio_groups(coco_file: Path) -> None:
     assert aspect_ratio_groups(_dataset(coco_file)) == [1, 0, 1]
 
