@@ -39,7 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
@@ -54,11 +53,13 @@ from serving.runtime.architecture import Architecture, DetectorCore
 from serving.runtime.artifact import MANIFEST, Manifest, manifest_problems
 from serving.runtime.backends import InputSize, OnnxDetector, TorchDetector, compare
 from serving.runtime.checksum import file_sha256
+from serving.runtime.errors import ImageError
+from serving.runtime.imagefile import read_upright
 from serving.runtime.tiles import TilingSpec, Window, cut, plan_windows
 from training.models import load_model_files, model_architecture
 from training.tracking import run_tags
 
-__all__ = ["ExportSetup", "export_model", "run_export"]
+__all__ = ["ExportSetup", "ParitySample", "export_model", "run_export", "sample_tiles"]
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +303,7 @@ def _check_parity(
     detections, a class of the model not among them, a keypoint model without keypoints
     compared); the measured numbers and the bounds."""
     bounds = setup.export.parity
-    sample = _sample_tiles(setup.artifacts / "prepared", spec, bounds.tiles, arch.classes)
+    sample = sample_tiles(setup.artifacts / "prepared", spec, bounds.tiles, arch.classes)
     tiles = sample.tiles
     options = {
         "size": size,
@@ -396,7 +397,7 @@ def _check_parity(
 
 
 @dataclass(frozen=True)
-class _ParitySample:
+class ParitySample:
     """The tiles of the ONNX check (and the image file and window of each), and per class of
     the model its val objects: in val, and in the tiles (a box counts for a window holding its
     centre)."""
@@ -407,9 +408,9 @@ class _ParitySample:
     sampled: Counter[str]
 
 
-def _sample_tiles(
+def sample_tiles(
     prepared: Path, spec: TilingSpec, count: int, classes: Sequence[str]
-) -> _ParitySample:
+) -> ParitySample:
     """Up to `count` windows of the val images, as the runtime cuts them. First windows holding
     objects of `classes` (val.json's annotations): each time for the class with the fewest
     objects in the windows taken so far, the window holding most of its objects not yet in
@@ -463,7 +464,7 @@ def _sample_tiles(
     pixels = {k: _read_val_image(prepared, images[k]) for k in sorted({k for k, _ in chosen})}
     every = Counter(c for _, c, _, _ in objects)
     sampled = Counter(objects[i][1] for i in seen)
-    return _ParitySample(
+    return ParitySample(
         tiles=[cut(pixels[k], windows[k][j]) for k, j in chosen],
         windows=[(images[k]["file_name"], windows[k][j]) for k, j in chosen],
         objects=Counter({c: every[c] for c in classes}),
@@ -479,9 +480,10 @@ def _holds(window: Window, x: float, y: float, width: int) -> bool:
 
 def _read_val_image(prepared: Path, image: Mapping[str, Any]) -> np.ndarray:
     path = prepared / image["file_name"]
-    rgb = cv2.imread(str(path), cv2.IMREAD_COLOR_RGB)
-    if rgb is None:
-        raise AnonlabError(f"{path}: cannot be read")
+    try:
+        rgb = read_upright(path)
+    except (ImageError, OSError) as exc:
+        raise AnonlabError(f"{path}: cannot be read ({exc})") from None
     if rgb.shape[:2] != (int(image["height"]), int(image["width"])):
         raise AnonlabError(
             f"{path} is {rgb.shape[1]}x{rgb.shape[0]}, but val.json says "

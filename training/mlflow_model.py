@@ -94,7 +94,8 @@ def _to_tensor(image: Any, index: int, device: Any) -> Any:
         )
         raise AnonlabError(
             f"image {index}: expected an HxWx3 uint8 RGB array, got a {got}; decode images to "
-            "RGB uint8 (for example with PIL: np.asarray(Image.open(p).convert('RGB')))"
+            "RGB uint8 as a viewer shows them (EXIF orientation applied), for example with "
+            "serving.runtime.imagefile.read_upright(path)"
         )
     chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
     return chw.to(device=device, dtype=torch.float32).div_(255)

@@ -15,7 +15,7 @@ import pytest
 
 from data.atomic import read_json, write_json
 from data.errors import AnonlabError
-from serving.export import _sample_tiles, run_export
+from serving.export import run_export, sample_tiles
 from serving.runtime.anonymize import DEFAULT_STYLES
 from serving.runtime.artifact import SCHEMA_VERSION, load_artifact, manifest_digest
 from serving.runtime.backends import Parity, compare
@@ -161,7 +161,7 @@ def test_parity_tiles_hold_every_class_first(tmp_path: Path) -> None:
     write_json(tmp_path / "val.json", val)
     spec = TilingSpec(tile=TILE, overlap=16)
 
-    sample = _sample_tiles(tmp_path, spec, 3, CLASSES)
+    sample = sample_tiles(tmp_path, spec, 3, CLASSES)
     assert [name for name, _ in sample.windows] == ["d.png", "c.png", "e.png"]
     assert sample.sampled == sample.objects == dict.fromkeys(CLASSES, 1)
     for tile, (name, window) in zip(sample.tiles, sample.windows, strict=True):
@@ -170,10 +170,10 @@ def test_parity_tiles_hold_every_class_first(tmp_path: Path) -> None:
     assert sample.windows[1][1] == plan_windows(300, 200, spec)[-1]
     assert sample.windows[2][1] == plan_windows(240, 128, spec)[1]
     # Room for more: then the first windows of the other images.
-    more = _sample_tiles(tmp_path, spec, 5, CLASSES)
+    more = sample_tiles(tmp_path, spec, 5, CLASSES)
     assert [name for name, _ in more.windows] == ["d.png", "c.png", "e.png", "a.png", "b.png"]
     # A keypoint model detects persons only: its first tile holds one.
-    assert _sample_tiles(tmp_path, spec, 1, ["person"]).windows[0][0] == "d.png"
+    assert sample_tiles(tmp_path, spec, 1, ["person"]).windows[0][0] == "d.png"
 
 
 def _copy(artifact: Path, tmp_path: Path) -> Path:
