@@ -17,12 +17,15 @@ RUN := $(UV) run --frozen
 
 setup: .venv/.synced
 
-## demo: the whole pipeline on the built-in synthetic data (dvc repro), then the exported
-## Mask R-CNN anonymizes the holdout reference images into artifacts/blurred/holdout/ (the demo's
+## demo: the whole pipeline on the built-in synthetic data under the demo's gate (params.yaml
+## composed with evaluate=demo validate=demo: NOT the release gate; `make config` restores the
+## committed composition), then the exported Mask R-CNN anonymizes the holdout reference images
+## into artifacts/blurred/holdout/ (--allow-demo: its artifact is not a release; the demo's
 ## Keypoint R-CNN, 8 CPU minutes old, would hide most of each image in person boxes)
 demo: setup
+	$(RUN) anonlab config evaluate=demo validate=demo
 	$(RUN) dvc repro
-	$(RUN) anonlab blur --model artifacts/serving/maskrcnn_mobilenet_v3_fpn-* \
+	$(RUN) anonlab blur --allow-demo --model artifacts/serving/maskrcnn_mobilenet_v3_fpn-* \
 		--out artifacts/blurred/holdout --sidecar \
 		$$($(RUN) python -c 'import json; d = json.load(open("artifacts/prepared/refs/holdout.json")); print(" ".join("artifacts/prepared/" + i["file_name"] for i in d["images"]))')
 

@@ -81,14 +81,22 @@ class EvaluateConfig(Section):
 
 
 class ValidateConfig(Section):
-    """The release gate (model) and the checks of the prepared data."""
+    """The model gate and the checks of the prepared data. The gate is the release gate when
+    `serving.runtime.release.release_problems` finds nothing in it (see that module)."""
 
-    # Which recalls must reach evaluate.target_recall on every reference set, bucket `all`.
+    # Which recalls must reach evaluate.target_recall on every reference set.
     gate_metrics: list[Literal["iou", "coverage"]] = Field(min_length=1)
+    # The size buckets judged, each from min_objects objects on; `all` (every size together) is
+    # judged from one object.
+    buckets: list[Literal["tiny", "small", "medium", "large", "all"]] = Field(min_length=1)
+    # The number held to the target: `lower`, the lower bound of the cell's 95% bootstrap
+    # interval (a pass says the recall is at least the target with 95% confidence); `point`,
+    # the recall measured.
+    estimate: Literal["lower", "point"]
     # No class and size bucket may be worse than the champion's by more than this.
     tolerance: float = Field(ge=0, le=1)
-    # Buckets with fewer ground-truth objects are reported but not held to the champion (their
-    # recall moves by 1/n per object).
+    # Size buckets with fewer ground-truth objects are reported but neither judged against the
+    # target nor held to the champion (their recall moves by 1/n per object).
     min_objects: int = Field(ge=1)
     # Data: warn when a class/bucket's share of the objects moves by more than this (relative)
     # from the previous dataset version, for buckets with at least data_min_objects objects.

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from data.size_buckets import BUCKETS
+from serving.runtime.release import target_problems
 
 BUCKET_ORDER = [*BUCKETS, "all"]
 
@@ -56,6 +57,7 @@ th:first-child, td:first-child { text-align: left; }
 td.low { background: #fde2e2; } td.ok { background: #e3f6e3; }
 .ci { color: #777; font-size: 11px; } .delta { font-size: 11px; }
 .worse { color: #b00; } .better { color: #070; }
+.notice { background: #fde2e2; border: 1px solid #b00; padding: 6px; }
 .note { color: #555; } .plots img { max-width: 560px; margin-right: 1em; }
 .grid { display: flex; flex-wrap: wrap; gap: 8px; }
 figure { margin: 0; padding: 3px; border: 1px solid #ddd; border-radius: 4px; width: 168px; }
@@ -71,11 +73,22 @@ def render_report(
     coverage: float,
     generated: str,
 ) -> str:
-    """The whole page as a string."""
+    """The whole page as a string. Under targets or a coverage share weaker than the release
+    gate's (`release.target_problems`), its first line is an HTML comment saying NOT A RELEASE
+    and why, and a banner says so above everything else."""
+    problems = target_problems(targets, coverage)
+    banner = (
+        f"<p class='notice'><b>NOT A RELEASE</b>: evaluated against {_e('; '.join(problems))}"
+        "</p>"
+        if problems
+        else ""
+    )
     parts = [
+        f"<!-- {_e(_notice(problems))} -->",
         "<!doctype html><html><head><meta charset='utf-8'>",
         "<title>anonlab evaluation</title>",
         f"<style>{_CSS}</style></head><body>",
+        banner,
         "<h1>Anonymization recall</h1>",
         "<p class='note'>A missed face or plate is a legal incident, an extra blur a cosmetic "
         "one: models are judged by recall. <b>iou</b>: share of objects found by a detection "
@@ -286,3 +299,9 @@ def _delta(new: float | None, old: float | None) -> str:
 
 def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
+
+
+def _notice(problems: Sequence[str]) -> str:
+    if problems:
+        return "NOT A RELEASE: evaluated against " + "; ".join(problems)
+    return "evaluated against the release gate's targets"

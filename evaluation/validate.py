@@ -2,12 +2,21 @@
 it fails (so `dvc repro` stops before export), and the `challenger` alias for a passing model.
 
 The model gate, per model, on every reference set (`gate` is pure: numbers in, checks out):
-- `target.<metric>`: each class's recall over all sizes (each metric of
-  `validate.gate_metrics`: iou and/or coverage) is at least its `evaluate.target_recall`.
-  A class without ground truth in a set is reported, not judged.
+- `target.<metric>`: for each metric of `validate.gate_metrics` (iou and/or coverage), each
+  class's recall reaches its `evaluate.target_recall` over all sizes and in each size bucket of
+  `validate.buckets` holding at least `validate.min_objects` objects (fewer: reported with
+  their numbers, not judged). The number judged is `validate.estimate`: the lower bound of the
+  cell's 95% bootstrap interval (the release gate's choice: a pass then says the recall is at
+  least the target with 95% confidence, not that one sample happened to reach it), or the
+  recall measured. A class without ground truth in a set is reported, not judged.
 - `champion`: no class and size bucket is worse than the champion's by more than
   `validate.tolerance`, for buckets with at least `validate.min_objects` objects (fewer move by
   1/n per object: reported, not judged). No champion yet: passes with a note.
+
+The verdict records the gate it judged (`gate`: targets, metrics, buckets, estimate,
+min_objects, coverage), whether it is the release gate (`release`), and opens with a line
+(`notice`) saying which: a gate weaker than `serving.runtime.release`'s rule is NOT A RELEASE,
+and export carries that into every artifact it writes.
 
 The chain of custody, per model (`weights`): the weights in `artifacts/models/<model>/` are
 the ones evaluate scored (their sha256 is the one `metrics.json` records), and where there is a
@@ -32,16 +41,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data.atomic import read_json, write_json
+from data.atomic import read_json, write_text
 from data.errors import AnonlabError
 from data.size_buckets import BUCKETS
 from evaluation.config import EvaluateConfig, ValidateConfig
 from evaluation.data_checks import ERROR, Check, check_dataset
 from evaluation.registry import CHALLENGER, RegisteredModel, Registry
 from serving.runtime.checksum import file_sha256
+from serving.runtime.release import Gate, headed_json, release_notice, release_problems
 from training.tracking import WEIGHTS_SHA256_TAG
 
-__all__ = ["GateFailed", "ValidateSetup", "ValidatedModel", "gate", "run_validate"]
+__all__ = [
+    "GateFailed",
+    "ValidateSetup",
+    "ValidatedModel",
+    "gate",
+    "release_gate",
+    "run_validate",
+]
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +111,20 @@ class ValidateSetup:
         )
 
 
+def release_gate(
+    evaluate: EvaluateConfig, validate: ValidateConfig, classes: Sequence[str]
+) -> Gate:
+    """The gate these settings define for `classes` (what the verdict records and judges)."""
+    return Gate(
+        targets={c: float(evaluate.target(c)) for c in classes},
+        metrics=tuple(validate.gate_metrics),
+        buckets=tuple(validate.buckets),
+        estimate=validate.estimate,
+        min_objects=validate.min_objects,
+        coverage=float(evaluate.coverage),
+    )
+
+
 def gate(
     entry: Mapping[str, Any],
     *,
@@ -101,7 +132,14 @@ def gate(
     validate: ValidateConfig,
     model: str,
 ) -> list[Check]:
-    """The release checks of one model from its evaluate metrics entry (metrics.json[model])."""
+    """The release checks of one model from its evaluate metrics entry (metrics.json[model]).
+
+    Per reference set and metric of the gate, one check `<model>.<set>.target.<metric>` whose
+    details hold every cell (`<class>/<bucket>`): n, the recall, its 95% interval, the number
+    judged (`estimate`) and the target, and whether it was judged (`all` from one object, a size
+    bucket from `min_objects`). A cell without objects is left out; without an interval under
+    `estimate: lower` (evaluate.n_boot 0) it fails, saying so.
+    """
     checks: list[Check] = []
     sets = {k: v for k, v in (entry.get("sets") or {}).items() if k != "val"}
     if not sets:
@@ -117,28 +155,80 @@ def gate(
     champion_sets = (entry.get("champion") or {}).get("sets") or {}
     for set_name, metrics in sets.items():
         recall = metrics.get("recall") or {}
-        for metric in validate.gate_metrics:
-            short, judged = [], {}
-            for name, buckets in recall.items():
-                cell = buckets.get("all") or {}
-                value, target = cell.get(metric), evaluate.target(name)
-                if not cell.get("n"):
-                    continue
-                judged[name] = {"value": value, "target": target, "n": cell["n"]}
-                if value is None or value < target:
-                    short.append(f"{name} {_pct(value)} < {_pct(target)} (n={cell['n']})")
+        rule = release_gate(evaluate, validate, list(recall))
+        for metric in rule.metrics:
+            short, cells = _judge(recall, rule, metric)
             passed = not short
+            scope = _scope(rule)
             message = (
-                f"{model} on {set_name}: {metric} recall reaches the target for every class"
+                f"{model} on {set_name}: {metric} recall reaches the target for every class "
+                f"({scope})"
                 if passed
-                else f"{model} on {set_name}: {metric} recall below target: {'; '.join(short)}"
+                else f"{model} on {set_name}: {metric} recall below target ({scope}): "
+                + "; ".join(short)
             )
             checks.append(
-                Check(f"{model}.{set_name}.target.{metric}", passed, ERROR, message, judged)
+                Check(f"{model}.{set_name}.target.{metric}", passed, ERROR, message, cells)
             )
         old = (champion_sets.get(set_name) or {}).get("recall")
         checks.append(_against_champion(model, set_name, recall, old, entry, validate))
     return checks
+
+
+def _judge(recall: Mapping[str, Any], rule: Gate, metric: str) -> tuple[list[str], dict[str, Any]]:
+    """The cells of one metric that fall short of the target (as messages), and every cell
+    with its numbers (the check's details)."""
+    short: list[str] = []
+    cells: dict[str, Any] = {}
+    for name, buckets in recall.items():
+        target = rule.targets[name]
+        for bucket in rule.buckets:
+            cell = buckets.get(bucket) or {}
+            n = int(cell.get("n") or 0)
+            if not n:
+                continue
+            value, interval = cell.get(metric), cell.get(f"{metric}_ci")
+            judged = bucket == "all" or n >= rule.min_objects
+            estimate = value if rule.estimate == "point" else (interval or [None])[0]
+            cells[f"{name}/{bucket}"] = {
+                "n": n,
+                "value": value,
+                "interval": interval,
+                "estimate": estimate,
+                "target": target,
+                "judged": judged,
+            }
+            if judged and (estimate is None or estimate < target):
+                short.append(f"{name}/{bucket} {_cell_text(value, interval, rule, target, n)}")
+    return short, cells
+
+
+def _cell_text(
+    value: float | None, interval: Sequence[float] | None, rule: Gate, target: float, n: int
+) -> str:
+    if value is None:
+        return f"no recall < {_pct(target)} (n={n})"
+    if rule.estimate == "point":
+        return f"{_pct(value)} < {_pct(target)} (n={n})"
+    if not interval:
+        return (
+            f"{_pct(value)} has no interval to judge (evaluate.n_boot is 0; the gate judges "
+            f"the lower bound) (n={n})"
+        )
+    return (
+        f"{_pct(value)} [{_pct(interval[0])}, {_pct(interval[1])}]: lower bound "
+        f"{_pct(interval[0])} < {_pct(target)} (n={n})"
+    )
+
+
+def _scope(rule: Gate) -> str:
+    sizes = [b for b in rule.buckets if b != "all"]
+    where = "all sizes" if "all" in rule.buckets else ""
+    if sizes:
+        each = f"{'/'.join(sizes)} buckets of {rule.min_objects}+ objects"
+        where = f"{where} and {each}" if where else each
+    judged = "lower bound of the 95% interval" if rule.estimate == "lower" else "point estimate"
+    return f"{where}, {judged}"
 
 
 def _against_champion(
@@ -213,7 +303,12 @@ def run_validate(setup: ValidateSetup) -> dict[str, Any]:
         checks.extend(gate(entry, evaluate=setup.evaluate, validate=setup.validate, model=model))
     failed = [c for c in checks if not c.passed and c.severity == ERROR]
     warnings = [c for c in checks if not c.passed and c.severity != ERROR]
+    rule = release_gate(setup.evaluate, setup.validate, setup.classes)
+    problems = release_problems(rule)
     verdict = {
+        "notice": release_notice(problems),
+        "release": not problems,
+        "gate": rule.to_dict(),
         "passed": not failed,
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "failed": [c.name for c in failed],
@@ -226,13 +321,15 @@ def run_validate(setup: ValidateSetup) -> dict[str, Any]:
     data_ok = all(_is_model_check(c, setup) for c in failed)
     if not failed:
         verdict["challengers"] = _set_challengers(registry, registered)
-    write_json(out / "verdict.json", verdict)
+    write_text(out / "verdict.json", headed_json(verdict, "notice"))
     if data_ok:
         stats = setup.artifacts / "prepared" / "stats.json"
         if stats.is_file():
             shutil.copyfile(stats, baseline_path)
     for c in warnings:
         log.warning("%s", c.message)
+    if problems:
+        log.warning("%s", verdict["notice"])
     if failed:
         lines = "\n  ".join(c.message for c in failed)
         raise GateFailed(

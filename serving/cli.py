@@ -259,6 +259,7 @@ def _cmd_blur(args: argparse.Namespace) -> int:
         require=args.require,
         pins=args.pin,
         environ=os.environ,
+        allow_demo=args.allow_demo,
     )
     out = Path(args.out)
     report = blur_batch(
@@ -313,6 +314,13 @@ def _runtime_args(p: argparse.ArgumentParser, *, max_pixels_default: int) -> Non
         help="the manifest_sha256 (in its manifest.json) of an artifact to run; repeatable or "
         "comma-separated. With pins, every loaded artifact must be pinned and every pin loaded. "
         "Default: $ANONLAB_ARTIFACT_SHA256 (comma-separated), else nothing is pinned",
+    )
+    p.add_argument(
+        "--allow-demo",
+        action="store_true",
+        help="also load artifacts that passed only a gate weaker than the release gate (the "
+        "demo's reachable targets, a trial's; their manifest.json says NOT A RELEASE in its "
+        "first line), each logged as a warning. Without it, loading one is refused, saying why",
     )
     p.add_argument(
         "--backend",
@@ -405,6 +413,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             require=args.require,
             pins=args.pin,
             environ=os.environ,
+            allow_demo=args.allow_demo,
         )
 
     server = start_server(load, args.host, args.port, config)
@@ -733,24 +742,25 @@ COMMANDS: dict[str, Command] = {
     ),
     "blur": (
         "anonymize image files with exported models; fails closed per image",
-        "Load the --model artifacts as one model set, whole or not at all: each artifact verified "
-        "(schema, the sha256 of every file and of the manifest, the manifest's values: thresholds, "
-        "styles, classes, input size, tiling), the --require classes (default "
-        "$ANONLAB_REQUIRE_CLASSES, else face,license_plate) detected between them, and with --pin "
-        "(or $ANONLAB_ARTIFACT_SHA256) every artifact's manifest_sha256 pinned and every pin "
-        "loaded. Then detect with each (tiled, panoramas wrapped around the seam, at the operating "
-        "thresholds in its manifest) and hide every detection in its class's style (faces: "
-        "feathered ellipse; persons and vehicles: their mask; plates: box). Outputs keep each "
-        "input's relative path, name, format, bit depth, orientation and JPEG quality; pixels "
-        "outside hidden regions are untouched (beyond JPEG re-encoding). Metadata is kept by "
-        "allowlist: EXIF only for orientation, capture time, GPS, camera and exposure tags; XMP "
-        "without its picture properties; the ICC profile; short PNG text and JPEG comments; any "
-        "that holds a picture, thumbnails, previews, maker notes and all else are left out "
+        "Load the --model artifacts as one model set, whole or not at all: each artifact verified"
+        " (schema, the sha256 of every file and of the manifest, the manifest's values: "
+        "thresholds, styles, classes, input size, tiling), the --require classes (default "
+        "$ANONLAB_REQUIRE_CLASSES, else face,license_plate) detected between them, and with --pin"
+        " (or $ANONLAB_ARTIFACT_SHA256) every artifact's manifest_sha256 pinned and every pin "
+        "loaded; an artifact that passed only a gate weaker than the release gate is refused "
+        "unless --allow-demo. Then detect with each (tiled, panoramas wrapped around the seam, at"
+        " the operating thresholds in its manifest) and hide every detection in its class's style"
+        " (faces: feathered ellipse; persons and vehicles: their mask; plates: box). Outputs keep"
+        " each input's relative path, name, format, bit depth, orientation and JPEG quality; "
+        "pixels outside hidden regions are untouched (beyond JPEG re-encoding). Metadata is kept "
+        "by allowlist: EXIF only for orientation, capture time, GPS, camera and exposure tags; "
+        "XMP without its picture properties; the ICC profile; short PNG text and JPEG comments; "
+        "any that holds a picture, thumbnails, previews, maker notes and all else are left out "
         "(--sidecar names what was left out and why). Every file found is accounted for: "
-        "anonymized, failed (failures.jsonl in --out says at which step and why; exit status 1) or "
-        "skipped (hidden files and folders, files that are not images: skipped.jsonl); an image "
-        "that fails gets no output at all (an earlier run's is removed). Inputs that would share "
-        "an output name, or names differing only by case, are refused before anything is "
+        "anonymized, failed (failures.jsonl in --out says at which step and why; exit status 1) "
+        "or skipped (hidden files and folders, files that are not images: skipped.jsonl); an "
+        "image that fails gets no output at all (an earlier run's is removed). Inputs that would "
+        "share an output name, or names differing only by case, are refused before anything is "
         "written. Reads no params.yaml and takes no key=value overrides.",
         _blur_args,
         _cmd_blur,

@@ -18,6 +18,11 @@ challenger, else `sha-<12 hex of the weights>` for a model trained without a reg
   min_size: a whole tile is seen at the scale the model was trained at) and evaluate's tiling,
   the headline recall per reference set, where the model came from, and the sha256 of every file.
 
+Both `manifest.json` and `MODEL_CARD.md` record the gate validate passed the model under
+(`serving.runtime.release.Gate`) and open with its notice: `RELEASE GATE: ...`, or `NOT A
+RELEASE: ...` with what the gate lacks (the demo's targets, say); the runtime refuses to load
+the latter without --allow-demo.
+
 Only what validate passed is exported: each model's `weights.safetensors` must have the sha256
 the verdict names (the weights evaluate scored), and `artifacts/eval/metrics.json`, where the
 thresholds and recall come from, the sha256 of the one validate judged; otherwise export fails,
@@ -42,7 +47,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from data.atomic import read_json, staged_dir, write_json, write_text
+from data.atomic import read_json, staged_dir, write_text
 from data.errors import AnonlabError
 from evaluation.config import EvaluateConfig
 from evaluation.evaluate import tiling_spec
@@ -55,6 +60,7 @@ from serving.runtime.backends import InputSize, OnnxDetector, TorchDetector, com
 from serving.runtime.checksum import file_sha256
 from serving.runtime.errors import ImageError
 from serving.runtime.imagefile import read_upright
+from serving.runtime.release import Gate, headed_json, release_notice, release_problems
 from serving.runtime.tiles import TilingSpec, Window, cut, plan_windows
 from training.models import load_model_files, model_architecture
 from training.tracking import run_tags
@@ -104,6 +110,7 @@ def run_export(setup: ExportSetup) -> list[Path]:
     metrics_path = setup.artifacts / "eval" / "metrics.json"
     metrics = read_json(metrics_path, missing="run `anonlab evaluate` first")
     validated = _validated_weights(setup, verdict, verdict_path, metrics_path)
+    gate = _verdict_gate(verdict, verdict_path)
     tags = run_tags(setup.root, stage="export")
     final = setup.artifacts / "serving"
     written = []
@@ -123,9 +130,24 @@ def run_export(setup: ExportSetup) -> list[Path]:
                 version=str(version) if version else None,
                 provenance={"validated": verdict.get("when"), **tags},
                 weights_sha256=validated[name],
+                gate=gate,
             )
             written.append(final / folder.name)
     return written
+
+
+def _verdict_gate(verdict: Mapping[str, Any], verdict_path: Path) -> Gate:
+    """The gate the verdict judged; AnonlabError when it records none (an older validate)."""
+    try:
+        gate = Gate.from_dict(verdict.get("gate"))  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise AnonlabError(
+            f"{verdict_path}: records no gate it judged ({exc}); run `anonlab validate` again"
+        ) from None
+    problems = release_problems(gate)
+    if problems:
+        log.warning("%s", release_notice(problems))
+    return gate
 
 
 def _validated_weights(
@@ -181,11 +203,13 @@ def export_model(
     version: str | None,
     provenance: Mapping[str, Any],
     weights_sha256: str,
+    gate: Gate,
 ) -> Path:
     """Export one trained model (`model_dir`: config.yaml + weights.safetensors) with its
     evaluate `entry` into a new folder under `out`; that folder. `weights_sha256`: the sha256
     of the weights validate passed, which the weights file, and its copy in the artifact, must
-    have (AnonlabError otherwise)."""
+    have (AnonlabError otherwise). `gate`: the gate validate passed it under, recorded in the
+    manifest and the model card, both of which open with its notice."""
     weights = model_dir / "weights.safetensors"
     _check_weights(name, weights, file_sha256(weights), weights_sha256)
     arch = model_architecture(model_dir / "config.yaml")
@@ -206,6 +230,7 @@ def export_model(
     # The copy too, not only the file read earlier: the bytes shipped are the bytes validated.
     _check_weights(name, weights, file_sha256(folder / "weights.safetensors"), weights_sha256)
     recall = _headline(entry)
+    notice = release_notice(release_problems(gate))
     write_text(
         folder / "MODEL_CARD.md",
         render_model_card(
@@ -215,7 +240,7 @@ def export_model(
             entry=entry,
             thresholds=thresholds,
             styles=styles,
-            targets={c: setup.evaluate.target(c) for c in arch.classes},
+            gate=gate,
             tiling=spec,
             canvas=size.canvas,
             weights_sha256=weights_sha256,
@@ -237,6 +262,8 @@ def export_model(
         parity=parity,
         files={f: file_sha256(folder / f) for f in ARTIFACT_FILES},
         created=str(provenance.get("validated") or ""),
+        gate=gate.to_dict(),
+        notice=notice,
     )
     # The runtime refuses a manifest it cannot run safely: better to fail here than there.
     problems = manifest_problems(manifest)
@@ -245,7 +272,7 @@ def export_model(
             f"{name}: the runtime would refuse this manifest: {'; '.join(problems)}. Check "
             "export.styles, evaluate's tiling and thresholds (artifacts/eval/metrics.json)"
         )
-    write_json(folder / MANIFEST, manifest.to_json())
+    write_text(folder / MANIFEST, headed_json(manifest.to_json(), "notice"))
     log.info("%s: exported version %s as %s", name, version, folder.name)
     return folder
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from data.size_buckets import BUCKETS
 from serving.runtime.architecture import Architecture
+from serving.runtime.release import Gate, release_notice, release_problems
 from serving.runtime.tiles import TilingSpec
 
 __all__ = ["render_model_card"]
@@ -25,15 +26,20 @@ def render_model_card(
     entry: Mapping[str, Any],
     thresholds: Mapping[str, float],
     styles: Mapping[str, Mapping[str, Any]],
-    targets: Mapping[str, float],
+    gate: Gate,
     tiling: TilingSpec,
     canvas: int,
     weights_sha256: str,
 ) -> str:
     """The model card of one exported model; `entry` is its evaluate metrics entry and
-    `weights_sha256` the sha256 of the weights evaluate scored and validate passed."""
+    `weights_sha256` the sha256 of the weights evaluate scored and validate passed; `gate` the
+    gate validate passed it under, whose notice is the card's first line."""
     sets = entry.get("sets") or {}
+    targets = {c: gate.targets[c] for c in arch.classes if c in gate.targets}
+    problems = release_problems(gate)
     lines = [
+        release_notice(problems),
+        "",
         f"# {name}, version {version}",
         "",
         "## Intended use",
@@ -74,6 +80,7 @@ def render_model_card(
         lines.append(
             f"| {cls} | {thresholds[cls]:.3f} | {targets[cls]:.2f} | {reached} | {hidden} |"
         )
+    lines += ["", "## Release gate", "", *_gate_lines(gate, problems)]
     lines += ["", "## Data and recall", ""]
     lines.append(
         "Recall by IoU (a detection overlaps the object at IoU >= 0.5) and by pixel coverage "
@@ -122,6 +129,36 @@ def render_model_card(
     )
     lines += ["", "## Known limits", ""] + [f"- {limit}" for limit in limits]
     return "\n".join(lines) + "\n"
+
+
+def _gate_lines(gate: Gate, problems: list[str]) -> list[str]:
+    sizes = [b for b in gate.buckets if b != "all"]
+    judged = (
+        "the lower bound of its 95% bootstrap interval"
+        if gate.estimate == "lower"
+        else "the recall measured (not its interval)"
+    )
+    out = [
+        "validate passed this model when, on every reference set, each class's recall by "
+        + " and by ".join(gate.metrics)
+        + f" (an object covered from {gate.coverage:.0%} of its pixels) reached its target"
+        + (" over all sizes" if "all" in gate.buckets else "")
+        + (
+            f"{' and' if 'all' in gate.buckets else ''} in each size bucket "
+            f"({', '.join(sizes)}) of {gate.min_objects} objects or more"
+            if sizes
+            else ""
+        )
+        + f", judged on {judged}.",
+    ]
+    if problems:
+        out += ["", "This is weaker than the release gate:", ""]
+        out += [f"- {p}" for p in problems]
+        out += [
+            "",
+            "The anonlab runtime refuses to load this artifact unless told `--allow-demo`.",
+        ]
+    return out
 
 
 def _ci(bucket: Mapping[str, Any], key: str) -> str:

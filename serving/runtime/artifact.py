@@ -20,7 +20,9 @@ safetensors).
 
 `load_artifacts` loads a model set: the folders `artifact_folders` names (a folder of artifacts
 must hold complete artifact folders and nothing else), each verified by `load_artifact`, then
-held to what the deployment requires: between them the artifacts detect every required class
+held to what the deployment requires: every artifact passed the release gate its manifest
+records (`gate`, see `serving.runtime.release`), unless the caller allows demo artifacts
+(`--allow-demo`); between them the artifacts detect every required class
 (default face and license_plate: a missed face is a legal incident), and, when pins are given,
 every artifact is pinned and every pin is loaded. Anything less is an ArtifactError: the runtime
 never runs with part of its models.
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -41,6 +44,7 @@ from serving.runtime.anonymize import METHODS, SHAPES, Style
 from serving.runtime.backends import InputSize
 from serving.runtime.checksum import file_sha256
 from serving.runtime.errors import ArtifactError
+from serving.runtime.release import Gate, release_notice, release_problems
 from serving.runtime.tiles import TilingSpec
 
 __all__ = [
@@ -60,7 +64,9 @@ __all__ = [
     "required_classes",
 ]
 
-SCHEMA_VERSION = 1
+# 2: the manifest records the gate its model passed (`gate`, `notice`). 1 (no gate) still loads,
+# as a model that passed no known gate (`--allow-demo` only).
+SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"
 # `architecture.Architecture.kind` (that module needs torch, which an onnx deployment lacks).
 KINDS = ("maskrcnn", "keypointrcnn")
@@ -79,6 +85,8 @@ DEFAULT_REQUIRED_CLASSES = ("face", "license_plate")
 REQUIRE_ENV = "ANONLAB_REQUIRE_CLASSES"
 PINS_ENV = "ANONLAB_ARTIFACT_SHA256"
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Manifest:
@@ -94,6 +102,8 @@ class Manifest:
     provenance: code, data and run it came from, and `weights_sha256`, the sha256 of the
     weights validate passed (export writes it; when present it must be files'
     weights.safetensors). parity: the ONNX check's numbers. files: file name -> sha256.
+    gate: the gate validate passed the model under (`release.Gate` as a dict; empty in schema
+    1). notice: `release.release_notice` of that gate, the first line of manifest.json.
     """
 
     name: str
@@ -111,6 +121,8 @@ class Manifest:
     parity: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     created: str = ""
+    gate: dict[str, Any] = field(default_factory=dict)
+    notice: str = ""
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -127,6 +139,13 @@ class Manifest:
         spec = dict(self.tiling)
         spec["scales"] = tuple(spec.get("scales", (1.0,)))
         return TilingSpec(**spec)
+
+    def release_problems(self) -> list[str]:
+        """What keeps the gate this model passed from being the release gate
+        (`release.release_problems`); empty when it passed the release gate."""
+        if not self.gate:
+            return ["the manifest records no gate (exported before gates were recorded)"]
+        return release_problems(Gate.from_dict(self.gate))
 
     def to_json(self) -> dict[str, Any]:
         """The manifest as written, `manifest_sha256` included."""
@@ -184,7 +203,7 @@ def manifest_problems(m: Manifest) -> list[str]:
         out.append(_bad("created", m.created, "must be a string"))
     if not (_is_int(m.schema_version) and 1 <= m.schema_version <= SCHEMA_VERSION):
         out.append(_bad("schema_version", m.schema_version, f"must be 1 to {SCHEMA_VERSION}"))
-    objects = ("architecture", "thresholds", "styles", "tiling", "recall", "provenance")
+    objects = ("architecture", "thresholds", "styles", "tiling", "recall", "provenance", "gate")
     not_objects = [
         k for k in (*objects, "parity", "files") if not isinstance(getattr(m, k), Mapping)
     ]
@@ -218,6 +237,7 @@ def manifest_problems(m: Manifest) -> list[str]:
     for name, sha in m.files.items():
         if not (isinstance(sha, str) and _SHA256.fullmatch(sha)):
             out.append(_bad(f"files.{name}", sha, "must be the file's sha256 (64 hex digits)"))
+    out += _gate_problems(m)
     validated = m.provenance.get("weights_sha256")
     if validated is not None and validated != m.files.get("weights.safetensors"):
         out.append(
@@ -229,6 +249,23 @@ def manifest_problems(m: Manifest) -> list[str]:
             )
         )
     return out
+
+
+def _gate_problems(m: Manifest) -> list[str]:
+    """The gate must be one (`Gate.from_dict`), and the notice the one it implies, so that the
+    first line of manifest.json tells the truth; schema 1 manifests hold neither."""
+    if not m.gate:
+        if m.notice or (_is_int(m.schema_version) and m.schema_version >= 2):
+            return [_bad("gate", m.gate, "must be the gate validate passed the model under")]
+        return []
+    try:
+        gate = Gate.from_dict(m.gate)
+    except ValueError as exc:
+        return [f"gate: {exc}"]
+    expected = release_notice(release_problems(gate))
+    if m.notice != expected:
+        return [_bad("notice", m.notice, f"must be the gate's notice, {expected!r}")]
+    return []
 
 
 def _input_size_problems(m: Manifest) -> list[str]:
@@ -395,13 +432,15 @@ class Artifact:
 
     def identity(self) -> dict[str, str]:
         """Which model this is, JSON-ready: name, version, the sha256 of its weights (those
-        validate passed) and its manifest_sha256 (what pins name)."""
+        validate passed), its manifest_sha256 (what pins name), and whether it passed the
+        release gate (`release`; False only under --allow-demo)."""
         m = self.manifest
         return {
             "name": m.name,
             "version": m.version,
             "weights_sha256": m.weights_sha256,
             "manifest_sha256": self.manifest_sha256,
+            "release": not m.release_problems(),
         }
 
 
@@ -545,11 +584,14 @@ def load_artifacts(
     require: Sequence[str] | None = None,
     pins: Sequence[str] | None = None,
     environ: Mapping[str, str] | None = None,
+    allow_demo: bool = False,
 ) -> list[Artifact]:
     """The model set `paths` name (`artifact_folders`), every artifact verified
-    (`load_artifact`), held to what the deployment requires: between them the artifacts detect
-    every class of `required_classes(require, environ)`, and when `manifest_pins(pins,
-    environ)` pins any, every artifact's manifest_sha256 is pinned and every pin is loaded.
+    (`load_artifact`), held to what the deployment requires: every artifact passed the release
+    gate (`Manifest.release_problems`) unless `allow_demo` (then each one that did not is
+    logged as a warning), between them the artifacts detect every class of
+    `required_classes(require, environ)`, and when `manifest_pins(pins, environ)` pins any,
+    every artifact's manifest_sha256 is pinned and every pin is loaded.
 
     ArtifactError otherwise, naming what is missing and what was loaded: nothing loads unless
     all of it does.
@@ -560,6 +602,7 @@ def load_artifacts(
     if not folders:
         raise ArtifactError("no artifact folder given (`anonlab export` writes them)")
     artifacts = [load_artifact(f) for f in folders]
+    _held_to_release(artifacts, allow_demo)
     if pinned:
         unpinned = [
             f"{a.path} (manifest_sha256 {a.manifest_sha256}) is not pinned"
@@ -585,3 +628,29 @@ def load_artifacts(
             f"{','.join(DEFAULT_REQUIRED_CLASSES)})"
         )
     return artifacts
+
+
+def _held_to_release(artifacts: Sequence[Artifact], allow_demo: bool) -> None:
+    """ArtifactError naming each artifact that passed only a gate weaker than the release gate,
+    and why, unless `allow_demo`; then a warning for each."""
+    weak = [(a, a.manifest.release_problems()) for a in artifacts]
+    weak = [(a, problems) for a, problems in weak if problems]
+    for a, problems in weak if allow_demo else []:
+        log.warning(
+            "running %s version %s (%s), which is NOT A RELEASE: %s",
+            a.manifest.name,
+            a.manifest.version,
+            a.path,
+            "; ".join(problems),
+        )
+    if weak and not allow_demo:
+        listed = " | ".join(
+            f"{a.path} ({a.manifest.name} version {a.manifest.version}): {'; '.join(problems)}"
+            for a, problems in weak
+        )
+        raise ArtifactError(
+            f"not a release: {listed}. Its recall was proven only against a gate weaker than "
+            "the release gate, so it may leave identifiable faces and plates in what it "
+            "anonymizes. To run it anyway (a demo, a trial), pass --allow-demo (Python: "
+            "allow_demo=True)"
+        )

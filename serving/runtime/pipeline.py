@@ -142,6 +142,7 @@ class Runtime:
         require: Sequence[str] | None = None,
         pins: Sequence[str] | None = None,
         environ: Mapping[str, str] | None = None,
+        allow_demo: bool = False,
     ) -> Runtime:
         """Verify and load the artifacts at `paths` with `backend` (onnx: onnxruntime, CUDA
         where it has it; torch: PyTorch from weights.safetensors on `device`).
@@ -151,12 +152,16 @@ class Runtime:
         ANONLAB_REQUIRE_CLASSES, else face and license_plate), and `pins`, the manifest_sha256
         of every artifact to run (default: `environ`'s ANONLAB_ARTIFACT_SHA256, else none).
         `environ` (the command line passes os.environ) is read only where these are None.
+        An artifact that passed only a gate weaker than the release gate (its manifest says NOT
+        A RELEASE) is refused unless `allow_demo`.
         Each artifact loaded is logged at INFO: name, version, and the first 12 hex digits of
         its weights' sha256 and of its manifest_sha256.
         """
         if backend not in BACKENDS:
             raise ArtifactError(f"backend {backend!r}: use one of {', '.join(BACKENDS)}")
-        artifacts = load_artifacts(paths, require=require, pins=pins, environ=environ)
+        artifacts = load_artifacts(
+            paths, require=require, pins=pins, environ=environ, allow_demo=allow_demo
+        )
         detectors = [_detector(a, backend, device, threads) for a in artifacts]
         runtime = cls(artifacts, detectors, max_pixels=max_pixels)
         for a in artifacts:

@@ -120,10 +120,9 @@ def test_validate_fails_the_gate_then_passes_sets_challenger_and_promotes(
     metrics_path = project.artifacts / "eval" / "metrics.json"
     saved = metrics_path.read_text()
     try:
-        # A 3-step model cannot pass the release gate (recall 0.95 by IoU and by coverage; the
-        # composed default is the demo's): it fails, with every check on record.
-        release = ["evaluate.target_recall=0.95", "validate.gate_metrics=[iou,coverage]"]
-        assert _cli(project, "validate", *release) == 2
+        # A 3-step model cannot pass the release gate (the composed default: recall 0.95 by IoU
+        # and by coverage in every size bucket): it fails, with every check on record.
+        assert _cli(project, "validate") == 2
         err = capsys.readouterr().err
         assert "validation failed" in err and "recall below target" in err
         verdict = json.loads((project.artifacts / "validation" / "verdict.json").read_text())
@@ -136,8 +135,14 @@ def test_validate_fails_the_gate_then_passes_sets_challenger_and_promotes(
         metrics_path.write_text(_reaching_targets(saved))
         assert _cli(project, "validate") == 0
         assert "version 1 is the challenger" in capsys.readouterr().out
-        verdict = json.loads((project.artifacts / "validation" / "verdict.json").read_text())
+        text = (project.artifacts / "validation" / "verdict.json").read_text()
+        assert text.splitlines()[0].startswith('{"notice": "RELEASE GATE: recall of every class')
+        verdict = json.loads(text)
         assert verdict["passed"] is True and verdict["challengers"] == {MODEL: "1"}
+        assert verdict["release"] is True and verdict["gate"]["estimate"] == "lower"
+        judged = next(c for c in verdict["checks"] if c["name"].endswith("target.iou"))
+        face = judged["details"]["face/all"]
+        assert face["estimate"] == face["interval"][0] and face["target"] == 0.95
         weights = project.artifacts / "models" / MODEL / "weights.safetensors"
         sha = file_sha256(weights)
         assert verdict["models"] == {MODEL: {"weights_sha256": sha, "version": "1"}}
@@ -163,6 +168,7 @@ def _reaching_targets(metrics_json: str) -> str:
         for buckets in s["recall"].values():
             for cell in buckets.values():
                 cell["iou"] = cell["coverage"] = 1.0 if cell["n"] else None
+                cell["iou_ci"] = cell["coverage_ci"] = [1.0, 1.0] if cell["n"] else None
     return json.dumps(metrics)
 
 
@@ -275,6 +281,8 @@ EVAL_CFG: EvaluateConfig = load_project(
 ).params.evaluate
 GATE = ValidateConfig(
     gate_metrics=["iou", "coverage"],
+    buckets=["tiny", "small", "medium", "large", "all"],
+    estimate="point",
     tolerance=0.02,
     min_objects=10,
     max_shift=0.5,
@@ -296,7 +304,52 @@ def test_gate_holds_each_class_to_the_target_on_iou_and_coverage() -> None:
         model="m",
     )
     assert set(_failed(low)) == {"m.holdout.target.coverage"}
-    assert "face 0.850 < 0.900 (n=40)" in _failed(low)["m.holdout.target.coverage"]
+    assert "face/all 0.850 < 0.900 (n=40)" in _failed(low)["m.holdout.target.coverage"]
+
+
+def test_gate_judges_every_size_bucket_without_a_champion() -> None:
+    # Distant faces collapse while all sizes together still reach the target: no champion to
+    # compare with, and the gate still fails, naming the bucket.
+    entry = _entry(_cell(200, 0.96), _cell(12, 0.5))
+    failed = _failed(gate(entry, evaluate=EVAL_CFG, validate=GATE, model="m"))
+    assert set(failed) == {"m.holdout.target.iou", "m.holdout.target.coverage"}
+    assert "face/tiny 0.500 < 0.900 (n=12)" in failed["m.holdout.target.iou"]
+    assert "face/all" not in failed["m.holdout.target.iou"]
+    # With fewer than min_objects tiny faces the bucket is reported, not judged.
+    few = gate(_entry(_cell(200, 0.96), _cell(9, 0.5)), evaluate=EVAL_CFG, validate=GATE, model="m")
+    assert not _failed(few)
+    details = next(c for c in few if c.name == "m.holdout.target.iou").details
+    assert details["face/tiny"] == {
+        "n": 9,
+        "value": 0.5,
+        "interval": None,
+        "estimate": 0.5,
+        "target": 0.9,
+        "judged": False,
+    }
+    # A gate that judges `all` only (the demo's) does not see the collapse.
+    blind = GATE.model_copy(update={"buckets": ["all"]})
+    assert not _failed(gate(entry, evaluate=EVAL_CFG, validate=blind, model="m"))
+
+
+def test_gate_on_the_lower_bound_needs_the_interval_above_the_target() -> None:
+    lower = GATE.model_copy(update={"estimate": "lower"})
+    narrow = {"n": 400, "iou": 0.95, "iou_ci": [0.92, 0.97], "coverage": 0.95}
+    narrow["coverage_ci"] = [0.92, 0.97]
+    wide = {"n": 20, "iou": 0.95, "iou_ci": [0.85, 1.0], "coverage": 0.95}
+    wide["coverage_ci"] = [0.85, 1.0]
+    assert not _failed(gate(_entry(narrow, narrow), evaluate=EVAL_CFG, validate=lower, model="m"))
+    # The same recall from 20 objects: the point passes, the lower bound does not.
+    assert not _failed(gate(_entry(wide, wide), evaluate=EVAL_CFG, validate=GATE, model="m"))
+    failed = _failed(gate(_entry(wide, wide), evaluate=EVAL_CFG, validate=lower, model="m"))
+    message = failed["m.holdout.target.iou"]
+    assert "face/all 0.950 [0.850, 1.000]: lower bound 0.850 < 0.900 (n=20)" in message
+    assert "lower bound of the 95% interval" in message
+    # No interval (evaluate.n_boot 0) cannot pass a gate on the lower bound, and says why.
+    bare = gate(
+        _entry(_cell(40, 1.0), _cell(20, 1.0)), evaluate=EVAL_CFG, validate=lower, model="m"
+    )
+    assert "evaluate.n_boot is 0" in _failed(bare)["m.holdout.target.iou"]
 
 
 def test_gate_against_champion_uses_tolerance_and_ignores_small_buckets() -> None:

@@ -20,6 +20,7 @@ from serving.export import ExportSetup, export_model
 from serving.params import load_project
 from serving.runtime.artifact import manifest_digest
 from serving.runtime.checksum import file_sha256
+from serving.runtime.release import GATE_BUCKETS, Gate
 from tests.conftest import REPO
 from tests.images import texture
 from training.config import ModelConfig
@@ -39,6 +40,23 @@ OVERRIDES = [
 ]
 # Operating thresholds: a random-weight model scores about 1 / (classes + 1) everywhere.
 THRESHOLDS = {"face": 0.1, "person": 0.1, "license_plate": 0.1, "vehicle": 0.1}
+# The gates a verdict may record: the release gate, and the demo's (conf/*/demo.yaml).
+RELEASE_GATE = Gate(
+    targets=dict.fromkeys(CLASSES, 0.95),
+    metrics=("iou", "coverage"),
+    buckets=GATE_BUCKETS,
+    estimate="lower",
+    min_objects=10,
+    coverage=0.9,
+)
+DEMO_GATE = Gate(
+    targets={"face": 0.25, "person": 0.2, "license_plate": 0.4, "vehicle": 0.4},
+    metrics=("coverage",),
+    buckets=("all",),
+    estimate="point",
+    min_objects=10,
+    coverage=0.9,
+)
 
 
 def tiny_model_dir(root: Path, seed: int = 0) -> Path:
@@ -104,10 +122,12 @@ def export_setup(root: Path, overrides: list[str] | None = None) -> ExportSetup:
     return ExportSetup.of(project.params, artifacts=project.artifacts, root=root)
 
 
-def write_validation(setup: ExportSetup, version: str | None = "3") -> str:
+def write_validation(
+    setup: ExportSetup, version: str | None = "3", gate: Gate = RELEASE_GATE
+) -> str:
     """artifacts/eval/metrics.json and a passing artifacts/validation/verdict.json for the tiny
     model in `setup`'s artifacts, as evaluate and validate write them (its registered
-    `version`); the sha256 of its weights, which the verdict names."""
+    `version`, under `gate`); the sha256 of its weights, which the verdict names."""
     sha = file_sha256(setup.artifacts / "models" / NAME / "weights.safetensors")
     metrics = setup.artifacts / "eval" / "metrics.json"
     write_json(metrics, {NAME: {**evaluate_entry(), "weights_sha256": sha}})
@@ -118,13 +138,15 @@ def write_validation(setup: ExportSetup, version: str | None = "3") -> str:
         "metrics_sha256": file_sha256(metrics),
         "models": {NAME: asdict(ValidatedModel(sha, version))},
         "challengers": {NAME: version},
+        "gate": gate.to_dict(),
     }
     write_json(setup.artifacts / "validation" / "verdict.json", verdict)
     return sha
 
 
-def tiny_artifact(root: Path) -> Path:
-    """Export the tiny model from a fresh project in `root`; the artifact folder."""
+def tiny_artifact(root: Path, gate: Gate = RELEASE_GATE) -> Path:
+    """Export the tiny model from a fresh project in `root`, as passed under `gate`; the
+    artifact folder."""
     setup = export_setup(root)
     model_dir = tiny_model_dir(setup.artifacts)
     return export_model(
@@ -136,6 +158,7 @@ def tiny_artifact(root: Path) -> Path:
         version="1",
         provenance={"validated": "2026-11-22T00:00:00+00:00"},
         weights_sha256=file_sha256(model_dir / "weights.safetensors"),
+        gate=gate,
     )
 
 

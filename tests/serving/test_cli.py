@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from data.config import compose
+from evaluation.validate import release_gate
 from serving.cli import COMMANDS, NO_PARAMS_COMMANDS, main
+from serving.params import Params, load_project
+from serving.runtime.release import release_problems
 from tests.conftest import REPO
 
 
@@ -19,10 +23,35 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 def test_committed_params_yaml_is_a_fresh_composition_of_conf() -> None:
-    committed = (REPO / "params.yaml").read_text(encoding="utf-8")
+    # As committed: `make demo` composes the demo's profile into the working copy.
+    shown = subprocess.run(
+        ["git", "show", "HEAD:params.yaml"], cwd=REPO, capture_output=True, text=True
+    )
+    committed = shown.stdout if shown.returncode == 0 else (REPO / "params.yaml").read_text("utf-8")
     assert committed == compose(REPO / "conf"), (
         "params.yaml is stale: run `anonlab config` (make config) and commit it"
     )
+
+
+def _composed(tmp_path: Path, *overrides: str) -> Params:
+    path = tmp_path / "params.yaml"
+    path.write_text(compose(REPO / "conf", list(overrides)), encoding="utf-8")
+    return load_project(path).params
+
+
+def test_the_committed_composition_is_the_release_gate(tmp_path: Path) -> None:
+    params = _composed(tmp_path)
+    rule = release_gate(params.evaluate, params.validation, params.taxonomy.classes)
+    assert release_problems(rule) == []
+    assert rule.targets == dict.fromkeys(params.taxonomy.classes, 0.95)
+    assert rule.estimate == "lower" and set(rule.metrics) == {"iou", "coverage"}
+    # The demo's profile is not, and says why.
+    demo = _composed(tmp_path, "evaluate=demo", "validate=demo")
+    problems = release_problems(release_gate(demo.evaluate, demo.validation, demo.taxonomy.classes))
+    assert any("target recall face 0.25" in p for p in problems), problems
+    assert any("not by iou" in p for p in problems), problems
+    assert any("tiny, small, medium and large not judged" in p for p in problems), problems
+    assert any("point estimate" in p for p in problems), problems
 
 
 def test_config_check_reports_a_stale_params_file(

@@ -234,6 +234,7 @@ def test_probes(server: AnonymizeServer, artifact: Path) -> None:
         "version": "1",
         "weights_sha256": file_sha256(artifact / "weights.safetensors"),
         "manifest_sha256": manifest["manifest_sha256"],
+        "release": True,
     }
     assert status == 200 and json.loads(body) == {"ready": True, "models": [loaded]}
 
