@@ -5,6 +5,7 @@ deployment requires must be detected, and pinned manifests must be exactly the o
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from serving.cli import main
 from serving.runtime.artifact import Manifest, manifest_digest
 from serving.runtime.errors import ArtifactError
 from serving.runtime.pipeline import Runtime
+from serving.runtime.release import Gate, release_notice, release_problems
 from tests.images import jpeg_bytes, texture, write
 from tests.serving.artifacts import edit_manifest, read_manifest
 
@@ -168,6 +170,9 @@ TWO_FACES = ["face", "face", "license_plate", "vehicle"]
         ("architecture.classes", ["person", "face", "license_plate", "vehicle"], "label i + 1"),
         ("files.model.onnx", _DELETE, "files: lists no model.onnx"),
         ("name", "", "name = '': must be a non-empty string"),
+        ("gate", {}, "gate = {}: must be the gate validate passed the model under"),
+        ("gate.estimate", "mean", "gate: estimate 'mean': must be one of"),
+        ("notice", "RELEASE GATE: trust me", "notice = 'RELEASE GATE: trust me': must be the"),
     ],
 )
 def test_manifest_values_the_runtime_cannot_run_safely_are_refused(
@@ -208,6 +213,50 @@ def test_blur_refuses_a_rehashed_manifest_with_a_nan_threshold(
     code, err = _blur(capsys, photo, out, "--model", str(folder))
     _refused(code, err, out)
     assert f"{folder / 'manifest.json'}: invalid manifest: thresholds.face = nan" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# Releases only, unless told
+
+
+def _demo_gate(m: dict[str, Any]) -> None:
+    m["gate"] = {**m["gate"], "metrics": ["coverage"], "estimate": "point"}
+    m["notice"] = release_notice(release_problems(Gate.from_dict(m["gate"])))
+
+
+def _before_gates(m: dict[str, Any]) -> None:
+    """A manifest of schema 1, written before gates were recorded."""
+    del m["gate"], m["notice"]
+    m["schema_version"] = 1
+
+
+@pytest.mark.parametrize(
+    ("edit", "why"),
+    [
+        (_demo_gate, "recall judged by coverage only, not by iou"),
+        (_before_gates, "the manifest records no gate"),
+    ],
+)
+def test_blur_refuses_an_artifact_that_is_not_a_release_unless_allowed(
+    artifact: Path,
+    tmp_path: Path,
+    photo: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    edit: Callable[[dict[str, Any]], None],
+    why: str,
+) -> None:
+    folder = _copy(artifact, tmp_path / "tiny-1")
+    edit_manifest(folder, edit)
+    out = tmp_path / "out"
+    code, err = _blur(capsys, photo, out, "--model", str(folder))
+    _refused(code, err, out)
+    assert f"not a release: {folder} (tiny version 1): " in err and why in err
+    assert "pass --allow-demo" in err
+    with caplog.at_level(logging.WARNING, logger="serving.runtime.artifact"):
+        code, err = _blur(capsys, photo, out, "--model", str(folder), "--allow-demo")
+    assert code == 0 and (out / photo.name).is_file()
+    assert "which is NOT A RELEASE" in caplog.text and why in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------

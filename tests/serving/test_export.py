@@ -27,6 +27,7 @@ from serving.runtime.tiles import TilingSpec, cut, plan_windows
 from tests.images import texture
 from tests.serving.artifacts import (
     CLASSES,
+    DEMO_GATE,
     NAME,
     THRESHOLDS,
     TILE,
@@ -74,6 +75,9 @@ def test_artifact_holds_what_the_runtime_needs_with_checksums(artifact: Path) ->
     assert parity["unchecked"] == ["person", "license_plate", "vehicle"]
     assert parity["bounds"]["min_compared"] == 10
     card = (artifact / "MODEL_CARD.md").read_text()
+    assert card.startswith("RELEASE GATE: recall of every class at least 0.95, by IoU and by ")
+    assert (artifact / "manifest.json").read_text().startswith('{"notice": "RELEASE GATE: ')
+    assert "judged on the lower bound of its 95% bootstrap interval" in card
     assert "## Intended use" in card and "## Known limits" in card
     assert "| face | all | 12 | 0.500 [0.300, 0.700] | 0.800 [0.600, 0.900] |" in card
     assert "not reached on val for license plate" in card
@@ -192,7 +196,7 @@ def _rewrite_manifest(folder: Path, **changes: object) -> None:
         ("weights", "weights.safetensors was altered or corrupted"),
         ("onnx_missing", "model.onnx is missing"),
         ("threshold", "the manifest was altered after export"),
-        ("schema", r"schema_version 2 is newer than this runtime reads \(1\)"),
+        ("schema", r"schema_version 3 is newer than this runtime reads \(2\)"),
         ("not_json", "not readable JSON"),
     ],
 )
@@ -284,13 +288,21 @@ def test_export_fails_and_writes_nothing_when_nothing_was_compared(tmp_path: Pat
 def test_export_ships_the_validated_weights_and_refuses_any_other(tmp_path: Path) -> None:
     setup = replace(export_setup(tmp_path), models=[NAME])
     weights = tiny_model_dir(setup.artifacts) / "weights.safetensors"
-    validated = write_validation(setup, version="3")
+    # Validated under the demo's gate: every file says so first, and the runtime needs to be told.
+    validated = write_validation(setup, version="3", gate=DEMO_GATE)
     (folder,) = run_export(setup)
     m = read_manifest(folder)
     assert m["provenance"]["weights_sha256"] == validated == m["files"]["weights.safetensors"]
-    assert (
-        f"sha256 `{validated}`: the bytes evaluate scored" in (folder / "MODEL_CARD.md").read_text()
-    )
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert f"sha256 `{validated}`: the bytes evaluate scored" in card
+    first = card.splitlines()[0]
+    assert first.startswith("NOT A RELEASE: judged under a gate weaker than the release gate: ")
+    assert "target recall face 0.25" in first and "not by iou" in first
+    assert "refuses to load this artifact unless told `--allow-demo`" in card
+    assert (folder / "manifest.json").read_text().startswith(f'{{"notice": "{first}"')
+    with pytest.raises(ArtifactError, match=r"not a release: .*tiny version 3.*--allow-demo"):
+        Runtime.load([folder])
+    assert Runtime.load([folder], allow_demo=True).artifacts[0].identity()["release"] is False
     shipped = {p.name: p.read_bytes() for p in folder.iterdir()}
 
     original = weights.read_bytes()
