@@ -14,7 +14,7 @@ import types
 import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -40,6 +40,10 @@ class Section(BaseModel):
 class TaxonomyConfig(Section):
     classes: list[str] = Field(min_length=1)
     keypoints: list[str]
+    # Per class, the box height in pixels from which an object can identify someone; smaller
+    # ones are scored in their own row and not judged by the gate. A class not named: every
+    # object counts.
+    identifiable: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]]
 
 
 # Option names that carry credentials; they belong in the environment, never in params.yaml

@@ -138,6 +138,7 @@ def run_evaluate(setup: EvalSetup) -> dict[str, Any]:
             reports,
             targets=targets,
             coverage=setup.evaluate.coverage,
+            identifiable=setup.taxonomy.identifiable,
             generated=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         )
         write_text(out / "report.html", html)
@@ -233,6 +234,7 @@ class _ModelEvaluation:
             min_threshold=self.cfg.min_threshold,
             n_boot=self.cfg.n_boot,
             seed=self.setup.seed,
+            min_identifiable=self.setup.taxonomy.identifiable,
         )
 
     def _thresholds(
@@ -256,12 +258,13 @@ class _ModelEvaluation:
     def _misses(
         self, path: Path, gt: dict[str, Any], outcomes: list[dict[str, Any]]
     ) -> tuple[list[Miss], int]:
-        """Crops of the objects not covered, smallest first, at most gallery.max_per_set."""
+        """Crops of the objects not covered, identifiable ones first (the legal incidents),
+        each group smallest first, at most gallery.max_per_set."""
         missed = [o for o in outcomes if not o["covered"]]
         anns = {a["id"]: a for a in gt["annotations"]}
         images = {i["id"]: i for i in gt["images"]}
         names = {c["id"]: c["name"] for c in gt["categories"]}
-        missed.sort(key=lambda o: anns[o["id"]]["area"])
+        missed.sort(key=lambda o: (not o["identifiable"], anns[o["id"]]["area"]))
         shown: list[Miss] = []
         cache: dict[int, np.ndarray | None] = {}
         for o in missed[: self.cfg.gallery.max_per_set]:
@@ -272,8 +275,9 @@ class _ModelEvaluation:
             bgr = cache[ann["image_id"]]
             if bgr is None:
                 continue
+            size = size_bucket(ann["area"]) if o["identifiable"] else "below identifiable"
             caption = (
-                f"{names[ann['category_id']]} ({size_bucket(ann['area'])}, "
+                f"{names[ann['category_id']]} ({size}, "
                 f"{ann['bbox'][2]:.0f}x{ann['bbox'][3]:.0f} px), "
                 f"{o['coverage']:.0%} covered; image {image['id']}"
             )

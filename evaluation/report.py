@@ -18,7 +18,8 @@ from typing import Any
 from data.size_buckets import BUCKETS
 from serving.runtime.release import target_problems
 
-BUCKET_ORDER = [*BUCKETS, "all"]
+# `below_identifiable`: objects too small to identify anyone (score.py), not judged.
+BUCKET_ORDER = [*BUCKETS, "all", "below_identifiable"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ def render_report(
     *,
     targets: Mapping[str, float],
     coverage: float,
+    identifiable: Mapping[str, float],
     generated: str,
 ) -> str:
     """The whole page as a string. Under targets or a coverage share weaker than the release
@@ -78,8 +80,7 @@ def render_report(
     and why, and a banner says so above everything else."""
     problems = target_problems(targets, coverage)
     banner = (
-        f"<p class='notice'><b>NOT A RELEASE</b>: evaluated against {_e('; '.join(problems))}"
-        "</p>"
+        f"<p class='notice'><b>NOT A RELEASE</b>: evaluated against {_e('; '.join(problems))}</p>"
         if problems
         else ""
     )
@@ -95,7 +96,9 @@ def render_report(
         "of their class (IoU &ge; 0.5) at the operating threshold. <b>coverage</b>: share of "
         f"objects whose pixels are at least {coverage:.0%} covered by the detections of any "
         "class (what the blur hides). Brackets: bootstrap 95% intervals over images. "
-        f"Targets: {_e(', '.join(f'{c} {t:.2f}' for c, t in targets.items()))}. "
+        f"Targets: {_e(', '.join(f'{c} {t:.2f}' for c, t in targets.items()))}, for "
+        f"identifiable objects ({_e(_identifiable(identifiable))}); smaller ones are in "
+        "<b>below identifiable</b>, not judged, and hiding them is no false positive. "
         f"Generated {_e(generated)}.</p>",
     ]
     for model in models:
@@ -133,7 +136,7 @@ def _model(model: ModelReport, targets: Mapping[str, float]) -> str:
 
 def _set(model: ModelReport, s: SetReport, targets: Mapping[str, float]) -> str:
     recall = s.metrics.get("recall", {})
-    head = "".join(f"<th colspan='2'>{b}</th>" for b in BUCKET_ORDER)
+    head = "".join(f"<th colspan='2'>{b.replace('_', ' ')}</th>" for b in BUCKET_ORDER)
     sub = "".join("<th>iou</th><th>coverage</th>" for _ in BUCKET_ORDER)
     rows = []
     for name, buckets in recall.items():
@@ -305,3 +308,8 @@ def _notice(problems: Sequence[str]) -> str:
     if problems:
         return "NOT A RELEASE: evaluated against " + "; ".join(problems)
     return "evaluated against the release gate's targets"
+
+
+def _identifiable(minimum: Mapping[str, float]) -> str:
+    heights = [f"{c} from {h:g} px tall" for c, h in minimum.items() if h > 0]
+    return "; ".join(heights) + ("; " if heights else "") + "every object of other classes"

@@ -10,6 +10,12 @@ Decisions the numbers rest on:
   treats an `ignore`-only object as a normal one.)
 - Recall, false positives and curves use each (image, class)'s `max_dets` best predictions, as
   COCO does; coverage uses every prediction above threshold, as the blurring runtime would.
+- Identifiability (`ScoreOptions.min_identifiable`): an object whose box is shorter than its
+  class's minimum height cannot identify anyone. It is scored in its own row
+  (`below_identifiable`), is in no size bucket and not in `all`, and a detection matched to it
+  is neither a hit nor a false positive (hiding it is never wrong). `all`, the size buckets, the
+  precision/recall curves and the operating thresholds are those of identifiable objects; with
+  no minimum every object is identifiable. `coco.*` is pycocotools' own, over every object.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ from data.errors import AnonlabError
 from data.size_buckets import BUCKETS, size_buckets
 
 ALL = "all"
-BUCKET_NAMES: tuple[str, ...] = (*BUCKETS, ALL)
+BELOW = "below_identifiable"
+BUCKET_NAMES: tuple[str, ...] = (*BUCKETS, ALL, BELOW)
 COCO_STATS = (
     "AP",
     "AP50",
@@ -72,9 +79,12 @@ class ScoreOptions:
     max_dets: int = 100  # per image and class, as COCO
     n_boot: int = 1000  # bootstrap resamples of images; 0: no intervals
     seed: int = 0
-    # Also return `objects`: per counted ground-truth object, found (IoU) and covered (the
-    # evaluate stage's gallery of misses).
+    # Also return `objects`: per counted ground-truth object, found (IoU), covered and
+    # identifiable (the evaluate stage's gallery of misses).
     per_object: bool = False
+    # Per class name, the box height in pixels from which an object can identify someone
+    # (taxonomy.identifiable); a class not named, or None: every object.
+    min_identifiable: Mapping[str, float] | None = None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,6 +417,28 @@ def parse_thresholds(text: str, classes: Sequence[str]) -> dict[str, float] | fl
     return {name: per_class.get(name, rest) for name in classes}
 
 
+def parse_heights(text: str, classes: Sequence[str]) -> dict[str, float]:
+    """Minimum identifiable heights from the command line: "face=6,license_plate=5" (box
+    heights in pixels; classes not named: every object); "" names none."""
+    out: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        name, equals, value = part.partition("=")
+        name = name.strip()
+        if not equals or name not in classes:
+            raise AnonlabError(
+                f"identifiable {text!r}: {part!r} is not <class>=<pixels> with one of the "
+                f"classes {', '.join(classes)}"
+            )
+        try:
+            height = float(value)
+        except ValueError:
+            height = math.nan
+        if not 0 <= height < math.inf:
+            raise AnonlabError(f"identifiable {text!r}: {value!r} is not a height in pixels >= 0")
+        out[name] = height
+    return out
+
+
 def _threshold_value(text: str, value: str) -> float:
     try:
         number = float(value)
@@ -459,6 +491,11 @@ def _check_options(options: ScoreOptions) -> None:
         raise AnonlabError(f"max_dets must be an integer >= 1, found {options.max_dets!r}")
     if not (_is_int(options.n_boot) and options.n_boot >= 0):
         raise AnonlabError(f"n_boot must be an integer >= 0, found {options.n_boot!r}")
+    for name, height in (options.min_identifiable or {}).items():
+        if not (_is_number(height) and 0 <= height < math.inf):
+            raise AnonlabError(
+                f"min_identifiable of {name!r} must be a height in pixels >= 0, found {height!r}"
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -544,11 +581,13 @@ def score(
     above = dets.score >= det_threshold
     gt_threshold = np.array([thresholds[c] for c in classes])[truth.category]
     counted = ~truth.ignored
+    identifiable = _identifiable(truth, classes, options.min_identifiable)
+    members = _bucket_members(truth, identifiable)
 
     found: dict[str, np.ndarray] = {}
     status_all: tuple[np.ndarray, np.ndarray] | None = None
     for bucket in BUCKET_NAMES:
-        in_bucket = truth.bucket == bucket if bucket != ALL else np.ones(len(counted), bool)
+        in_bucket = members[bucket]
         ignored = truth.ignored | ~in_bucket
         det_gt = _greedy_match(
             pairs, truth.crowd, ignored, len(dets.score), min(options.iou, 1 - 1e-10)
@@ -567,7 +606,7 @@ def score(
     share = _covered(gt_anns, dt_anns, truth, dets, above, image_ids, heights, widths)
     covered = (share >= options.coverage) & counted  # nan (not counted) compares False
 
-    recall = _recall_tables(truth, found, covered, classes, len(image_ids), options)
+    recall = _recall_tables(truth, members, found, covered, classes, len(image_ids), options)
     n_images = len(image_ids)
     false_positives = {
         name: float(np.count_nonzero(false_all & above & (dets.category == c)) / n_images)
@@ -577,7 +616,7 @@ def score(
     operating: dict[str, dict[str, Any] | None] = {}
     for c, name in enumerate(classes):
         of_class = kept & (dets.category == c)
-        n = int(np.count_nonzero(counted & (truth.category == c)))
+        n = int(np.count_nonzero(counted & identifiable & (truth.category == c)))
         curve, operating[name], note = _curve(
             dets.score[of_class],
             hit_all[of_class],
@@ -611,6 +650,9 @@ def score(
             "max_dets": options.max_dets,
             "n_boot": options.n_boot,
             "seed": options.seed,
+            "min_identifiable": {
+                name: float((options.min_identifiable or {}).get(name, 0.0)) for name in classes
+            },
         },
         "notes": notes,
     }
@@ -621,6 +663,7 @@ def score(
                 "found": bool(found[ALL][i]),
                 "covered": bool(covered[i]),
                 "coverage": float(share[i]),
+                "identifiable": bool(identifiable[i]),
             }
             for i in np.flatnonzero(counted)
         ]
@@ -942,8 +985,28 @@ def _regions(
     return rles
 
 
+def _identifiable(
+    truth: _Truth, classes: list[str], minimum: Mapping[str, float] | None
+) -> np.ndarray:
+    """Per ground-truth object, whether its box is at least its class's minimum height."""
+    heights = np.array([float((minimum or {}).get(name, 0.0)) for name in classes])
+    if not len(truth.category):
+        return np.zeros(0, dtype=bool)
+    return truth.box[:, 3] >= heights[truth.category]
+
+
+def _bucket_members(truth: _Truth, identifiable: np.ndarray) -> dict[str, np.ndarray]:
+    """Per bucket name, which objects it holds: the size buckets and `all` the identifiable
+    ones, `below_identifiable` the others (ignored objects included: callers mask them)."""
+    out = {b: identifiable & (truth.bucket == b) for b in BUCKETS}
+    out[ALL] = identifiable.copy()
+    out[BELOW] = ~identifiable
+    return out
+
+
 def _recall_tables(
     truth: _Truth,
+    members: dict[str, np.ndarray],
     found: dict[str, np.ndarray],
     covered: np.ndarray,
     classes: list[str],
@@ -962,7 +1025,7 @@ def _recall_tables(
         ).astype(np.float64)
         return table.reshape(n_images, len(classes) * len(BUCKET_NAMES))
 
-    in_bucket = {b: counted & (truth.bucket == b if b != ALL else True) for b in BUCKET_NAMES}
+    in_bucket = {b: counted & members[b] for b in BUCKET_NAMES}
     n = per_image(in_bucket)
     hits = per_image(found)
     cover = per_image({b: covered & in_bucket[b] for b in BUCKET_NAMES})
@@ -1093,10 +1156,12 @@ def format_table(metrics: dict) -> str:
         f"{'class':<16}{'bucket':<8}{'n':>7}  {'recall':<22}{'coverage':<22}",
     ]
     for name, buckets in metrics["recall"].items():
-        for k, (bucket, entry) in enumerate(buckets.items()):
+        rows = [(b, e) for b, e in buckets.items() if b != BELOW or e["n"]]
+        for k, (bucket, entry) in enumerate(rows):
             label = name if k == 0 else ""
+            shown = "below" if bucket == BELOW else bucket
             lines.append(
-                f"{label:<16}{bucket:<8}{entry['n']:>7}  "
+                f"{label:<16}{shown:<8}{entry['n']:>7}  "
                 f"{_with_interval(entry['iou'], entry['iou_ci']):<22}"
                 f"{_with_interval(entry['coverage'], entry['coverage_ci']):<22}"
             )
@@ -1107,6 +1172,14 @@ def format_table(metrics: dict) -> str:
             f"{metrics['false_positives_per_image'][name]:.3f}; threshold for recall "
             f"{options['target_recall'][name]:g}: {operating}"
         )
+    minimum = {k: v for k, v in (options.get("min_identifiable") or {}).items() if v}
+    if minimum:
+        heights = ", ".join(f"{k} {v:g} px" for k, v in minimum.items())
+        lines += [
+            "",
+            f"identifiable from a box height of {heights}: smaller objects are in `below` "
+            "only, and hiding them is never a false positive",
+        ]
     if metrics.get("notes"):
         lines += ["", "notes:"] + [f"  - {note}" for note in metrics["notes"]]
     return "\n".join(line.rstrip() for line in lines)

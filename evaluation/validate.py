@@ -92,6 +92,7 @@ class ValidatedModel:
 class ValidateSetup:
     models: Sequence[str]
     classes: Sequence[str]
+    identifiable: Mapping[str, float]
     evaluate: EvaluateConfig
     validate: ValidateConfig
     leak_hamming: int
@@ -103,6 +104,7 @@ class ValidateSetup:
         return cls(
             models=list(params.train.models),
             classes=list(params.taxonomy.classes),
+            identifiable=dict(params.taxonomy.identifiable),
             evaluate=params.evaluate,
             validate=params.validation,
             leak_hamming=params.prepare.leak_hamming,
@@ -112,9 +114,13 @@ class ValidateSetup:
 
 
 def release_gate(
-    evaluate: EvaluateConfig, validate: ValidateConfig, classes: Sequence[str]
+    evaluate: EvaluateConfig,
+    validate: ValidateConfig,
+    classes: Sequence[str],
+    identifiable: Mapping[str, float],
 ) -> Gate:
-    """The gate these settings define for `classes` (what the verdict records and judges)."""
+    """The gate these settings define for `classes` (what the verdict records and judges);
+    `identifiable` is taxonomy.identifiable, which evaluate scored with."""
     return Gate(
         targets={c: float(evaluate.target(c)) for c in classes},
         metrics=tuple(validate.gate_metrics),
@@ -122,6 +128,7 @@ def release_gate(
         estimate=validate.estimate,
         min_objects=validate.min_objects,
         coverage=float(evaluate.coverage),
+        identifiable={c: float(h) for c, h in identifiable.items() if c in classes},
     )
 
 
@@ -155,7 +162,8 @@ def gate(
     champion_sets = (entry.get("champion") or {}).get("sets") or {}
     for set_name, metrics in sets.items():
         recall = metrics.get("recall") or {}
-        rule = release_gate(evaluate, validate, list(recall))
+        # Identifiability is in the numbers already: evaluate scored with it.
+        rule = release_gate(evaluate, validate, list(recall), {})
         for metric in rule.metrics:
             short, cells = _judge(recall, rule, metric)
             passed = not short
@@ -303,7 +311,7 @@ def run_validate(setup: ValidateSetup) -> dict[str, Any]:
         checks.extend(gate(entry, evaluate=setup.evaluate, validate=setup.validate, model=model))
     failed = [c for c in checks if not c.passed and c.severity == ERROR]
     warnings = [c for c in checks if not c.passed and c.severity != ERROR]
-    rule = release_gate(setup.evaluate, setup.validate, setup.classes)
+    rule = release_gate(setup.evaluate, setup.validate, setup.classes, setup.identifiable)
     problems = release_problems(rule)
     verdict = {
         "notice": release_notice(problems),

@@ -524,6 +524,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         format_table,
         load_ground_truth,
         load_predictions,
+        parse_heights,
         parse_thresholds,
         score,
     )
@@ -537,6 +538,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
         target_recall=args.target_recall,
         n_boot=args.n_boot,
         seed=args.seed,
+        min_identifiable=parse_heights(args.identifiable, classes),
     )
     metrics = score(gt, predictions, options)
     print(format_table(metrics))
@@ -568,6 +570,15 @@ def _score_args(p: argparse.ArgumentParser) -> None:
         type=float,
         default=0.95,
         help="recall the reported operating thresholds must reach",
+    )
+    p.add_argument(
+        "--identifiable",
+        default="",
+        metavar="CLASS=PX,...",
+        help="per class, the box height in pixels from which an object can identify someone "
+        "(e.g. face=6,license_plate=5, the project's taxonomy.identifiable); smaller objects "
+        "are scored in their own row (below_identifiable), not in `all` or the size buckets, "
+        "and detections on them are no false positives. Default: every object counts",
     )
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (0: none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")

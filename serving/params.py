@@ -67,6 +67,12 @@ class Params(Section):
                     f"evaluate.target_recall names {sorted(given)}; give one per class of "
                     f"taxonomy.classes {self.taxonomy.classes}, or one number for all"
                 )
+        unknown = [c for c in self.taxonomy.identifiable if c not in self.taxonomy.classes]
+        if unknown:
+            raise ValueError(
+                f"taxonomy.identifiable names {unknown}, not in taxonomy.classes "
+                f"{self.taxonomy.classes}"
+            )
         unknown = [c for c in self.export.parity.allow_absent if c not in self.taxonomy.classes]
         if unknown:
             raise ValueError(

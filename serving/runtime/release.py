@@ -5,7 +5,9 @@ A gate (`Gate`: targets, metrics, buckets, estimate, min_objects, coverage) is t
 when `release_problems` finds nothing: every class's target recall is at least 0.95; recall is
 judged by IoU and by pixel coverage; every size bucket (tiny, small, medium, large) is judged
 from at most 10 objects on, besides all sizes together; the number judged is the lower bound of
-the 95% interval; and an object counts as covered from 90% of its pixels. validate records the
+the 95% interval; an object counts as covered from 90% of its pixels; and every object counts
+as identifiable from at most the release's minimum heights (`RELEASE_IDENTIFIABLE`: faces from
+6 px, plates from 5 px, every person and vehicle). validate records the
 gate it judged in the verdict, export copies it into each artifact's manifest, and the runtime
 refuses an artifact whose gate is not the release gate unless told otherwise. This module is
 the one place the rule is written; it imports nothing of the platform, so the runtime reads it.
@@ -14,6 +16,7 @@ the one place the rule is written; it imports nothing of the platform, so the ru
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -22,6 +25,7 @@ __all__ = [
     "ESTIMATES",
     "GATE_BUCKETS",
     "GATE_METRICS",
+    "RELEASE_IDENTIFIABLE",
     "RELEASE_TARGET",
     "Gate",
     "headed_json",
@@ -45,7 +49,8 @@ class Gate:
     (`GATE_BUCKETS`; `all` is every size together). estimate: the number judged (`ESTIMATES`).
     min_objects: a size bucket with fewer objects is reported, not judged (`all` is judged from
     one object). coverage: the share of an object's pixels that must be hidden for it to count
-    as covered."""
+    as covered. identifiable: per class, the box height in pixels from which an object counts
+    (smaller ones are reported, not judged); a class not named: every object."""
 
     targets: dict[str, float]
     metrics: tuple[str, ...]
@@ -53,6 +58,7 @@ class Gate:
     estimate: str
     min_objects: int
     coverage: float
+    identifiable: dict[str, float]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, as verdicts and manifests hold it."""
@@ -64,7 +70,15 @@ class Gate:
         """The gate `to_dict` wrote; ValueError naming the first key that is not one."""
         if not isinstance(data, Mapping):
             raise ValueError("must be a JSON object")
-        keys = ("targets", "metrics", "buckets", "estimate", "min_objects", "coverage")
+        keys = (
+            "targets",
+            "metrics",
+            "buckets",
+            "estimate",
+            "min_objects",
+            "coverage",
+            "identifiable",
+        )
         missing = [k for k in keys if k not in data]
         unknown = sorted(set(data) - set(keys))
         if missing or unknown:
@@ -85,6 +99,17 @@ class Gate:
             raise ValueError(f"min_objects {data['min_objects']!r}: must be a whole number >= 1")
         if not (_is_number(data["coverage"]) and 0 < data["coverage"] <= 1):
             raise ValueError(f"coverage {data['coverage']!r}: must be a number in (0, 1]")
+        identifiable = data["identifiable"]
+        if not (
+            isinstance(identifiable, Mapping)
+            and all(
+                isinstance(c, str) and _is_number(h) and 0 <= h < math.inf
+                for c, h in identifiable.items()
+            )
+        ):
+            raise ValueError(
+                f"identifiable {identifiable!r}: must map class names to heights in pixels >= 0"
+            )
         return Gate(
             targets={c: float(t) for c, t in targets.items()},
             metrics=tuple(data["metrics"]),
@@ -92,6 +117,7 @@ class Gate:
             estimate=str(data["estimate"]),
             min_objects=int(data["min_objects"]),
             coverage=float(data["coverage"]),
+            identifiable={c: float(h) for c, h in identifiable.items()},
         )
 
 
@@ -102,6 +128,9 @@ RELEASE_BUCKETS = GATE_BUCKETS
 RELEASE_ESTIMATE = "lower"
 RELEASE_MIN_OBJECTS = 10  # size buckets judged from this many objects or fewer
 RELEASE_COVERAGE = 0.9  # an object is covered from this share of its pixels or more
+# The highest minimum heights (box height in pixels) from which objects may count as
+# identifiable; a class not named here: every object (0). Conservative, see taxonomy.identifiable.
+RELEASE_IDENTIFIABLE = {"face": 6.0, "license_plate": 5.0}
 
 
 def target_problems(targets: Mapping[str, float], coverage: float) -> list[str]:
@@ -141,6 +170,13 @@ def release_problems(gate: Gate) -> list[str]:
         out.append(
             f"the {gate.estimate} estimate judged (release: the lower bound of the 95% interval)"
         )
+    raised = {c: h for c, h in gate.identifiable.items() if h > RELEASE_IDENTIFIABLE.get(c, 0.0)}
+    if raised:
+        listed = ", ".join(
+            f"{c} from {h:g} px (release: {_from(RELEASE_IDENTIFIABLE.get(c, 0.0))})"
+            for c, h in raised.items()
+        )
+        out.append(f"objects counted as identifiable only {listed}")
     if gate.min_objects > RELEASE_MIN_OBJECTS:
         out.append(
             f"size buckets judged from {gate.min_objects} objects (release: from "
@@ -159,7 +195,9 @@ def release_notice(problems: Sequence[str]) -> str:
         f"RELEASE GATE: recall of every class at least {RELEASE_TARGET:g}, by IoU and by "
         f"coverage ({RELEASE_COVERAGE:.0%} of an object's pixels), over all sizes and in each "
         f"size bucket of {RELEASE_MIN_OBJECTS} objects or more, judged on the lower bound of "
-        "the 95% interval"
+        "the 95% interval, counting objects as identifiable from "
+        + ", ".join(f"{c} {h:g} px" for c, h in RELEASE_IDENTIFIABLE.items())
+        + " tall or less (every object of the other classes)"
     )
 
 
@@ -172,6 +210,10 @@ def headed_json(obj: Mapping[str, Any], key: str) -> str:
         return head + "}\n"
     body = json.dumps(rest, indent=2, sort_keys=True)
     return head + ",\n" + body[2:] + "\n"
+
+
+def _from(height: float) -> str:
+    return f"from {height:g} px" if height else "every one"
 
 
 def _names(items: Sequence[str]) -> str:

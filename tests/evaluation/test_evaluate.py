@@ -73,7 +73,7 @@ def test_evaluate_writes_metrics_report_and_mlflow_consistent_with_score(
         assert project.params.evaluate.min_threshold <= t["threshold"] <= 1
     holdout = entry["sets"]["holdout"]["recall"]
     assert set(holdout) == set(classes)
-    assert set(holdout["face"]) == {"tiny", "small", "medium", "large", "all"}
+    assert set(holdout["face"]) == {"tiny", "small", "medium", "large", "all", "below_identifiable"}
     assert holdout["face"]["all"]["n"] > 0
 
     # The predictions evaluate wrote, scored by `anonlab score` at the same thresholds, give
@@ -82,12 +82,15 @@ def test_evaluate_writes_metrics_report_and_mlflow_consistent_with_score(
     gt = project.artifacts / "prepared" / "refs" / "holdout.json"
     pred = out / "predictions" / MODEL / "holdout.json"
     scored = out.parent / "scored.json"
+    heights = ",".join(f"{c}={h}" for c, h in project.params.taxonomy.identifiable.items())
     argv = ["score", "--gt", str(gt), "--pred", str(pred), "--thresholds", thresholds]
+    argv += ["--identifiable", heights]
     assert cli_main([*argv, "--n-boot", "50", "--out", str(scored)]) == 0
     again = json.loads(scored.read_text())["recall"]
     for name in classes:
         for key in ("n", "iou", "coverage"):
-            assert again[name]["all"][key] == holdout[name]["all"][key], (name, key)
+            for bucket in ("all", "below_identifiable"):
+                assert again[name][bucket][key] == holdout[name][bucket][key], (name, key)
     assert "face" in capsys.readouterr().out
 
     report = (out / "report.html").read_text()

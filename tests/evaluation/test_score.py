@@ -25,6 +25,7 @@ from evaluation.score import (
     format_table,
     load_ground_truth,
     load_predictions,
+    parse_heights,
     parse_thresholds,
     score,
     score_files,
@@ -372,7 +373,8 @@ def test_result_is_plain_json_and_inputs_are_untouched() -> None:
     assert json.loads(json.dumps(result, allow_nan=False)) == result
     assert result["images"] == 8
     assert set(result["recall"]) == set(CLASSES)
-    assert all(set(buckets) == set(BUCKETS) for buckets in result["recall"].values())
+    named = {*BUCKETS, "below_identifiable"}
+    assert all(set(buckets) == named for buckets in result["recall"].values())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,6 +431,42 @@ def test_half_covered_box_is_covered_only_below_half() -> None:
     assert strict["recall"]["license_plate"]["all"]["coverage"] == 0.0
     assert loose["recall"]["license_plate"]["all"]["coverage"] == 1.0
     assert exact["recall"]["license_plate"]["all"]["coverage"] == 1.0  # at least, not above
+
+
+def test_objects_below_the_identifiable_height_have_their_own_row_and_no_false_positives() -> None:
+    # Two faces 20 px tall (identifiable), one 4 px tall (not), and a plate 3 px tall.
+    faces = [[10, 10, 16, 20], [50, 10, 16, 20], [80, 80, 4, 4]]
+    gt = one_image(
+        [box_object("face", b, area=b[2] * b[3]) for b in faces]
+        + [box_object("license_plate", [10, 60, 12, 3], area=36)]
+    )
+    # One identifiable face found; the small face and the plate hidden by their own detections.
+    predictions = [
+        box_prediction("face", faces[0], 0.9),
+        box_prediction("face", faces[2], 0.8),
+        box_prediction("license_plate", [10, 60, 12, 3], 0.7),
+    ]
+    minimum = {"face": 6, "license_plate": 5}
+    options = ScoreOptions(thresholds=0.5, n_boot=0, min_identifiable=minimum)
+    judged = score(gt, predictions, options)
+    face = judged["recall"]["face"]
+    assert face["all"]["n"] == 2 and face["all"]["iou"] == 0.5 and face["all"]["coverage"] == 0.5
+    assert face["below_identifiable"]["n"] == 1 and face["below_identifiable"]["iou"] == 1.0
+    assert face["tiny"]["n"] == 0  # the 4 px face is in no size bucket
+    plate = judged["recall"]["license_plate"]
+    assert plate["all"]["n"] == 0 and plate["below_identifiable"]["n"] == 1
+    # Hiding what cannot identify anyone is never a false positive.
+    assert judged["false_positives_per_image"] == {"face": 0.0, "person": 0.0, "license_plate": 0.0}
+    assert judged["options"]["min_identifiable"]["face"] == 6.0
+    table = format_table(judged)
+    assert "identifiable from a box height of face 6 px, license_plate 5 px" in table
+
+    # Without a minimum every object counts, the small face in `all` and `tiny`.
+    every = score(gt, predictions, ScoreOptions(thresholds=0.5, n_boot=0))
+    assert every["recall"]["face"]["all"]["n"] == 3 and every["recall"]["face"]["tiny"]["n"] == 1
+    assert every["recall"]["face"]["below_identifiable"]["n"] == 0
+    with pytest.raises(AnonlabError, match="min_identifiable of 'face' must be a height"):
+        score(gt, predictions, ScoreOptions(min_identifiable={"face": -1}))
 
 
 def test_two_predictions_together_cover_an_object() -> None:
@@ -695,6 +733,15 @@ def test_no_intervals_without_resamples() -> None:
 
 # ---------------------------------------------------------------------------------------------
 # Thresholds from the command line
+
+
+def test_parse_heights() -> None:
+    assert parse_heights("face=6, license_plate=5", CLASSES) == {"face": 6.0, "license_plate": 5.0}
+    assert parse_heights("", CLASSES) == {}
+    with pytest.raises(AnonlabError, match="'dog=3' is not <class>=<pixels>"):
+        parse_heights("dog=3", CLASSES)
+    with pytest.raises(AnonlabError, match="'-1' is not a height in pixels >= 0"):
+        parse_heights("face=-1", CLASSES)
 
 
 def test_parse_thresholds() -> None:

@@ -48,6 +48,7 @@ RELEASE_GATE = Gate(
     estimate="lower",
     min_objects=10,
     coverage=0.9,
+    identifiable={"face": 6.0, "license_plate": 5.0},
 )
 DEMO_GATE = Gate(
     targets={"face": 0.25, "person": 0.2, "license_plate": 0.4, "vehicle": 0.4},
@@ -56,6 +57,7 @@ DEMO_GATE = Gate(
     estimate="point",
     min_objects=10,
     coverage=0.9,
+    identifiable={"face": 6.0, "license_plate": 5.0},
 )
 
 

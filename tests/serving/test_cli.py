@@ -41,17 +41,23 @@ def _composed(tmp_path: Path, *overrides: str) -> Params:
 
 def test_the_committed_composition_is_the_release_gate(tmp_path: Path) -> None:
     params = _composed(tmp_path)
-    rule = release_gate(params.evaluate, params.validation, params.taxonomy.classes)
+    rule = release_gate(
+        params.evaluate, params.validation, params.taxonomy.classes, params.taxonomy.identifiable
+    )
     assert release_problems(rule) == []
     assert rule.targets == dict.fromkeys(params.taxonomy.classes, 0.95)
     assert rule.estimate == "lower" and set(rule.metrics) == {"iou", "coverage"}
     # The demo's profile is not, and says why.
     demo = _composed(tmp_path, "evaluate=demo", "validate=demo")
-    problems = release_problems(release_gate(demo.evaluate, demo.validation, demo.taxonomy.classes))
+    problems = release_problems(
+        release_gate(demo.evaluate, demo.validation, demo.taxonomy.classes, {"face": 12})
+    )
     assert any("target recall face 0.25" in p for p in problems), problems
     assert any("not by iou" in p for p in problems), problems
     assert any("tiny, small, medium and large not judged" in p for p in problems), problems
     assert any("point estimate" in p for p in problems), problems
+    # Faces counted from 12 px only: a user who raises the minimum sees it.
+    assert "objects counted as identifiable only face from 12 px (release: from 6 px)" in problems
 
 
 def test_config_check_reports_a_stale_params_file(
