@@ -901,8 +901,8 @@ _RUN_BITS = (3, 4, 8, 16)
 
 def encode_brush_rle(mask: np.ndarray) -> list[int]:
     """A bool (H, W) mask as a Label Studio brush RLE (`value.rle`): the RGBA image whose four
-    channels are 255 on the mask and 0 elsewhere (as the SDK's `mask2rle`), written as repeat
-    runs of 8-bit words in the stream `decode_brush_rle` reads."""
+    channels are 255 on the mask and 0 elsewhere, written as repeat runs of 8-bit words in the
+    stream `decode_brush_rle` reads: the bytes the SDK's `mask2rle` writes."""
     flat = np.asarray(mask, bool).reshape(-1)
     change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
     starts = np.concatenate([[0], change])
@@ -916,8 +916,8 @@ def encode_brush_rle(mask: np.ndarray) -> list[int]:
             fields.append(f"1{size:02b}{run - 1:0{_RUN_BITS[size]}b}{word}")
             length -= run
     bits = "".join(fields)
-    bits += "0" * (-len(bits) % 8)
-    return list(int(bits, 2).to_bytes(len(bits) // 8, "big")) if bits else []
+    bits += "0" * (8 - len(bits) % 8)  # 1 to 8 zero bits, as the SDK pads
+    return list(int(bits, 2).to_bytes(len(bits) // 8, "big"))
 
 
 # ---------------------------------------------------------------------------------------------

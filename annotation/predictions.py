@@ -3,18 +3,20 @@ offers for each class (`annotation.labeling_config`) and that pull converts back
 (`annotation.convert`).
 
 A detection's extent is its mask's (its box's when it has no mask), in the upright image's
-pixels. Per class, in this order:
+pixels. Per class, the first that applies:
 - offered an ellipse (faces): the ellipse inscribed in the extent;
-- offered a rectangle (plates): the extent;
 - with a mask and offered a brush (persons, vehicles, classes the mapping does not know): the
   mask as brush RLE at the image's size, so pull gets back exactly the pixels the model found;
-- else (a box-only model's persons): the box as a 4-point polygon.
+- offered a rectangle (plates, box-only detections of classes the mapping does not know): the
+  extent;
+- offered a polygon (a box-only model's persons): the box as a 4-point polygon through the
+  centres of its corner pixels, which pull fills back to the box's pixels.
 Keypoints (when the taxonomy has them and the model finds them) become one `keypointlabels`
 region each, inside the image and scored above `KEYPOINT_MIN_SCORE`, linked to their object by
-a `same_object` relation. In a panorama, an ellipse or rectangle whose box runs past the right
-edge (across the seam) is drawn at both ends of the image and the two are linked as one object,
-as annotators draw it; a brush mask wraps by itself. Detections of a class the taxonomy does
-not have, and keypoints it does not name, are left out.
+a `same_object` relation. In a panorama, an ellipse, rectangle or polygon whose box runs past
+the right edge (across the seam) is drawn at both ends of the image and the two are linked as
+one object, as annotators draw it; a brush mask wraps by itself. Detections of a class the
+taxonomy does not have, and keypoints it does not name, are left out.
 """
 
 from __future__ import annotations
@@ -144,6 +146,10 @@ def _shapes(
             )
             for shift in shifts
         ]
+    if dets.masks is not None and offers("brush"):
+        mask = dets.full_mask(i, width, height)
+        value = {"format": "rle", "rle": encode_brush_rle(mask), "brushlabels": [label]}
+        return [("brush", value)]
     if offers("rectangle"):
         return [
             (
@@ -159,19 +165,23 @@ def _shapes(
             )
             for shift in shifts
         ]
-    if dets.masks is not None and offers("brush"):
-        mask = dets.full_mask(i, width, height)
-        value = {"format": "rle", "rle": encode_brush_rle(mask), "brushlabels": [label]}
-        return [("brush", value)]
     if offers("polygon"):
-        bx0, by0, bx1, by1 = (float(v) for v in dets.boxes[i])
-        corners = [(bx0, by0), (bx1, by0), (bx1, by1), (bx0, by1)]
-        value = {
-            "points": [[percent(x, width), percent(y, height)] for x, y in corners],
-            "closed": True,
-            "polygonlabels": [label],
-        }
-        return [("polygon", value)]
+        # Through the centres of the box's corner pixels: pull fills a polygon with its
+        # outline, so it gets back exactly the pixels of the box.
+        ix0, iy0, ix1, iy1 = mask_window(dets.boxes[i])
+        left, top, right, bottom = ix0 + 0.5, iy0 + 0.5, ix1 - 0.5, iy1 - 0.5
+        corners = [(left, top), (right, top), (right, bottom), (left, bottom)]
+        return [
+            (
+                "polygon",
+                {
+                    "points": [[percent(x + shift, width), percent(y, height)] for x, y in corners],
+                    "closed": True,
+                    "polygonlabels": [label],
+                },
+            )
+            for shift in shifts
+        ]
     return []
 
 
