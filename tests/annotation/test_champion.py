@@ -16,10 +16,11 @@ import yaml
 from annotation.client import connect
 from annotation.convert import ImageRef, decode_brush_rle, to_coco
 from annotation.predictions import ModelDetector
-from annotation.push import image_url, run_push, score_uncertainty
+from annotation.push import image_url, score_uncertainty
 from data.manifest import ManifestRecord
 from evaluation.champion import load_champions
 from evaluation.config import EvaluateConfig
+from serving.cli import main as cli_main
 from serving.runtime.imagefile import read_upright
 from serving.runtime.tiles import detect_tiled
 from tests.annotation.conftest import LabelStudioUnderTest
@@ -29,14 +30,15 @@ from tests.images import jpeg_bytes, store_jpeg, texture
 from tests.training.test_tracking import save_tiny_model
 from training.tracking import Tracker
 
-NAME = "tiny"
+NAME = "maskrcnn_mobilenet_v3_fpn"  # registered under a model of the project's conf/
+TILING = {"tile": 128, "overlap": 32}
 MIN_SCORE = 0.05  # a random model's scores are about 1 / (classes + 1)
 
 
 def evaluate_cfg() -> EvaluateConfig:
     raw = yaml.safe_load((REPO / "conf/evaluate/default.yaml").read_text(encoding="utf-8"))
     # Windows smaller than the images: the champion's detections are merged across tiles.
-    raw.update(device="cpu", tiling={**raw["tiling"], "tile": 128, "overlap": 32})
+    raw.update(device="cpu", tiling={**raw["tiling"], **TILING})
     return EvaluateConfig.model_validate(raw)
 
 
@@ -106,10 +108,15 @@ def _predictions(ls: LabelStudioUnderTest, task_id: int) -> list[dict]:
     return response.json()
 
 
-def test_push_predicts_with_the_champion_on_the_upright_image(
-    registry: Path, ls: LabelStudioUnderTest, monkeypatch: pytest.MonkeyPatch
+def test_annotate_push_predicts_with_the_champion_on_the_upright_image(
+    registry: Path,
+    ls: LabelStudioUnderTest,
+    params_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{registry / 'mlflow.db'}")
     monkeypatch.delenv("DVC_ROOT", raising=False)
     _alias(registry, "champion")
     # Stored 120 x 160 and turned upright by the EXIF orientation 6 (90° clockwise): the
@@ -127,20 +134,32 @@ def test_push_predicts_with_the_champion_on_the_upright_image(
         for k, pixels in enumerate(stored)
     ]
     review(ls.artifacts, records)
-    cfg = annotation_cfg(ls.url, "push-champion", champion_min_score=MIN_SCORE)
-    loaded: list[list[ModelDetector]] = []
-
-    def champions() -> list[ModelDetector]:
-        loaded.append(_load(registry))
-        return loaded[-1]
-
-    report = run_push(cfg, TAXONOMY, ls.artifacts, champions)
-    assert report.imported == 3 and report.model_version == f"{NAME}:1"
-    [[champion]] = loaded
-
+    caplog.set_level(logging.INFO, logger="evaluation.champion")
+    argv = [
+        "--params",
+        str(params_file),
+        "annotate",
+        "push",
+        f"paths.artifacts={ls.artifacts}",
+        "annotation.source=server",
+        f"annotation.url={ls.url}",
+        "annotation.project_title=push-champion",
+        f"annotation.champion_min_score={MIN_SCORE}",
+        f"train.models=[{NAME}]",
+        "evaluate.device=cpu",
+        *(f"evaluate.tiling.{k}={v}" for k, v in TILING.items()),
+    ]
+    assert cli_main(argv) == 0
+    assert "push: 3 new tasks" in capsys.readouterr().out
+    assert f"pre-annotations from the champion {NAME} version 1 of the MLflow registry" in (
+        caplog.text
+    )
+    [champion] = _load(registry)  # the same version: what the champion finds, to compare
+    cfg = annotation_cfg(ls.url, "push-champion")
     client = connect(cfg)
-    assert client.get_project(report.project_id)["model_version"] == f"{NAME}:1"
-    tasks = {t["data"]["image"]: t["id"] for t in client.tasks(report.project_id)}
+    project_id = client.find_project("push-champion")
+    assert client.get_project(project_id)["model_version"] == f"{NAME}:1"
+    tasks = {t["data"]["image"]: t["id"] for t in client.tasks(project_id)}
     types: set[str] = set()
     scores = {}
     for record in records:
