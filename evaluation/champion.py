@@ -10,8 +10,11 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
+
 from annotation.config import redact_url
 from annotation.predictions import ModelDetector
+from data.errors import AnonlabError
 from evaluation.config import EvaluateConfig
 from evaluation.evaluate import tiling_spec
 from evaluation.predict import torch_detector
@@ -29,8 +32,9 @@ def load_champions(
 ) -> list[ModelDetector]:
     """The champion of each registered model in `names` that has one, ready to detect down to
     `min_score`; empty when none has (or the registry cannot be read), after one log line that
-    names the registry and what it found there. An altered registry (weights that do not match
-    their sha256 tag, files anonlab did not log) is an error."""
+    names the registry and what it found there. A champion that cannot be downloaded, or an
+    altered registry (weights that do not match their sha256 tag, files anonlab did not log),
+    is an error."""
     uri = tracking_uri(root)
     where = f"the MLflow registry at {redact_url(uri)}"
     database = sqlite_path(uri)
@@ -65,7 +69,13 @@ def load_champions(
     out = []
     for model in champions:
         with tempfile.TemporaryDirectory(prefix="anonlab-champion-") as tmp:
-            config, weights = registry.download(model, Path(tmp))
+            try:
+                config, weights = registry.download(model, Path(tmp))
+            except (MlflowException, OSError) as exc:
+                raise AnonlabError(
+                    f"the champion {model} of {where} cannot be downloaded ({exc}); check the "
+                    "registry's artifact store, or remove the alias to pre-annotate with Haar"
+                ) from None
             detector, model_cfg = torch_detector(
                 config,
                 weights,
