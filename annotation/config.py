@@ -63,6 +63,9 @@ class AnnotationConfig(Section):
     batch_size: int = Field(ge=1, le=10000)
     timeout_s: float = Field(gt=0)
     retries: int = Field(ge=0, le=10)
+    # `annotate push`: the registry champion's detections at or above this score become
+    # pre-annotations.
+    champion_min_score: float = Field(ge=0, lt=1)
     serve: ServeConfig
 
     @field_validator("url")

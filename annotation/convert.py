@@ -894,6 +894,32 @@ def decode_brush_rle(rle: Sequence[int], width: int, height: int) -> np.ndarray:
     return out.reshape(height, width, 4)[:, :, 3] > 0
 
 
+# The encoder's run length fields (bits), as Label Studio's SDK writes them: a run of up to
+# 2 ** 16 values fits the largest.
+_RUN_BITS = (3, 4, 8, 16)
+
+
+def encode_brush_rle(mask: np.ndarray) -> list[int]:
+    """A bool (H, W) mask as a Label Studio brush RLE (`value.rle`): the RGBA image whose four
+    channels are 255 on the mask and 0 elsewhere, written as repeat runs of 8-bit words in the
+    stream `decode_brush_rle` reads: the bytes the SDK's `mask2rle` writes."""
+    flat = np.asarray(mask, bool).reshape(-1)
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    starts = np.concatenate([[0], change])
+    lengths = np.diff(np.concatenate([starts, [flat.size]])) * 4
+    fields = [f"{flat.size * 4:032b}", f"{8 - 1:05b}"] + [f"{b - 1:04b}" for b in _RUN_BITS]
+    for start, length in zip(starts.tolist(), lengths.tolist(), strict=True):
+        word = f"{255 if flat[start] else 0:08b}"
+        while length > 0:
+            run = min(length, 1 << _RUN_BITS[-1])
+            size = next(k for k, bits in enumerate(_RUN_BITS) if run <= 1 << bits)
+            fields.append(f"1{size:02b}{run - 1:0{_RUN_BITS[size]}b}{word}")
+            length -= run
+    bits = "".join(fields)
+    bits += "0" * (8 - len(bits) % 8)  # 1 to 8 zero bits, as the SDK pads
+    return list(int(bits, 2).to_bytes(len(bits) // 8, "big"))
+
+
 # ---------------------------------------------------------------------------------------------
 # COCO
 

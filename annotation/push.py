@@ -7,23 +7,28 @@ task (compared by `data.image`, the local-files URL) becomes one, in batches of
 `annotation.batch_size`: pushing again never duplicates a task. The project id is kept in
 `annotations/project.json`.
 
-Pre-annotations are Label Studio predictions, from the MLflow registry's `champion` model
-when there is one (`champion_predictions`), otherwise from OpenCV's bundled Haar cascades:
-faces (`haarcascade_frontalface_default`) as ellipses, plates
-(`haarcascade_russian_plate_number`) as rectangles, found on the image upright (EXIF
-orientation applied, as Label Studio shows it to annotators) and reduced to a long side of 800
-pixels; regions are in percent of that upright image, `original_width`/`_height` its size in
-the manifest.
+Pre-annotations are Label Studio predictions. The command line hands push the MLflow
+registry's `champion` models (`evaluation.champion`): each is run with the runtime's torch
+detector and evaluate's tiling (`evaluate.tiling`, the tiling export ships) on the image upright
+(EXIF orientation applied, as Label Studio shows it to annotators), and its detections scoring at
+least `annotation.champion_min_score` become regions (`annotation.predictions`: faces as
+ellipses, plates as rectangles, masks as brush RLE, keypoints linked to their person), in percent
+of the upright image, `original_width`/`_height` its size. The prediction's `model_version` is
+`<registered name>:<version>` (several champions: joined by `+`). Without a champion, OpenCV's
+bundled Haar cascades pre-annotate: faces (`haarcascade_frontalface_default`) as ellipses, plates
+(`haarcascade_russian_plate_number`) as rectangles, found on the upright image reduced to a long
+side of 800 pixels.
 
-Import order, uncertain first. A Haar detection's confidence is c = n / (n + 8), n being the
-number of overlapping raw detections the cascade merged into it (more neighbours, surer). An
-image's uncertainty is
+Import order, uncertain first. A champion's detection's confidence c is its score; an image's
+uncertainty is U = mean over its detections of (1 - |2c - 1|). For Haar, a detection's
+confidence is c = n / (n + 8), n being the number of overlapping raw detections the cascade
+merged into it (more neighbours, surer), and an image's uncertainty is
 
     U = ( mean over detections of (1 - |2c - 1|)  +  D ) / 2
 
 where D, the disagreement of two face cascades, is the share of faces found by only one of
 `frontalface_default` and `frontalface_alt2` (matched at IoU >= 0.3) among the faces either
-found. An image on which no cascade finds anything gets U = 0.5, between the confident images
+found. An image on which nothing is found gets U = 0.5, between the confident images
 (U -> 0) and the contested ones (U -> 1). Tasks are imported by decreasing U, so Label Studio's
 default sequential queue hands annotators the least certain images first. Each prediction's
 `score` is 1 - U, so the project's "uncertainty sampling" (lowest score first) agrees.
@@ -33,19 +38,26 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from annotation.client import LabelStudio, connect
 from annotation.config import AnnotationConfig
+from annotation.labeling_config import labels_by_control
+from annotation.predictions import ModelDetector, detection_regions, percent
 from data import atomic
 from data.collect import LABEL_STUDIO_LOCAL_FILES
 from data.config import TaxonomyConfig
 from data.errors import AnonlabError
 from data.manifest import ManifestRecord, read_reviewed
+from serving.runtime.errors import ImageError
+from serving.runtime.imagefile import read_upright
 from serving.runtime.progress import bar, progress
+from serving.runtime.tiles import detect_tiled
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +137,17 @@ def image_url(record: ManifestRecord) -> str:
     return LABEL_STUDIO_LOCAL_FILES + record.path
 
 
-def run_push(cfg: AnnotationConfig, taxonomy: TaxonomyConfig, artifacts: Path) -> PushReport:
-    """Create or update the project and import the reviewed images that are not tasks yet."""
+def run_push(
+    cfg: AnnotationConfig,
+    taxonomy: TaxonomyConfig,
+    artifacts: Path,
+    champions: Callable[[], Sequence[ModelDetector]] | None = None,
+) -> PushReport:
+    """Create or update the project and import the reviewed images that are not tasks yet.
+
+    `champions` gives the models that pre-annotate (the registry's champions); it is called
+    only when there are images to import. None, or no model: Haar cascades.
+    """
     artifacts = Path(artifacts).resolve()
     records = read_reviewed(artifacts)
     from annotation.labeling_config import labeling_config
@@ -144,7 +165,10 @@ def run_push(cfg: AnnotationConfig, taxonomy: TaxonomyConfig, artifacts: Path) -
             len(records) - len(new),
             len(new),
         )
-        predictions = preannotate(new, artifacts / "raw", taxonomy)
+        models = champions() if champions is not None and new else ()
+        predictions = preannotate(
+            new, artifacts / "raw", taxonomy, models, min_score=cfg.champion_min_score
+        )
         order = uncertain_first([p.uncertainty for p in predictions])
         imported = 0
         with bar(total=len(new), desc="push", unit="task") as pbar:
@@ -241,52 +265,64 @@ def ensure_local_storage(client: LabelStudio, project_id: int, raw_dir: Path) ->
 
 
 def preannotate(
-    records: Sequence[ManifestRecord], raw_dir: Path, taxonomy: TaxonomyConfig
+    records: Sequence[ManifestRecord],
+    raw_dir: Path,
+    taxonomy: TaxonomyConfig,
+    models: Sequence[ModelDetector] = (),
+    *,
+    min_score: float = 0.0,
 ) -> list[Prediction]:
-    """One prediction per record: the champion model's when there is one, else Haar's."""
+    """One prediction per record: the `models`' (the champions) when there are any, else
+    Haar's."""
     if not records:
         return []
-    champion = champion_predictions(records, raw_dir, taxonomy)
-    if champion is not None:
-        return champion
-    haar = HaarDetector()
+    detector: ChampionPreannotator | HaarDetector = (
+        ChampionPreannotator(models, min_score) if models else HaarDetector()
+    )
+    log.info("pre-annotating %d images with %s", len(records), detector.model_version)
     return [
-        haar.predict(r, raw_dir, taxonomy)
+        detector.predict(r, raw_dir, taxonomy)
         for r in progress(records, total=len(records), desc="pre-annotate")
     ]
 
 
-def champion_predictions(
-    records: Sequence[ManifestRecord], raw_dir: Path, taxonomy: TaxonomyConfig
-) -> list[Prediction] | None:
-    """Hook: pre-annotations from the MLflow registry's `champion` model; None when there is none.
+class ChampionPreannotator:
+    """Trained models (the registry's champions) on the upright image, tiled as the runtime
+    tiles; their detections at or above `min_score` as regions (`annotation.predictions`)."""
 
-    Returns None without touching MLflow when MLFLOW_TRACKING_URI is not set (so that push never
-    creates a tracking database as a side effect), and when no registered model has a version
-    aliased `champion`. Training does not register models yet, and there is no loader for a
-    registered model here: a champion that is found is reported and None is returned, so the
-    Haar cascades pre-annotate. When training registers models, load the champion here and
-    return one Prediction per record (its `model_version` "<name>/<version>").
-    """
-    if not os.environ.get("MLFLOW_TRACKING_URI") or not records:
-        return None
-    try:
-        from mlflow.tracking import MlflowClient  # imported only when a registry is configured
+    def __init__(self, models: Sequence[ModelDetector], min_score: float) -> None:
+        self.models = list(models)
+        self.min_score = min_score
+        self.model_version = "+".join(m.model_version for m in self.models)
 
-        registry = MlflowClient()
-        for model in registry.search_registered_models():
-            if "champion" in (getattr(model, "aliases", None) or {}):
-                version = model.aliases["champion"]
-                log.warning(
-                    "champion model %s version %s is registered, but loading registered "
-                    "models is not implemented yet: pre-annotating with Haar cascades",
-                    model.name,
-                    version,
-                )
-                return None
-    except Exception as e:  # an unreachable registry must not stop annotation
-        log.warning("MLflow registry not readable (%s): pre-annotating with Haar cascades", e)
-    return None
+    def predict(
+        self, record: ManifestRecord, raw_dir: Path, taxonomy: TaxonomyConfig
+    ) -> Prediction:
+        try:
+            rgb = read_upright(raw_dir / record.path)
+        except (OSError, ImageError) as e:
+            # As for Haar: the annotator sees the broken image and can skip it.
+            log.warning("%s: not readable for pre-annotation (%s)", record.path, e)
+            return Prediction([], NO_DETECTION_UNCERTAINTY, self.model_version)
+        height, width = rgb.shape[:2]
+        offered = labels_by_control(taxonomy.classes, taxonomy.keypoints)
+        result: list[dict[str, Any]] = []
+        scores: list[float] = []
+        for k, model in enumerate(self.models):
+            dets = detect_tiled(rgb, model.detector, model.spec)
+            known = [model.classes[int(label) - 1] in taxonomy.classes for label in dets.labels]
+            dets = dets.select((dets.scores >= self.min_score) & np.array(known, bool))
+            result += detection_regions(
+                dets,
+                classes=model.classes,
+                keypoint_names=model.keypoint_names,
+                offered=offered,
+                width=width,
+                height=height,
+                prefix=f"m{k}-",
+            )
+            scores += dets.scores.tolist()
+        return Prediction(result, score_uncertainty(scores), self.model_version)
 
 
 class HaarDetector:
@@ -378,11 +414,15 @@ def image_uncertainty(
     """
     if not detections and not faces_other:
         return NO_DETECTION_UNCERTAINTY
-    if detections:
-        ambiguity = sum(1.0 - abs(2.0 * d.confidence - 1.0) for d in detections) / len(detections)
-    else:
-        ambiguity = NO_DETECTION_UNCERTAINTY
+    ambiguity = score_uncertainty([d.confidence for d in detections])
     return (ambiguity + disagreement(faces, faces_other)) / 2.0
+
+
+def score_uncertainty(confidences: Sequence[float]) -> float:
+    """The mean of 1 - |2c - 1| over the detections' confidences; 0.5 without detections."""
+    if not confidences:
+        return NO_DETECTION_UNCERTAINTY
+    return sum(1.0 - abs(2.0 * c - 1.0) for c in confidences) / len(confidences)
 
 
 def disagreement(a: Sequence[Detection], b: Sequence[Detection]) -> float:
@@ -433,20 +473,20 @@ def to_regions(
         }
         if d.label == FACE:
             value = {
-                "x": _pct(d.x + d.w / 2, width),
-                "y": _pct(d.y + d.h / 2, height),
-                "radiusX": _pct(d.w / 2, width),
-                "radiusY": _pct(d.h / 2 * FACE_HEIGHT_FACTOR, height),
+                "x": percent(d.x + d.w / 2, width),
+                "y": percent(d.y + d.h / 2, height),
+                "radiusX": percent(d.w / 2, width),
+                "radiusY": percent(d.h / 2 * FACE_HEIGHT_FACTOR, height),
                 "rotation": 0,
                 "ellipselabels": [FACE],
             }
             out.append({**common, "from_name": "ellipse", "type": "ellipselabels", "value": value})
         else:
             value = {
-                "x": _pct(d.x, width),
-                "y": _pct(d.y, height),
-                "width": _pct(d.w, width),
-                "height": _pct(d.h, height),
+                "x": percent(d.x, width),
+                "y": percent(d.y, height),
+                "width": percent(d.w, width),
+                "height": percent(d.h, height),
                 "rotation": 0,
                 "rectanglelabels": [d.label],
             }
@@ -454,10 +494,6 @@ def to_regions(
                 {**common, "from_name": "rectangle", "type": "rectanglelabels", "value": value}
             )
     return out
-
-
-def _pct(pixels: float, size: int) -> float:
-    return round(100.0 * pixels / size, 4)
 
 
 def _import(

@@ -40,18 +40,15 @@ from data.config import TaxonomyConfig
 from data.errors import AnonlabError
 from data.size_buckets import size_bucket
 from evaluation.config import EvaluateConfig
-from evaluation.predict import predict_set
+from evaluation.predict import predict_set, torch_detector
 from evaluation.registry import CHAMPION, RegisteredModel, Registry
 from evaluation.report import Miss, ModelReport, SetReport, render_report
 from evaluation.score import ScoreOptions, load_ground_truth, score
-from serving.runtime.architecture import DetectorCore
-from serving.runtime.backends import InputSize, TorchDetector
 from serving.runtime.checksum import file_sha256
 from serving.runtime.errors import ImageError
 from serving.runtime.imagefile import read_upright
 from serving.runtime.tiles import TilingSpec
 from training.loop import resolve_device
-from training.models import load_model_files
 from training.tracking import WEIGHTS_SHA256_TAG, Tracker, run_tags
 
 __all__ = ["EvalSetup", "run_evaluate"]
@@ -182,21 +179,21 @@ class _ModelEvaluation:
         and plots of `name` (the evaluated model's, not the champion's)."""
         # Hashed before and after loading, so the sha256 recorded is that of the bytes scored.
         weights_sha256 = file_sha256(weights)
-        model, model_cfg = load_model_files(config, weights)
+        # The runtime's own detector, so the recall measured here is the recall it ships.
+        detector, model_cfg = torch_detector(
+            config,
+            weights,
+            score_threshold=self.cfg.min_threshold,
+            tile=self.spec.tile,
+            mask_threshold=self.cfg.mask_threshold,
+            device=self.device,
+            keypoints=False,
+        )
         if file_sha256(weights) != weights_sha256:
             raise AnonlabError(
                 f"{weights} changed while evaluate read it; run evaluate again once it is written"
             )
         classes = list(model_cfg["classes"])
-        # The runtime's own detector: the same tile resize, padding and mask pasting as an
-        # exported artifact (whose ONNX graph export checks against this), so the recall
-        # measured here is the recall the runtime ships.
-        detector = TorchDetector(
-            DetectorCore(model, score_threshold=self.cfg.min_threshold, keypoints=False),
-            size=InputSize.of(model_cfg["min_size"], model_cfg["max_size"], self.spec.tile),
-            mask_threshold=self.cfg.mask_threshold,
-            device=self.device,
-        )
         scores: dict[str, dict[str, Any]] = {}
         misses: dict[str, tuple[list[Miss], int]] = {}
         thresholds: dict[str, dict[str, Any]] = {}

@@ -18,13 +18,42 @@ import numpy as np
 from pycocotools import mask as mask_util
 
 from data.errors import AnonlabError
+from serving.runtime.architecture import DetectorCore
+from serving.runtime.backends import InputSize, TorchDetector
 from serving.runtime.detections import Detections
 from serving.runtime.errors import ImageError
 from serving.runtime.imagefile import read_upright
 from serving.runtime.progress import bar
 from serving.runtime.tiles import Detector, TilingSpec, detect_tiled
+from training.models import load_model_files
 
-__all__ = ["predict_set", "to_results"]
+__all__ = ["predict_set", "to_results", "torch_detector"]
+
+
+def torch_detector(
+    config: Path,
+    weights: Path,
+    *,
+    score_threshold: float,
+    tile: int,
+    mask_threshold: float,
+    device: Any,
+    keypoints: bool,
+) -> tuple[TorchDetector, dict[str, Any]]:
+    """A trained model's files (`config.yaml`, `weights.safetensors`) as the runtime's own torch
+    detector, for windows of `tile` px, and the model's config.
+
+    The same tile resize, padding and mask pasting as an exported artifact (whose ONNX graph
+    export checks against this), so what it finds is what the runtime would find.
+    """
+    model, model_cfg = load_model_files(config, weights)
+    detector = TorchDetector(
+        DetectorCore(model, score_threshold=score_threshold, keypoints=keypoints),
+        size=InputSize.of(model_cfg["min_size"], model_cfg["max_size"], tile),
+        mask_threshold=mask_threshold,
+        device=device,
+    )
+    return detector, model_cfg
 
 
 def predict_set(

@@ -90,10 +90,22 @@ def _cmd_annotate_push(args: argparse.Namespace) -> int:
     from serving.params import load_project
 
     project = load_project(args.params, args.overrides)
+    from annotation.predictions import ModelDetector
     from annotation.push import run_push
 
     p = project.params
-    print(run_push(p.annotation, p.taxonomy, project.artifacts).summary())
+
+    def champions() -> list[ModelDetector]:
+        from evaluation.champion import load_champions  # mlflow and torch: only when needed
+
+        return load_champions(
+            p.train.models,
+            root=project.root,
+            evaluate=p.evaluate,
+            min_score=p.annotation.champion_min_score,
+        )
+
+    print(run_push(p.annotation, p.taxonomy, project.artifacts, champions).summary())
     return 0
 
 
@@ -657,9 +669,14 @@ COMMANDS: dict[str, Command] = {
         "import reviewed images as tasks, with pre-annotations, least certain first",
         "Create the Label Studio project (annotation.project_title) once, keep its labeling "
         "interface in step with the taxonomy, and import the reviewed images that are not yet "
-        "tasks, in batches of annotation.batch_size. Each task carries predictions (the MLflow "
-        "champion model when there is one, else OpenCV's Haar face and plate cascades); the "
-        "least certain images are imported first. Re-running never duplicates a task.",
+        "tasks, in batches of annotation.batch_size. Each task carries predictions: when a "
+        "model of train.models has a version with the MLflow alias champion, that version's "
+        "detections (run with the runtime's detector and evaluate.tiling on the upright image, "
+        "score at least annotation.champion_min_score; faces as ellipses, plates as rectangles, "
+        "masks as brushes, keypoints), model_version <name>:<version>; otherwise OpenCV's Haar "
+        "face and plate cascades, and a log line says what the registry held. The least "
+        "certain images (by the champion's scores, or Haar's) are imported first. Re-running "
+        "never duplicates a task.",
         _no_args,
         _cmd_annotate_push,
     ),

@@ -45,6 +45,7 @@ __all__ = [
     "flatten",
     "global_tracking_uri",
     "run_tags",
+    "sqlite_path",
     "tracking_uri",
 ]
 
@@ -89,16 +90,22 @@ def tracking_uri(root: Path) -> str:
     return f"sqlite:///{base / 'mlflow.db'}"
 
 
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` tracking URI; None for any other store."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "sqlite" or not parsed.path or parsed.path == "/:memory:":
+        return None
+    return Path(unquote(parsed.path))
+
+
 def _local_artifact_root(uri: str) -> Path | None:
     """`mlruns/` beside a SQLite database; None for a server, which decides for itself.
 
     Without this, MLflow puts a SQLite store's artifacts in `./mlruns` of the current folder,
     which for a queued DVC experiment is a temporary copy that is deleted afterwards.
     """
-    parsed = urlparse(uri)
-    if parsed.scheme != "sqlite" or not parsed.path or parsed.path == "/:memory:":
-        return None
-    return Path(unquote(parsed.path)).parent / "mlruns"
+    database = sqlite_path(uri)
+    return None if database is None else database.parent / "mlruns"
 
 
 def run_tags(

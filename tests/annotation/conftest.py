@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from annotation.config import TOKEN_ENV
 from annotation.server import RunningServer, start_server
 
 # Fixed test credentials; tests check that neither secret leaks into logs or output.
@@ -45,3 +46,10 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStud
         yield LabelStudioUnderTest(
             server, server.url, data_dir, artifacts, USERNAME, PASSWORD, TOKEN
         )
+
+
+@pytest.fixture
+def ls(label_studio: LabelStudioUnderTest, monkeypatch: pytest.MonkeyPatch) -> LabelStudioUnderTest:
+    """The session's Label Studio, with its token in the environment as push and pull read it."""
+    monkeypatch.setenv(TOKEN_ENV, label_studio.token)
+    return label_studio

@@ -23,6 +23,7 @@ from annotation.convert import (
     choose_annotation,
     decode_brush_rle,
     ellipse_mask,
+    encode_brush_rle,
     polygon_self_intersects,
     rectangle_corners,
     rectangle_mask,
@@ -212,6 +213,8 @@ def brush_masks() -> list[tuple[str, np.ndarray]]:
 def test_brush_rle_decodes_what_the_sdk_encodes(name: str, mask: np.ndarray) -> None:
     h, w = mask.shape
     assert np.array_equal(decode_brush_rle(mask2rle((mask * 255).astype(np.uint8)), w, h), mask)
+    # What push writes: the SDK's bytes exactly.
+    assert encode_brush_rle(mask) == mask2rle((mask * 255).astype(np.uint8))
     # What the Label Studio editor paints: the label's colour with alpha, so values vary
     # within a pixel (literal runs rather than repeats).
     rgba = np.zeros((h, w, 4), np.uint8)

@@ -63,12 +63,6 @@ def review(artifacts: Path, records: list[ManifestRecord]) -> None:
     write_manifest(artifacts / "reviewed" / "manifest.jsonl", records)
 
 
-@pytest.fixture
-def ls(label_studio: LabelStudioUnderTest, monkeypatch: pytest.MonkeyPatch) -> LabelStudioUnderTest:
-    monkeypatch.setenv(TOKEN_ENV, label_studio.token)
-    return label_studio
-
-
 def assert_no_secrets(text: str, ls: LabelStudioUnderTest) -> None:
     assert ls.token not in text
     assert ls.password not in text

@@ -287,16 +287,21 @@ def backend(
 BACKENDS = ["sqlite", pytest.param("server", marks=pytest.mark.slow)]
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path, Path]:
-    """A random tiny Mask R-CNN in eval mode, saved as weights.safetensors + config.yaml."""
-    folder = tmp_path_factory.mktemp("model")
+def save_tiny_model(folder: Path) -> tuple[torch.nn.Module, Path, Path]:
+    """A random tiny Mask R-CNN (seed 0) in eval mode, saved in `folder` as
+    weights.safetensors + config.yaml."""
     torch.manual_seed(0)
     model = build_model(TINY, keypoint_names=[]).eval()
     weights, config = folder / "weights.safetensors", folder / "config.yaml"
     save_weights(model, weights)
     config.write_text(yaml.safe_dump(model_files_config(TINY, keypoint_names=[])))
     return model, weights, config
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path, Path]:
+    """A random tiny Mask R-CNN in eval mode, saved as weights.safetensors + config.yaml."""
+    return save_tiny_model(tmp_path_factory.mktemp("model"))
 
 
 def test_disabled_tracker_creates_nothing(
