@@ -341,6 +341,14 @@ def test_export_refuses_a_verdict_that_names_no_weights(tmp_path: Path) -> None:
     with pytest.raises(AnonlabError, match=r"names no validated weights for tiny"):
         run_export(setup)
     assert not (setup.artifacts / "serving").exists()
+    # Nor one that records no gate: what it proved could not be told to the runtime.
+    write_validation(setup)
+    verdict = read_json(setup.artifacts / "validation" / "verdict.json")
+    del verdict["gate"]
+    write_json(setup.artifacts / "validation" / "verdict.json", verdict)
+    with pytest.raises(AnonlabError, match=r"verdict.json: records no gate it judged"):
+        run_export(setup)
+    assert not (setup.artifacts / "serving").exists()
 
 
 def test_the_runtime_logs_what_it_loaded_and_refuses_unvalidated_provenance(
