@@ -235,6 +235,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     )
     warned = f", {len(verdict['warnings'])} warning(s)" if verdict["warnings"] else ""
     print(f"validation passed: {len(verdict['checks'])} checks{warned}")
+    print(verdict["notice"])
     for model, version in verdict["challengers"].items():
         if version:
             print(
