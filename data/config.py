@@ -43,7 +43,9 @@ class TaxonomyConfig(Section):
     # Per class, the box height in pixels from which an object can identify someone; smaller
     # ones are scored in their own row and not judged by the gate. A class not named: every
     # object counts.
-    identifiable: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]]
+    identifiable: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] = Field(
+        default_factory=dict
+    )
 
 
 # Option names that carry credentials; they belong in the environment, never in params.yaml
