@@ -51,7 +51,15 @@ from serving.runtime.tiles import TilingSpec
 from training.loop import resolve_device
 from training.tracking import WEIGHTS_SHA256_TAG, Tracker, run_tags
 
-__all__ = ["EvalSetup", "run_evaluate"]
+__all__ = [
+    "EvalSetup",
+    "category_id",
+    "only_classes",
+    "operating_thresholds",
+    "run_evaluate",
+    "score_options",
+    "tiling_spec",
+]
 
 log = logging.getLogger(__name__)
 VAL = "val"
@@ -91,6 +99,52 @@ def tiling_spec(cfg: EvaluateConfig) -> TilingSpec:
         panorama_aspect=t.panorama_aspect,
         merge_iou=t.merge_iou,
     )
+
+
+def score_options(
+    cfg: EvaluateConfig,
+    classes: Sequence[str],
+    thresholds: Mapping[str, float] | float,
+    *,
+    seed: int,
+    identifiable: Mapping[str, float],
+    per_object: bool = False,
+) -> ScoreOptions:
+    """How evaluate scores a set at `thresholds`: its coverage, the targets of `classes` (the
+    taxonomy's), its threshold floor and bootstrap, and the heights from which objects are
+    identifiable (taxonomy.identifiable)."""
+    return ScoreOptions(
+        thresholds=thresholds,
+        per_object=per_object,
+        coverage=cfg.coverage,
+        target_recall={c: cfg.target(c) for c in classes},
+        min_threshold=cfg.min_threshold,
+        n_boot=cfg.n_boot,
+        seed=seed,
+        min_identifiable=identifiable,
+    )
+
+
+def operating_thresholds(
+    gt: dict[str, Any],
+    results: list[dict[str, Any]],
+    classes: Sequence[str],
+    options: ScoreOptions,
+) -> dict[str, dict[str, Any]]:
+    """Per class of `classes`, the highest score threshold whose recall (IoU) on these results
+    reaches the class's target (score's operating point, not below `options.min_threshold`):
+    `threshold`, `val_recall` (the recall there) and `reached`."""
+    floor = options.min_threshold
+    points = score(gt, results, replace(options, thresholds=floor, n_boot=0))["operating_points"]
+    chosen: dict[str, dict[str, Any]] = {}
+    for name in classes:
+        point = points.get(name) or {"threshold": floor, "recall": None, "reached": False}
+        chosen[name] = {
+            "threshold": point["threshold"],
+            "val_recall": point["recall"],
+            "reached": point["reached"],
+        }
+    return chosen
 
 
 def run_evaluate(setup: EvalSetup) -> dict[str, Any]:
@@ -198,8 +252,8 @@ class _ModelEvaluation:
         misses: dict[str, tuple[list[Miss], int]] = {}
         thresholds: dict[str, dict[str, Any]] = {}
         for set_name, path in self.sets.items():
-            gt = _only_classes(self.truths[set_name], classes)
-            ids = [_category_id(gt, c, path) for c in classes]
+            gt = only_classes(self.truths[set_name], classes)
+            ids = [category_id(gt, c, path) for c in classes]
             results, _ = predict_set(
                 gt["images"],
                 detector,
@@ -209,7 +263,8 @@ class _ModelEvaluation:
                 desc=f"{label} on {set_name}",
             )
             if set_name == VAL:
-                thresholds = self._thresholds(gt, results, classes)
+                floor = self._options(self.cfg.min_threshold)
+                thresholds = operating_thresholds(gt, results, classes, floor)
             chosen = {c: thresholds[c]["threshold"] for c in classes}
             options = self._options(chosen, per_object=set_name != VAL)
             scores[set_name] = score(gt, results, options)
@@ -223,34 +278,16 @@ class _ModelEvaluation:
     def _options(
         self, thresholds: Mapping[str, float] | float, *, per_object: bool = False
     ) -> ScoreOptions:
-        return ScoreOptions(
-            thresholds=thresholds,
+        classes = self.setup.taxonomy.classes
+        seed = self.setup.seed
+        return score_options(
+            self.cfg,
+            classes,
+            thresholds,
+            seed=seed,
+            identifiable=self.setup.taxonomy.identifiable,
             per_object=per_object,
-            coverage=self.cfg.coverage,
-            target_recall={c: self.cfg.target(c) for c in self.setup.taxonomy.classes},
-            min_threshold=self.cfg.min_threshold,
-            n_boot=self.cfg.n_boot,
-            seed=self.setup.seed,
-            min_identifiable=self.setup.taxonomy.identifiable,
         )
-
-    def _thresholds(
-        self, gt: dict[str, Any], results: list[dict[str, Any]], classes: Sequence[str]
-    ) -> dict[str, dict[str, Any]]:
-        """Per class, the highest score threshold reaching the class's target recall on val
-        (score's operating point, not below evaluate.min_threshold)."""
-        floor = self.cfg.min_threshold
-        options = replace(self._options(floor), n_boot=0)
-        points = score(gt, results, options)["operating_points"]
-        chosen: dict[str, dict[str, Any]] = {}
-        for name in classes:
-            point = points.get(name) or {"threshold": floor, "recall": None, "reached": False}
-            chosen[name] = {
-                "threshold": point["threshold"],
-                "val_recall": point["recall"],
-                "reached": point["reached"],
-            }
-        return chosen
 
     def _misses(
         self, path: Path, gt: dict[str, Any], outcomes: list[dict[str, Any]]
@@ -434,7 +471,7 @@ def _track(
         tracker.log_metrics(metrics, 0)
 
 
-def _only_classes(gt: dict[str, Any], classes: Sequence[str]) -> dict[str, Any]:
+def only_classes(gt: dict[str, Any], classes: Sequence[str]) -> dict[str, Any]:
     """The ground truth of the classes a model detects (a keypoint model detects persons)."""
     keep = {c["id"] for c in gt["categories"] if c["name"] in classes}
     return {
@@ -444,7 +481,8 @@ def _only_classes(gt: dict[str, Any], classes: Sequence[str]) -> dict[str, Any]:
     }
 
 
-def _category_id(gt: dict[str, Any], name: str, path: Path) -> int:
+def category_id(gt: dict[str, Any], name: str, path: Path) -> int:
+    """The id of category `name` in `gt` (read from `path`, for the error)."""
     for c in gt["categories"]:
         if c["name"] == name:
             return int(c["id"])

@@ -165,6 +165,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from serving.params import load_project
 
     project = load_project(args.params, _train_overrides(args.overrides))
+    from evaluation.training_validator import release_validator
     from training.loop import TrainingInterrupted, TrainSetup, run_train
 
     p = project.params
@@ -177,17 +178,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
             )
     for name in names:
         setup = TrainSetup.of(p, name, artifacts=project.artifacts, root=project.root)
+        # The release scorer picks `best`: training is handed it, and never imports evaluation.
+        validator = release_validator(p, name, artifacts=project.artifacts)
         try:
-            result = run_train(setup)
+            result = run_train(setup, validator)
         except TrainingInterrupted as e:
             print(f"error: {e}", file=sys.stderr)
             return e.exit_code
         if int(os.environ.get("RANK", "0")) == 0:
-            best = result.best.get("mean_recall")
-            untrained = result.untrained.get("mean_recall")
+            best, untrained = result.best, result.untrained
             print(
-                f"{name}: {result.steps} steps; val mean recall {_fmt(best)} "
-                f"(untrained {_fmt(untrained)}) -> {result.out_dir}"
+                f"{name}: {result.steps} steps; best at step {best.get('step')}: val score "
+                f"{_fmt(best.get('score'))} (worst cell {best.get('worst_cell')}; untrained "
+                f"{_fmt(untrained.get('score'))}) -> {result.out_dir}"
             )
     return 0
 
@@ -714,8 +717,11 @@ COMMANDS: dict[str, Command] = {
     "train": (
         "train a detector (Mask R-CNN or Keypoint R-CNN), resumable, on one or many GPUs",
         "Train models.<name> (conf/model/) on artifacts/prepared/train.json with the train "
-        "section: validation recall on val.json every train.val_every steps picks "
-        "checkpoints/best.pt and weights.safetensors; checkpoints/last.pt is written every "
+        "section. Every train.val_every steps the release scorer (anonlab score) judges the "
+        "model on val.json at the operating thresholds evaluate would choose there; the "
+        "checkpoint whose worst gate cell (class, size bucket, gate metric) is closest to its "
+        "target recall becomes checkpoints/best.pt and weights.safetensors; "
+        "checkpoints/last.pt is written every "
         "train.checkpoint_every steps, on SIGTERM or Ctrl-C, and before stopping on a NaN "
         "loss. `anonlab train resume=true` continues exactly (short keys mean train.<key>). "
         "Several GPUs or machines: torchrun --nproc-per-node=N --no-python anonlab train. "

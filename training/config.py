@@ -171,13 +171,11 @@ class TrainConfig(Section):
     schedule: ScheduleConfig
     # Gradients are clipped to this global L2 norm; null turns clipping off.
     clip_grad_norm: float | None = Field(gt=0)
-    # Steps between validations and between checkpoints (0: only at the end).
+    # Steps between validations (they pick `best`; `anonlab train` validates with the release
+    # scorer, see README) and between checkpoints (0: only at the end).
     val_every: int = Field(ge=0)
     checkpoint_every: int = Field(ge=0)
     log_every: int = Field(ge=1)
-    # Operating point of the validation recall: a detection counts when its score is at least
-    # this. Recall, not precision, picks the `best` checkpoint: a missed face is the costly error.
-    score_threshold: float = Field(ge=0, le=1)
     # Continue from the model's last checkpoint (exactly: data order, RNG, optimizer, schedule).
     resume: bool = False
     # torch.use_deterministic_algorithms; on the CPU a seeded run then repeats bit for bit.

@@ -1,34 +1,36 @@
 """The training loop: one model from `models.<name>`, on the prepared train split.
 
-`run_train(setup)` trains `setup.name` until `train.max_steps`, validating on val every
-`train.val_every` steps (and before the first step, which gives the untrained model's recall to
-compare against) and writing `artifacts/models/<name>/`:
+`run_train(setup, validator)` trains `setup.name` until `train.max_steps`, calling `validator`
+(training.validator) every `train.val_every` steps, at the end, and before the first step (the
+untrained model's numbers, to compare against), and writes `artifacts/models/<name>/`:
 
 - `checkpoints/last.pt` every `train.checkpoint_every` steps, at the end, on SIGTERM/SIGINT and
-  before stopping on a non-finite loss; `checkpoints/best.pt` at the best validation recall;
+  before stopping on a non-finite loss; `checkpoints/best.pt` at the best validation;
 - `weights.safetensors` (the best checkpoint's weights) and `config.yaml`: what evaluation,
   export and MLflow's model loader read;
-- `metrics.json` (DVC metrics): the best and final validation recall, the untrained recall;
-- `curves/loss.json` and `curves/val.json` (DVC plots).
+- `metrics.json` (DVC metrics): the best, final and untrained validations' records;
+- `curves/loss.json` and `curves/val.json` (DVC plots: the validation score per step).
 
 Decisions worth knowing:
-- The best checkpoint is chosen by mean validation recall at `train.score_threshold` (ties:
-  lower validation loss): recall is the release criterion, a missed face a legal incident.
+- The best checkpoint is the validation with the highest score (ties: the higher tie-break,
+  then the earlier step). The loop does not define the score: its caller's validator does
+  (`anonlab train` hands it the release scorer's, `evaluation.training_validator`), so what
+  picks the release candidate is what the release gate measures.
 - Validation runs on rank 0 only, inside `torch.random.fork_rng`, so it never changes the
   random stream training draws from: a run validated more or less often trains identically.
 - Resume (`train.resume=true`) restores model, optimizer, scheduler, scaler, every process's RNG
   and the step; the data stream is a function of (seed, step) (`training.sampling`), so the
   resumed run sees exactly the batches the uninterrupted one would have.
-- Under torchrun (WORLD_SIZE > 1) the model is wrapped in DDP (NCCL on GPUs, gloo on CPUs);
-  only rank 0 logs, tracks and writes. A stop request or a non-finite loss on any rank stops
-  every rank at the same step.
+- Under torchrun (WORLD_SIZE > 1) the model is wrapped in DDP (NCCL on GPUs, gloo on CPUs;
+  training.distributed sets each process's GPU before the first collective and builds every
+  collective's tensor on it); only rank 0 logs, tracks and writes. A stop request or a
+  non-finite loss on any rank stops every rank at the same step.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import signal
 import time
 from collections.abc import Iterator, Sequence
@@ -51,10 +53,11 @@ from training.augment import build_augmenter
 from training.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from training.config import AugmentConfig, ModelConfig, ScheduleConfig, TrainConfig
 from training.dataset import CocoDetection, aspect_ratio_groups, collate, images_to_float
+from training.distributed import Dist, all_ranks, any_rank, init_distributed, local_rank
 from training.models import build_model, model_files_config, save_weights
 from training.sampling import BatchPlan, SeededSamples, StepBatches
 from training.tracking import Tracker, flatten, run_tags
-from training.val_recall import RecallCounter, flat_metrics
+from training.validator import Validator, better
 
 __all__ = ["TrainResult", "TrainSetup", "TrainingDiverged", "TrainingInterrupted", "run_train"]
 
@@ -78,6 +81,10 @@ class TrainingDiverged(AnonlabError):
 
 @dataclass
 class TrainResult:
+    """What a run did. best, untrained and final are validations' records
+    (`training.validator.Validation.record()`, with their `step`): the best one after step 0,
+    the one before the first step, the last one."""
+
     model: str
     steps: int
     out_dir: Path
@@ -114,40 +121,22 @@ class TrainSetup:
         )
 
 
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def run_train(setup: TrainSetup) -> TrainResult:
-    """Train `setup.model` with `setup.train`; see the module doc."""
-    dist = _init_distributed()
+def run_train(setup: TrainSetup, validator: Validator) -> TrainResult:
+    """Train `setup.model` with `setup.train`, validated by `validator`; see the module doc."""
+    device = resolve_device(setup.train.device, key="train.device", local_rank=local_rank())
+    started_here = not torch_dist.is_initialized()
+    dist = init_distributed(device)
     try:
-        return _Trainer(setup, dist).run()
+        return _Trainer(setup, dist, validator).run()
     finally:
-        if torch_dist.is_initialized():
+        if started_here and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
-
-
-def _init_distributed() -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if not torch_dist.is_initialized():
-        torch_dist.init_process_group(backend)
-    return Dist(torch_dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def resolve_device(setting: str, *, key: str, local_rank: int = 0) -> torch.device:
     """The device a `device` setting names (`key` is its config key, for errors): `auto` is the
-    process's GPU (`local_rank`) when CUDA is available, else the CPU."""
+    process's GPU (`local_rank`) when CUDA is available, else the CPU; `cuda` without an index
+    is the process's GPU too, so that each process under torchrun has its own."""
     if setting == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank)
@@ -158,6 +147,8 @@ def resolve_device(setting: str, *, key: str, local_rank: int = 0) -> torch.devi
         raise AnonlabError(f"{key} = {setting!r}: not a device (auto, cpu, cuda, cuda:1)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise AnonlabError(f"{key} = {setting!r}: this machine has no CUDA GPU; use auto")
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", local_rank)
     return device
 
 
@@ -222,20 +213,20 @@ def _worker_init(worker_id: int) -> None:
 
 
 class _Trainer:
-    def __init__(self, setup: TrainSetup, dist: Dist) -> None:
+    def __init__(self, setup: TrainSetup, dist: Dist, validator: Validator) -> None:
         self.setup = setup
         self.name = setup.name
         self.dist = dist
+        self.validator = validator
         self.cfg = setup.train
         self.model_cfg = setup.model
         self.out = setup.artifacts / "models" / setup.name
-        self.device = resolve_device(
-            self.cfg.device, key="train.device", local_rank=dist.local_rank
-        )
+        self.device = dist.device
         self.autocast_dtype = resolve_precision(self.cfg.precision, self.device)
         self.history: dict[str, list[dict[str, Any]]] = {"loss": [], "val": []}
         self.best: dict[str, Any] = {}
         self.untrained: dict[str, Any] = {}
+        self.final: dict[str, Any] = {}
         self.run_id: str | None = None
 
     # -- set-up ---------------------------------------------------------------------------
@@ -250,7 +241,7 @@ class _Trainer:
             "seed": self.setup.seed,
         }
 
-    def _datasets(self) -> tuple[CocoDetection, CocoDetection]:
+    def _train_set(self) -> CocoDetection:
         prepared = self.setup.artifacts / "prepared"
         taxonomy = self.setup.taxonomy
         keypoints = self.model_cfg.kind == "keypointrcnn"
@@ -267,10 +258,9 @@ class _Trainer:
             "model_classes": self.model_cfg.classes,
         }
         train = CocoDetection(prepared / "train.json", augmenter=augmenter, **common)
-        val = CocoDetection(prepared / "val.json", **common)
         if len(train) == 0:
             raise AnonlabError(f"{prepared / 'train.json'} has no images; run prepare")
-        return train, val
+        return train
 
     def _seed(self) -> None:
         import random
@@ -289,7 +279,7 @@ class _Trainer:
 
     def run(self) -> TrainResult:
         self._seed()
-        train_set, self.val_set = self._datasets()
+        train_set = self._train_set()
         model = build_model(self.model_cfg, keypoint_names=self._keypoint_names())
         model.to(self.device)
         trainable = [p for p in model.parameters() if p.requires_grad]
@@ -352,7 +342,7 @@ class _Trainer:
             self.tracker = tracker
             self.run_id = tracker.run_id
             if step == 0:
-                self.untrained = self._validate(0)
+                self.untrained = {"step": 0, **self._validate(0)}
             self._loop(net, iter(loader), step, stop)
             return self._finish()
 
@@ -416,16 +406,10 @@ class _Trainer:
     # -- per step -------------------------------------------------------------------------
 
     def _all_finite(self, total: torch.Tensor) -> bool:
-        finite = torch.isfinite(total.detach()).to(torch.float32).reshape(1).cpu()
-        if self.dist.world_size > 1:
-            torch_dist.all_reduce(finite, op=torch_dist.ReduceOp.MIN)
-        return bool(finite.item())
+        return all_ranks(torch.isfinite(total.detach()), self.dist)
 
     def _stop_requested(self, stop: _StopRequest) -> bool:
-        flag = torch.tensor([1.0 if stop.signum is not None else 0.0])
-        if self.dist.world_size > 1:
-            torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
-        return bool(flag.item())
+        return any_rank(stop.signum is not None, self.dist)
 
     def _diverged(self, step: int, losses: dict[str, torch.Tensor]) -> None:
         bad = {k: float(v.detach()) for k, v in losses.items() if not torch.isfinite(v).all()}
@@ -472,88 +456,34 @@ class _Trainer:
     # -- validation -----------------------------------------------------------------------
 
     def _validate(self, step: int) -> dict[str, Any]:
-        result: dict[str, Any] = {}
+        """Run the validator on rank 0 (the others wait); log it, and keep `best` when it is."""
+        record: dict[str, Any] = {}
         if self.dist.main:
             devices = [self.device] if self.device.type == "cuda" else []
+            self.model.eval()
             with torch.random.fork_rng(devices=devices):
-                result = self._score_val()
-            metrics = flat_metrics(result, prefix="val")
-            if result.get("loss") is not None:
-                metrics["val/loss"] = result["loss"]
-            self.tracker.log_metrics(metrics, step)
-            self.history["val"].append(
-                {"step": step, "mean_recall": result["mean_recall"], "loss": result["loss"]}
-            )
-            log.info(
-                "%s step %d: val mean recall %s at score >= %.2f, val loss %s",
-                self.name,
-                step,
-                _fmt(result["mean_recall"]),
-                self.cfg.score_threshold,
-                _fmt(result["loss"]),
-            )
-            if step > 0 and self._better(result):
-                self.best = {"step": step, **_summary(result)}
-                self._save("best", step, all_ranks=False)
+                validation = self.validator(self.model, step)
+            record = validation.record()
+            self.final = {"step": step, **record}
+            metrics = {f"val/{k}": float(v) for k, v in validation.metrics.items()}
+            self.tracker.log_metrics({**metrics, "val/score": validation.score}, step)
+            self.history["val"].append({"step": step, "score": validation.score})
+            log.info("%s step %d: val score %.4f", self.name, step, validation.score)
+            if step > 0 and better(record, self.best):
+                self.best = {"step": step, **record}
+                self._save("best", step, gather_rng=False)
                 save_weights(self.model, self.out / "weights.safetensors")
         if self.dist.world_size > 1:
             torch_dist.barrier()
-        return result
-
-    def _better(self, result: dict[str, Any]) -> bool:
-        if not self.best:
-            return True
-        new = (result["mean_recall"] or 0.0, -(result["loss"] or 0.0))
-        old = (self.best["mean_recall"] or 0.0, -(self.best["loss"] or 0.0))
-        return new > old
-
-    @torch.no_grad()
-    def _score_val(self) -> dict[str, Any]:
-        model = self.model
-        counter = RecallCounter(self.model_cfg.classes, score_threshold=self.cfg.score_threshold)
-        loader = DataLoader(
-            self.val_set,
-            batch_size=self.cfg.batch_size,
-            collate_fn=collate,
-            num_workers=min(self.cfg.workers, 2),
-        )
-        loss_sum, batches = 0.0, 0
-        # Recall counts detections at score_threshold and above only; dropping the others before
-        # the mask head spares most of an untrained model's inference time.
-        heads = model.roi_heads
-        default_threshold = heads.score_thresh
-        heads.score_thresh = max(default_threshold, self.cfg.score_threshold)
-        try:
-            for images, targets in loader:
-                loss_sum += self._val_batch(counter, images, targets)
-                batches += 1
-        finally:
-            heads.score_thresh = default_threshold
-        result = counter.result()
-        result["loss"] = loss_sum / batches if batches else None
-        result["images"] = len(self.val_set)
-        return result
-
-    def _val_batch(self, counter: RecallCounter, images: Any, targets: Any) -> float:
-        model = self.model
-        images = images_to_float(images, self.device)
-        on_device = [{k: v.to(self.device) for k, v in t.items()} for t in targets]
-        model.eval()
-        outputs = model(images)
-        counter.update([{k: v.cpu() for k, v in o.items()} for o in outputs], targets)
-        # torchvision's detectors return losses only in training mode; with frozen batch norm
-        # that mode changes nothing else, and no gradients are kept.
-        model.train()
-        losses = model(images, on_device)
-        return float(sum(losses.values()))
+        return record
 
     # -- checkpoints and outputs ------------------------------------------------------------
 
-    def _save(self, which: str, step: int, *, all_ranks: bool = True) -> None:
-        """Write checkpoints/<which>.pt on rank 0. With `all_ranks` every rank must call it (it
+    def _save(self, which: str, step: int, *, gather_rng: bool = True) -> None:
+        """Write checkpoints/<which>.pt on rank 0. With `gather_rng` every rank must call it (it
         gathers each rank's RNG state); `best` is saved by rank 0 alone, with its own."""
         states = [get_rng_state()]
-        if all_ranks and self.dist.world_size > 1:
+        if gather_rng and self.dist.world_size > 1:
             states = [None] * self.dist.world_size
             torch_dist.all_gather_object(states, get_rng_state())
         if not self.dist.main:
@@ -618,14 +548,13 @@ class _Trainer:
         return step
 
     def _finish(self) -> TrainResult:
-        final = self.history["val"][-1] if self.history["val"] else {}
         result = TrainResult(
             self.name,
             self.steps,
             self.out,
             best=self.best,
-            untrained=_summary(self.untrained) if self.untrained else {},
-            final=final,
+            untrained=self.untrained,
+            final=self.final,
         )
         if not self.dist.main:
             return result
@@ -640,17 +569,13 @@ class _Trainer:
         metrics = {
             "model": self.name,
             "steps": self.steps,
-            "score_threshold": self.cfg.score_threshold,
             "best": self.best,
-            "final": final,
-            "untrained": result.untrained,
+            "final": self.final,
+            "untrained": self.untrained,
         }
         write_json(self.out / "metrics.json", metrics)
         write_json(self.out / "curves" / "loss.json", self.history["loss"])
-        write_json(
-            self.out / "curves" / "val.json",
-            [r for r in self.history["val"] if r["mean_recall"] is not None],
-        )
+        write_json(self.out / "curves" / "val.json", self.history["val"])
         self.tracker.log_artifact(self.out / "metrics.json")
         self.tracker.log_artifact(config_file)
         version = self.tracker.log_model(
@@ -660,12 +585,12 @@ class _Trainer:
             metadata={"best_step": self.best.get("step"), "kind": self.model_cfg.kind},
         )
         log.info(
-            "%s: %d steps; best val mean recall %s at step %s (untrained %s); weights in %s%s",
+            "%s: %d steps; best val score %s at step %s (untrained %s); weights in %s%s",
             self.name,
             self.steps,
-            _fmt(self.best.get("mean_recall")),
+            _fmt(self.best.get("score")),
             self.best.get("step"),
-            _fmt(result.untrained.get("mean_recall")),
+            _fmt(self.untrained.get("score")),
             self.out / "weights.safetensors",
             f"; registered as {self.name} version {version}" if version else "",
         )
@@ -686,16 +611,6 @@ def build_optimizer(
             parameters, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay
         )
     return torch.optim.AdamW(parameters, lr=opt.lr, weight_decay=opt.weight_decay)
-
-
-def _summary(result: dict[str, Any]) -> dict[str, Any]:
-    """What metrics.json keeps of a validation: mean and per-class recall over all sizes."""
-    per_class = {c: buckets["all"]["recall"] for c, buckets in result.get("recall", {}).items()}
-    return {
-        "mean_recall": result.get("mean_recall"),
-        "loss": result.get("loss"),
-        "recall": per_class,
-    }
 
 
 def _fmt(value: float | None) -> str:

@@ -12,6 +12,7 @@ import pytest
 
 from evaluation.config import EvaluateConfig, ValidateConfig
 from evaluation.registry import Registry
+from evaluation.training_validator import release_validator
 from evaluation.validate import gate
 from serving.cli import main as cli_main
 from serving.params import Project, load_project
@@ -32,7 +33,8 @@ EVAL = [
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
-    """A project with prepared synthetic data and the tiny model trained and registered."""
+    """A project with prepared synthetic data and the tiny model trained (validated as
+    `anonlab train` validates it) and registered."""
     from training.loop import TrainSetup, run_train
 
     root = tmp_path_factory.mktemp("evaluate")
@@ -42,7 +44,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
         mp.chdir(root)
         project = prepared_project(root, [*DATA, *TINY, *EVAL])
         p = project.params
-        run_train(TrainSetup.of(p, MODEL, artifacts=project.artifacts, root=root))
+        validator = release_validator(p, MODEL, artifacts=project.artifacts)
+        run_train(TrainSetup.of(p, MODEL, artifacts=project.artifacts, root=root), validator)
         yield project
 
 
@@ -113,6 +116,57 @@ def test_evaluate_writes_metrics_report_and_mlflow_consistent_with_score(
     if holdout["face"]["all"]["iou"] is not None:
         assert run.data.metrics[key] == pytest.approx(holdout["face"]["all"]["iou"])
     assert f"threshold/{classes[0]}" in run.data.metrics
+
+
+def test_training_keeps_best_by_the_numbers_evaluate_computes_on_val(project: Project) -> None:
+    """One metric: the validation that made these weights `best` during training gives the
+    operating thresholds and the val recall (IoU and coverage) that evaluate computes for them,
+    and the worst gate cell's margin to its target is the score `best` maximised."""
+    from training.models import load_model_files
+
+    models = project.artifacts / "models" / MODEL
+    metrics_path = project.artifacts / "eval" / "metrics.json"
+    sha = file_sha256(models / "weights.safetensors")
+    if (
+        not metrics_path.is_file()
+        or json.loads(metrics_path.read_text())[MODEL]["weights_sha256"] != sha
+    ):
+        assert _cli(project, "evaluate") == 0
+    entry = json.loads(metrics_path.read_text())[MODEL]
+    best = json.loads((models / "metrics.json").read_text())["best"]
+    assert best["step"] == 3  # train.max_steps: validated at 0 (untrained, never best) and 3
+    classes = project.params.models[MODEL].classes
+    assert best["thresholds"] == entry["thresholds"]
+    val = entry["sets"]["val"]["recall"]
+    for name in classes:
+        cell = val[name]["all"]
+        assert best["recall"][name] == {"iou": cell["iou"], "coverage": cell["coverage"]}, name
+    evaluate, gate = project.params.evaluate, project.params.validation
+    worst, bucket, metric = best["worst_cell"].split("/")
+    assert metric in gate.gate_metrics
+    assert best["score"] == pytest.approx(val[worst][bucket][metric] - evaluate.target(worst))
+    assert best["score"] == min(best["margins"].values())
+    for cell, margin in best["margins"].items():
+        name, bucket, metric = cell.split("/")
+        assert bucket == "all" or val[name][bucket]["n"] >= gate.min_objects
+        assert margin == pytest.approx(val[name][bucket][metric] - evaluate.target(name))
+
+    # The validator leaves the model it is handed as it found it.
+    model, _ = load_model_files(models / "config.yaml", models / "weights.safetensors")
+    model.eval()
+    model.roi_heads.score_thresh = 0.42
+    again = release_validator(project.params, MODEL, artifacts=project.artifacts)(model, 3)
+    assert again.record()["thresholds"] == entry["thresholds"]
+    assert model.roi_heads.score_thresh == 0.42
+
+    client = _client(project)
+    experiment = client.get_experiment_by_name("anonlab/train")
+    run = client.search_runs([experiment.experiment_id], order_by=["start_time ASC"])[0]
+    for name in classes:
+        assert f"val/threshold/{name}" in run.data.metrics
+        if val[name]["all"]["n"]:
+            assert f"val/coverage/{name}/all" in run.data.metrics
+    assert run.data.metrics["val/score"] == pytest.approx(best["score"])
 
 
 def test_validate_fails_the_gate_then_passes_sets_challenger_and_promotes(
@@ -248,7 +302,8 @@ def test_evaluate_scores_the_champion_beside_new_weights(project: Project) -> No
     try:
         other = load_project(project.root / "params.yaml", ["seed=7"])
         run_train(
-            TrainSetup.of(other.params, MODEL, artifacts=project.artifacts, root=project.root)
+            TrainSetup.of(other.params, MODEL, artifacts=project.artifacts, root=project.root),
+            release_validator(other.params, MODEL, artifacts=project.artifacts),
         )
         assert _cli(project, "evaluate") == 0
         entry = json.loads((project.artifacts / "eval" / "metrics.json").read_text())[MODEL]

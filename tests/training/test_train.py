@@ -1,11 +1,16 @@
-"""The training loop on the synthetic data: determinism, exact resume, signals, NaN, DDP, MLflow.
+"""The training loop on the synthetic data: determinism, exact resume, signals, NaN, DDP, MLflow,
+and how the validator it is handed picks `best`.
 
 A tiny Mask R-CNN (ResNet-18 FPN at 64-96 px) keeps each run to seconds on the CPU; the data is
-the real pipeline's output (collect, review, annotate pull, prepare on synthetic images).
+the real pipeline's output (collect, review, annotate pull, prepare on synthetic images). The
+loop's tests hand it a scripted validator (its scores given per step); `anonlab train` hands it
+the release scorer's, which runs here through the command line (DDP) and in
+tests/evaluation/test_evaluate.py, where it is checked against evaluate's own numbers.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -21,6 +26,7 @@ import torch
 from serving.cli import main as cli_main
 from serving.params import Project, load_project
 from tests.prepared import prepared_project
+from training.validator import Validation
 
 MODEL = "maskrcnn_mobilenet_v3_fpn"
 DATA = [
@@ -66,11 +72,35 @@ def _project(prepared: Path, where: Path, *overrides: str) -> Project:
     return load_project(where / "params.yaml", list(overrides))
 
 
-def _train(project: Project, name: str = MODEL):
+class ScriptedValidator:
+    """Scores given per step (0.0 for the others), tie-breaks likewise. Like a real validator
+    it may draw random numbers, which the loop must keep out of training's random stream."""
+
+    def __init__(
+        self,
+        scores: dict[int, float] | None = None,
+        tie_breaks: dict[int, list[float]] | None = None,
+    ) -> None:
+        self.scores = scores or {}
+        self.tie_breaks = tie_breaks or {}
+        self.calls: list[tuple[int, bool]] = []  # (step, model.training)
+
+    def __call__(self, model: torch.nn.Module, step: int) -> Validation:
+        self.calls.append((step, model.training))
+        torch.rand(8)
+        return Validation(
+            score=self.scores.get(step, 0.0),
+            tie_break=self.tie_breaks.get(step, []),
+            metrics={"probe/step": float(step)},
+            summary={"step_seen": step},
+        )
+
+
+def _train(project: Project, name: str = MODEL, validator: ScriptedValidator | None = None):
     from training.loop import TrainSetup, run_train
 
     setup = TrainSetup.of(project.params, name, artifacts=project.artifacts, root=project.root)
-    return run_train(setup)
+    return run_train(setup, validator or ScriptedValidator())
 
 
 def _last_weights(project: Project) -> dict[str, torch.Tensor]:
@@ -148,11 +178,45 @@ def test_training_is_tracked_in_mlflow(prepared: Path, tmp_path: Path) -> None:
     assert run.data.params["train.optimizer.lr"] == str(project.params.train.optimizer.lr)
     assert run.data.params["model.backbone"] == "resnet18"
     assert run.data.tags["anonlab.model"] == MODEL
-    history = client.get_metric_history(run.info.run_id, "val/loss")
+    history = client.get_metric_history(run.info.run_id, "val/score")
     assert [m.step for m in history] == [0, 3]  # the untrained model, then after training
+    # The validator's own metrics, under val/.
+    probe = client.get_metric_history(run.info.run_id, "val/probe/step")
+    assert [(m.step, m.value) for m in probe] == [(0, 0.0), (3, 3.0)]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3]
     (version,) = client.search_model_versions(f"name='{MODEL}'")
     assert version.run_id == run.info.run_id
+
+
+def test_best_is_the_validation_with_the_highest_score_then_tie_break(
+    prepared: Path, tmp_path: Path
+) -> None:
+    """Validations at steps 0 (untrained: never best), 2, 4, 6; 2 and 4 score alike, 4's
+    tie-break is higher: step 4's weights are best.pt and weights.safetensors."""
+    from safetensors.torch import load_file
+
+    from training.checkpoint import load_checkpoint
+
+    project = _project(prepared, tmp_path / "best", "train.val_every=2")
+    validator = ScriptedValidator(
+        scores={0: 0.9, 2: 0.5, 4: 0.5, 6: 0.1},
+        tie_breaks={2: [0.1, 0.2], 4: [0.1, 0.3], 6: [0.9, 0.9]},
+    )
+    result = _train(project, validator=validator)
+    # Handed the model in eval mode, at each step; the loop trains on in train mode.
+    assert validator.calls == [(0, False), (2, False), (4, False), (6, False)]
+    assert result.best == {"step": 4, "score": 0.5, "tie_break": [0.1, 0.3], "step_seen": 4}
+    assert result.untrained["step"] == 0 and result.final["step"] == 6
+    out = project.artifacts / "models" / MODEL
+    best = load_checkpoint(out / "checkpoints" / "best.pt")
+    assert best["step"] == 4
+    weights = load_file(out / "weights.safetensors")
+    assert all(torch.equal(weights[k], best["model"][k]) for k in weights)
+    assert not all(torch.equal(weights[k], _last_weights(project)[k]) for k in weights)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["best"]["step"] == 4 and metrics["untrained"]["score"] == 0.9
+    curve = json.loads((out / "curves" / "val.json").read_text())
+    assert curve == [{"step": s, "score": validator.scores[s]} for s in (0, 2, 4, 6)]
 
 
 def test_a_non_finite_loss_stops_with_a_checkpoint_and_names_the_loss(
