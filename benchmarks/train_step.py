@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/train_step.py [--model maskrcnn_mobilenet_v3_fpn]
         [--steps 40] [--warmup 10] [--rounds 3] [--device auto] [--precision fp32]
-        [--min-size N --max-size N] [--fpn-channels N] [--dir DIR] [--json]
+        [--min-size N --max-size N] [--fpn-channels N] [--weights none] [--dir DIR] [--json]
 
 Both loops train the same model (built by `training.models.build_model` from the model's config
 in conf/), on the same data (the synthetic pipeline's prepared train split: the dataset with the
@@ -107,11 +107,16 @@ def time_anonlab(setup: Any, warmup: int, steps: int) -> float:
 
     from mlflow.tracking import MlflowClient
 
+    from evaluation.training_validator import release_validator
+    from serving.params import load_project
     from training.loop import run_train
 
     uri = f"sqlite:///{setup.root / 'mlflow.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = uri
-    run_train(setup)
+    # As `anonlab train` runs it; it validates only before the first step and after the last,
+    # outside the timed window.
+    params = load_project(setup.root / "params.yaml").params
+    run_train(setup, release_validator(params, setup.name, artifacts=setup.artifacts))
     client = MlflowClient(uri)
     (experiment,) = [e for e in client.search_experiments() if e.name == "anonlab/train"]
     (run,) = client.search_runs([experiment.experiment_id])
@@ -215,6 +220,9 @@ def main() -> None:
     parser.add_argument("--min-size", type=int, help="override the model's min_size")
     parser.add_argument("--max-size", type=int, help="override the model's max_size")
     parser.add_argument("--fpn-channels", type=int, help="override the model's fpn_channels")
+    parser.add_argument(
+        "--weights", help="override the model's initial weights (none: random, no download)"
+    )
     parser.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "anonlab-train-step"))
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--one", choices=["bare", "anonlab"], help=argparse.SUPPRESS)
@@ -227,6 +235,7 @@ def main() -> None:
             ("min_size", args.min_size),
             ("max_size", args.max_size),
             ("fpn_channels", args.fpn_channels),
+            ("weights", args.weights),
         )
         if value is not None
     ]

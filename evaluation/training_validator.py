@@ -39,7 +39,7 @@ from evaluation.evaluate import (
     tiling_spec,
 )
 from evaluation.predict import predict_set
-from evaluation.score import ALL, load_ground_truth, score
+from evaluation.score import ALL, BELOW, load_ground_truth, score
 from serving.runtime.architecture import DetectorCore
 from serving.runtime.backends import InputSize, TorchDetector
 from training.config import ModelConfig
@@ -130,8 +130,8 @@ class ReleaseValidator:
                     continue
                 metrics[f"recall/{name}/{bucket}"] = cell["iou"]
                 metrics[f"coverage/{name}/{bucket}"] = cell["coverage"]
-                if bucket != ALL and cell["n"] < self.min_objects:
-                    continue
+                if bucket == BELOW or (bucket != ALL and cell["n"] < self.min_objects):
+                    continue  # too small to identify anyone, or too few to judge
                 for metric in self.gate_metrics:
                     margins[f"{name}/{bucket}/{metric}"] = cell[metric] - target
         if not margins:
