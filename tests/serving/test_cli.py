@@ -95,6 +95,13 @@ def test_config_check_reports_a_stale_params_file(
             "prepare.tiling.overlap=600",
             ["prepare.tiling", "overlap (600) must be smaller than size (512)"],
         ),
+        (
+            "taxonomy.identifiable.dog=3",
+            ["taxonomy.identifiable names ['dog']", "taxonomy.classes"],
+        ),
+        ("taxonomy.identifiable.face=-1", ["taxonomy.identifiable.face = -1", "greater than or"]),
+        ("validate.estimate=mean", ["validate.estimate = 'mean'", "'lower' or 'point'"]),
+        ("validate.buckets=[huge]", ["validate.buckets[0] = 'huge'", "'tiny'"]),
     ],
 )
 def test_bad_config_names_key_value_and_what_is_allowed(
