@@ -12,10 +12,12 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from data.errors import AnonlabError
 from serving.runtime.errors import ImageError
 
 # The formats the platform takes in are the ones the runtime writes back; the runtime also owns
@@ -26,6 +28,7 @@ from serving.runtime.imagefile import (
     read_header,
     read_image,
     read_orientation,
+    read_upright,
     upright_size,
 )
 
@@ -65,6 +68,25 @@ class ImageInfo:
     has_gps: bool
     stored_width: int  # the pixel rows and columns as stored, before the orientation
     stored_height: int
+
+
+def read_upright_sized(
+    path: Path, width: int, height: int, *, said: str, unreadable: str, other_size: str
+) -> np.ndarray:
+    """The image at `path` as a viewer shows it (`read_upright`: uint8 RGB), checked to be the
+    `width` x `height` that `said` (what gave that size) gives it: at any other size its boxes
+    and masks would be in another frame. AnonlabError naming `path` when it cannot be read
+    (ending with `unreadable`, what to do) or is another size (ending with `other_size`)."""
+    try:
+        pixels = read_upright(path)
+    except (OSError, ImageError) as e:
+        raise AnonlabError(f"{path}: cannot be read ({e}){unreadable}") from None
+    if pixels.shape[:2] != (height, width):
+        raise AnonlabError(
+            f"{path}: {pixels.shape[1]}x{pixels.shape[0]} upright, {said} {width}x{height}; "
+            f"{other_size}"
+        )
+    return pixels
 
 
 def inspect_image(data: bytes, name: str, max_pixels: int) -> ImageInfo:

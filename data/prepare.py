@@ -45,13 +45,14 @@ from data import atomic
 from data.coco import categories as coco_categories
 from data.config import PrepareConfig, ReferenceSetConfig, TaxonomyConfig
 from data.errors import AnonlabError
+from data.image_info import read_upright_sized
 from data.leakage import find_leaks
 from data.manifest import ManifestRecord, read_reviewed
 from data.size_buckets import BUCKETS, size_bucket
 from data.splits import split_sessions
 from data.tiling import crop, is_panorama, keep_empty_tiles, plan_tiles, tile_annotations
 from serving.runtime.errors import ImageError
-from serving.runtime.imagefile import read_orientation, read_upright
+from serving.runtime.imagefile import read_orientation
 from serving.runtime.progress import progress
 
 log = logging.getLogger(__name__)
@@ -335,7 +336,14 @@ def _tiled(
             out_images.append({**img, "id": new_id, "file_name": "../" + img["file_name"]})
             out_anns.extend({**a, "image_id": new_id} for a in anns)
             continue
-        pixels = _upright_pixels(artifacts / img["file_name"], w, h)
+        pixels = read_upright_sized(
+            artifacts / img["file_name"],
+            w,
+            h,
+            said="annotated at",
+            unreadable="; run `anonlab collect` again",
+            other_size="run `anonlab annotate pull` again",
+        )
         tiles = plan_tiles(w, h, size=t.size, overlap=t.overlap, panorama=is_panorama(w, h))
         per_tile = {
             tile: tile_annotations(
@@ -363,20 +371,6 @@ def _tiled(
     for n, a in enumerate(out_anns, start=1):
         a["id"] = n
     return {"info": {}, "images": out_images, "annotations": out_anns, "categories": categories}
-
-
-def _upright_pixels(path: Path, width: int, height: int) -> np.ndarray:
-    """The image at `path` upright, checked against the size its annotations were made at."""
-    try:
-        pixels = read_upright(path)
-    except (OSError, ImageError) as e:
-        raise AnonlabError(f"{path}: cannot be read ({e}); run `anonlab collect` again") from None
-    if pixels.shape[:2] != (height, width):
-        raise AnonlabError(
-            f"{path}: {pixels.shape[1]}x{pixels.shape[0]} upright, annotated at {width}x{height}; "
-            "run `anonlab annotate pull` again"
-        )
-    return pixels
 
 
 def _jpeg(pixels: np.ndarray, quality: int) -> bytes:

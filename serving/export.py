@@ -49,6 +49,7 @@ import torch
 
 from data.atomic import read_json, staged_dir, write_text
 from data.errors import AnonlabError
+from data.image_info import read_upright_sized
 from evaluation.config import EvaluateConfig
 from evaluation.evaluate import tiling_spec
 from evaluation.validate import ValidatedModel
@@ -58,8 +59,6 @@ from serving.runtime.architecture import Architecture, DetectorCore
 from serving.runtime.artifact import MANIFEST, Manifest, manifest_problems
 from serving.runtime.backends import InputSize, OnnxDetector, TorchDetector, compare
 from serving.runtime.checksum import file_sha256
-from serving.runtime.errors import ImageError
-from serving.runtime.imagefile import read_upright
 from serving.runtime.release import Gate, headed_json, release_notice, release_problems
 from serving.runtime.tiles import TilingSpec, Window, cut, plan_windows
 from training.models import load_model_files, model_architecture
@@ -506,17 +505,14 @@ def _holds(window: Window, x: float, y: float, width: int) -> bool:
 
 
 def _read_val_image(prepared: Path, image: Mapping[str, Any]) -> np.ndarray:
-    path = prepared / image["file_name"]
-    try:
-        rgb = read_upright(path)
-    except (ImageError, OSError) as exc:
-        raise AnonlabError(f"{path}: cannot be read ({exc})") from None
-    if rgb.shape[:2] != (int(image["height"]), int(image["width"])):
-        raise AnonlabError(
-            f"{path} is {rgb.shape[1]}x{rgb.shape[0]}, but val.json says "
-            f"{image['width']}x{image['height']}: run `anonlab prepare` again"
-        )
-    return rgb
+    return read_upright_sized(
+        prepared / image["file_name"],
+        int(image["width"]),
+        int(image["height"]),
+        said="val.json says",
+        unreadable="",
+        other_size="run `anonlab prepare` again",
+    )
 
 
 def _headline(entry: Mapping[str, Any]) -> dict[str, Any]:

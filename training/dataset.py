@@ -25,8 +25,7 @@ import torch
 from torch.utils.data import Dataset, Sampler, Subset, get_worker_info
 
 from data.errors import AnonlabError
-from serving.runtime.errors import ImageError
-from serving.runtime.imagefile import read_upright
+from data.image_info import read_upright_sized
 from training.augment import Augmenter
 from training.masks import MaskCrop, PackedMasks, decode_crop
 
@@ -99,7 +98,17 @@ class CocoDetection(Dataset[tuple[torch.Tensor, Target]]):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, Target]:
         info = self.images[index]
-        image = _read_rgb(self.root / info["file_name"], info["width"], info["height"])
+        path = self.root / info["file_name"]
+        if not path.is_file():
+            raise AnonlabError(f"{path}: image file not found (named in the COCO file)")
+        image = read_upright_sized(
+            path,
+            info["width"],
+            info["height"],
+            said="the COCO file says",
+            unreadable="",
+            other_size="run prepare again",
+        )
         height, width = image.shape[:2]
         anns = self.annotations[info["id"]]
         target, crops = _instances(anns, height, width, len(self.keypoint_names))
@@ -160,23 +169,6 @@ def _check_categories(categories: list[dict[str, Any]], classes: list[str], wher
             f"{where}: the COCO categories {names} (ids {ids}) differ from the model's classes "
             f"{classes} (ids 1..{len(classes)}); re-run prepare with the same taxonomy.classes"
         )
-
-
-def _read_rgb(path: Path, width: int, height: int) -> np.ndarray:
-    """The image upright, uint8 RGB; an error when it is not the size the COCO file gives (its
-    annotations would be in another frame)."""
-    if not path.is_file():
-        raise AnonlabError(f"{path}: image file not found (named in the COCO file)")
-    try:
-        image = read_upright(path)
-    except (OSError, ImageError) as e:
-        raise AnonlabError(f"{path}: cannot decode the image ({e})") from None
-    if image.shape[:2] != (height, width):
-        raise AnonlabError(
-            f"{path}: {image.shape[1]}x{image.shape[0]} upright, the COCO file says "
-            f"{width}x{height}; run prepare again"
-        )
-    return image
 
 
 def _instances(
