@@ -45,7 +45,8 @@ from data.atomic import read_json, write_text
 from data.errors import AnonlabError
 from data.size_buckets import BUCKETS
 from evaluation.config import EvaluateConfig, ValidateConfig
-from evaluation.data_checks import ERROR, Check, check_dataset
+from evaluation.data_checks import check_dataset
+from evaluation.data_checks.checks import ERROR, Check
 from evaluation.registry import CHALLENGER, RegisteredModel, Registry
 from serving.runtime.checksum import file_sha256
 from serving.runtime.release import Gate, headed_json, release_notice, release_problems

@@ -20,7 +20,8 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from data.manifest import MANIFEST
-from evaluation.data_checks import ERROR, WARNING, Check, check_dataset
+from evaluation.data_checks import check_dataset
+from evaluation.data_checks.checks import ERROR, WARNING, Check
 from tests.prepared import prepared_project
 
 DATA = [
@@ -294,7 +295,7 @@ def test_many_offenders_are_counted_and_the_first_twenty_named(copy: Path) -> No
 
 
 def test_rle_totals_agree_with_the_single_string_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
-    from evaluation import data_checks
+    from evaluation.data_checks import geometry as data_checks
     from training.masks import rle_counts
 
     rng = np.random.default_rng(0)
