@@ -22,6 +22,8 @@ SPLITS = ("train", "val")
 def check_leakage(
     cocos: Sequence[Coco], prepared: Path, reviewed: Path, leak_hamming: int
 ) -> list[Check]:
+    """`leakage.hashes` and `leakage`: train and val images against every reference set, by
+    pHash within `leak_hamming` bits."""
     missing = Offenders()
     try:
         hashes, work_size = _reviewed_hashes(reviewed)

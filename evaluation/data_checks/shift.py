@@ -39,6 +39,8 @@ def check_shift(
     max_shift: float,
     min_objects: int,
 ) -> list[Check]:
+    """`shift.<split>` for each split of `current` (objects per class and bucket), then each
+    split only the `baseline` stats have."""
     if baseline is None:
         return [
             Check(
