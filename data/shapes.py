@@ -5,8 +5,8 @@ holds the pixels whose centres it contains; angles are degrees, clockwise in the
 synthetic source draws its ground truth with these functions and the Label Studio conversion
 reads regions back with them, so that both agree on every pixel. A mask covers `width` x
 `height` pixels whose top-left one sits at `origin` (x, y) of the image (a canvas placed in a
-larger frame); `slack` widens a shape's edges a little, for coordinates that went through
-rounding (percent round trips) and must not lose a pixel centre lying on an edge.
+larger frame); `slack` (ellipses, convex shapes) widens the edges a little, for coordinates
+that went through rounding (percent round trips) and must not lose a pixel centre on an edge.
 """
 
 from __future__ import annotations
@@ -63,20 +63,28 @@ def ellipse_mask(
     mask = np.zeros((height, width), bool)
     if rx <= 0 or ry <= 0:
         return mask
-    th = math.radians(rotation)
-    c, s = math.cos(th), math.sin(th)
-    ex, ey = math.hypot(rx * c, ry * s), math.hypot(rx * s, ry * c)
+    ex, ey = ellipse_reach(rx, ry, rotation)
     c0 = max(0, math.floor(cx - ex - origin[0]))
     c1 = min(width, math.ceil(cx + ex - origin[0]) + 1)
     r0 = max(0, math.floor(cy - ey - origin[1]))
     r1 = min(height, math.ceil(cy + ey - origin[1]) + 1)
     if c0 >= c1 or r0 >= r1:
         return mask
+    th = math.radians(rotation)
+    c, s = math.cos(th), math.sin(th)
     x = (origin[0] + np.arange(c0, c1) + 0.5 - cx)[None, :]
     y = (origin[1] + np.arange(r0, r1) + 0.5 - cy)[:, None]
     u, v = (x * c + y * s) / rx, (-x * s + y * c) / ry
     mask[r0:r1, c0:c1] = u * u + v * v <= 1.0 + slack
     return mask
+
+
+def ellipse_reach(rx: float, ry: float, rotation: float) -> tuple[float, float]:
+    """How far a turned ellipse reaches from its centre: half its bounding box's width and
+    height (radii in pixels, `rotation` degrees clockwise)."""
+    th = math.radians(rotation)
+    c, s = math.cos(th), math.sin(th)
+    return math.hypot(rx * c, ry * s), math.hypot(rx * s, ry * c)
 
 
 def rectangle_corners(x: float, y: float, w: float, h: float, rotation: float) -> np.ndarray:
@@ -112,18 +120,33 @@ def rectangle_mask(
     slack: float = 0.0,
 ) -> np.ndarray:
     """Pixels whose centres lie in the rotated rectangle (see `rectangle_corners`)."""
-    mask = np.zeros((height, width), bool)
     corners = rectangle_corners(x, y, w, h, rotation)
-    lo, hi = corners.min(axis=0) - origin, corners.max(axis=0) - origin
-    c0, c1 = max(0, math.floor(lo[0])), min(width, math.ceil(hi[0]) + 1)
-    r0, r1 = max(0, math.floor(lo[1])), min(height, math.ceil(hi[1]) + 1)
+    return convex_mask(corners, width, height, origin=origin, slack=slack)
+
+
+def convex_mask(
+    corners: np.ndarray,
+    width: int,
+    height: int,
+    *,
+    origin: Sequence[float] | np.ndarray = (0.0, 0.0),
+    slack: float = 0.0,
+) -> np.ndarray:
+    """Pixels whose centres lie in a convex polygon whose (N, 2) corners run clockwise in the
+    image (y down), as `rectangle_corners` gives them: inside is right of every edge."""
+    mask = np.zeros((height, width), bool)
+    lo = np.floor(corners.min(axis=0) - origin).astype(int)
+    hi = np.ceil(corners.max(axis=0) - origin).astype(int) + 1
+    c0, r0 = max(0, lo[0]), max(0, lo[1])
+    c1, r1 = min(width, hi[0]), min(height, hi[1])
     if c0 >= c1 or r0 >= r1:
         return mask
-    th = math.radians(rotation)
-    c, s = math.cos(th), math.sin(th)
-    dx = (origin[0] + np.arange(c0, c1) + 0.5 - x)[None, :]
-    dy = (origin[1] + np.arange(r0, r1) + 0.5 - y)[:, None]
-    u, v = dx * c + dy * s, -dx * s + dy * c  # along the top edge, down the left edge
-    inside = (u >= -slack) & (u <= w + slack) & (v >= -slack) & (v <= h + slack)
+    x = (origin[0] + np.arange(c0, c1) + 0.5)[None, :]
+    y = (origin[1] + np.arange(r0, r1) + 0.5)[:, None]
+    inside = np.ones((r1 - r0, c1 - c0), bool)
+    for (ax, ay), (bx, by) in zip(corners, np.roll(corners, -1, axis=0), strict=True):
+        # The cross product is the edge's length times the centre's distance inside it.
+        reach = -slack * math.hypot(bx - ax, by - ay) if slack else 0
+        inside &= (bx - ax) * (y - ay) - (by - ay) * (x - ax) >= reach
     mask[r0:r1, c0:c1] = inside
     return mask

@@ -11,7 +11,7 @@ import numpy as np
 
 from annotation.convert.brush_rle import decode_brush_rle
 from annotation.convert.records import ImageRef, RegionError
-from data.shapes import ellipse_mask, polygon_mask, rectangle_corners, rectangle_mask
+from data.shapes import ellipse_mask, ellipse_reach, polygon_mask, rectangle_corners, rectangle_mask
 
 # Pixel coordinates beyond this are no drawing, and would overflow cv2's fixed-point input.
 _MAX_COORD = 1e6
@@ -78,11 +78,7 @@ def ellipse_region(value: dict[str, Any], label: str, width: int, height: int) -
             "degenerate",
             f"'{label}' ellipse at ({cx}, {cy}) px with radii {a}, {b} px covers nothing; left out",
         )
-    th = math.radians(rotation)
-    ex, ey = (
-        math.hypot(a * math.cos(th), b * math.sin(th)),
-        math.hypot(a * math.sin(th), b * math.cos(th)),
-    )
+    ex, ey = ellipse_reach(a, b, rotation)
     lo, hi = np.array([cx - ex, cy - ey]), np.array([cx + ex, cy + ey])
     _inside_or_raise(label, "ellipse", lo, hi, width, height)
     return _at_least_centre(ellipse_region_mask(cx, cy, a, b, rotation, width, height), lo, hi)

@@ -7,7 +7,7 @@ import math
 import cv2
 import numpy as np
 
-from data.shapes import centred_rectangle_corners, rectangle_mask
+from data.shapes import centred_rectangle_corners, convex_mask
 from data.synthetic.camera import Camera
 from data.synthetic.figures import (
     CABIN,
@@ -207,9 +207,9 @@ def _draw_plate(
 ) -> None:
     """The plate and its characters, warped into place as a rotated rectangle."""
     _, _, w, h, deg = rect
-    top_left = centred_rectangle_corners(rect)[0]
+    corners = centred_rectangle_corners(rect)
     height, width = parts.shape
-    region = rectangle_mask(*top_left, w, h, deg, width, height, origin=origin)
+    region = convex_mask(corners, width, height, origin=origin)
     if not region.any():
         return
     background = np.array(_vehicle_palette(v)[PLATE], np.float32)
@@ -221,7 +221,7 @@ def _draw_plate(
     ex, ey = np.array([math.cos(th), math.sin(th)]), np.array([-math.sin(th), math.cos(th)])
     linear = np.stack([ex * w / pw, ey * h / ph], axis=1)
     # OpenCV samples at integer pixel centres: shift both ends by half a pixel.
-    offset = top_left - origin - 0.5 + linear @ np.array([0.5, 0.5])
+    offset = corners[0] - origin - 0.5 + linear @ np.array([0.5, 0.5])
     matrix = np.hstack([linear, offset[:, None]])
     size = (parts.shape[1], parts.shape[0])
     warped = cv2.warpAffine(

@@ -13,7 +13,6 @@ converter rebuilds objects as the groups these relations connect.
 
 from __future__ import annotations
 
-import math
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from data.shapes import centred_rectangle_corners
+from data.shapes import centred_rectangle_corners, ellipse_reach
 from data.synthetic.compose import MIN_PIECE, pieces
 from data.synthetic.images import SyntheticImage, SyntheticObject
 
@@ -119,8 +118,7 @@ def _regions(obj: SyntheticObject, width: int, height: int, panorama: bool) -> l
             values.append(("polygon", "polygonlabels", value))
     elif obj.label == "face" and obj.ellipse is not None:
         cx, cy, a, b, deg = obj.ellipse
-        th = math.radians(deg)
-        reach = math.hypot(a * math.cos(th), b * math.sin(th))
+        reach, _ = ellipse_reach(a, b, deg)
         for shift in _copies(cx - reach, cx + reach, width, panorama):
             value = {
                 "x": (cx + shift) / width * 100,
