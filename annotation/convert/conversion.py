@@ -15,7 +15,7 @@ Rules:
   submitted annotation without regions is a converted image with no objects (a negative).
 - Geometry (Label Studio stores percent of the image's width and height; angles are degrees,
   clockwise in the image): a pixel (row r, column c) covers [c, c+1) x [r, r+1) and a shape holds
-  the pixels whose centres it contains, the synthetic source's convention. Ellipses: centre
+  the pixels whose centres it contains (`data.shapes`, as the synthetic source). Ellipses: centre
   (x, y), radii radiusX (of the width) and radiusY (of the height), turned by `rotation` about the
   centre. Rectangles: top-left corner (x, y), width, height, turned by `rotation` about that
   corner. Polygons are filled with their outline (cv2.fillPoly), so a polygon traced through the
