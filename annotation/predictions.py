@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from annotation.convert import encode_brush_rle
+from annotation.convert.brush_rle import encode_brush_rle
 from annotation.labeling_config import IMAGE, KEYPOINT_CONTROL, SAME_OBJECT
 from serving.runtime.detections import Detections, mask_window
 from serving.runtime.tiles import Detector, TilingSpec

@@ -25,7 +25,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from annotation.config import AnnotationConfig
-from annotation.convert import ImageRef, check_export, to_coco
+from annotation.convert import ImageRef, to_coco
+from annotation.convert.tasks import check_export
 from data import atomic
 from data.config import TaxonomyConfig
 from data.errors import AnonlabError

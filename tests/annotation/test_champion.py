@@ -14,7 +14,8 @@ import requests
 import yaml
 
 from annotation.client import connect
-from annotation.convert import ImageRef, decode_brush_rle, to_coco
+from annotation.convert import ImageRef, to_coco
+from annotation.convert.brush_rle import decode_brush_rle
 from annotation.predictions import ModelDetector
 from annotation.push import image_url, score_uncertainty
 from data.manifest import ManifestRecord

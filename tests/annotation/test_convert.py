@@ -16,22 +16,18 @@ import yaml
 from label_studio_sdk.converter.brush import encode_rle, mask2rle
 from pycocotools.coco import COCO
 
-from annotation.convert import (
-    ISSUE_KINDS,
-    Conversion,
-    ImageRef,
-    choose_annotation,
-    decode_brush_rle,
-    ellipse_mask,
-    encode_brush_rle,
-    polygon_self_intersects,
-    rectangle_corners,
-    rectangle_mask,
-    to_coco,
-)
+from annotation.convert import Conversion, ImageRef, to_coco
+from annotation.convert.brush_rle import decode_brush_rle, encode_brush_rle
+from annotation.convert.records import ISSUE_KINDS
+from annotation.convert.region_masks import ellipse_region_mask as ellipse_mask
+from annotation.convert.region_masks import polygon_self_intersects
+from annotation.convert.region_masks import rectangle_region_mask as rectangle_mask
+from annotation.convert.tasks import choose_annotation
 from data.config import SyntheticConfig
 from data.errors import AnonlabError
-from data.synthetic import CLASSES, KEYPOINTS, SyntheticImage, generate, labelstudio_task
+from data.shapes import rectangle_corners
+from data.synthetic import generate, labelstudio_task
+from data.synthetic.images import CLASSES, KEYPOINTS, SyntheticImage
 
 # pycocotools' own decode warns under numpy 2; nothing to do with the code under test.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

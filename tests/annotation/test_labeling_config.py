@@ -18,6 +18,7 @@ from annotation.labeling_config import (
 from data import synthetic
 from data.config import SyntheticConfig
 from data.errors import ConfigError
+from data.synthetic import labelstudio as synthetic_export
 
 CLASSES = ["face", "person", "license_plate", "vehicle"]
 KEYPOINTS = ["nose", "left_eye", "right_eye", "left_ear", "right_ear"]
@@ -39,7 +40,7 @@ def test_default_taxonomy_maps_to_the_fixed_controls() -> None:
     assert labels(root, "RectangleLabels", "rectangle") == ["license_plate"]
     assert labels(root, "KeyPointLabels", "keypoint") == KEYPOINTS
     assert [r.get("value") for r in root.iter("Relation")] == [SAME_OBJECT]
-    assert SAME_OBJECT == synthetic.SAME_OBJECT
+    assert SAME_OBJECT == synthetic_export.SAME_OBJECT
     # Every class and keypoint appears somewhere; colours tell labels apart.
     colours = {label.get("value"): label.get("background") for label in root.iter("Label")}
     assert set(colours) == {*CLASSES, *KEYPOINTS}

@@ -8,7 +8,7 @@ import numpy as np
 from annotation.convert import ImageRef, to_coco
 from annotation.labeling_config import labels_by_control
 from annotation.predictions import detection_regions
-from data.synthetic import CLASSES, KEYPOINTS
+from data.synthetic.images import CLASSES, KEYPOINTS
 from serving.runtime.detections import Detections
 
 OFFERED = labels_by_control(CLASSES, KEYPOINTS)

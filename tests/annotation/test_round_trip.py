@@ -18,7 +18,8 @@ from annotation.pull import run_pull
 from annotation.push import run_push
 from data.config import SyntheticConfig, TaxonomyConfig
 from data.manifest import ManifestRecord, write_manifest
-from data.synthetic import CLASSES, KEYPOINTS, SyntheticImage, generate, labelstudio_task
+from data.synthetic import generate, labelstudio_task
+from data.synthetic.images import CLASSES, KEYPOINTS, SyntheticImage
 from tests.annotation.conftest import LabelStudioUnderTest
 from tests.conftest import REPO
 from tests.images import store_jpeg

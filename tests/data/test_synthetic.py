@@ -18,17 +18,10 @@ import yaml
 from PIL import ExifTags, Image
 
 from data.config import SyntheticConfig
-from data.synthetic import (
-    CLASSES,
-    KEYPOINTS,
-    KINDS,
-    SAME_OBJECT,
-    SyntheticImage,
-    SyntheticObject,
-    generate,
-    generate_one,
-    labelstudio_task,
-)
+from data.synthetic import generate, generate_one, labelstudio_task
+from data.synthetic.images import CLASSES, KEYPOINTS, SyntheticImage, SyntheticObject
+from data.synthetic.labelstudio import SAME_OBJECT
+from data.synthetic.plan import KINDS
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULTS = yaml.safe_load((REPO / "conf" / "collect" / "default.yaml").read_text())["synthetic"]

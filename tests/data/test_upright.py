@@ -23,7 +23,8 @@ from label_studio_sdk.converter.brush import mask2rle
 from PIL import Image, ImageOps
 from pycocotools import mask as mask_util
 
-from annotation.convert import ellipse_mask, polygon_mask, rectangle_mask
+from annotation.convert.region_masks import ellipse_region_mask as ellipse_mask
+from annotation.convert.region_masks import rectangle_region_mask as rectangle_mask
 from annotation.pull import run_pull
 from data.collect import LABEL_STUDIO_LOCAL_FILES, run_collect
 from data.config import compose
@@ -32,6 +33,7 @@ from data.image_info import inspect_image
 from data.manifest import read_manifest, read_reviewed
 from data.prepare import run_prepare
 from data.review import run_review
+from data.shapes import polygon_mask
 from evaluation.predict import predict_set
 from evaluation.score import load_ground_truth
 from serving.params import Project, load_project
