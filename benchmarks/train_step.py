@@ -132,8 +132,9 @@ def time_bare(setup: Any, warmup: int, steps: int) -> float:
 
     from training.augment import build_augmenter
     from training.dataset import CocoDetection, aspect_ratio_groups, collate, images_to_float
-    from training.loop import build_optimizer, lr_factor, resolve_device, resolve_precision
+    from training.device import resolve_device, resolve_precision
     from training.models import build_model
+    from training.optimizer import build_optimizer, lr_factor
     from training.sampling import BatchPlan, SeededSamples, StepBatches
 
     cfg, model_cfg, taxonomy = setup.train, setup.model, setup.taxonomy

@@ -50,7 +50,7 @@ class TaxonomyConfig(Section):
 
 # Option names that carry credentials; they belong in the environment, never in params.yaml
 # (it is committed, tracked by DVC and logged to MLflow).
-_SECRET_KEY = re.compile(r"(secret|password|token|passwd|credential|^key$|access_key)", re.I)
+SECRET_KEY = re.compile(r"(secret|password|token|passwd|credential|^key$|access_key)", re.I)
 
 
 class CredentialInConfig(ValueError):
@@ -79,7 +79,7 @@ class SourceConfig(Section):
         def walk(obj: Any, prefix: str) -> None:
             if isinstance(obj, dict):
                 for k, v in obj.items():
-                    if _SECRET_KEY.search(str(k)):
+                    if SECRET_KEY.search(str(k)):
                         raise CredentialInConfig(
                             f"'{prefix}{k}' looks like a credential; credentials never go in the "
                             "config (params.yaml is committed and logged). Set them in the "
@@ -320,7 +320,7 @@ def _describe(err: Any, model: type[BaseModel]) -> str:
     key = _dotted(loc)
     # A credential, or anything under a key named like one, is never echoed back.
     secret = isinstance((err.get("ctx") or {}).get("error"), CredentialInConfig) or any(
-        _SECRET_KEY.search(str(part)) for part in loc
+        SECRET_KEY.search(str(part)) for part in loc
     )
     shown = key if secret else f"{key} = {err.get('input')!r}"
     if err["type"] == "extra_forbidden":

@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Pairs compared per numpy block: bounds memory at a few tens of MB.
-_BLOCK = 4_000_000
+from data.hamming import pairs_between
 
 
 @dataclass(frozen=True)
@@ -43,23 +42,8 @@ def find_leaks(
     for refset, images in sorted(references.items()):
         ref_ids = list(images)
         ref_hashes = np.array([images[i] for i in ref_ids], dtype=np.uint64)
-        for r, c, d in _close_pairs(train_hashes, ref_hashes, max_hamming):
+        for r, c, d in pairs_between(train_hashes, ref_hashes, max_hamming):
             t, ref = train_ids[r], ref_ids[c]
             kind = "identical" if t == ref else "near_duplicate"
             leaks.append(Leak(refset, t, ref, kind, 0 if kind == "identical" else d))
     return sorted(leaks, key=lambda x: (x.refset, x.train_image, x.reference_image))
-
-
-def _close_pairs(a: np.ndarray, b: np.ndarray, max_distance: int) -> list[tuple[int, int, int]]:
-    """(i, j, distance) for hashes a[i], b[j] at most `max_distance` bits apart."""
-    if len(a) == 0 or len(b) == 0:
-        return []
-    out: list[tuple[int, int, int]] = []
-    step = max(1, _BLOCK // len(b))
-    for start in range(0, len(a), step):
-        distance = np.bitwise_count(a[start : start + step, None] ^ b[None, :])
-        rows, cols = np.nonzero(distance <= max_distance)
-        out.extend(
-            (int(r) + start, int(c), int(distance[r, c])) for r, c in zip(rows, cols, strict=True)
-        )
-    return out

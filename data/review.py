@@ -35,7 +35,7 @@ import dataclasses
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -48,8 +48,10 @@ from data import review_report
 from data.atomic import staged_dir, write_json, write_jsonl, write_text
 from data.config import ReviewConfig
 from data.errors import AnonlabError
+from data.hamming import nearest_other
 from data.image_scores import ImageScores, pixel_digest, score_image, thumbnail_jpeg
 from data.manifest import MANIFEST, ManifestRecord, read_manifest, write_manifest
+from data.near_duplicates import near_duplicate_rejections
 from data.review_report import Section, Tile
 from serving.runtime.progress import progress
 
@@ -80,8 +82,6 @@ _GAP_FLOOR = {
     "blurry": 1.0,
     "near_duplicate": 1.0,
 }
-# Pairwise hash comparison works on blocks of at most this many pairs (8 bytes each).
-_BLOCK_PAIRS = 1 << 22
 
 T = TypeVar("T")
 
@@ -376,100 +376,6 @@ def exact_duplicate_candidates(keys: dict[int, tuple[Any, ...]]) -> list[list[in
     for i in sorted(keys):
         groups[keys[i]].append(i)
     return [g for g in groups.values() if len(g) > 1]
-
-
-def near_duplicate_rejections(
-    hashes: np.ndarray, sharpness: np.ndarray, max_distance: int
-) -> list[tuple[int, int, int]]:
-    """(rejected, kept, Hamming distance between them) for every near-duplicate to drop.
-
-    Hashes at most `max_distance` bits apart are linked and linked images form one cluster
-    transitively, so a cluster may hold two images further apart than `max_distance` (a slow
-    drive past the same facade). Each cluster keeps its sharpest image, the earliest on ties.
-    """
-    n = len(hashes)
-    rows, cols = near_duplicate_pairs(hashes, max_distance)
-    labels = union_find(n, rows, cols)
-    members: dict[int, list[int]] = defaultdict(list)
-    for i, label in enumerate(labels.tolist()):
-        members[label].append(i)
-    out: list[tuple[int, int, int]] = []
-    for group in members.values():
-        if len(group) < 2:
-            continue
-        idx = np.array(group)
-        # argmax takes the first maximum, and `group` is ascending: ties keep the earliest.
-        keeper = int(idx[np.argmax(sharpness[idx])])
-        distances = _popcount(hashes[idx] ^ hashes[keeper])
-        out.extend(
-            (int(i), keeper, int(d)) for i, d in zip(idx, distances, strict=True) if i != keeper
-        )
-    return sorted(out)
-
-
-def near_duplicate_pairs(hashes: np.ndarray, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs (i < j) of 64-bit hashes at most `max_distance` bits apart.
-
-    All n²/2 pairs are compared with numpy, a block of rows at a time (XOR, then popcount), so
-    memory stays bounded and no Python code runs per pair.
-    """
-    h = np.ascontiguousarray(hashes, dtype=np.uint64)
-    n = len(h)
-    step = max(1, _BLOCK_PAIRS // max(n, 1))
-    rows, cols = [], []
-    for start in range(0, n, step):
-        stop = min(n, start + step)
-        distance = _popcount(h[start:stop, None] ^ h[None, start:])
-        r, c = np.nonzero(distance <= max_distance)
-        r, c = r + start, c + start
-        upper = c > r
-        rows.append(r[upper])
-        cols.append(c[upper])
-    if not rows:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    return np.concatenate(rows), np.concatenate(cols)
-
-
-def nearest_other(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """For each hash, the Hamming distance to its nearest other hash and that one's index.
-
-    Index -1 (distance 65) when there is no other hash.
-    """
-    h = np.ascontiguousarray(hashes, dtype=np.uint64)
-    n = len(h)
-    best = np.full(n, 65, dtype=np.int64)
-    where = np.full(n, -1, dtype=np.int64)
-    step = max(1, _BLOCK_PAIRS // max(n, 1))
-    for start in range(0, n, step):
-        stop = min(n, start + step)
-        distance = _popcount(h[start:stop, None] ^ h[None, :]).astype(np.int64)
-        distance[np.arange(stop - start), np.arange(start, stop)] = 65  # not itself
-        if n > 1:
-            where[start:stop] = np.argmin(distance, axis=1)
-            best[start:stop] = distance[np.arange(stop - start), where[start:stop]]
-    return best, where
-
-
-def union_find(n: int, rows: Iterable[int], cols: Iterable[int]) -> np.ndarray:
-    """Cluster label (the smallest member index) of each of `n` items linked by the pairs."""
-    parent = list(range(n))
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]  # path halving keeps the trees flat
-            x = parent[x]
-        return x
-
-    for a, b in zip(np.asarray(rows).tolist(), np.asarray(cols).tolist(), strict=True):
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return np.array([find(x) for x in range(n)], dtype=np.int64)
-
-
-def _popcount(x: np.ndarray) -> np.ndarray:
-    """Set bits of each uint64."""
-    return np.bitwise_count(x)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from evaluation.config import EvaluateConfig
 from evaluation.evaluate import tiling_spec
 from evaluation.predict import torch_detector
 from evaluation.registry import CHALLENGER, CHAMPION, RegisteredModel, Registry
-from training.loop import resolve_device
+from training.device import resolve_device
 from training.tracking import sqlite_path, tracking_uri
 
 log = logging.getLogger(__name__)

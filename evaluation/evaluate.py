@@ -48,7 +48,7 @@ from serving.runtime.checksum import file_sha256
 from serving.runtime.errors import ImageError
 from serving.runtime.imagefile import read_upright
 from serving.runtime.tiles import TilingSpec
-from training.loop import resolve_device
+from training.device import resolve_device
 from training.tracking import WEIGHTS_SHA256_TAG, Tracker, run_tags
 
 __all__ = [

@@ -30,14 +30,12 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import logging
-import math
 import signal
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import torch
@@ -51,11 +49,14 @@ from data.errors import AnonlabError
 from serving.runtime.progress import bar
 from training.augment import build_augmenter
 from training.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
-from training.config import AugmentConfig, ModelConfig, ScheduleConfig, TrainConfig
+from training.config import AugmentConfig, ModelConfig, TrainConfig
 from training.dataset import CocoDetection, aspect_ratio_groups, collate, images_to_float
+from training.device import resolve_device, resolve_precision
 from training.distributed import Dist, all_ranks, any_rank, init_distributed, local_rank
 from training.models import build_model, model_files_config, save_weights
+from training.optimizer import build_optimizer, lr_factor
 from training.sampling import BatchPlan, SeededSamples, StepBatches
+from training.stop import StopRequest, ignore_sigint, signal_name
 from training.tracking import Tracker, flatten, run_tags
 from training.validator import Validator, better
 
@@ -131,85 +132,6 @@ def run_train(setup: TrainSetup, validator: Validator) -> TrainResult:
     finally:
         if started_here and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
-
-
-def resolve_device(setting: str, *, key: str, local_rank: int = 0) -> torch.device:
-    """The device a `device` setting names (`key` is its config key, for errors): `auto` is the
-    process's GPU (`local_rank`) when CUDA is available, else the CPU; `cuda` without an index
-    is the process's GPU too, so that each process under torchrun has its own."""
-    if setting == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        return torch.device("cpu")
-    try:
-        device = torch.device(setting)
-    except RuntimeError:
-        raise AnonlabError(f"{key} = {setting!r}: not a device (auto, cpu, cuda, cuda:1)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise AnonlabError(f"{key} = {setting!r}: this machine has no CUDA GPU; use auto")
-    if device.type == "cuda" and device.index is None:
-        return torch.device("cuda", local_rank)
-    return device
-
-
-def resolve_precision(setting: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype; None for fp32."""
-    if setting == "auto":
-        if device.type == "cuda" and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
-        return None
-    if setting != "fp32" and device.type != "cuda":
-        raise AnonlabError(f"train.precision = {setting!r}: mixed precision needs a GPU; use auto")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[setting]
-
-
-def lr_factor(step: int, schedule: ScheduleConfig, max_steps: int) -> float:
-    """The learning-rate multiplier after `step` steps: linear warm-up, then cosine or step."""
-    if step < schedule.warmup_steps:
-        alpha = step / schedule.warmup_steps
-        return schedule.warmup_factor * (1 - alpha) + alpha
-    if schedule.name == "cosine":
-        span = max(1, max_steps - schedule.warmup_steps)
-        progress = min(1.0, (step - schedule.warmup_steps) / span)
-        low = schedule.min_factor
-        return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * progress))
-    passed = sum(step >= m * max_steps for m in schedule.milestones)
-    return schedule.gamma**passed
-
-
-class _StopRequest:
-    """SIGTERM/SIGINT set a flag; the loop stops after the step in progress."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopRequest:
-        try:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        except ValueError:  # not the main thread: signals stay with their owner
-            pass
-        return self
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
-        self.signum = signum
-        log.warning("%s: stopping after this step and writing a checkpoint", _signame(signum))
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-
-def _signame(signum: int) -> str:
-    return signal.Signals(signum).name
-
-
-def _worker_init(worker_id: int) -> None:
-    # Ctrl-C reaches the whole process group; the main process decides when to stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class _Trainer:
@@ -323,7 +245,7 @@ class _Trainer:
             num_workers=self.cfg.workers,
             collate_fn=collate,
             pin_memory=self.device.type == "cuda",
-            worker_init_fn=_worker_init if self.cfg.workers else None,
+            worker_init_fn=ignore_sigint if self.cfg.workers else None,
             persistent_workers=self.cfg.workers > 0,
             # Its own generator: starting an iterator would otherwise draw from the global RNG,
             # which a resumed run restored, and shift every random draw after it.
@@ -338,7 +260,7 @@ class _Trainer:
             enabled=self.dist.main,
             resume_run_id=self.run_id,
         )
-        with tracker, _StopRequest() as stop:
+        with tracker, StopRequest() as stop:
             self.tracker = tracker
             self.run_id = tracker.run_id
             if step == 0:
@@ -396,7 +318,7 @@ class _Trainer:
                 if stopping:
                     signum = stop.signum or signal.SIGTERM
                     raise TrainingInterrupted(
-                        f"{_signame(signum)}: stopped after step {step}/{cfg.max_steps}; "
+                        f"{signal_name(signum)}: stopped after step {step}/{cfg.max_steps}; "
                         f"checkpoint written to {self.out / 'checkpoints' / 'last.pt'}. "
                         "Continue with `anonlab train resume=true` (same config).",
                         signum,
@@ -408,7 +330,7 @@ class _Trainer:
     def _all_finite(self, total: torch.Tensor) -> bool:
         return all_ranks(torch.isfinite(total.detach()), self.dist)
 
-    def _stop_requested(self, stop: _StopRequest) -> bool:
+    def _stop_requested(self, stop: StopRequest) -> bool:
         return any_rank(stop.signum is not None, self.dist)
 
     def _diverged(self, step: int, losses: dict[str, torch.Tensor]) -> None:
@@ -599,18 +521,6 @@ class _Trainer:
     def _keypoint_names(self) -> Sequence[str]:
         # Only Keypoint R-CNN predicts keypoints; its names travel in config.yaml.
         return self.setup.taxonomy.keypoints if self.model_cfg.kind == "keypointrcnn" else []
-
-
-def build_optimizer(
-    cfg: TrainConfig, parameters: list[torch.nn.Parameter]
-) -> torch.optim.Optimizer:
-    """The optimizer train.optimizer names, over `parameters`."""
-    opt = cfg.optimizer
-    if opt.name == "sgd":
-        return torch.optim.SGD(
-            parameters, lr=opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay
-        )
-    return torch.optim.AdamW(parameters, lr=opt.lr, weight_decay=opt.weight_decay)
 
 
 def _fmt(value: float | None) -> str:

@@ -32,7 +32,7 @@ from mlflow.utils.validation import (
     MAX_PARAMS_TAGS_PER_BATCH,
 )
 
-from data.config import _SECRET_KEY
+from data.config import SECRET_KEY
 from data.errors import AnonlabError
 
 # The one definition of "looks like a credential", shared with the config validation.
@@ -180,7 +180,7 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """
     params: dict[str, str] = {}
     for key, value in config.items():
-        if _SECRET_KEY.search(str(key)):
+        if SECRET_KEY.search(str(key)):
             continue
         name = f"{prefix}{_key(str(key))}"
         if isinstance(value, Mapping) and value:
@@ -199,7 +199,7 @@ def _text(value: Any) -> str:
 def _scrub(value: Any) -> Any:
     """`value` without credential-like keys at any depth."""
     if isinstance(value, Mapping):
-        return {k: _scrub(v) for k, v in value.items() if not _SECRET_KEY.search(str(k))}
+        return {k: _scrub(v) for k, v in value.items() if not SECRET_KEY.search(str(k))}
     if isinstance(value, list | tuple):
         return [_scrub(v) for v in value]
     return value

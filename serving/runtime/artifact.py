@@ -1,5 +1,4 @@
-"""An exported model artifact: its manifest, and loading it with every file verified; and the
-set of artifacts a deployment loads, whole or not at all.
+"""An exported model artifact: its manifest, and loading it with every file verified.
 
 An artifact is a folder `<model>-<version>/` with `manifest.json`, `model.onnx`,
 `weights.safetensors` and `MODEL_CARD.md`. The manifest says everything the runtime needs (the
@@ -8,34 +7,22 @@ input size and tiling) and where the model came from; `files` holds the sha256 o
 file, and `manifest_sha256` the sha256 of the manifest's own canonical JSON (sorted keys, no
 whitespace) without that key, so an edited threshold is caught like an altered weights file.
 These checksums detect accidents (a half-finished copy, bit rot, a hand edit), not an attacker,
-who can recompute them. Pins given to the runtime out-of-band (`load_artifacts(pins=...)`,
-`anonlab blur --pin`, ANONLAB_ARTIFACT_SHA256) do detect a swapped artifact: an artifact runs
-only when its manifest_sha256, which covers the sha256 of every file, is one of them.
+who can recompute them; pins given out-of-band do (see `serving.runtime.artifact_set`).
 
 `load_artifact` refuses an artifact from a newer schema than this runtime reads, a missing or
 altered file, a manifest that is not one, and a manifest holding a value the runtime cannot run
 safely (`manifest_problems`: a threshold that is not a number from score_floor to 1, a class
 without a style it can draw, a tiling it cannot cut, ...); nothing is unpickled (JSON, ONNX,
-safetensors).
-
-`load_artifacts` loads a model set: the folders `artifact_folders` names (a folder of artifacts
-must hold complete artifact folders and nothing else), each verified by `load_artifact`, then
-held to what the deployment requires: every artifact passed the release gate its manifest
-records (`gate`, see `serving.runtime.release`), unless the caller allows demo artifacts
-(`--allow-demo`); between them the artifacts detect every required class
-(default face and license_plate: a missed face is a legal incident), and, when pins are given,
-every artifact is pinned and every pin is loaded. Anything less is an ArtifactError: the runtime
-never runs with part of its models.
+safetensors). The set of artifacts a deployment loads is `serving.runtime.artifact_set`'s.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -48,20 +35,14 @@ from serving.runtime.release import Gate, release_notice, release_problems
 from serving.runtime.tiles import TilingSpec
 
 __all__ = [
-    "DEFAULT_REQUIRED_CLASSES",
     "MANIFEST",
-    "PINS_ENV",
-    "REQUIRE_ENV",
     "SCHEMA_VERSION",
+    "SHA256_HEX",
     "Artifact",
     "Manifest",
-    "artifact_folders",
     "load_artifact",
-    "load_artifacts",
     "manifest_digest",
-    "manifest_pins",
     "manifest_problems",
-    "required_classes",
 ]
 
 # 2: the manifest records the gate its model passed (`gate`, `notice`). 1 (no gate) still loads,
@@ -78,14 +59,8 @@ TILING_KEYS = tuple(f.name for f in fields(TilingSpec))
 MAX_INPUT_SIZE = 8192
 MIN_TILE = 32
 MAX_SCALE = 8.0
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-# The objects that identify people: a deployment hides them unless it says otherwise.
-DEFAULT_REQUIRED_CLASSES = ("face", "license_plate")
-REQUIRE_ENV = "ANONLAB_REQUIRE_CLASSES"
-PINS_ENV = "ANONLAB_ARTIFACT_SHA256"
-
-log = logging.getLogger(__name__)
+# A sha256 as manifests write it.
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -235,7 +210,7 @@ def manifest_problems(m: Manifest) -> list[str]:
         if name not in m.files:
             out.append(f"files: lists no {name}, which the runtime loads")
     for name, sha in m.files.items():
-        if not (isinstance(sha, str) and _SHA256.fullmatch(sha)):
+        if not (isinstance(sha, str) and SHA256_HEX.fullmatch(sha)):
             out.append(_bad(f"files.{name}", sha, "must be the file's sha256 (64 hex digits)"))
     out += _gate_problems(m)
     validated = m.provenance.get("weights_sha256")
@@ -476,181 +451,3 @@ def load_artifact(path: str | Path) -> Artifact:
                 f"manifest says {expected[:12]}...); copy the artifact again from its source"
             )
     return Artifact(folder, manifest, raw["manifest_sha256"])
-
-
-def artifact_folders(paths: Sequence[str | Path]) -> list[Path]:
-    """The artifact folders `paths` name, in order. A path is an artifact folder (it has a
-    manifest.json; a path that is not a folder is passed on for `load_artifact` to refuse), or a
-    folder of artifacts such as artifacts/serving/: every entry in it must be an artifact folder.
-
-    ArtifactError naming every other entry of a folder of artifacts: a folder without
-    manifest.json (a half-finished copy), a hidden entry even with a manifest (`.x.staging`, or
-    rsync's `.x.AbC123`: an interrupted export or copy), a file (perhaps a model still packed in
-    an archive). Loading the rest would run without a model the deployment counts on.
-    """
-    out: list[Path] = []
-    for path in map(Path, paths):
-        try:
-            if path.is_dir() and not (path / MANIFEST).exists():
-                out += _folder_of_artifacts(path)
-            else:
-                out.append(path)
-        except OSError as exc:
-            raise ArtifactError(f"{path}: cannot be read ({exc})") from None
-    return out
-
-
-def _folder_of_artifacts(folder: Path) -> list[Path]:
-    entries = sorted(folder.iterdir())
-    found = [e for e in entries if not e.name.startswith(".") and (e / MANIFEST).is_file()]
-    if not found:
-        held = ", ".join(e.name for e in entries[:5]) + (", ..." if len(entries) > 5 else "")
-        raise ArtifactError(
-            f"{folder}: no {MANIFEST}; this is not an exported artifact (`anonlab export` "
-            "writes them), nor a folder of them ("
-            + (f"none of its entries has one: {held})" if entries else "it is empty)")
-        )
-    rejected = [
-        f"{e.name}{'/' if e.is_dir() else ''} ({_not_an_artifact(e)})"
-        for e in entries
-        if e not in found
-    ]
-    if rejected:
-        raise ArtifactError(
-            f"{folder}: a folder of artifacts is loaded whole or not at all, and these entries "
-            f"in it are not artifact folders: {'; '.join(rejected)}. Finish copying or remove "
-            "them, or name each artifact folder on its own (--model DIR)"
-        )
-    return found
-
-
-def _not_an_artifact(entry: Path) -> str:
-    if entry.name.startswith("."):
-        return "hidden: left by an interrupted export or copy?"
-    if not entry.is_dir():
-        return "a file"
-    return f"no {MANIFEST}: a half-finished copy?"
-
-
-def required_classes(
-    given: Sequence[str] | None, environ: Mapping[str, str] | None = None
-) -> tuple[str, ...]:
-    """The classes a deployment requires its models to detect: `given` (each item a class or a
-    comma-separated list of them), else `environ`'s ANONLAB_REQUIRE_CLASSES when set and not
-    empty, else DEFAULT_REQUIRED_CLASSES. ArtifactError when that names no class."""
-    if given is None:
-        text = (environ or {}).get(REQUIRE_ENV, "").strip()
-        if not text:
-            return DEFAULT_REQUIRED_CLASSES
-        given, source = [text], REQUIRE_ENV
-    else:
-        source = "--require"
-    names = tuple(dict.fromkeys(_items(given)))
-    if not names:
-        raise ArtifactError(
-            f"{source} {','.join(given)!r} names no class; name the classes the loaded models "
-            f"must detect, such as {','.join(DEFAULT_REQUIRED_CLASSES)}"
-        )
-    return names
-
-
-def manifest_pins(
-    given: Sequence[str] | None, environ: Mapping[str, str] | None = None
-) -> tuple[str, ...]:
-    """The manifest_sha256 values a deployment pins: `given` (each item a sha256 or a
-    comma-separated list), else `environ`'s ANONLAB_ARTIFACT_SHA256 when set; () when neither
-    (nothing pinned). ArtifactError for a pin that is not 64 hex digits."""
-    if given is None:
-        given, source = [(environ or {}).get(PINS_ENV, "")], PINS_ENV
-    else:
-        source = "--pin"
-    pins = tuple(dict.fromkeys(item.lower() for item in _items(given)))
-    bad = [p for p in pins if not _SHA256.fullmatch(p)]
-    if bad:
-        raise ArtifactError(
-            f"{source}: {', '.join(map(repr, bad))} is not a manifest_sha256 (64 hex digits); "
-            f"pin the manifest_sha256 written in each artifact's {MANIFEST}"
-        )
-    return pins
-
-
-def _items(values: Sequence[str]) -> list[str]:
-    return [item.strip() for value in values for item in value.split(",") if item.strip()]
-
-
-def load_artifacts(
-    paths: Sequence[str | Path],
-    *,
-    require: Sequence[str] | None = None,
-    pins: Sequence[str] | None = None,
-    environ: Mapping[str, str] | None = None,
-    allow_demo: bool = False,
-) -> list[Artifact]:
-    """The model set `paths` name (`artifact_folders`), every artifact verified
-    (`load_artifact`), held to what the deployment requires: every artifact passed the release
-    gate (`Manifest.release_problems`) unless `allow_demo` (then each one that did not is
-    logged as a warning), between them the artifacts detect every class of
-    `required_classes(require, environ)`, and when `manifest_pins(pins, environ)` pins any,
-    every artifact's manifest_sha256 is pinned and every pin is loaded.
-
-    ArtifactError otherwise, naming what is missing and what was loaded: nothing loads unless
-    all of it does.
-    """
-    required = required_classes(require, environ)
-    pinned = manifest_pins(pins, environ)
-    folders = artifact_folders(paths)
-    if not folders:
-        raise ArtifactError("no artifact folder given (`anonlab export` writes them)")
-    artifacts = [load_artifact(f) for f in folders]
-    _held_to_release(artifacts, allow_demo)
-    if pinned:
-        unpinned = [
-            f"{a.path} (manifest_sha256 {a.manifest_sha256}) is not pinned"
-            for a in artifacts
-            if a.manifest_sha256 not in pinned
-        ]
-        loaded = {a.manifest_sha256 for a in artifacts}
-        unloaded = [f"pin {p} matches no loaded artifact" for p in pinned if p not in loaded]
-        if unpinned or unloaded:
-            raise ArtifactError(
-                f"the artifacts are not the pinned ones: {'; '.join(unpinned + unloaded)}. Load "
-                f"exactly the pinned artifacts, or pin those you mean to run (--pin, {PINS_ENV})"
-            )
-    detected = {c for a in artifacts for c in a.manifest.classes}
-    missing = [c for c in required if c not in detected]
-    if missing:
-        held = "; ".join(f"{a.path}: {', '.join(a.manifest.classes)}" for a in artifacts)
-        raise ArtifactError(
-            f"no loaded model detects {', '.join(missing)}, which this deployment requires "
-            f"(required: {', '.join(required)}; loaded: {held}). Add a model that detects "
-            f"{'it' if len(missing) == 1 else 'them'} (--model), or name the classes this "
-            f"deployment requires (--require, {REQUIRE_ENV}; default "
-            f"{','.join(DEFAULT_REQUIRED_CLASSES)})"
-        )
-    return artifacts
-
-
-def _held_to_release(artifacts: Sequence[Artifact], allow_demo: bool) -> None:
-    """ArtifactError naming each artifact that passed only a gate weaker than the release gate,
-    and why, unless `allow_demo`; then a warning for each."""
-    weak = [(a, a.manifest.release_problems()) for a in artifacts]
-    weak = [(a, problems) for a, problems in weak if problems]
-    for a, problems in weak if allow_demo else []:
-        log.warning(
-            "running %s version %s (%s), which is NOT A RELEASE: %s",
-            a.manifest.name,
-            a.manifest.version,
-            a.path,
-            "; ".join(problems),
-        )
-    if weak and not allow_demo:
-        listed = " | ".join(
-            f"{a.path} ({a.manifest.name} version {a.manifest.version}): {'; '.join(problems)}"
-            for a, problems in weak
-        )
-        raise ArtifactError(
-            f"not a release: {listed}. Its recall was proven only against a gate weaker than "
-            "the release gate, so it may leave identifiable faces and plates in what it "
-            "anonymizes. To run it anyway (a demo, a trial), pass --allow-demo (Python: "
-            "allow_demo=True)"
-        )

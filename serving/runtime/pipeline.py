@@ -1,6 +1,6 @@
 """The runtime's core: exported artifacts loaded once, then image in, anonymized image out.
 
-`Runtime.load` loads the model set whole (`artifact.load_artifacts`: every artifact verified,
+`Runtime.load` loads the model set whole (`artifact_set.load_artifacts`: every artifact verified,
 the classes the deployment requires detected, pins matched) and starts each detector
 (onnxruntime by default, or PyTorch from the safetensors weights). `Runtime.anonymize_bytes`
 does one image file: decode (`imagefile`), turn it upright as a viewer shows it (so faces are
@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from serving.runtime.anonymize import Style, anonymize, hidden_mask
-from serving.runtime.artifact import Artifact, artifact_folders, load_artifacts
+from serving.runtime.artifact import Artifact
+from serving.runtime.artifact_set import artifact_folders, load_artifacts
 from serving.runtime.backends import InputSize, OnnxDetector, TorchDetector
 from serving.runtime.detections import Detections
 from serving.runtime.errors import ArtifactError
@@ -147,7 +148,7 @@ class Runtime:
         """Verify and load the artifacts at `paths` with `backend` (onnx: onnxruntime, CUDA
         where it has it; torch: PyTorch from weights.safetensors on `device`).
 
-        The model set loads whole or not at all (`artifact.load_artifacts`): `require`, the
+        The model set loads whole or not at all (`artifact_set.load_artifacts`): `require`, the
         classes its models must detect between them (default: `environ`'s
         ANONLAB_REQUIRE_CLASSES, else face and license_plate), and `pins`, the manifest_sha256
         of every artifact to run (default: `environ`'s ANONLAB_ARTIFACT_SHA256, else none).

@@ -25,10 +25,10 @@ from serving.cli import main as cli_main
 from serving.runtime.imagefile import read_upright
 from serving.runtime.tiles import detect_tiled
 from tests.annotation.conftest import LabelStudioUnderTest
-from tests.annotation.test_server import TAXONOMY, annotation_cfg, review
+from tests.annotation.server_project import TAXONOMY, annotation_cfg, review
 from tests.conftest import REPO
 from tests.images import jpeg_bytes, store_jpeg, texture
-from tests.training.test_tracking import save_tiny_model
+from tests.training.tiny_models import save_tiny_model
 from training.tracking import Tracker
 
 NAME = "maskrcnn_mobilenet_v3_fpn"  # registered under a model of the project's conf/

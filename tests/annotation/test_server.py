@@ -11,10 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
-import yaml
 
 from annotation.client import LabelStudio, connect, jwt_type
-from annotation.config import PASSWORD_ENV, TOKEN_ENV, USERNAME_ENV, AnnotationConfig
+from annotation.config import PASSWORD_ENV, TOKEN_ENV, USERNAME_ENV
 from annotation.push import (
     STATE_FILE,
     Detection,
@@ -27,21 +26,10 @@ from annotation.server import credentials_from_env, start_server
 from annotation.status import run_status
 from data.config import TaxonomyConfig
 from data.errors import AnonlabError
-from data.manifest import ManifestRecord, write_manifest
+from data.manifest import ManifestRecord
 from tests.annotation.conftest import LabelStudioUnderTest, free_port
+from tests.annotation.server_project import TAXONOMY, annotation_cfg, review
 from tests.images import jpeg_bytes, store_jpeg, texture
-
-REPO = Path(__file__).resolve().parents[2]
-TAXONOMY = TaxonomyConfig(
-    classes=["face", "person", "license_plate", "vehicle"],
-    keypoints=["nose", "left_eye", "right_eye"],
-)
-
-
-def annotation_cfg(url: str, title: str, **overrides: object) -> AnnotationConfig:
-    raw = yaml.safe_load((REPO / "conf/annotation/default.yaml").read_text(encoding="utf-8"))
-    raw.update(source="server", url=url, project_title=title, **overrides)
-    return AnnotationConfig.model_validate(raw)
 
 
 def add_images(artifacts: Path, seeds: list[int]) -> list[ManifestRecord]:
@@ -57,10 +45,6 @@ def add_images(artifacts: Path, seeds: list[int]) -> list[ManifestRecord]:
         )
         for seed in seeds
     ]
-
-
-def review(artifacts: Path, records: list[ManifestRecord]) -> None:
-    write_manifest(artifacts / "reviewed" / "manifest.jsonl", records)
 
 
 def assert_no_secrets(text: str, ls: LabelStudioUnderTest) -> None:

@@ -19,7 +19,7 @@ from data.collect import run_collect
 from data.manifest import read_manifest
 from serving.cli import main
 from serving.params import load_project
-from tests.data.test_collect import check_counts_add_up, collect, folder, raw
+from tests.data.collecting import check_counts_add_up, collect, folder, raw
 from tests.images import jpeg_bytes, texture, write
 
 # Longer than any file name may be (NAME_MAX 255); a chain of them outgrows PATH_MAX (4096).

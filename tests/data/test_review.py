@@ -15,21 +15,16 @@ import yaml
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
+from data import hamming
 from data import review as review_module
 from data.atomic import read_jsonl
 from data.config import ReviewConfig
 from data.errors import AnonlabError
+from data.hamming import nearest_other, pairs_within
 from data.image_scores import decode_working
 from data.manifest import ManifestRecord, read_manifest, write_manifest
-from data.review import (
-    REASONS,
-    ReviewReport,
-    near_duplicate_pairs,
-    near_duplicate_rejections,
-    nearest_other,
-    run_review,
-    union_find,
-)
+from data.near_duplicates import near_duplicate_rejections, union_find
+from data.review import REASONS, ReviewReport, run_review
 from tests.conftest import REPO
 from tests.images import encode, jpeg_bytes, pil_bytes, texture
 
@@ -306,10 +301,10 @@ def random_hashes(n: int, seed: int) -> np.ndarray:
 
 
 def test_pairwise_comparison_matches_a_plain_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(review_module, "_BLOCK_PAIRS", 50)  # many small blocks
+    monkeypatch.setattr(hamming, "BLOCK_PAIRS", 50)  # many small blocks
     h = random_hashes(60, 0)
     ints = [int(x) for x in h]
-    rows, cols = near_duplicate_pairs(h, 6)
+    rows, cols = pairs_within(h, 6)
     expected = {
         (i, j)
         for i in range(len(ints))

@@ -19,7 +19,7 @@ from serving.params import Project, load_project
 from serving.runtime.checksum import file_sha256
 from tests.conftest import REPO
 from tests.prepared import prepared_project
-from tests.training.test_train import DATA, MODEL, TINY
+from tests.training.tiny_runs import DATA, MODEL, TINY
 
 EVAL = [
     "evaluate.n_boot=50",

@@ -253,7 +253,7 @@ def test_blur_refuses_an_artifact_that_is_not_a_release_unless_allowed(
     _refused(code, err, out)
     assert f"not a release: {folder} (tiny version 1): " in err and why in err
     assert "pass --allow-demo" in err
-    with caplog.at_level(logging.WARNING, logger="serving.runtime.artifact"):
+    with caplog.at_level(logging.WARNING, logger="serving.runtime.artifact_set"):
         code, err = _blur(capsys, photo, out, "--model", str(folder), "--allow-demo")
     assert code == 0 and (out / photo.name).is_file()
     assert "which is NOT A RELEASE" in caplog.text and why in caplog.text

@@ -20,11 +20,12 @@ from PIL import Image
 
 from serving.cli import main as cli_main
 from serving.runtime import pipeline
+from serving.runtime.artifact_set import artifact_folders
 from serving.runtime.batch import FAILURES, SKIPPED, blur_batch
 from serving.runtime.detections import Detections
 from serving.runtime.errors import ServingError
 from serving.runtime.inputs import find_inputs
-from serving.runtime.pipeline import Runtime, artifact_folders
+from serving.runtime.pipeline import Runtime
 from tests.images import jpeg_bytes, texture, write
 
 

@@ -21,26 +21,12 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-import yaml
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from data.errors import AnonlabError
-from training.config import ModelConfig
-from training.models import build_model, model_files_config, save_weights
+from tests.training.tiny_models import TINY, save_tiny_model
 from training.tracking import TRUNCATED, Tracker, flatten, run_tags, tracking_uri
 
-TINY = ModelConfig(
-    kind="maskrcnn",
-    backbone="resnet18",
-    weights="none",
-    trainable_layers=5,
-    classes=["face", "person", "license_plate", "vehicle"],
-    min_size=64,
-    max_size=96,
-    proposals_per_image=50,
-    rois_per_image=16,
-    detections_per_image=10,
-)
 SERVER_START_TIMEOUT = 180  # seconds; mlflow imports twice (CLI, then uvicorn) before it answers
 
 
@@ -285,17 +271,6 @@ def backend(
 
 
 BACKENDS = ["sqlite", pytest.param("server", marks=pytest.mark.slow)]
-
-
-def save_tiny_model(folder: Path) -> tuple[torch.nn.Module, Path, Path]:
-    """A random tiny Mask R-CNN (seed 0) in eval mode, saved in `folder` as
-    weights.safetensors + config.yaml."""
-    torch.manual_seed(0)
-    model = build_model(TINY, keypoint_names=[]).eval()
-    weights, config = folder / "weights.safetensors", folder / "config.yaml"
-    save_weights(model, weights)
-    config.write_text(yaml.safe_dump(model_files_config(TINY, keypoint_names=[])))
-    return model, weights, config
 
 
 @pytest.fixture(scope="module")
