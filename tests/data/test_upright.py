@@ -25,6 +25,7 @@ from pycocotools import mask as mask_util
 
 from annotation.convert import ellipse_mask, polygon_mask, rectangle_mask
 from annotation.pull import run_pull
+from data.coco.files import load_ground_truth
 from data.collect import LABEL_STUDIO_LOCAL_FILES, run_collect
 from data.config import compose
 from data.errors import AnonlabError
@@ -33,7 +34,6 @@ from data.manifest import read_manifest, read_reviewed
 from data.prepare import run_prepare
 from data.review import run_review
 from evaluation.predict import predict_set
-from evaluation.score import load_ground_truth
 from serving.params import Project, load_project
 from serving.runtime.detections import Detections
 from serving.runtime.imagefile import FORMAT_EXTENSIONS, read_upright
