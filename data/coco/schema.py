@@ -79,6 +79,8 @@ def check_ground_truth(data: Any, source: str = "ground truth") -> None:
 def annotation_problem(
     ann: Any, sizes: dict[int, tuple[int, int]], category_ids: set[int], seen: set[int]
 ) -> str | None:
+    """What is wrong with one ground-truth annotation, or None; `sizes` maps image ids to
+    (height, width), `seen` holds the annotation ids before it."""
     if not isinstance(ann, dict):
         return f"expected an object, found {kind_of(ann)}"
     for key in ("id", "image_id", "category_id", "bbox"):
@@ -106,6 +108,7 @@ def annotation_problem(
 
 
 def box_problem(box: Any) -> str | None:
+    """What is wrong with a COCO box [x, y, width, height] (NaN and infinities included)."""
     if not (isinstance(box, list) and len(box) == 4 and all(is_finite_number(v) for v in box)):
         return f"'bbox' must be 4 finite numbers [x, y, width, height], found {shown(box)}"
     if box[2] < 0 or box[3] < 0:
@@ -155,10 +158,12 @@ def segmentation_problem(seg: Any, height: int, width: int) -> str | None:
 
 
 def is_int(value: Any) -> bool:
+    """An integer in JSON (not a boolean, not a float)."""
     return type(value) is int
 
 
 def is_finite_number(value: Any) -> bool:
+    """A number in JSON that is neither NaN nor infinite (not a boolean)."""
     if type(value) not in (int, float):
         return False
     try:
@@ -168,6 +173,7 @@ def is_finite_number(value: Any) -> bool:
 
 
 def kind_of(value: Any) -> str:
+    """What a JSON value is, for a message: an object, a list, null..."""
     names = {
         dict: "an object",
         list: "a list",
@@ -180,5 +186,6 @@ def kind_of(value: Any) -> str:
 
 
 def shown(value: Any) -> str:
+    """A value as a message shows it, cut to 60 characters."""
     text = json.dumps(value) if not isinstance(value, float) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."

@@ -9,14 +9,14 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from data.coco.rle import as_rle
-from evaluation.scoring.instances import Detections, Truth
+from evaluation.scoring.instances import DetectionArrays, TruthArrays
 
 
 def covered_shares(
     gt_anns: list[dict],
     dt_anns: list[dict],
-    truth: Truth,
-    dets: Detections,
+    truth: TruthArrays,
+    dets: DetectionArrays,
     above: np.ndarray,
     image_ids: np.ndarray,
     heights: dict,

@@ -1,5 +1,5 @@
-"""Ground-truth objects and detections as arrays in file order (`Truth`, `Detections`), and
-whether masks are compared."""
+"""Ground-truth objects and detections as arrays in file order (`TruthArrays`,
+`DetectionArrays`), and whether masks are compared."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from data.size_buckets import size_buckets
 
 
 @dataclass(frozen=True)
-class Truth:
+class TruthArrays:
     """Ground-truth annotations as arrays, in file order; images and categories as indices into
     their ids sorted (the order pycocotools evaluates them in)."""
 
@@ -25,7 +25,7 @@ class Truth:
 
 
 @dataclass(frozen=True)
-class Detections:
+class DetectionArrays:
     image: np.ndarray
     category: np.ndarray
     score: np.ndarray
@@ -35,12 +35,13 @@ class Detections:
 
 def truth_arrays(
     gt: dict, copies: list[dict], image_ids: np.ndarray, category_ids: np.ndarray
-) -> Truth:
+) -> TruthArrays:
+    """The ground truth's annotations (and `copies`, as pycocotools gets them) as arrays."""
     anns = gt["annotations"]
     crowd = np.array([bool(a["iscrowd"]) for a in copies], dtype=bool)
     ignore = np.array([bool(a.get("ignore", 0)) for a in anns], dtype=bool)
     area = np.array([a["area"] for a in copies], dtype=np.float64)
-    return Truth(
+    return TruthArrays(
         image=np.searchsorted(image_ids, np.array([a["image_id"] for a in anns], np.int64)),
         category=np.searchsorted(
             category_ids, np.array([a["category_id"] for a in anns], np.int64)
@@ -55,8 +56,9 @@ def truth_arrays(
 
 def detection_arrays(
     predictions: list[dict], image_ids: np.ndarray, category_ids: np.ndarray
-) -> Detections:
-    return Detections(
+) -> DetectionArrays:
+    """The predictions as arrays."""
+    return DetectionArrays(
         image=np.searchsorted(image_ids, np.array([p["image_id"] for p in predictions], np.int64)),
         category=np.searchsorted(
             category_ids, np.array([p["category_id"] for p in predictions], np.int64)
@@ -67,7 +69,7 @@ def detection_arrays(
     )
 
 
-def mask_mode(truth: Truth, dets: Detections, notes: list[str]) -> bool:
+def mask_mode(truth: TruthArrays, dets: DetectionArrays, notes: list[str]) -> bool:
     """Whether masks are compared (mask IoU, `coco.segm`); why not, in `notes`."""
     gt_masks = bool(truth.has_mask.all()) and len(truth.has_mask) > 0
     some_dets = int(np.count_nonzero(dets.has_mask))

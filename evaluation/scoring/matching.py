@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 from pycocotools.cocoeval import COCOeval
 
-from evaluation.scoring.instances import Detections, Truth
+from evaluation.scoring.instances import DetectionArrays, TruthArrays
 
 _NON_IGNORED = np.int64(1) << np.int64(62)  # above the bits of any float64 in [0, 1]
 
@@ -28,12 +28,13 @@ class Pairs:
 
 def matching_pairs(
     evaluation: COCOeval,
-    truth: Truth,
-    dets: Detections,
+    truth: TruthArrays,
+    dets: DetectionArrays,
     image_ids: np.ndarray,
     category_ids: np.ndarray,
     max_dets: int,
 ) -> Pairs:
+    """The pairs to match, with pycocotools' IoUs (computed again past its own maxDets)."""
     n_classes = len(category_ids)
     n_groups = len(image_ids) * n_classes
     gt_group = truth.image * n_classes + truth.category

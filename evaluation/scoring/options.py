@@ -97,6 +97,7 @@ def _threshold_value(text: str, value: str) -> float:
 
 
 def resolve_thresholds(thresholds: Mapping[str, float] | float, classes: list[str]) -> dict:
+    """Per class name, its operating threshold (classes not named: 0.5); checked."""
     if isinstance(thresholds, Mapping):
         unknown = sorted(set(thresholds) - set(classes))
         if unknown:
@@ -114,6 +115,7 @@ def resolve_thresholds(thresholds: Mapping[str, float] | float, classes: list[st
 
 
 def resolve_targets(targets: Mapping[str, float] | float, classes: list[str]) -> dict:
+    """Per class name, the recall its operating threshold must reach; checked."""
     if isinstance(targets, Mapping):
         missing = [name for name in classes if name not in targets]
         if missing:
@@ -128,6 +130,7 @@ def resolve_targets(targets: Mapping[str, float] | float, classes: list[str]) ->
 
 
 def check_options(options: ScoreOptions) -> None:
+    """Raise AnonlabError naming the first option out of its range."""
     for name in ("coverage", "iou"):
         value = getattr(options, name)
         if not (is_finite_number(value) and 0 < value <= 1):

@@ -10,7 +10,7 @@ import numpy as np
 
 from data.size_buckets import BUCKETS
 from evaluation.scoring.bootstrap import bootstrap_intervals
-from evaluation.scoring.instances import Truth
+from evaluation.scoring.instances import TruthArrays
 from evaluation.scoring.options import ScoreOptions
 
 ALL = "all"
@@ -19,7 +19,7 @@ BUCKET_NAMES: tuple[str, ...] = (*BUCKETS, ALL, BELOW)
 
 
 def is_identifiable(
-    truth: Truth, classes: list[str], minimum: Mapping[str, float] | None
+    truth: TruthArrays, classes: list[str], minimum: Mapping[str, float] | None
 ) -> np.ndarray:
     """Per ground-truth object, whether its box is at least its class's minimum height."""
     heights = np.array([float((minimum or {}).get(name, 0.0)) for name in classes])
@@ -28,7 +28,7 @@ def is_identifiable(
     return truth.box[:, 3] >= heights[truth.category]
 
 
-def bucket_members(truth: Truth, identifiable: np.ndarray) -> dict[str, np.ndarray]:
+def bucket_members(truth: TruthArrays, identifiable: np.ndarray) -> dict[str, np.ndarray]:
     """Per bucket name, which objects it holds: the size buckets and `all` the identifiable
     ones, `below_identifiable` the others (ignored objects included: callers mask them)."""
     out = {b: identifiable & (truth.bucket == b) for b in BUCKETS}
@@ -38,7 +38,7 @@ def bucket_members(truth: Truth, identifiable: np.ndarray) -> dict[str, np.ndarr
 
 
 def recall_tables(
-    truth: Truth,
+    truth: TruthArrays,
     members: dict[str, np.ndarray],
     found: dict[str, np.ndarray],
     covered: np.ndarray,
