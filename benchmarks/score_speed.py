@@ -41,7 +41,8 @@ from pycocotools import mask as mask_utils  # noqa: E402
 from pycocotools.coco import COCO  # noqa: E402
 from pycocotools.cocoeval import COCOeval  # noqa: E402
 
-from evaluation.score import ScoreOptions, score_files  # noqa: E402
+from evaluation.score import score_files  # noqa: E402
+from evaluation.scoring.options import ScoreOptions  # noqa: E402
 
 SIZE = 1024
 CLASSES = ["face", "person", "license_plate", "vehicle"]

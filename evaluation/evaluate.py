@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from data.atomic import staged_dir, write_json, write_text
+from data.coco.files import load_ground_truth
 from data.config import TaxonomyConfig
 from data.errors import AnonlabError
 from data.size_buckets import size_bucket
@@ -43,7 +44,8 @@ from evaluation.config import EvaluateConfig
 from evaluation.predict import predict_set, torch_detector
 from evaluation.registry import CHAMPION, RegisteredModel, Registry
 from evaluation.report import Miss, ModelReport, SetReport, render_report
-from evaluation.score import ScoreOptions, load_ground_truth, score
+from evaluation.score import score
+from evaluation.scoring.options import ScoreOptions
 from serving.runtime.checksum import file_sha256
 from serving.runtime.errors import ImageError
 from serving.runtime.imagefile import read_upright

@@ -29,6 +29,7 @@ from typing import Any
 
 from torch import nn
 
+from data.coco.files import load_ground_truth
 from data.errors import AnonlabError
 from evaluation.config import EvaluateConfig
 from evaluation.evaluate import (
@@ -39,7 +40,8 @@ from evaluation.evaluate import (
     tiling_spec,
 )
 from evaluation.predict import predict_set
-from evaluation.score import ALL, BELOW, load_ground_truth, score
+from evaluation.score import score
+from evaluation.scoring.recall import ALL, BELOW
 from serving.runtime.architecture import DetectorCore
 from serving.runtime.backends import InputSize, TorchDetector
 from training.config import ModelConfig

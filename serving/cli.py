@@ -535,15 +535,10 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from evaluation.score import (
-        ScoreOptions,
-        format_table,
-        load_ground_truth,
-        load_predictions,
-        parse_heights,
-        parse_thresholds,
-        score,
-    )
+    from data.coco.files import load_ground_truth, load_predictions
+    from evaluation.score import score
+    from evaluation.scoring.options import ScoreOptions, parse_heights, parse_thresholds
+    from evaluation.scoring.table import format_table
 
     gt = load_ground_truth(Path(args.gt))
     predictions = load_predictions(Path(args.pred), gt, gt_name=args.gt)

@@ -26,6 +26,7 @@ from pycocotools import mask as mask_util
 from annotation.convert.region_masks import ellipse_region_mask as ellipse_mask
 from annotation.convert.region_masks import rectangle_region_mask as rectangle_mask
 from annotation.pull import run_pull
+from data.coco.files import load_ground_truth
 from data.collect import LABEL_STUDIO_LOCAL_FILES, run_collect
 from data.config import compose
 from data.errors import AnonlabError
@@ -35,7 +36,6 @@ from data.prepare import run_prepare
 from data.review import run_review
 from data.shapes import polygon_mask
 from evaluation.predict import predict_set
-from evaluation.score import load_ground_truth
 from serving.params import Project, load_project
 from serving.runtime.detections import Detections
 from serving.runtime.imagefile import FORMAT_EXTENSIONS, read_upright

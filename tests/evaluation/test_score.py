@@ -16,20 +16,14 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from data.coco.files import load_ground_truth, load_predictions
+from data.coco.results import check_predictions
+from data.coco.schema import check_ground_truth
 from data.errors import AnonlabError
-from evaluation.score import (
-    COCO_STATS,
-    ScoreOptions,
-    check_ground_truth,
-    check_predictions,
-    format_table,
-    load_ground_truth,
-    load_predictions,
-    parse_heights,
-    parse_thresholds,
-    score,
-    score_files,
-)
+from evaluation.score import score, score_files
+from evaluation.scoring.coco_summary import COCO_STATS
+from evaluation.scoring.options import ScoreOptions, parse_heights, parse_thresholds
+from evaluation.scoring.table import format_table
 
 CLASSES = ["face", "person", "license_plate"]
 BUCKETS = ["tiny", "small", "medium", "large", "all"]

@@ -1,4 +1,4 @@
-"""The COCO format as this project writes it: categories from the taxonomy, in one place."""
+"""COCO categories from the taxonomy, as this project writes them."""
 
 from __future__ import annotations
 
