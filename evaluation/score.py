@@ -27,11 +27,6 @@ from typing import Any
 import numpy as np
 
 from data.coco.files import load_ground_truth, load_predictions
-
-# Until evaluation/data_checks.py imports these from data.coco (its split does), the old private
-# names it reads here stay; remove both lines then.
-from data.coco.rle import as_rle as _as_rle  # noqa: F401
-from data.coco.schema import segmentation_problem as _segmentation_problem  # noqa: F401
 from evaluation.scoring.coco_summary import coco_summaries, gt_copy, prediction_copy
 from evaluation.scoring.coverage import covered_shares
 from evaluation.scoring.curves import precision_recall_curve

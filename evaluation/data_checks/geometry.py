@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from data.coco.rle import as_rle
+from data.coco.schema import segmentation_problem
 from evaluation.data_checks.checks import ERROR, Check, Offenders, check_result, rounded
 from evaluation.data_checks.loading import Coco
-from evaluation.score import _as_rle, _segmentation_problem
 
 __all__ = ["AREA_TOLERANCE", "BOX_TOLERANCE", "check_geometry"]
 
@@ -87,19 +88,16 @@ def _check_boxes(coco: Coco, found: Offenders, n: Counter[str]) -> None:
         [(coco.images[a["image_id"]]["width"], coco.images[a["image_id"]]["height"]) for a in anns],
         dtype=np.float64,
     )
-    finite = np.isfinite(box).all(axis=1)
-    with np.errstate(invalid="ignore"):
-        positive = (box[:, 2:] > 0).all(axis=1)
-        inside = (box[:, :2] >= -BOX_TOLERANCE).all(axis=1) & (
-            box[:, :2] + box[:, 2:] <= size + BOX_TOLERANCE
-        ).all(axis=1)
-    bad = np.flatnonzero(~(finite & positive & inside))
+    # Schema let through only finite numbers (data.coco.schema.is_finite_number).
+    positive = (box[:, 2:] > 0).all(axis=1)
+    inside = (box[:, :2] >= -BOX_TOLERANCE).all(axis=1) & (
+        box[:, :2] + box[:, 2:] <= size + BOX_TOLERANCE
+    ).all(axis=1)
+    bad = np.flatnonzero(~(positive & inside))
 
     def problem(k: int) -> str:
         i = bad[k]
         shown = [round(float(v), 2) for v in box[i]]
-        if not finite[i]:
-            return f"bbox {shown} is not finite"
         if not positive[i]:
             return f"bbox {shown} has no positive width and height"
         return f"bbox {shown} leaves the {int(size[i, 0])}x{int(size[i, 1])} image"
@@ -121,12 +119,12 @@ def _check_masks(
         n["masks"] += 1
         image = coco.images[ann["image_id"]]
         height, width = image["height"], image["width"]
-        problem = _segmentation_problem(seg, height, width) or _polygon_range_problem(
+        problem = segmentation_problem(seg, height, width) or _polygon_range_problem(
             seg, height, width
         )
         if problem is None:
             try:
-                rle = _as_rle(seg, height, width)
+                rle = as_rle(seg, height, width)
             except (TypeError, ValueError, KeyError) as e:
                 problem = str(e)
             else:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from data.coco.schema import is_finite_number, is_int
 from evaluation.data_checks.checks import ERROR, Check, Offenders, check_result
 
 __all__ = ["Coco", "load_cocos"]
@@ -92,15 +93,6 @@ def _category_names(coco: Coco) -> list[str]:
     return [str(c.get("name")) for c in coco.categories]
 
 
-def _is_int(value: Any) -> bool:
-    return type(value) is int
-
-
-def _is_number(value: Any) -> bool:
-    # NaN and infinities pass here on purpose: geometry reports them with the box or area.
-    return type(value) in (int, float)
-
-
 def _parse(file: str, split: str, data: Any, found: Offenders) -> Coco | None:
     """The well-formed images, annotations and categories of one COCO file; the rest reported."""
     if not isinstance(data, dict):
@@ -115,7 +107,7 @@ def _parse(file: str, split: str, data: Any, found: Offenders) -> Coco | None:
     categories: dict[int, dict[str, Any]] = {}
     for n, category in enumerate(lists["categories"]):
         cid = category.get("id") if isinstance(category, dict) else None
-        if not _is_int(cid) or not isinstance(category.get("name"), str):
+        if not is_int(cid) or not isinstance(category.get("name"), str):
             found.add(file, f"category #{n} needs an integer id and a name")
         elif cid in categories:
             found.add(file, f"duplicate category id {cid}")
@@ -126,7 +118,7 @@ def _parse(file: str, split: str, data: Any, found: Offenders) -> Coco | None:
     seen: set[int] = set()  # image ids, well-formed or not: their annotations are not orphans
     for n, image in enumerate(lists["images"]):
         iid = image.get("id") if isinstance(image, dict) else None
-        if not _is_int(iid):
+        if not is_int(iid):
             found.add(file, f"image #{n} has no integer id")
             continue
         if iid in seen:
@@ -139,8 +131,8 @@ def _parse(file: str, split: str, data: Any, found: Offenders) -> Coco | None:
         elif not (
             isinstance(image["file_name"], str)
             and image["file_name"]
-            and _is_int(image["width"])
-            and _is_int(image["height"])
+            and is_int(image["width"])
+            and is_int(image["height"])
             and image["width"] > 0
             and image["height"] > 0
         ):
@@ -152,7 +144,7 @@ def _parse(file: str, split: str, data: Any, found: Offenders) -> Coco | None:
     ann_ids: set[int] = set()
     for n, ann in enumerate(lists["annotations"]):
         aid = ann.get("id") if isinstance(ann, dict) else None
-        if not _is_int(aid):
+        if not is_int(aid):
             found.add(file, f"annotation #{n} has no integer id")
             continue
         problem = _annotation_problem(ann, seen, categories)
@@ -181,18 +173,18 @@ def _annotation_problem(
     absent = [key for key in _REQUIRED_ANNOTATION if key not in ann]
     if absent:
         return f"missing {', '.join(absent)}"
-    if not _is_int(ann["image_id"]) or ann["image_id"] not in image_ids:
+    if not is_int(ann["image_id"]) or ann["image_id"] not in image_ids:
         return f"image_id {ann['image_id']!r} is not an image of the file"
-    if not _is_int(ann["category_id"]) or ann["category_id"] not in categories:
+    if not is_int(ann["category_id"]) or ann["category_id"] not in categories:
         return f"category_id {ann['category_id']!r} is not a category of the file"
     box = ann["bbox"]
-    if not (isinstance(box, list) and len(box) == 4 and all(map(_is_number, box))):
-        return f"bbox must be 4 numbers [x, y, width, height], found {box!r}"
-    if not _is_number(ann["area"]):
-        return f"area must be a number, found {ann['area']!r}"
+    if not (isinstance(box, list) and len(box) == 4 and all(map(is_finite_number, box))):
+        return f"bbox must be 4 finite numbers [x, y, width, height], found {box!r}"
+    if not is_finite_number(ann["area"]):
+        return f"area must be a finite number, found {ann['area']!r}"
     if ann["iscrowd"] not in (0, 1):
         return f"iscrowd must be 0 or 1, found {ann['iscrowd']!r}"
     kps = ann.get("keypoints")
-    if kps is not None and not (isinstance(kps, list) and all(map(_is_number, kps))):
-        return "keypoints must be a list of numbers [x, y, v, ...]"
+    if kps is not None and not (isinstance(kps, list) and all(map(is_finite_number, kps))):
+        return "keypoints must be a list of finite numbers [x, y, v, ...]"
     return None

@@ -150,7 +150,7 @@ def _box_outside(coco: Coco) -> tuple[str, dict]:
 def _box_nan(coco: Coco) -> tuple[str, dict]:
     ann = vehicle(coco)
     ann["bbox"][2] = math.nan
-    return "not finite", ann
+    return "bbox must be 4 finite numbers", ann
 
 
 def _empty_mask(coco: Coco) -> tuple[str, dict]:
@@ -244,7 +244,7 @@ def _no_area(coco: Coco) -> tuple[str, dict]:
     ("inject", "check", "also"),
     [
         (_box_outside, "geometry.boxes_inside", {"geometry.mask_bbox"}),
-        (_box_nan, "geometry.boxes_inside", {"geometry.mask_bbox"}),
+        (_box_nan, "schema", set()),
         (_empty_mask, "geometry.masks_non_empty", set()),
         (_area_mismatch, "geometry.mask_area", set()),
         (_bbox_off_its_mask, "geometry.mask_bbox", set()),
