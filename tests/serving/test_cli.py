@@ -10,7 +10,7 @@ import pytest
 
 from data.config import compose
 from evaluation.validate import release_gate
-from serving.cli import COMMANDS, NO_PARAMS_COMMANDS, main
+from serving.cli.main import COMMANDS, NO_PARAMS_COMMANDS, main
 from serving.params import Params, load_project
 from serving.runtime.release import release_problems
 from tests.conftest import REPO
@@ -194,7 +194,7 @@ def test_every_command_refuses_an_unknown_override(
 
 
 def test_train_takes_its_own_keys_without_the_train_prefix() -> None:
-    from serving.cli import _train_overrides
+    from serving.cli.train import train_overrides as _train_overrides
 
     given = [
         "max_steps=5",
