@@ -19,8 +19,9 @@ from pycocotools import mask as mask_utils
 from data.errors import AnonlabError
 from data.image_scores import score_image
 from data.leakage import find_leaks
-from data.manifest import MANIFEST, read_manifest
+from data.manifest import read_manifest
 from data.size_buckets import BUCKETS, size_buckets
+from data.stage_paths import MANIFEST
 from evaluation.score import _as_rle, _segmentation_problem
 
 __all__ = ["ERROR", "WARNING", "Check", "check_dataset"]

@@ -14,7 +14,7 @@ def run(args: argparse.Namespace) -> int:
 
     p = project.params
     report = run_collect(
-        p.collect, project.artifacts / "raw", taxonomy=p.taxonomy, root=project.root
+        p.collect, project.stage_paths.raw.folder, taxonomy=p.taxonomy, root=project.root
     )
     print(report.summary())
     return 0

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
                     f"{name} {fmt_score(every.get('iou'))}/{fmt_score(every.get('coverage'))}"
                 )
             print(f"{model} on {set_name} (recall iou/coverage): {', '.join(cells)}")
-    print(f"report: {project.artifacts / 'eval' / 'report.html'}")
+    print(f"report: {project.stage_paths.eval.report}")
     return 0
 
 

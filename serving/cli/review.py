@@ -13,7 +13,7 @@ def run(args: argparse.Namespace) -> int:
     from data.review import run_review
 
     report = run_review(
-        project.params.review, project.artifacts / "raw", project.artifacts / "reviewed"
+        project.params.review, project.stage_paths.raw.folder, project.stage_paths.reviewed.folder
     )
     print(report.summary())
     return 0
