@@ -7,7 +7,6 @@ command never pays for the libraries of another.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import re
 import sys
@@ -27,7 +26,7 @@ from serving.cli import (
     validate,
 )
 from serving.runtime.commands import blur, serve
-from serving.runtime.commands.command import Command
+from serving.runtime.commands.command import Command, add_verbosity, run_command
 from serving.runtime.errors import ServingError
 
 OVERRIDES_HELP = (
@@ -78,9 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="params.yaml",
         help="the resolved configuration to read (default: params.yaml in this folder)",
     )
-    verbosity = parser.add_mutually_exclusive_group()
-    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    add_verbosity(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     groups: dict[str, argparse._SubParsersAction] = {}
     for name, (short, description, add_args, handler) in COMMANDS.items():
@@ -126,13 +123,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.handler(args)
-    except (AnonlabError, ServingError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_command(args, (AnonlabError, ServingError))

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
 from serving.runtime.commands import blur, serve
-from serving.runtime.commands.command import Command
+from serving.runtime.commands.command import Command, add_verbosity, run_command
 from serving.runtime.errors import ServingError
 
 COMMANDS: dict[str, Command] = {"blur": blur.COMMAND, "serve": serve.COMMAND}
@@ -19,9 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m serving.runtime",
         description="Anonymize images with exported models: files (blur) or over HTTP (serve).",
     )
-    verbosity = parser.add_mutually_exclusive_group()
-    verbosity.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    verbosity.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    add_verbosity(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (short, description, add_args, handler) in COMMANDS.items():
         p = sub.add_parser(name, help=short, description=description)
@@ -32,16 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return args.handler(args)
-    except ServingError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_command(args, (ServingError,))
 
 
 if __name__ == "__main__":

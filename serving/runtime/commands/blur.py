@@ -3,31 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from serving.runtime.commands.command import Command
-from serving.runtime.commands.options import add_runtime_args
+from serving.runtime.commands.options import add_runtime_args, load_runtime
 
 
 def run(args: argparse.Namespace) -> int:
     from serving.runtime.batch import FAILURES, SKIPPED, blur_batch
     from serving.runtime.inputs import find_inputs
-    from serving.runtime.pipeline import Runtime
 
     found = find_inputs(args.inputs)
-    runtime = Runtime.load(
-        args.model,
-        backend=args.backend,
-        device=args.device,
-        threads=args.threads,
-        max_pixels=args.max_pixels,
-        require=args.require,
-        pins=args.pin,
-        environ=os.environ,
-        allow_demo=args.allow_demo,
-    )
+    runtime = load_runtime(args)
     out = Path(args.out)
     report = blur_batch(
         runtime, found, out, workers=args.workers, sidecar=args.sidecar, masks=args.masks

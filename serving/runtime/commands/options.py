@@ -1,8 +1,13 @@
-"""The options of the commands that load artifacts (blur, serve)."""
+"""The options of the commands that load artifacts (blur, serve), and the models they name."""
 
 from __future__ import annotations
 
 import argparse
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from serving.runtime.pipeline import Runtime
 
 
 def positive_int(text: str) -> int:
@@ -70,4 +75,21 @@ def add_runtime_args(p: argparse.ArgumentParser, *, max_pixels_default: int) -> 
         help="refuse images with more pixels than this, from the file's header before decoding "
         "(decompression bombs, and detection time, which grows with the pixels; an 8000x4000 "
         f"panorama is 32 MP); default {max_pixels_default} ({max_pixels_default / 1e6:g} MP)",
+    )
+
+
+def load_runtime(args: argparse.Namespace) -> Runtime:
+    """The model set the options name, every artifact verified (`Runtime.load`)."""
+    from serving.runtime.pipeline import Runtime  # onnxruntime or torch: only once a command runs
+
+    return Runtime.load(
+        args.model,
+        backend=args.backend,
+        device=args.device,
+        threads=args.threads,
+        max_pixels=args.max_pixels,
+        require=args.require,
+        pins=args.pin,
+        environ=os.environ,
+        allow_demo=args.allow_demo,
     )

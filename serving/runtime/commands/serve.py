@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 
 from serving.runtime.commands.command import Command
-from serving.runtime.commands.options import add_runtime_args
+from serving.runtime.commands.options import add_runtime_args, load_runtime
 
 # The command line's logger, as before the runtime's commands had their own module.
 log = logging.getLogger("anonlab")
@@ -17,7 +16,6 @@ def run(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from serving.runtime.pipeline import Runtime
     from serving.runtime.service import ServiceConfig, start_server
 
     config = ServiceConfig(
@@ -42,20 +40,7 @@ def run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
 
-    def load() -> Runtime:
-        return Runtime.load(
-            args.model,
-            backend=args.backend,
-            device=args.device,
-            threads=args.threads,
-            max_pixels=args.max_pixels,
-            require=args.require,
-            pins=args.pin,
-            environ=os.environ,
-            allow_demo=args.allow_demo,
-        )
-
-    server = start_server(load, args.host, args.port, config)
+    server = start_server(lambda: load_runtime(args), args.host, args.port, config)
     try:
         while not stop.wait(0.25):
             if server.failure is not None:
