@@ -16,14 +16,14 @@ GROUP = (
 )
 
 
-def run_serve(args: argparse.Namespace) -> int:
+def handle_serve(args: argparse.Namespace) -> int:
     project = load(args)
     from annotation.server import serve
 
     return serve(project.params.annotation, project.root, project.artifacts)
 
 
-def run_push(args: argparse.Namespace) -> int:
+def handle_push(args: argparse.Namespace) -> int:
     project = load(args)
     from annotation.predictions import ModelDetector
     from annotation.push import run_push
@@ -44,7 +44,7 @@ def run_push(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_status(args: argparse.Namespace) -> int:
+def handle_status(args: argparse.Namespace) -> int:
     project = load(args)
     from annotation.status import run_status
 
@@ -52,7 +52,7 @@ def run_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_pull(args: argparse.Namespace) -> int:
+def handle_pull(args: argparse.Namespace) -> int:
     project = load(args)
     from annotation.pull import run_pull
 
@@ -69,7 +69,7 @@ SERVE = Command(
     "copies are uploaded). The admin user and API token come from ANONLAB_LS_USERNAME, "
     "ANONLAB_LS_PASSWORD and ANONLAB_LS_TOKEN; they are never printed or logged.",
     no_args,
-    run_serve,
+    handle_serve,
 )
 
 PUSH = Command(
@@ -85,7 +85,7 @@ PUSH = Command(
     "certain images (by the champion's scores, or Haar's) are imported first. Re-running "
     "never duplicates a task.",
     no_args,
-    run_push,
+    handle_push,
 )
 
 STATUS = Command(
@@ -93,7 +93,7 @@ STATUS = Command(
     "Summarise the Label Studio project: tasks total, annotated, skipped or cancelled, "
     "annotations per annotator, and how many reviewed images are not yet tasks.",
     no_args,
-    run_status,
+    handle_status,
 )
 
 PULL = Command(
@@ -106,5 +106,5 @@ PULL = Command(
     "are listed with task ids in artifacts/annotations/pull_report.json. A failed pull "
     "writes nothing.",
     no_args,
-    run_pull,
+    handle_pull,
 )
