@@ -31,13 +31,9 @@ from data import atomic
 from data.config import TaxonomyConfig
 from data.errors import AnonlabError
 from data.manifest import read_reviewed
+from data.stage_paths import PULL_REPORT, RELATIVE, SNAPSHOTS, StagePaths
 
 log = logging.getLogger(__name__)
-
-SNAPSHOTS = "snapshots"
-COCO = "coco.json"
-REPORT = "pull_report.json"
-METRICS = "metrics.json"
 
 
 @dataclass
@@ -59,7 +55,7 @@ class PullReport:
         if self.not_reviewed:
             lines.append(f"  left out, image not kept by review: {len(self.not_reviewed)} tasks")
         for kind, n in sorted(self.issues.items()):
-            lines.append(f"  {kind}: {n}  (task ids in {REPORT})")
+            lines.append(f"  {kind}: {n}  (task ids in {PULL_REPORT})")
         return "\n".join(lines)
 
 
@@ -82,14 +78,16 @@ def run_pull(
         if rec is None:
             return None
         # The upright size: Label Studio shows the image as a viewer does.
-        return ImageRef(f"raw/{rec.path}", rec.width, rec.height, rec.sha256)
+        return ImageRef(
+            (RELATIVE.raw.folder / rec.path).as_posix(), rec.width, rec.height, rec.sha256
+        )
 
     conversion = to_coco(
         kept_tasks, classes=taxonomy.classes, keypoints=taxonomy.keypoints, resolve_image=resolve
     )
 
-    out = artifacts / "annotations"
-    snapshot, new = _snapshot(out / SNAPSHOTS, raw)
+    out = StagePaths(artifacts).annotations
+    snapshot, new = _snapshot(out.snapshots, raw)
     conversion.coco.setdefault("info", {})["snapshot"] = f"{SNAPSHOTS}/{snapshot.name}"
     issues = [vars(i) for i in conversion.issues]
     issues += [
@@ -111,10 +109,10 @@ def run_pull(
         not_reviewed=[t.get("id") for t in not_reviewed],
         issues=dict(Counter(i["kind"] for i in issues)),
     )
-    atomic.write_json(out / COCO, conversion.coco)
-    atomic.write_json(out / REPORT, {"source": origin, "issues": issues})
+    atomic.write_json(out.coco, conversion.coco)
+    atomic.write_json(out.pull_report, {"source": origin, "issues": issues})
     atomic.write_json(
-        out / METRICS,
+        out.metrics,
         {
             "tasks": report.tasks,
             "images": report.images,
@@ -124,7 +122,7 @@ def run_pull(
         },
     )
     if issues:
-        log.warning("pull: %d issue(s), see %s", len(issues), out / REPORT)
+        log.warning("pull: %d issue(s), see %s", len(issues), out.pull_report)
     return report
 
 

@@ -54,6 +54,7 @@ from data.collect import LABEL_STUDIO_LOCAL_FILES
 from data.config import TaxonomyConfig
 from data.errors import AnonlabError
 from data.manifest import ManifestRecord, read_reviewed
+from data.stage_paths import RELATIVE, StagePaths
 from serving.runtime.errors import ImageError
 from serving.runtime.imagefile import read_upright
 from serving.runtime.progress import bar, progress
@@ -61,7 +62,8 @@ from serving.runtime.tiles import detect_tiled
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = Path("annotations") / "project.json"
+# Where push records the Label Studio project, relative to the artifacts root.
+STATE_FILE = RELATIVE.annotations.label_studio_state
 STORAGE_TITLE = "anonlab raw store"
 
 WORK_SIZE = 800  # long side of the image the cascades look at
@@ -156,7 +158,7 @@ def run_push(
     client = connect(cfg)
     try:
         project_id, created, updated = ensure_project(client, cfg.project_title, xml, artifacts)
-        ensure_local_storage(client, project_id, artifacts / "raw")
+        ensure_local_storage(client, project_id, StagePaths(artifacts).raw.folder)
         existing = client.task_image_urls(project_id)
         new = [r for r in records if image_url(r) not in existing]
         log.info(
@@ -167,7 +169,11 @@ def run_push(
         )
         models = champions() if champions is not None and new else ()
         predictions = preannotate(
-            new, artifacts / "raw", taxonomy, models, min_score=cfg.champion_min_score
+            new,
+            StagePaths(artifacts).raw.folder,
+            taxonomy,
+            models,
+            min_score=cfg.champion_min_score,
         )
         order = uncertain_first([p.uncertainty for p in predictions])
         imported = 0

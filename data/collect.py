@@ -40,7 +40,6 @@ from data.config import CollectConfig, TaxonomyConfig
 from data.errors import AnonlabError
 from data.image_info import STORE_EXTENSION, BadImage, ImageInfo, inspect_image
 from data.manifest import (
-    MANIFEST,
     DuplicateRecord,
     ManifestRecord,
     QuarantineRecord,
@@ -49,18 +48,22 @@ from data.manifest import (
     write_manifest,
 )
 from data.sources import SYNTHETIC, Unlisted, list_source
+from data.stage_paths import (
+    DUPLICATES,
+    IMAGES,
+    MANIFEST,
+    METRICS,
+    QUARANTINE,
+    RELATIVE,
+    SYNTHETIC_EXPORT,
+)
 from serving.runtime.progress import bar
 
 log = logging.getLogger(__name__)
 
-DUPLICATES = "duplicates.jsonl"
-QUARANTINE = "quarantine.jsonl"
-METRICS = "metrics.json"
-# Ground truth of the synthetic source, in Label Studio's JSON export format.
-SYNTHETIC_EXPORT = "synthetic/labelstudio_export.json"
 # Label Studio serves local files under this URL, relative to its document root: the
 # artifacts folder (see annotate serve).
-LABEL_STUDIO_LOCAL_FILES = "/data/local-files/?d=raw/"
+LABEL_STUDIO_LOCAL_FILES = f"/data/local-files/?d={RELATIVE.raw.folder.as_posix()}/"
 # Quarantine reason of a folder that could not be listed.
 UNLISTED = "unlisted"
 # The version of a file whose size changed while it was collected: no listing gives it, so the
@@ -391,7 +394,7 @@ def _examine(c: _Candidate, raw_dir: Path, max_pixels: int) -> _Outcome:
 
 
 def _store_path(sha: str, fmt: str) -> str:
-    return f"images/{sha[:2]}/{sha}{STORE_EXTENSION[fmt]}"
+    return f"{IMAGES}/{sha[:2]}/{sha}{STORE_EXTENSION[fmt]}"
 
 
 def _record(

@@ -21,9 +21,8 @@ from typing import Any, TypeVar
 
 from data.atomic import read_jsonl, write_jsonl
 from data.errors import AnonlabError
+from data.stage_paths import StagePaths
 from serving.runtime.imagefile import upright_size
-
-MANIFEST = "manifest.jsonl"
 
 
 class Record:
@@ -134,7 +133,7 @@ class QuarantineRecord(Record):
 
 def read_reviewed(artifacts: str | Path) -> list[ManifestRecord]:
     """The images review kept (`artifacts/reviewed/manifest.jsonl`): what later stages use."""
-    path = Path(artifacts) / "reviewed" / MANIFEST
+    path = StagePaths(Path(artifacts)).reviewed.manifest
     if not path.is_file():
         raise AnonlabError(f"{path} not found: run `anonlab review` first")
     try:

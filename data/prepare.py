@@ -50,6 +50,7 @@ from data.leakage import find_leaks
 from data.manifest import ManifestRecord, read_reviewed
 from data.size_buckets import BUCKETS, size_bucket
 from data.splits import split_sessions
+from data.stage_paths import RELATIVE, TILES, Prepared, StagePaths
 from data.tiling import crop, is_panorama, keep_empty_tiles, plan_tiles, tile_annotations
 from serving.runtime.errors import ImageError
 from serving.runtime.imagefile import read_orientation
@@ -57,7 +58,8 @@ from serving.runtime.progress import progress
 
 log = logging.getLogger(__name__)
 
-ANNOTATIONS = "annotations/coco.json"
+# annotate's COCO file, relative to the artifacts root.
+ANNOTATIONS = RELATIVE.annotations.coco
 
 
 @dataclass
@@ -147,21 +149,22 @@ def run_prepare(
         )
 
     # 4. Tiles, and the outputs.
-    out_dir = artifacts / "prepared"
+    out_dir = StagePaths(artifacts).prepared.folder
     rng = np.random.default_rng(cfg.seed)
     with atomic.staged_dir(out_dir) as stage:
+        out = Prepared(stage)
         datasets = {
             name: _tiled(chosen, anns_by_image, categories, cfg, artifacts, stage, rng, name)
             for name, chosen in splits.items()
         }
         datasets.update({f"ref-{name}": ds for name, ds in refsets.items()})
         for name, ds in datasets.items():
-            atomic.write_json(stage / _dataset_file(name), ds)
+            atomic.write_json(out.dataset(name), ds)
         stats = {name: _stats(ds, name_of) for name, ds in datasets.items()}
         stats["val"]["missing_strata"] = [f"{c}/{b}" for c, b in split.missing_in_val]
-        atomic.write_json(stage / "stats.json", stats)
+        atomic.write_json(out.stats, stats)
         atomic.write_json(
-            stage / "sizes.json",
+            out.sizes,
             [
                 {"split": name, "class": c, "bucket": b, "objects": n, "group": f"{name} {c} {b}"}
                 for name, s in stats.items()
@@ -178,11 +181,6 @@ def run_prepare(
         objects={name: len(ds["annotations"]) for name, ds in datasets.items()},
         missing_in_val=split.missing_in_val,
     )
-
-
-def _dataset_file(name: str) -> str:
-    """Where a split's COCO file goes in prepared/: reference sets under refs/."""
-    return f"refs/{name.removeprefix('ref-')}.json" if name.startswith("ref-") else f"{name}.json"
 
 
 def _describe(image: str, records: dict[str, ManifestRecord]) -> str:
@@ -284,7 +282,7 @@ def _external(
         file = folder / img["file_name"]
         if not file.is_file():
             raise AnonlabError(f"{where} ('{ref.name}'): image {file} not found")
-        img["file_name"] = os.path.relpath(file, artifacts / "prepared")
+        img["file_name"] = os.path.relpath(file, StagePaths(artifacts).prepared.folder)
         data = file.read_bytes()
         try:
             orientation = read_orientation(data)
@@ -354,7 +352,7 @@ def _tiled(
         kept = keep_empty_tiles([(x, len(a)) for x, a in per_tile.items()], t.empty_ratio, rng)
         for tile in kept:
             new_id = len(out_images) + 1
-            name = f"tiles/{img['sha256']}-{tile.x}-{tile.y}.jpg"
+            name = f"{TILES}/{img['sha256']}-{tile.x}-{tile.y}.jpg"
             atomic.write_bytes(stage / name, _jpeg(crop(pixels, tile), t.jpeg_quality))
             out_images.append(
                 {

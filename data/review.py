@@ -50,16 +50,13 @@ from data.config import ReviewConfig
 from data.errors import AnonlabError
 from data.hamming import nearest_other
 from data.image_scores import ImageScores, pixel_digest, score_image, thumbnail_jpeg
-from data.manifest import MANIFEST, ManifestRecord, read_manifest, write_manifest
+from data.manifest import ManifestRecord, read_manifest, write_manifest
 from data.near_duplicates import near_duplicate_rejections
 from data.review_report import Section, Tile
+from data.stage_paths import MANIFEST, METRICS, REJECTED, REVIEW_REPORT
 from serving.runtime.progress import progress
 
 log = logging.getLogger(__name__)
-
-REJECTED = "rejected.jsonl"
-REPORT = "report.html"
-METRICS = "metrics.json"
 
 # Rejection reasons in the order the rules are applied.
 REASONS = (
@@ -130,7 +127,7 @@ class ReviewReport:
         ]
         for name, count, rule in self.overview():
             lines.append(f"  {name:<15} {count:>7}  {rule}".rstrip())
-        lines.append(f"wrote {self.out_dir}/ ({MANIFEST}, {REJECTED}, {REPORT}, {METRICS})")
+        lines.append(f"wrote {self.out_dir}/ ({MANIFEST}, {REJECTED}, {REVIEW_REPORT}, {METRICS})")
         return "\n".join(lines)
 
     def metrics(self) -> dict[str, Any]:
@@ -198,7 +195,7 @@ def run_review(cfg: ReviewConfig, raw_dir: Path, out_dir: Path) -> ReviewReport:
     with staged_dir(out_dir) as stage:
         write_manifest(stage / MANIFEST, kept_rows)
         write_jsonl(stage / REJECTED, rejected_rows)
-        write_text(stage / REPORT, html)
+        write_text(stage / REVIEW_REPORT, html)
         write_json(stage / METRICS, report.metrics())
 
     if decision.unreadable:

@@ -40,6 +40,7 @@ from data.coco.files import load_ground_truth
 from data.config import TaxonomyConfig
 from data.errors import AnonlabError
 from data.size_buckets import size_bucket
+from data.stage_paths import EvalOutputs, StagePaths
 from evaluation.config import EvaluateConfig
 from evaluation.predict import predict_set, torch_detector
 from evaluation.registry import CHAMPION, RegisteredModel, Registry
@@ -151,9 +152,9 @@ def operating_thresholds(
 
 def run_evaluate(setup: EvalSetup) -> dict[str, Any]:
     """Evaluate every model; the metrics.json content."""
-    prepared = setup.artifacts / "prepared"
-    sets = {VAL: prepared / "val.json"} | {
-        name: prepared / "refs" / f"{name}.json" for name in setup.reference_sets
+    paths = StagePaths(setup.artifacts)
+    sets = {VAL: paths.prepared.val} | {
+        name: paths.prepared.ref(name) for name in setup.reference_sets
     }
     for name, path in sets.items():
         if not path.is_file():
@@ -163,12 +164,12 @@ def run_evaluate(setup: EvalSetup) -> dict[str, Any]:
     device = resolve_device(setup.evaluate.device, key="evaluate.device")
     metrics: dict[str, Any] = {}
     reports: list[ModelReport] = []
-    with staged_dir(setup.artifacts / "eval") as out:
+    with staged_dir(paths.eval.folder) as out:
         for name in setup.models:
-            model_dir = setup.artifacts / "models" / name
-            weights, config = model_dir / "weights.safetensors", model_dir / "config.yaml"
+            model = paths.model(name)
+            weights, config = model.weights, model.config
             if not (weights.is_file() and config.is_file()):
-                raise AnonlabError(f"{model_dir}: no weights.safetensors/config.yaml; train {name}")
+                raise AnonlabError(f"{model.folder}: no {weights.name}/{config.name}; train {name}")
             evaluator = _ModelEvaluation(setup, sets, truths, device, out)
             mine = evaluator.run(name, config, weights, label=name, outputs=True)
             version = _version_of(registry, name, mine.weights_sha256)
@@ -186,7 +187,7 @@ def run_evaluate(setup: EvalSetup) -> dict[str, Any]:
             reports.append(_model_report(name, mine, champion, version, champ_ref))
             _track(setup, name, version, mine, champion, champ_ref)
         targets = {c: setup.evaluate.target(c) for c in setup.taxonomy.classes}
-        write_json(out / "metrics.json", metrics)
+        write_json(EvalOutputs(out).metrics, metrics)
         html = render_report(
             reports,
             targets=targets,
@@ -194,7 +195,7 @@ def run_evaluate(setup: EvalSetup) -> dict[str, Any]:
             identifiable=setup.taxonomy.identifiable,
             generated=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         )
-        write_text(out / "report.html", html)
+        write_text(EvalOutputs(out).report, html)
     return metrics
 
 
@@ -273,8 +274,8 @@ class _ModelEvaluation:
             if set_name != VAL:
                 misses[set_name] = self._misses(path, gt, scores[set_name].pop("objects"))
             if outputs:
-                write_json(self.out / "predictions" / name / f"{set_name}.json", results)
-                _write_plots(self.out / "plots" / name / set_name, scores[set_name])
+                write_json(EvalOutputs(self.out).predictions / name / f"{set_name}.json", results)
+                _write_plots(EvalOutputs(self.out).plots / name / set_name, scores[set_name])
         return _Result(weights_sha256, thresholds, scores, misses)
 
     def _options(

@@ -31,6 +31,7 @@ from torch import nn
 
 from data.coco.files import load_ground_truth
 from data.errors import AnonlabError
+from data.stage_paths import StagePaths
 from evaluation.config import EvaluateConfig
 from evaluation.evaluate import (
     category_id,
@@ -164,7 +165,7 @@ def release_validator(params: Any, name: str, *, artifacts: Path) -> ReleaseVali
     """The validator `anonlab train` hands the loop for model `name`, from validated params
     (serving.params.Params) and the artifacts root (it reads `prepared/val.json`)."""
     return ReleaseValidator(
-        artifacts / "prepared" / "val.json",
+        StagePaths(artifacts).prepared.val,
         name=name,
         model=params.models[name],
         evaluate=params.evaluate,

@@ -44,6 +44,7 @@ from typing import Any
 from data.atomic import read_json, write_text
 from data.errors import AnonlabError
 from data.size_buckets import BUCKETS
+from data.stage_paths import StagePaths
 from evaluation.config import EvaluateConfig, ValidateConfig
 from evaluation.data_checks import check_dataset
 from evaluation.data_checks.checks import ERROR, Check
@@ -279,18 +280,19 @@ def _against_champion(
 
 def run_validate(setup: ValidateSetup) -> dict[str, Any]:
     """Run every check, write verdict.json; GateFailed when any error-level check fails."""
-    out = setup.artifacts / "validation"
-    baseline_path = out / "baseline_stats.json"
+    paths = StagePaths(setup.artifacts)
+    out = paths.validation
+    baseline_path = out.baseline_stats
     baseline = read_json(baseline_path) if baseline_path.is_file() else None
     checks = check_dataset(
-        setup.artifacts / "prepared",
-        setup.artifacts / "reviewed",
+        paths.prepared.folder,
+        paths.reviewed.folder,
         leak_hamming=setup.leak_hamming,
         baseline_stats=baseline,
         max_shift=setup.validate.max_shift,
         min_objects=setup.validate.data_min_objects,
     )
-    metrics_path = setup.artifacts / "eval" / "metrics.json"
+    metrics_path = paths.eval.metrics
     if not metrics_path.is_file():
         raise AnonlabError(f"{metrics_path} does not exist; run `anonlab evaluate` first")
     metrics = read_json(metrics_path)
@@ -304,7 +306,7 @@ def run_validate(setup: ValidateSetup) -> dict[str, Any]:
             )
             continue
         entry = metrics[model]
-        weights = setup.artifacts / "models" / model / "weights.safetensors"
+        weights = paths.model(model).weights
         check, registered[model] = _custody(model, entry, weights, registry)
         checks.append(check)
         version = registered[model].version if registered[model] else None
@@ -330,9 +332,9 @@ def run_validate(setup: ValidateSetup) -> dict[str, Any]:
     data_ok = all(_is_model_check(c, setup) for c in failed)
     if not failed:
         verdict["challengers"] = _set_challengers(registry, registered)
-    write_text(out / "verdict.json", headed_json(verdict, "notice"))
+    write_text(out.verdict, headed_json(verdict, "notice"))
     if data_ok:
-        stats = setup.artifacts / "prepared" / "stats.json"
+        stats = paths.prepared.stats
         if stats.is_file():
             shutil.copyfile(stats, baseline_path)
     for c in warnings:
@@ -343,7 +345,7 @@ def run_validate(setup: ValidateSetup) -> dict[str, Any]:
         lines = "\n  ".join(c.message for c in failed)
         raise GateFailed(
             f"validation failed ({len(failed)} of {len(checks)} checks):\n  {lines}\n"
-            f"Every check is in {out / 'verdict.json'}; the model is not released."
+            f"Every check is in {out.verdict}; the model is not released."
         )
     return verdict
 

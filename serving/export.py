@@ -50,6 +50,7 @@ import torch
 from data.atomic import read_json, staged_dir, write_text
 from data.errors import AnonlabError
 from data.image_info import read_upright_sized
+from data.stage_paths import ModelFolder, Prepared, StagePaths
 from evaluation.config import EvaluateConfig
 from evaluation.evaluate import tiling_spec
 from evaluation.validate import ValidatedModel
@@ -98,7 +99,8 @@ class ExportSetup:
 
 def run_export(setup: ExportSetup) -> list[Path]:
     """Export every model of the setup; the artifact folders written."""
-    verdict_path = setup.artifacts / "validation" / "verdict.json"
+    paths = StagePaths(setup.artifacts)
+    verdict_path = paths.validation.verdict
     verdict = read_json(verdict_path, missing="run `anonlab validate` first")
     if not verdict.get("passed"):
         failed = ", ".join(verdict.get("failed") or []) or "see the verdict"
@@ -106,12 +108,12 @@ def run_export(setup: ExportSetup) -> list[Path]:
             f"{verdict_path}: validation did not pass ({failed}); only a model that passed the "
             "release gate is exported"
         )
-    metrics_path = setup.artifacts / "eval" / "metrics.json"
+    metrics_path = paths.eval.metrics
     metrics = read_json(metrics_path, missing="run `anonlab evaluate` first")
     validated = _validated_weights(setup, verdict, verdict_path, metrics_path)
     gate = _verdict_gate(verdict, verdict_path)
     tags = run_tags(setup.root, stage="export")
-    final = setup.artifacts / "serving"
+    final = paths.serving
     written = []
     with staged_dir(final) as stage:
         for name in setup.models:
@@ -122,7 +124,7 @@ def run_export(setup: ExportSetup) -> list[Path]:
             version = (verdict.get("challengers") or {}).get(name)
             folder = export_model(
                 name,
-                setup.artifacts / "models" / name,
+                paths.model(name).folder,
                 metrics[name],
                 setup,
                 stage,
@@ -164,7 +166,7 @@ def _validated_weights(
                 f"{verdict_path} names no validated weights for {name} (a verdict of an older "
                 f"validate, or train.models changed since); {again}. Nothing was exported"
             )
-        weights = setup.artifacts / "models" / name / "weights.safetensors"
+        weights = StagePaths(setup.artifacts).model(name).weights
         actual = file_sha256(weights) if weights.is_file() else None
         _check_weights(name, weights, actual, model.weights_sha256)
         out[name] = model.weights_sha256
@@ -209,10 +211,11 @@ def export_model(
     of the weights validate passed, which the weights file, and its copy in the artifact, must
     have (AnonlabError otherwise). `gate`: the gate validate passed it under, recorded in the
     manifest and the model card, both of which open with its notice."""
-    weights = model_dir / "weights.safetensors"
+    files = ModelFolder(model_dir)
+    weights = files.weights
     _check_weights(name, weights, file_sha256(weights), weights_sha256)
-    arch = model_architecture(model_dir / "config.yaml")
-    model, _ = load_model_files(model_dir / "config.yaml", weights)
+    arch = model_architecture(files.config)
+    model, _ = load_model_files(files.config, weights)
     version = version or f"sha-{weights_sha256[:12]}"
     thresholds = _thresholds(name, entry, arch)
     styles = _styles(name, arch, setup.export)
@@ -329,7 +332,9 @@ def _check_parity(
     detections, a class of the model not among them, a keypoint model without keypoints
     compared); the measured numbers and the bounds."""
     bounds = setup.export.parity
-    sample = sample_tiles(setup.artifacts / "prepared", spec, bounds.tiles, arch.classes)
+    sample = sample_tiles(
+        StagePaths(setup.artifacts).prepared.folder, spec, bounds.tiles, arch.classes
+    )
     tiles = sample.tiles
     options = {
         "size": size,
@@ -441,7 +446,7 @@ def sample_tiles(
     objects of `classes` (val.json's annotations): each time for the class with the fewest
     objects in the windows taken so far, the window holding most of its objects not yet in
     them; then the rest, the first windows of each image round-robin."""
-    val = read_json(prepared / "val.json", missing="run `anonlab prepare` first")
+    val = read_json(Prepared(prepared).val, missing="run `anonlab prepare` first")
     names = {c.get("id"): c.get("name") for c in val.get("categories", [])}
     objects: list[tuple[Any, str, float, float]] = []  # image id, class, box centre
     for a in val.get("annotations", []):

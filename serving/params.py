@@ -24,6 +24,7 @@ from data.config import (
     read_params,
     validate,
 )
+from data.stage_paths import StagePaths
 from evaluation.config import EvaluateConfig, ValidateConfig
 from serving.config import ExportConfig
 from training.config import AugmentConfig, ModelConfig, TrainConfig
@@ -99,6 +100,10 @@ class Project:
     @property
     def artifacts(self) -> Path:
         return (self.root / self.params.paths.artifacts).resolve()
+
+    @property
+    def stage_paths(self) -> StagePaths:
+        return StagePaths(self.artifacts)
 
 
 def load_project(params_path: str | Path, overrides: Sequence[str] = ()) -> Project:

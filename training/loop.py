@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader
 from data.atomic import write_json, write_text
 from data.config import TaxonomyConfig
 from data.errors import AnonlabError
+from data.stage_paths import StagePaths
 from serving.runtime.progress import bar
 from training.augment import build_augmenter
 from training.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
@@ -142,7 +143,8 @@ class _Trainer:
         self.validator = validator
         self.cfg = setup.train
         self.model_cfg = setup.model
-        self.out = setup.artifacts / "models" / setup.name
+        self.files = StagePaths(setup.artifacts).model(setup.name)
+        self.out = self.files.folder
         self.device = dist.device
         self.autocast_dtype = resolve_precision(self.cfg.precision, self.device)
         self.history: dict[str, list[dict[str, Any]]] = {"loss": [], "val": []}
@@ -164,7 +166,7 @@ class _Trainer:
         }
 
     def _train_set(self) -> CocoDetection:
-        prepared = self.setup.artifacts / "prepared"
+        train_file = StagePaths(self.setup.artifacts).prepared.train
         taxonomy = self.setup.taxonomy
         keypoints = self.model_cfg.kind == "keypointrcnn"
         augmenter = build_augmenter(
@@ -179,9 +181,9 @@ class _Trainer:
             "keypoints": keypoints,
             "model_classes": self.model_cfg.classes,
         }
-        train = CocoDetection(prepared / "train.json", augmenter=augmenter, **common)
+        train = CocoDetection(train_file, augmenter=augmenter, **common)
         if len(train) == 0:
-            raise AnonlabError(f"{prepared / 'train.json'} has no images; run prepare")
+            raise AnonlabError(f"{train_file} has no images; run prepare")
         return train
 
     def _seed(self) -> None:
@@ -213,7 +215,7 @@ class _Trainer:
             self.device.type, enabled=self.autocast_dtype == torch.float16
         )
         step = 0
-        last = self.out / "checkpoints" / "last.pt"
+        last = self.files.checkpoint("last")
         if self.cfg.resume:
             if last.exists():
                 step = self._restore(last, model, optimizer, scheduler, scaler)
@@ -319,7 +321,7 @@ class _Trainer:
                     signum = stop.signum or signal.SIGTERM
                     raise TrainingInterrupted(
                         f"{signal_name(signum)}: stopped after step {step}/{cfg.max_steps}; "
-                        f"checkpoint written to {self.out / 'checkpoints' / 'last.pt'}. "
+                        f"checkpoint written to {self.files.checkpoint('last')}. "
                         "Continue with `anonlab train resume=true` (same config).",
                         signum,
                     )
@@ -342,7 +344,7 @@ class _Trainer:
         self.tracker.log_metrics({"train/diverged": 1.0}, step + 1)
         raise TrainingDiverged(
             f"step {step + 1}: non-finite loss ({components}); the weights before this step are "
-            f"in {self.out / 'checkpoints' / 'last.pt'}. Lower train.optimizer.lr, lengthen "
+            f"in {self.files.checkpoint('last')}. Lower train.optimizer.lr, lengthen "
             "train.schedule.warmup_steps or set train.clip_grad_norm, then resume=true"
         )
 
@@ -394,7 +396,7 @@ class _Trainer:
             if step > 0 and better(record, self.best):
                 self.best = {"step": step, **record}
                 self._save("best", step, gather_rng=False)
-                save_weights(self.model, self.out / "weights.safetensors")
+                save_weights(self.model, self.files.weights)
         if self.dist.world_size > 1:
             torch_dist.barrier()
         return record
@@ -411,7 +413,7 @@ class _Trainer:
         if not self.dist.main:
             return
         save_checkpoint(
-            self.out / "checkpoints" / f"{which}.pt",
+            self.files.checkpoint(which),
             {
                 "step": step,
                 "model": self.model.state_dict(),
@@ -480,7 +482,7 @@ class _Trainer:
         )
         if not self.dist.main:
             return result
-        config_file = self.out / "config.yaml"
+        config_file = self.files.config
         write_text(
             config_file,
             yaml.safe_dump(
@@ -495,13 +497,13 @@ class _Trainer:
             "final": self.final,
             "untrained": self.untrained,
         }
-        write_json(self.out / "metrics.json", metrics)
-        write_json(self.out / "curves" / "loss.json", self.history["loss"])
-        write_json(self.out / "curves" / "val.json", self.history["val"])
-        self.tracker.log_artifact(self.out / "metrics.json")
+        write_json(self.files.metrics, metrics)
+        write_json(self.files.loss_curve, self.history["loss"])
+        write_json(self.files.val_curve, self.history["val"])
+        self.tracker.log_artifact(self.files.metrics)
         self.tracker.log_artifact(config_file)
         version = self.tracker.log_model(
-            weights=self.out / "weights.safetensors",
+            weights=self.files.weights,
             config=config_file,
             registered_name=self.name,
             metadata={"best_step": self.best.get("step"), "kind": self.model_cfg.kind},
@@ -513,7 +515,7 @@ class _Trainer:
             _fmt(self.best.get("score")),
             self.best.get("step"),
             _fmt(self.untrained.get("score")),
-            self.out / "weights.safetensors",
+            self.files.weights,
             f"; registered as {self.name} version {version}" if version else "",
         )
         return result

@@ -10,7 +10,8 @@ from pathlib import Path
 from data.errors import AnonlabError
 from data.image_scores import score_image
 from data.leakage import find_leaks
-from data.manifest import MANIFEST, read_manifest
+from data.manifest import read_manifest
+from data.stage_paths import MANIFEST
 from evaluation.data_checks.checks import ERROR, Check, Offenders, check_result
 from evaluation.data_checks.loading import Coco
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from data.coco.schema import is_finite_number, is_int
+from data.stage_paths import Prepared
 from evaluation.data_checks.checks import ERROR, Check, Offenders, check_result
 
 __all__ = ["Coco", "load_cocos"]
@@ -31,11 +32,9 @@ class Coco:
 
 def _dataset_files(prepared: Path) -> list[tuple[str, str]]:
     """(file relative to prepared/, split name) of every COCO file prepare writes."""
-    refs = sorted((prepared / "refs").glob("*.json")) if (prepared / "refs").is_dir() else []
+    folder = Prepared(prepared)
     return [
-        ("train.json", "train"),
-        ("val.json", "val"),
-        *((f"refs/{p.name}", f"ref-{p.stem}") for p in refs),
+        (folder.dataset(split).relative_to(prepared).as_posix(), split) for split in folder.splits()
     ]
 
 

@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from data.manifest import MANIFEST
+from data.stage_paths import MANIFEST
 from evaluation.data_checks import check_dataset
 from evaluation.data_checks.checks import ERROR, WARNING, Check
 from tests.prepared import prepared_project

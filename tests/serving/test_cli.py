@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from data.config import compose
 from evaluation.validate import release_gate
-from serving.cli import COMMANDS, NO_PARAMS_COMMANDS, main
+from serving.cli.main import COMMANDS, NO_PARAMS_COMMANDS, main
 from serving.params import Params, load_project
 from serving.runtime.release import release_problems
 from tests.conftest import REPO
@@ -194,7 +195,7 @@ def test_every_command_refuses_an_unknown_override(
 
 
 def test_train_takes_its_own_keys_without_the_train_prefix() -> None:
-    from serving.cli import _train_overrides
+    from serving.cli.train import train_overrides as _train_overrides
 
     given = [
         "max_steps=5",
@@ -215,3 +216,29 @@ def test_train_takes_its_own_keys_without_the_train_prefix() -> None:
         # unknown keys land in train, so the error lists the train keys that exist
         "train.nonsense=1",
     ]
+
+
+def test_the_runtime_runs_blur_and_serve_without_the_platform() -> None:
+    # The runtime ships alone: its commands, and their parser, load nothing of the platform.
+    code = (
+        "import sys\n"
+        "from serving.runtime.__main__ import build_parser\n"
+        "build_parser()\n"
+        "platform = {'data', 'annotation', 'training', 'evaluation', 'torch', 'mlflow'}\n"
+        "print([m for m in sys.modules if m.split('.')[0] in platform "
+        "or m.startswith(('serving.cli', 'serving.params', 'serving.export'))])\n"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert loaded.stdout.strip() == "[]"
+    for command in ("blur", "serve"):
+        shown = subprocess.run(
+            [sys.executable, "-m", "serving.runtime", command, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert shown.returncode == 0
+        # The same description as `anonlab <command> --help` (wrapped to another width).
+        assert "".join(COMMANDS[command].description.split()) in "".join(shown.stdout.split())

@@ -1,0 +1,43 @@
+"""`anonlab evaluate`: recall of every trained model on val and each reference set."""
+
+from __future__ import annotations
+
+import argparse
+
+from serving.cli.printing import fmt_score
+from serving.cli.project import load
+from serving.runtime.commands.command import Command, no_args
+
+
+def run(args: argparse.Namespace) -> int:
+    project = load(args)
+    from evaluation.evaluate import EvalSetup, run_evaluate
+
+    metrics = run_evaluate(
+        EvalSetup.of(project.params, artifacts=project.artifacts, root=project.root)
+    )
+    for model, entry in metrics.items():
+        for set_name, s in entry["sets"].items():
+            cells = []
+            for name, buckets in (s.get("recall") or {}).items():
+                every = buckets["all"]
+                cells.append(
+                    f"{name} {fmt_score(every.get('iou'))}/{fmt_score(every.get('coverage'))}"
+                )
+            print(f"{model} on {set_name} (recall iou/coverage): {', '.join(cells)}")
+    print(f"report: {project.stage_paths.eval.report}")
+    return 0
+
+
+COMMAND = Command(
+    "recall of every trained model (and the champion) on val and each reference set",
+    "Run each model of train.models over val and every reference set with the runtime's "
+    "tiling (evaluate.tiling), choose per class the highest score threshold that reaches "
+    "evaluate.target_recall on val, and score every set at those thresholds: recall by "
+    "IoU and by pixel coverage per class and size bucket with bootstrap intervals, COCO "
+    "AP, false positives per image. The registry's champion is scored the same way. "
+    "Writes artifacts/eval/: metrics.json, plots/, predictions/, report.html (with a "
+    "gallery of the missed objects); logs recall/<set>/<class>/<bucket> to MLflow.",
+    no_args,
+    run,
+)

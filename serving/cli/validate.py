@@ -1,0 +1,63 @@
+"""`anonlab validate`: data checks and the release gate; `promote` crowns the challenger."""
+
+from __future__ import annotations
+
+import argparse
+
+from serving.cli.project import load
+from serving.runtime.commands.command import Command
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    promote = bool(overrides) and overrides[0] == "promote"
+    project = load(args, overrides[1:] if promote else overrides)
+    if promote:
+        from evaluation.registry import Registry
+
+        names = [args.model] if args.model else list(project.params.train.models)
+        registry = Registry(project.root)
+        for name in names:
+            previous, champion = registry.promote(name, user=args.user)
+            was = f" (was version {previous.version})" if previous else ""
+            print(f"{name}: champion is now version {champion.version}{was}")
+        return 0
+    from evaluation.validate import ValidateSetup, run_validate
+
+    verdict = run_validate(
+        ValidateSetup.of(project.params, artifacts=project.artifacts, root=project.root)
+    )
+    warned = f", {len(verdict['warnings'])} warning(s)" if verdict["warnings"] else ""
+    print(f"validation passed: {len(verdict['checks'])} checks{warned}")
+    print(verdict["notice"])
+    for model, version in verdict["challengers"].items():
+        if version:
+            print(
+                f"{model}: version {version} is the challenger; promote it with "
+                f"`anonlab validate promote --model {model}`"
+            )
+    return 0
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="promote: this model only (default: every train.models)")
+    p.add_argument(
+        "--user", help="promote: who promotes (default: $ANONLAB_USER, else the login name)"
+    )
+
+
+COMMAND = Command(
+    "data checks and the release gate; `validate promote` makes the challenger champion",
+    "Check the prepared data (schema, geometry, leakage into reference sets, shifts from "
+    "the previous version) and hold each model to the gate: on every reference set each "
+    "class's recall reaches evaluate.target_recall, and no class and size bucket is worse "
+    "than the champion's by more than validate.tolerance; its weights must be the ones "
+    "evaluate scored (by sha256, also against the registered version's tag). Writes "
+    "artifacts/validation/verdict.json (naming each model's weights by sha256) and exits "
+    "non-zero when any check fails; a passing "
+    "model's registered version gets the MLflow alias challenger. `anonlab validate "
+    "promote [--model NAME]` moves the alias champion to the challenger and records who "
+    "and when.",
+    add_args,
+    run,
+)

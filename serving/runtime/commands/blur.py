@@ -1,0 +1,88 @@
+"""`blur`: anonymize image files with exported models, failing closed per image."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from serving.runtime.commands.command import Command
+from serving.runtime.commands.options import add_runtime_args, load_runtime
+
+
+def run(args: argparse.Namespace) -> int:
+    from serving.runtime.batch import FAILURES, SKIPPED, blur_batch
+    from serving.runtime.inputs import find_inputs
+
+    found = find_inputs(args.inputs)
+    runtime = load_runtime(args)
+    out = Path(args.out)
+    report = blur_batch(
+        runtime, found, out, workers=args.workers, sidecar=args.sidecar, masks=args.masks
+    )
+    print(report.summary())
+    for name, rows in ((FAILURES, report.failures), (SKIPPED, report.skipped)):
+        if name in report.unwritten:
+            # Its file could not be written: stderr is then the only record of these rows.
+            follow = f"; its {len(rows)} lines follow" if rows else ""
+            print(f"error: {out / name} {report.unwritten[name]}{follow}", file=sys.stderr)
+            for row in rows:
+                print(row.json_line(), file=sys.stderr)
+        elif rows:
+            print(f"{name.removesuffix('.jsonl')}: {out / name}", file=sys.stderr)
+    return 1 if report.failures or report.unwritten else 0
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders (searched recursively) and glob patterns ('**/*.jpg'). Every "
+        "file found is accounted for: anonymized; failed (an image format that cannot be "
+        "anonymized, a broken link: failures.jsonl); or skipped (hidden, or not an image: "
+        "skipped.jsonl). Two inputs with the same output name are refused",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        help="output folder (must not hold the inputs); each output keeps its input's path "
+        "below the folder or glob it was found through",
+    )
+    add_runtime_args(p, max_pixels_default=150_000_000)
+    p.add_argument(
+        "--workers", type=int, default=2, help="threads decoding and encoding beside inference"
+    )
+    p.add_argument(
+        "--sidecar", action="store_true", help="write <name>.json beside each image: detections"
+    )
+    p.add_argument(
+        "--masks", action="store_true", help="write <name>.mask.png: the pixels that were hidden"
+    )
+
+
+COMMAND = Command(
+    "anonymize image files with exported models; fails closed per image",
+    "Load the --model artifacts as one model set, whole or not at all: each artifact verified"
+    " (schema, the sha256 of every file and of the manifest, the manifest's values: "
+    "thresholds, styles, classes, input size, tiling), the --require classes (default "
+    "$ANONLAB_REQUIRE_CLASSES, else face,license_plate) detected between them, and with --pin"
+    " (or $ANONLAB_ARTIFACT_SHA256) every artifact's manifest_sha256 pinned and every pin "
+    "loaded; an artifact that passed only a gate weaker than the release gate is refused "
+    "unless --allow-demo. Then detect with each (tiled, panoramas wrapped around the seam, at"
+    " the operating thresholds in its manifest) and hide every detection in its class's style"
+    " (faces: feathered ellipse; persons and vehicles: their mask; plates: box). Outputs keep"
+    " each input's relative path, name, format, bit depth, orientation and JPEG quality; "
+    "pixels outside hidden regions are untouched (beyond JPEG re-encoding). Metadata is kept "
+    "by allowlist: EXIF only for orientation, capture time, GPS, camera and exposure tags; "
+    "XMP without its picture properties; the ICC profile; short PNG text and JPEG comments; "
+    "any that holds a picture, thumbnails, previews, maker notes and all else are left out "
+    "(--sidecar names what was left out and why). Every file found is accounted for: "
+    "anonymized, failed (failures.jsonl in --out says at which step and why; exit status 1) "
+    "or skipped (hidden files and folders, files that are not images: skipped.jsonl); an "
+    "image that fails gets no output at all (an earlier run's is removed). Inputs that would "
+    "share an output name, or names differing only by case, are refused before anything is "
+    "written. Reads no params.yaml and takes no key=value overrides.",
+    add_args,
+    run,
+)

@@ -1,0 +1,157 @@
+"""`serve`: the HTTP anonymization service on exported models."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from serving.runtime.commands.command import Command
+from serving.runtime.commands.options import add_runtime_args, load_runtime
+
+# The command line's logger, as before the runtime's commands had their own module.
+log = logging.getLogger("anonlab")
+
+
+def run(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from serving.runtime.service import ServiceConfig, start_server
+
+    config = ServiceConfig(
+        max_body_bytes=int(args.max_body_mb * (1 << 20)),
+        max_pixels=args.max_pixels,
+        cost_check_pixels=int(args.cost_check_mp * 1_000_000),
+        min_bytes_per_mp=args.min_bytes_per_mp,
+        max_uploads=args.max_uploads,
+        upload_grace=args.upload_grace,
+        min_upload_rate=args.min_upload_rate,
+        max_concurrency=args.max_concurrency,
+        max_queue=args.max_queue,
+        queue_timeout=args.queue_timeout,
+        read_timeout=args.read_timeout,
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("%s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+
+    server = start_server(lambda: load_runtime(args), args.host, args.port, config)
+    try:
+        while not stop.wait(0.25):
+            if server.failure is not None:
+                raise server.failure
+    finally:
+        server.stop(grace=args.grace)
+    return 0
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    def number(text: str) -> float:
+        value = float(text)
+        if value != value or abs(value) == float("inf"):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        return value
+
+    # Lower than blur's: each image the service takes holds a slot and its pixels while it runs.
+    add_runtime_args(p, max_pixels_default=64_000_000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    p.add_argument(
+        "--max-body-mb",
+        type=number,
+        default=64,
+        help="refuse bodies over this many MiB with 413, before reading them (default 64)",
+    )
+    p.add_argument(
+        "--min-bytes-per-mp",
+        type=int,
+        default=16000,
+        help="CPU-cost guard: refuse with 422 an image over --cost-check-mp whose file has fewer "
+        "bytes than this per megapixel (a flat 36 MP PNG of 117 KB would cost minutes of "
+        "detection; a photo has far more); 0 turns the guard off (default 16000)",
+    )
+    p.add_argument(
+        "--cost-check-mp",
+        type=number,
+        default=4,
+        help="images over this many megapixels face the CPU-cost guard (default 4)",
+    )
+    p.add_argument(
+        "--max-uploads",
+        type=int,
+        default=16,
+        help="request bodies received at once; one more gets 503 (default 16)",
+    )
+    p.add_argument(
+        "--upload-grace",
+        type=number,
+        default=5,
+        help="seconds a body gets before its average rate since it began must reach "
+        "--min-upload-rate (default 5)",
+    )
+    p.add_argument(
+        "--min-upload-rate",
+        type=int,
+        default=8192,
+        help="bytes/s a body must average after --upload-grace, else 408 and the connection "
+        "closed (default 8192, 64 kbit/s: a 2G/EDGE uplink passes, a client trickling bytes "
+        "is cut)",
+    )
+    p.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=2,
+        help="images anonymized at once (default 2)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=8,
+        help="received images admitted beyond those, waiting for a slot; more get 503 (default 8)",
+    )
+    p.add_argument(
+        "--queue-timeout",
+        type=number,
+        default=30,
+        help="seconds an admitted image waits for a slot before 503 (default 30)",
+    )
+    p.add_argument(
+        "--read-timeout",
+        type=number,
+        default=60,
+        help="seconds of client silence (before a request, or within a body) before its "
+        "connection is dropped (default 60)",
+    )
+    p.add_argument(
+        "--grace",
+        type=number,
+        default=10,
+        help="on SIGTERM or Ctrl-C, seconds to let uploads and admitted images finish (default 10)",
+    )
+
+
+COMMAND = Command(
+    "HTTP service: POST an image to /v1/anonymize, get it back anonymized",
+    "Load the --model artifacts (the model set verified as for blur), warm up with one "
+    "inference, and serve on --host:--port: POST /v1/anonymize with an image file as the "
+    "body returns it anonymized in the same format (?detections=true: JSON with the image "
+    "in base64, the detections and the metadata left out); GET /healthz, /readyz (200 once "
+    "warm) and /metrics (Prometheus). A body over --max-body-mb gets 413 before it is read; "
+    "it must arrive at --min-upload-rate on average after --upload-grace, else 408. Its "
+    "header is read before any pixel is decoded: a body that is not a JPEG, PNG, TIFF or "
+    "WebP, a damaged header, an image over --max-pixels (default 64 MP) or one the "
+    "CPU-cost guard refuses (--min-bytes-per-mp over --cost-check-mp) gets 422 without "
+    "waiting for a slot. Bad images get a 4xx with a JSON error, any other failure a 500 "
+    "without image bytes. At most --max-uploads bodies are received at once, "
+    "--max-concurrency images run at once and --max-queue more wait (up to "
+    "--queue-timeout); beyond that 503 with Retry-After. Nothing is written to disk; logs "
+    "hold no image content, query string or client address. SIGTERM or Ctrl-C stops it "
+    "after admitted images finish. Reads no params.yaml and takes no key=value overrides.",
+    add_args,
+    run,
+)
