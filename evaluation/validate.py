@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from data.atomic import read_json, write_text
+from data.atomic import read_json
 from data.errors import AnonlabError
 from data.size_buckets import BUCKETS
 from data.stage_paths import StagePaths
@@ -49,14 +49,14 @@ from evaluation.config import EvaluateConfig, ValidateConfig
 from evaluation.data_checks import check_dataset
 from evaluation.data_checks.checks import ERROR, Check
 from evaluation.registry import CHALLENGER, RegisteredModel, Registry
+from evaluation.verdict import ValidatedModel, Verdict
 from serving.runtime.checksum import file_sha256
-from serving.runtime.release import Gate, headed_json, release_notice, release_problems
+from serving.runtime.release import Gate, release_notice, release_problems
 from training.tracking import WEIGHTS_SHA256_TAG
 
 __all__ = [
     "GateFailed",
     "ValidateSetup",
-    "ValidatedModel",
     "gate",
     "release_gate",
     "run_validate",
@@ -67,27 +67,6 @@ log = logging.getLogger(__name__)
 
 class GateFailed(AnonlabError):
     """The verdict is fail; the message lists the failed checks."""
-
-
-@dataclass(frozen=True)
-class ValidatedModel:
-    """What the verdict says of one model (`verdict.json` `models.<name>`): the sha256 of the
-    weights evaluate scored and validate found on disk (None when metrics.json records none),
-    and the registered version tagged with it (None without a registry or a registration)."""
-
-    weights_sha256: str | None
-    version: str | None
-
-    @staticmethod
-    def from_verdict(verdict: Mapping[str, Any], name: str) -> ValidatedModel | None:
-        """Model `name` of a parsed verdict.json; None when the verdict does not name it."""
-        found = (verdict.get("models") or {}).get(name)
-        if not isinstance(found, Mapping):
-            return None
-        sha, version = found.get("weights_sha256"), found.get("version")
-        return ValidatedModel(
-            sha if isinstance(sha, str) else None, None if version is None else str(version)
-        )
 
 
 @dataclass(frozen=True)
@@ -278,7 +257,7 @@ def _against_champion(
     return Check(name, passed, ERROR, message, compared)
 
 
-def run_validate(setup: ValidateSetup) -> dict[str, Any]:
+def run_validate(setup: ValidateSetup) -> Verdict:
     """Run every check, write verdict.json; GateFailed when any error-level check fails."""
     paths = StagePaths(setup.artifacts)
     out = paths.validation
@@ -316,23 +295,24 @@ def run_validate(setup: ValidateSetup) -> dict[str, Any]:
     warnings = [c for c in checks if not c.passed and c.severity != ERROR]
     rule = release_gate(setup.evaluate, setup.validate, setup.classes, setup.identifiable)
     problems = release_problems(rule)
-    verdict = {
-        "notice": release_notice(problems),
-        "release": not problems,
-        "gate": rule.to_dict(),
-        "passed": not failed,
-        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "failed": [c.name for c in failed],
-        "warnings": [c.name for c in warnings],
-        "checks": [dataclasses.asdict(c) for c in checks],
-        "metrics_sha256": file_sha256(metrics_path),
-        "models": {m: dataclasses.asdict(v) for m, v in validated.items()},
-        "challengers": {},
-    }
+    verdict = Verdict(
+        notice=release_notice(problems),
+        release=not problems,
+        gate=rule,
+        passed=not failed,
+        when=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        failed=tuple(c.name for c in failed),
+        warnings=tuple(c.name for c in warnings),
+        checks=tuple(checks),
+        metrics_sha256=file_sha256(metrics_path),
+        models=validated,
+        challengers={},
+    )
     data_ok = all(_is_model_check(c, setup) for c in failed)
     if not failed:
-        verdict["challengers"] = _set_challengers(registry, registered)
-    write_text(out.verdict, headed_json(verdict, "notice"))
+        challengers = _set_challengers(registry, registered)
+        verdict = dataclasses.replace(verdict, challengers=challengers)
+    verdict.write(out.verdict)
     if data_ok:
         stats = paths.prepared.stats
         if stats.is_file():
@@ -340,7 +320,7 @@ def run_validate(setup: ValidateSetup) -> dict[str, Any]:
     for c in warnings:
         log.warning("%s", c.message)
     if problems:
-        log.warning("%s", verdict["notice"])
+        log.warning("%s", verdict.notice)
     if failed:
         lines = "\n  ".join(c.message for c in failed)
         raise GateFailed(

@@ -53,7 +53,7 @@ from data.image_info import read_upright_sized
 from data.stage_paths import ModelFolder, Prepared, StagePaths
 from evaluation.config import EvaluateConfig
 from evaluation.evaluate import tiling_spec
-from evaluation.validate import ValidatedModel
+from evaluation.verdict import Verdict
 from serving.config import ExportConfig
 from serving.model_card import render_model_card
 from serving.runtime.architecture import Architecture, DetectorCore
@@ -101,9 +101,9 @@ def run_export(setup: ExportSetup) -> list[Path]:
     """Export every model of the setup; the artifact folders written."""
     paths = StagePaths(setup.artifacts)
     verdict_path = paths.validation.verdict
-    verdict = read_json(verdict_path, missing="run `anonlab validate` first")
-    if not verdict.get("passed"):
-        failed = ", ".join(verdict.get("failed") or []) or "see the verdict"
+    verdict = Verdict.read(verdict_path)
+    if not verdict.passed:
+        failed = ", ".join(verdict.failed) or "see the verdict"
         raise AnonlabError(
             f"{verdict_path}: validation did not pass ({failed}); only a model that passed the "
             "release gate is exported"
@@ -121,7 +121,7 @@ def run_export(setup: ExportSetup) -> list[Path]:
                 raise AnonlabError(
                     f"{name}: not in artifacts/eval/metrics.json; run `anonlab evaluate` again"
                 )
-            version = (verdict.get("challengers") or {}).get(name)
+            version = verdict.challengers.get(name)
             folder = export_model(
                 name,
                 paths.model(name).folder,
@@ -129,7 +129,7 @@ def run_export(setup: ExportSetup) -> list[Path]:
                 setup,
                 stage,
                 version=str(version) if version else None,
-                provenance={"validated": verdict.get("when"), **tags},
+                provenance={"validated": verdict.when, **tags},
                 weights_sha256=validated[name],
                 gate=gate,
             )
@@ -137,14 +137,14 @@ def run_export(setup: ExportSetup) -> list[Path]:
     return written
 
 
-def _verdict_gate(verdict: Mapping[str, Any], verdict_path: Path) -> Gate:
+def _verdict_gate(verdict: Verdict, verdict_path: Path) -> Gate:
     """The gate the verdict judged; AnonlabError when it records none (an older validate)."""
-    try:
-        gate = Gate.from_dict(verdict.get("gate"))  # type: ignore[arg-type]
-    except ValueError as exc:
+    gate = verdict.gate
+    if gate is None:
         raise AnonlabError(
-            f"{verdict_path}: records no gate it judged ({exc}); run `anonlab validate` again"
-        ) from None
+            f"{verdict_path}: records no gate it judged ({verdict.gate_problem}); "
+            "run `anonlab validate` again"
+        )
     problems = release_problems(gate)
     if problems:
         log.warning("%s", release_notice(problems))
@@ -152,7 +152,7 @@ def _verdict_gate(verdict: Mapping[str, Any], verdict_path: Path) -> Gate:
 
 
 def _validated_weights(
-    setup: ExportSetup, verdict: Mapping[str, Any], verdict_path: Path, metrics_path: Path
+    setup: ExportSetup, verdict: Verdict, verdict_path: Path, metrics_path: Path
 ) -> dict[str, str]:
     """Per model, the sha256 of the weights the verdict validated, once each model's weights
     file is found to have it and metrics.json to be the one validate judged; AnonlabError
@@ -160,7 +160,7 @@ def _validated_weights(
     out: dict[str, str] = {}
     again = "run `anonlab evaluate` and `anonlab validate` again"
     for name in setup.models:
-        model = ValidatedModel.from_verdict(verdict, name)
+        model = verdict.models.get(name)
         if model is None or model.weights_sha256 is None:
             raise AnonlabError(
                 f"{verdict_path} names no validated weights for {name} (a verdict of an older "
@@ -170,7 +170,7 @@ def _validated_weights(
         actual = file_sha256(weights) if weights.is_file() else None
         _check_weights(name, weights, actual, model.weights_sha256)
         out[name] = model.weights_sha256
-    judged, actual = verdict.get("metrics_sha256"), file_sha256(metrics_path)
+    judged, actual = verdict.metrics_sha256, file_sha256(metrics_path)
     if judged != actual:
         raise AnonlabError(
             f"{metrics_path} has sha256 {actual}, but validate judged "

@@ -27,10 +27,10 @@ def run(args: argparse.Namespace) -> int:
     verdict = run_validate(
         ValidateSetup.of(project.params, artifacts=project.artifacts, root=project.root)
     )
-    warned = f", {len(verdict['warnings'])} warning(s)" if verdict["warnings"] else ""
-    print(f"validation passed: {len(verdict['checks'])} checks{warned}")
-    print(verdict["notice"])
-    for model, version in verdict["challengers"].items():
+    warned = f", {len(verdict.warnings)} warning(s)" if verdict.warnings else ""
+    print(f"validation passed: {len(verdict.checks)} checks{warned}")
+    print(verdict.notice)
+    for model, version in verdict.challengers.items():
         if version:
             print(
                 f"{model}: version {version} is the challenger; promote it with "

@@ -15,7 +15,7 @@ import yaml
 
 from data.atomic import write_json
 from data.config import compose
-from evaluation.validate import ValidatedModel
+from evaluation.verdict import ValidatedModel
 from serving.export import ExportSetup, export_model
 from serving.params import load_project
 from serving.runtime.artifact import manifest_digest
