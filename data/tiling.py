@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 from pycocotools import mask as mask_util
 
+from data.coco.rle import as_rle
+
 # Rounding applied to ratio * count before taking the ceiling: 0.3 * 10 is 3.0000000000000004
 # in floating point, and that must keep 3 tiles, not 4.
 _COUNT_DECIMALS = 9
@@ -244,7 +246,7 @@ def _source_rle(ann: dict[str, Any], width: int, height: int) -> dict[str, Any]:
     if isinstance(segmentation, list):  # polygons
         if not segmentation:
             raise ValueError(f"{where} has an empty polygon list; it needs a mask to be tiled")
-        return mask_util.merge(mask_util.frPyObjects(segmentation, height, width))
+        return as_rle(segmentation, height, width)
     if not isinstance(segmentation, dict) or "counts" not in segmentation:
         raise ValueError(f"{where} has no RLE or polygon segmentation; it cannot be tiled")
     size = [int(s) for s in segmentation.get("size", ())]
@@ -252,7 +254,7 @@ def _source_rle(ann: dict[str, Any], width: int, height: int) -> dict[str, Any]:
         raise ValueError(f"{where}: its mask is {size} (h, w), the image is {[height, width]}")
     counts = segmentation["counts"]
     if isinstance(counts, list):  # uncompressed RLE
-        return mask_util.frPyObjects(segmentation, height, width)
+        return as_rle(segmentation, height, width)
     if isinstance(counts, str):
         counts = counts.encode("ascii")
     return {"size": size, "counts": counts}

@@ -21,7 +21,8 @@ from typing import Any
 
 import cv2
 import numpy as np
-from pycocotools import mask as mask_utils
+
+from data.coco.rle import as_rle
 
 __all__ = ["MaskCrop", "PackedMasks", "decode_crop", "rle_counts"]
 
@@ -80,7 +81,7 @@ def decode_crop(segmentation: Any, height: int, width: int) -> MaskCrop | None:
     if isinstance(segmentation, list):  # polygons: pycocotools rasterises, as evaluation does
         if not segmentation:
             return None
-        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+        rle = as_rle(segmentation, height, width)
     else:
         rle = segmentation
     size = rle.get("size")
