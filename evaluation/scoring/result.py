@@ -4,8 +4,8 @@ outcomes and the whole `ScoreResult`, each written to and read from JSON in one 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Self
 
 from data.errors import AnonlabError
 
@@ -103,67 +103,53 @@ def recall_from_json(data: Any) -> RecallTable:
     }
 
 
+class FlatRecord:
+    """A record of plain values whose JSON object holds its fields, in their order."""
+
+    LABEL: ClassVar[str]  # what an error calls the record
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Self:
+        names = [f.name for f in fields(cls)]
+        fields_of(data, cls.LABEL, names)
+        return cls(**{name: data[name] for name in names})
+
+
 @dataclass(frozen=True)
-class OperatingPoint:
+class OperatingPoint(FlatRecord):
     """The score threshold chosen for a class and the recall there; `reached`: whether that
     recall meets the class's target."""
 
+    LABEL = "operating point"
     threshold: float
     recall: float
     reached: bool
 
-    def to_json(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "recall": self.recall, "reached": self.reached}
-
-    @classmethod
-    def from_json(cls, data: Any) -> OperatingPoint:
-        fields_of(data, "operating point", ("threshold", "recall", "reached"))
-        return cls(data["threshold"], data["recall"], data["reached"])
-
 
 @dataclass(frozen=True)
-class CurvePoint:
+class CurvePoint(FlatRecord):
     """A point of a precision/recall curve: at scores from `score` up."""
 
+    LABEL = "curve point"
     score: float
     precision: float
     recall: float
 
-    def to_json(self) -> dict[str, Any]:
-        return {"score": self.score, "precision": self.precision, "recall": self.recall}
-
-    @classmethod
-    def from_json(cls, data: Any) -> CurvePoint:
-        fields_of(data, "curve point", ("score", "precision", "recall"))
-        return cls(data["score"], data["precision"], data["recall"])
-
 
 @dataclass(frozen=True)
-class ObjectOutcome:
+class ObjectOutcome(FlatRecord):
     """One counted ground-truth object: found (IoU) and covered (pixels) at the operating
     thresholds, its covered share, and whether it is identifiable."""
 
+    LABEL = "object outcome"
     id: int
     found: bool
     covered: bool
     coverage: float
     identifiable: bool
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "found": self.found,
-            "covered": self.covered,
-            "coverage": self.coverage,
-            "identifiable": self.identifiable,
-        }
-
-    @classmethod
-    def from_json(cls, data: Any) -> ObjectOutcome:
-        fields_of(data, "object outcome", ("id", "found", "covered", "coverage", "identifiable"))
-        return cls(
-            data["id"], data["found"], data["covered"], data["coverage"], data["identifiable"]
-        )
 
 
 _SCORE_KEYS = (
