@@ -12,7 +12,7 @@ from data.errors import AnonlabError
 METRICS = ("iou", "coverage")  # the recalls of a cell, by the name the gate and reports use
 
 
-def fields_of(
+def _check_keys(
     data: Any, record: str, required: Sequence[str], optional: Sequence[str] = ()
 ) -> None:
     """Fail, naming the key, when the JSON object `data` of a `record` lacks a required key or
@@ -66,8 +66,9 @@ class RecallCell:
 
     @classmethod
     def from_json(cls, data: Any) -> RecallCell:
-        # The intervals may be absent: a cell scored without a bootstrap has none to record.
-        fields_of(data, "recall cell", ("n", "iou", "coverage"), ("iou_ci", "coverage_ci"))
+        # The intervals may be absent (read as None): the gate also judges cells written
+        # without them.
+        _check_keys(data, "recall cell", ("n", "iou", "coverage"), ("iou_ci", "coverage_ci"))
         return cls(
             n=data["n"],
             iou=data["iou"],
@@ -114,7 +115,7 @@ class FlatRecord:
     @classmethod
     def from_json(cls, data: Any) -> Self:
         names = [f.name for f in fields(cls)]
-        fields_of(data, cls.LABEL, names)
+        _check_keys(data, cls.LABEL, names)
         return cls(**{name: data[name] for name in names})
 
 
@@ -215,7 +216,7 @@ class ScoreResult:
 
     @classmethod
     def from_json(cls, data: Any) -> ScoreResult:
-        fields_of(data, "score result", _SCORE_KEYS, ("objects",))
+        _check_keys(data, "score result", _SCORE_KEYS, ("objects",))
         objects = data.get("objects")
         result = cls(
             images=data["images"],
