@@ -210,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         "ratio_metrics_over_pycocotools_eval_wall": ours["metrics"] / reference["eval"],
         "target": TARGET_RATIO,
         "meets_target": ratio <= TARGET_RATIO,
-        "AP_segm": metrics["coco"]["segm"]["AP"],
-        "recall_face_all": metrics["recall"]["face"]["all"]["iou"],
+        "AP_segm": metrics.coco["segm"]["AP"],
+        "recall_face_all": metrics.recall["face"]["all"].iou,
     }
     if args.json:
         print(json.dumps(results, indent=2))

@@ -47,6 +47,7 @@ from evaluation.registry import CHAMPION, RegisteredModel, Registry
 from evaluation.report import Miss, ModelReport, SetReport, render_report
 from evaluation.score import score
 from evaluation.scoring.options import ScoreOptions
+from evaluation.scoring.result import ObjectOutcome, ScoreResult, recall_to_json
 from serving.runtime.checksum import file_sha256
 from serving.runtime.errors import ImageError
 from serving.runtime.imagefile import read_upright
@@ -138,14 +139,14 @@ def operating_thresholds(
     reaches the class's target (score's operating point, not below `options.min_threshold`):
     `threshold`, `val_recall` (the recall there) and `reached`."""
     floor = options.min_threshold
-    points = score(gt, results, replace(options, thresholds=floor, n_boot=0))["operating_points"]
+    points = score(gt, results, replace(options, thresholds=floor, n_boot=0)).operating_points
     chosen: dict[str, dict[str, Any]] = {}
     for name in classes:
-        point = points.get(name) or {"threshold": floor, "recall": None, "reached": False}
+        point = points.get(name)
         chosen[name] = {
-            "threshold": point["threshold"],
-            "val_recall": point["recall"],
-            "reached": point["reached"],
+            "threshold": point.threshold if point else floor,
+            "val_recall": point.recall if point else None,
+            "reached": point.reached if point else False,
         }
     return chosen
 
@@ -206,7 +207,7 @@ class _Result:
 
     weights_sha256: str
     thresholds: dict[str, dict[str, Any]]
-    scores: dict[str, dict[str, Any]]
+    scores: dict[str, ScoreResult]
     misses: dict[str, tuple[list[Miss], int]]
 
 
@@ -251,7 +252,7 @@ class _ModelEvaluation:
                 f"{weights} changed while evaluate read it; run evaluate again once it is written"
             )
         classes = list(model_cfg["classes"])
-        scores: dict[str, dict[str, Any]] = {}
+        scores: dict[str, ScoreResult] = {}
         misses: dict[str, tuple[list[Miss], int]] = {}
         thresholds: dict[str, dict[str, Any]] = {}
         for set_name, path in self.sets.items():
@@ -272,7 +273,7 @@ class _ModelEvaluation:
             options = self._options(chosen, per_object=set_name != VAL)
             scores[set_name] = score(gt, results, options)
             if set_name != VAL:
-                misses[set_name] = self._misses(path, gt, scores[set_name].pop("objects"))
+                misses[set_name] = self._misses(path, gt, scores[set_name].objects or [])
             if outputs:
                 write_json(EvalOutputs(self.out).predictions / name / f"{set_name}.json", results)
                 _write_plots(EvalOutputs(self.out).plots / name / set_name, scores[set_name])
@@ -293,30 +294,30 @@ class _ModelEvaluation:
         )
 
     def _misses(
-        self, path: Path, gt: dict[str, Any], outcomes: list[dict[str, Any]]
+        self, path: Path, gt: dict[str, Any], outcomes: list[ObjectOutcome]
     ) -> tuple[list[Miss], int]:
         """Crops of the objects not covered, identifiable ones first (the legal incidents),
         each group smallest first, at most gallery.max_per_set."""
-        missed = [o for o in outcomes if not o["covered"]]
+        missed = [o for o in outcomes if not o.covered]
         anns = {a["id"]: a for a in gt["annotations"]}
         images = {i["id"]: i for i in gt["images"]}
         names = {c["id"]: c["name"] for c in gt["categories"]}
-        missed.sort(key=lambda o: (not o["identifiable"], anns[o["id"]]["area"]))
+        missed.sort(key=lambda o: (not o.identifiable, anns[o.id]["area"]))
         shown: list[Miss] = []
         cache: dict[int, np.ndarray | None] = {}
         for o in missed[: self.cfg.gallery.max_per_set]:
-            ann = anns[o["id"]]
+            ann = anns[o.id]
             image = images[ann["image_id"]]
             if ann["image_id"] not in cache:
                 cache[ann["image_id"]] = _read_bgr(path.parent.parent / image["file_name"])
             bgr = cache[ann["image_id"]]
             if bgr is None:
                 continue
-            size = size_bucket(ann["area"]) if o["identifiable"] else "below identifiable"
+            size = size_bucket(ann["area"]) if o.identifiable else "below identifiable"
             caption = (
                 f"{names[ann['category_id']]} ({size}, "
                 f"{ann['bbox'][2]:.0f}x{ann['bbox'][3]:.0f} px), "
-                f"{o['coverage']:.0%} covered; image {image['id']}"
+                f"{o.coverage:.0%} covered; image {image['id']}"
             )
             shown.append(
                 Miss(jpeg=_crop(bgr, ann["bbox"], self.cfg.gallery.context), caption=caption)
@@ -358,16 +359,16 @@ def _crop(bgr: np.ndarray, bbox: Sequence[float], context: float) -> bytes:
     return data.tobytes() if ok else b""
 
 
-def _write_plots(folder: Path, metrics: Mapping[str, Any]) -> None:
+def _write_plots(folder: Path, metrics: ScoreResult) -> None:
     """Rows for `dvc plots`: precision/recall points per class, recall by size bucket."""
     pr = [
-        {"class": name, "score": p["score"], "recall": p["recall"], "precision": p["precision"]}
-        for name, curve in (metrics.get("pr_curve") or {}).items()
-        for p in curve or []
+        {"class": name, "score": p.score, "recall": p.recall, "precision": p.precision}
+        for name, curve in metrics.pr_curve.items()
+        for p in curve
     ]
     sizes = [
-        {"class": name, "bucket": bucket, "iou": cell.get("iou"), "coverage": cell.get("coverage")}
-        for name, buckets in (metrics.get("recall") or {}).items()
+        {"class": name, "bucket": bucket, "iou": cell.iou, "coverage": cell.coverage}
+        for name, buckets in metrics.recall.items()
         for bucket, cell in buckets.items()
     ]
     write_json(folder / "pr.json", pr)
@@ -386,9 +387,9 @@ def _metrics_entry(
             "thresholds": result.thresholds,
             "sets": {
                 name: {
-                    "recall": s.get("recall"),
-                    "coco": s.get("coco"),
-                    "false_positives_per_image": s.get("false_positives_per_image"),
+                    "recall": recall_to_json(s.recall),
+                    "coco": s.coco,
+                    "false_positives_per_image": s.false_positives_per_image,
                 }
                 for name, s in result.scores.items()
             },
@@ -432,11 +433,12 @@ def flat_recall(result: _Result, prefix: str = "") -> dict[str, float]:
     """MLflow metrics: `recall/<set>/<class>/<bucket>` (IoU), `coverage/...`, thresholds."""
     out: dict[str, float] = {}
     for set_name, metrics in result.scores.items():
-        for name, buckets in (metrics.get("recall") or {}).items():
+        for name, buckets in metrics.recall.items():
             for bucket, cell in buckets.items():
                 for metric, key in (("iou", "recall"), ("coverage", "coverage")):
-                    if cell.get(metric) is not None:
-                        out[f"{prefix}{key}/{set_name}/{name}/{bucket}"] = cell[metric]
+                    value = cell.value(metric)
+                    if value is not None:
+                        out[f"{prefix}{key}/{set_name}/{name}/{bucket}"] = value
     for name, t in result.thresholds.items():
         out[f"{prefix}threshold/{name}"] = t["threshold"]
     return out

@@ -2,7 +2,7 @@
 champion beside the new model, and a gallery of the objects each model misses.
 
 One self-contained page (plots and crops embedded as data URIs) a person reads to see what a
-model misses before it is released. It takes plain numbers (the `anonlab score` dicts) and
+model misses before it is released. It takes the scorer's results (`ScoreResult`) and
 crops as JPEG bytes; every piece of text is escaped.
 """
 
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from data.size_buckets import BUCKETS
+from evaluation.scoring.result import RecallCell, ScoreResult
 from serving.runtime.release import target_problems
 
 # `below_identifiable`: objects too small to identify anyone (score.py), not judged.
@@ -33,8 +34,8 @@ class Miss:
 @dataclass(frozen=True)
 class SetReport:
     name: str
-    metrics: Mapping[str, Any]  # the `score` dict of the model on this set
-    champion: Mapping[str, Any] | None = None  # the champion's, when there is one
+    metrics: ScoreResult  # the model's on this set
+    champion: ScoreResult | None = None  # the champion's, when there is one
     misses: Sequence[Miss] = field(default_factory=list)
     missed_total: int = 0
 
@@ -135,25 +136,28 @@ def _model(model: ModelReport, targets: Mapping[str, float]) -> str:
 
 
 def _set(model: ModelReport, s: SetReport, targets: Mapping[str, float]) -> str:
-    recall = s.metrics.get("recall", {})
+    recall = s.metrics.recall
+    old_recall = s.champion.recall if s.champion else {}
+    empty = RecallCell(n=0)
     head = "".join(f"<th colspan='2'>{b.replace('_', ' ')}</th>" for b in BUCKET_ORDER)
     sub = "".join("<th>iou</th><th>coverage</th>" for _ in BUCKET_ORDER)
     rows = []
     for name, buckets in recall.items():
         cells = []
         for bucket in BUCKET_ORDER:
-            cell = buckets.get(bucket, {})
-            old = (s.champion or {}).get("recall", {}).get(name, {}).get(bucket, {})
+            cell = buckets.get(bucket, empty)
+            old = old_recall.get(name, {}).get(bucket, empty)
             for metric in ("iou", "coverage"):
-                low = bucket == "all" and _below(cell.get(metric), targets.get(name))
-                cls = "low" if low else ("ok" if bucket == "all" and cell.get("n") else "")
+                value = cell.value(metric)
+                low = bucket == "all" and _below(value, targets.get(name))
+                cls = "low" if low else ("ok" if bucket == "all" and cell.n else "")
                 cells.append(
-                    f"<td class='{cls}'>{_num(cell.get(metric))}"
-                    f"{_ci(cell.get(metric + '_ci'))}{_delta(cell.get(metric), old.get(metric))}"
-                    f"<br><span class='ci'>n={cell.get('n', 0)}</span></td>"
+                    f"<td class='{cls}'>{_num(value)}"
+                    f"{_ci(cell.interval(metric))}{_delta(value, old.value(metric))}"
+                    f"<br><span class='ci'>n={cell.n}</span></td>"
                 )
         rows.append(f"<tr><td>{_e(name)}</td>{''.join(cells)}</tr>")
-    coco = s.metrics.get("coco", {})
+    coco = s.metrics.coco
     coco_line = " &middot; ".join(
         f"{kind} AP {_num((coco.get(kind) or {}).get('AP'))}" for kind in ("bbox", "segm")
     )
@@ -183,7 +187,7 @@ def _set(model: ModelReport, s: SetReport, targets: Mapping[str, float]) -> str:
     )
 
 
-def pr_figure(metrics: Mapping[str, Any], thresholds: Mapping[str, Mapping[str, Any]]) -> bytes:
+def pr_figure(metrics: ScoreResult, thresholds: Mapping[str, Mapping[str, Any]]) -> bytes:
     """Precision against recall per class, the operating point marked; PNG bytes."""
     import matplotlib
 
@@ -192,19 +196,17 @@ def pr_figure(metrics: Mapping[str, Any], thresholds: Mapping[str, Mapping[str, 
 
     fig, ax = plt.subplots(figsize=(5.6, 4), dpi=90)
     try:
-        for name, curve in (metrics.get("pr_curve") or {}).items():
+        for name, curve in metrics.pr_curve.items():
             if not curve:
                 continue
-            line = ax.plot(
-                [p["recall"] for p in curve], [p["precision"] for p in curve], label=name
-            )
+            line = ax.plot([p.recall for p in curve], [p.precision for p in curve], label=name)
             threshold = (thresholds.get(name) or {}).get("threshold")
             if threshold is not None:
                 # The point of the curve at the operating threshold (the last one at or above).
-                above = [p for p in curve if p["score"] >= threshold]
+                above = [p for p in curve if p.score >= threshold]
                 if above:
-                    point = min(above, key=lambda p: p["score"])
-                    ax.plot(point["recall"], point["precision"], "o", color=line[0].get_color())
+                    point = min(above, key=lambda p: p.score)
+                    ax.plot(point.recall, point.precision, "o", color=line[0].get_color())
         ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
         ax.set_title("precision / recall (IoU 0.5); dot: operating threshold", fontsize=10)
         ax.grid(alpha=0.3)
@@ -215,7 +217,7 @@ def pr_figure(metrics: Mapping[str, Any], thresholds: Mapping[str, Mapping[str, 
         plt.close(fig)
 
 
-def size_figure(metrics: Mapping[str, Any], champion: Mapping[str, Any] | None) -> bytes:
+def size_figure(metrics: ScoreResult, champion: ScoreResult | None) -> bytes:
     """Coverage recall per class and size bucket with 95% intervals (champion hatched)."""
     import matplotlib
 
@@ -223,7 +225,8 @@ def size_figure(metrics: Mapping[str, Any], champion: Mapping[str, Any] | None) 
     import matplotlib.pyplot as plt
     import numpy as np
 
-    recall = metrics.get("recall") or {}
+    recall = metrics.recall
+    empty = RecallCell(n=0)
     classes = list(recall)
     buckets = list(BUCKETS)
     fig, ax = plt.subplots(figsize=(5.6, 4), dpi=90)
@@ -233,9 +236,9 @@ def size_figure(metrics: Mapping[str, Any], champion: Mapping[str, Any] | None) 
         for i, name in enumerate(classes):
             values, low, high = [], [], []
             for b in buckets:
-                cell = recall[name].get(b, {})
-                v = cell.get("coverage")
-                ci = cell.get("coverage_ci") or [v, v]
+                cell = recall[name].get(b, empty)
+                v = cell.coverage
+                ci = cell.coverage_ci or (v, v)
                 values.append(np.nan if v is None else v)
                 low.append(0 if v is None or ci[0] is None else v - ci[0])
                 high.append(0 if v is None or ci[1] is None else ci[1] - v)
@@ -243,10 +246,7 @@ def size_figure(metrics: Mapping[str, Any], champion: Mapping[str, Any] | None) 
                 x + i * width, values, width, yerr=[low, high], capsize=2, label=name, alpha=0.85
             )
             if champion:
-                old = [
-                    (champion.get("recall", {}).get(name, {}).get(b, {}) or {}).get("coverage")
-                    for b in buckets
-                ]
+                old = [champion.recall.get(name, {}).get(b, empty).coverage for b in buckets]
                 ax.bar(
                     x + i * width,
                     [np.nan if v is None else v for v in old],

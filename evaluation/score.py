@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -45,6 +44,7 @@ from evaluation.scoring.recall import (
     is_identifiable,
     recall_tables,
 )
+from evaluation.scoring.result import CurvePoint, ObjectOutcome, OperatingPoint, ScoreResult
 
 DEFAULT_OPTIONS = ScoreOptions()
 
@@ -54,7 +54,7 @@ def score_files(
     pred_path: Path,
     options: ScoreOptions = DEFAULT_OPTIONS,
     timings: dict[str, float] | None = None,
-) -> dict:
+) -> ScoreResult:
     """Load and check both files, then `score` them. `timings` (when given) receives the wall
     seconds of each phase, and its CPU seconds under the phase's name + "_cpu": load (read and
     check), coco (pycocotools, on inputs prepared as its loadRes does), metrics (the rest)."""
@@ -70,9 +70,9 @@ def score(
     predictions: list[dict],
     options: ScoreOptions = DEFAULT_OPTIONS,
     timings: dict[str, float] | None = None,
-) -> dict:
+) -> ScoreResult:
     """All metrics of checked ground truth and predictions (see `check_ground_truth` and
-    `check_predictions`) as a JSON-ready dict; `timings` as in `score_files`."""
+    `check_predictions`); `timings` as in `score_files`."""
     clock = _Stopwatch(timings)
     categories = sorted(gt["categories"], key=lambda c: c["id"])
     classes = [c["name"] for c in categories]
@@ -134,8 +134,8 @@ def score(
         name: float(np.count_nonzero(false_all & above & (dets.category == c)) / n_images)
         for c, name in enumerate(classes)
     }
-    pr_curves: dict[str, list[dict[str, float]]] = {}
-    operating: dict[str, dict[str, Any] | None] = {}
+    pr_curves: dict[str, list[CurvePoint]] = {}
+    operating: dict[str, OperatingPoint | None] = {}
     for c, name in enumerate(classes):
         of_class = kept & (dets.category == c)
         n = int(np.count_nonzero(counted & identifiable & (truth.category == c)))
@@ -151,19 +151,27 @@ def score(
         if note:
             notes.append(f"{name}: {note}")
 
-    result = {
-        "images": n_images,
-        "coco": coco,
-        "iou_type": "segm" if masks else "bbox",
-        "recall": recall,
-        "false_positives_per_image": false_positives,
-        "pr_curve": pr_curves,
-        "operating_thresholds": {
-            name: point["threshold"] if point and point["reached"] else None
-            for name, point in operating.items()
-        },
-        "operating_points": operating,
-        "options": {
+    objects = None
+    if options.per_object:
+        objects = [
+            ObjectOutcome(
+                id=int(gt["annotations"][i]["id"]),
+                found=bool(found[ALL][i]),
+                covered=bool(covered[i]),
+                coverage=float(share[i]),
+                identifiable=bool(identifiable[i]),
+            )
+            for i in np.flatnonzero(counted)
+        ]
+    result = ScoreResult(
+        images=n_images,
+        coco=coco,
+        iou_type="segm" if masks else "bbox",
+        recall=recall,
+        false_positives_per_image=false_positives,
+        pr_curve=pr_curves,
+        operating_points=operating,
+        options={
             "thresholds": thresholds,
             "coverage": float(options.coverage),
             "target_recall": targets,
@@ -176,19 +184,9 @@ def score(
                 name: float((options.min_identifiable or {}).get(name, 0.0)) for name in classes
             },
         },
-        "notes": notes,
-    }
-    if options.per_object:
-        result["objects"] = [
-            {
-                "id": int(gt["annotations"][i]["id"]),
-                "found": bool(found[ALL][i]),
-                "covered": bool(covered[i]),
-                "coverage": float(share[i]),
-                "identifiable": bool(identifiable[i]),
-            }
-            for i in np.flatnonzero(counted)
-        ]
+        notes=notes,
+        objects=objects,
+    )
     clock.lap("metrics")
     return result
 

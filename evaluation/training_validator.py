@@ -43,6 +43,7 @@ from evaluation.evaluate import (
 from evaluation.predict import predict_set
 from evaluation.score import score
 from evaluation.scoring.recall import ALL, BELOW
+from evaluation.scoring.result import RecallTable
 from serving.runtime.architecture import DetectorCore
 from serving.runtime.backends import InputSize, TorchDetector
 from training.config import ModelConfig
@@ -93,7 +94,7 @@ class ReleaseValidator:
         thresholds = operating_thresholds(self.gt, results, self.classes, self.options)
         chosen = {c: thresholds[c]["threshold"] for c in self.classes}
         at = score(self.gt, results, replace(self.options, thresholds=chosen, n_boot=0))
-        return self._validation(at["recall"], thresholds)
+        return self._validation(at.recall, thresholds)
 
     def _predict(self, model: nn.Module, step: int) -> list[dict[str, Any]]:
         """COCO results of `model` on val, as evaluate predicts; the model's settings that the
@@ -120,23 +121,21 @@ class ReleaseValidator:
             heads.score_thresh, heads.keypoint_roi_pool = kept
         return results
 
-    def _validation(
-        self, recall: dict[str, dict[str, dict[str, Any]]], thresholds: dict[str, dict[str, Any]]
-    ) -> Validation:
+    def _validation(self, recall: RecallTable, thresholds: dict[str, dict[str, Any]]) -> Validation:
         metrics: dict[str, float] = {}
         margins: dict[str, float] = {}
         for name in self.classes:
             target = self.evaluate.target(name)
             metrics[f"threshold/{name}"] = float(thresholds[name]["threshold"])
             for bucket, cell in recall[name].items():
-                if not cell["n"]:
+                if not cell.n:
                     continue
-                metrics[f"recall/{name}/{bucket}"] = cell["iou"]
-                metrics[f"coverage/{name}/{bucket}"] = cell["coverage"]
-                if bucket == BELOW or (bucket != ALL and cell["n"] < self.min_objects):
+                metrics[f"recall/{name}/{bucket}"] = cell.iou
+                metrics[f"coverage/{name}/{bucket}"] = cell.coverage
+                if bucket == BELOW or (bucket != ALL and cell.n < self.min_objects):
                     continue  # too small to identify anyone, or too few to judge
                 for metric in self.gate_metrics:
-                    margins[f"{name}/{bucket}/{metric}"] = cell[metric] - target
+                    margins[f"{name}/{bucket}/{metric}"] = cell.value(metric) - target
         if not margins:
             raise AnonlabError(
                 f"{self.val_file} has no objects of {', '.join(self.classes)} (the classes of "
@@ -149,7 +148,7 @@ class ReleaseValidator:
             "margins": {cell: margins[cell] for cell in order},
             "thresholds": thresholds,
             "recall": {
-                name: {"iou": recall[name][ALL]["iou"], "coverage": recall[name][ALL]["coverage"]}
+                name: {"iou": recall[name][ALL].iou, "coverage": recall[name][ALL].coverage}
                 for name in self.classes
             },
         }

@@ -49,6 +49,7 @@ from evaluation.config import EvaluateConfig, ValidateConfig
 from evaluation.data_checks import check_dataset
 from evaluation.data_checks.checks import ERROR, Check
 from evaluation.registry import CHALLENGER, RegisteredModel, Registry
+from evaluation.scoring.result import RecallCell, RecallTable, recall_from_json
 from evaluation.verdict import ValidatedModel, Verdict
 from serving.runtime.checksum import file_sha256
 from serving.runtime.release import Gate, release_notice, release_problems
@@ -63,6 +64,7 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_EMPTY = RecallCell(n=0)  # a bucket the table lacks: no objects, nothing to judge
 
 
 class GateFailed(AnonlabError):
@@ -142,7 +144,7 @@ def gate(
         ]
     champion_sets = (entry.get("champion") or {}).get("sets") or {}
     for set_name, metrics in sets.items():
-        recall = metrics.get("recall") or {}
+        recall = recall_from_json(metrics.get("recall") or {})
         # Identifiability is in the numbers already: evaluate scored with it.
         rule = release_gate(evaluate, validate, list(recall), {})
         for metric in rule.metrics:
@@ -159,12 +161,13 @@ def gate(
             checks.append(
                 Check(f"{model}.{set_name}.target.{metric}", passed, ERROR, message, cells)
             )
-        old = (champion_sets.get(set_name) or {}).get("recall")
+        old_json = (champion_sets.get(set_name) or {}).get("recall")
+        old = None if old_json is None else recall_from_json(old_json)
         checks.append(_against_champion(model, set_name, recall, old, entry, validate))
     return checks
 
 
-def _judge(recall: Mapping[str, Any], rule: Gate, metric: str) -> tuple[list[str], dict[str, Any]]:
+def _judge(recall: RecallTable, rule: Gate, metric: str) -> tuple[list[str], dict[str, Any]]:
     """The cells of one metric that fall short of the target (as messages), and every cell
     with its numbers (the check's details)."""
     short: list[str] = []
@@ -172,17 +175,17 @@ def _judge(recall: Mapping[str, Any], rule: Gate, metric: str) -> tuple[list[str
     for name, buckets in recall.items():
         target = rule.targets[name]
         for bucket in rule.buckets:
-            cell = buckets.get(bucket) or {}
-            n = int(cell.get("n") or 0)
+            cell = buckets.get(bucket) or _EMPTY
+            n = int(cell.n or 0)
             if not n:
                 continue
-            value, interval = cell.get(metric), cell.get(f"{metric}_ci")
+            value, interval = cell.value(metric), cell.interval(metric)
             judged = bucket == "all" or n >= rule.min_objects
             estimate = value if rule.estimate == "point" else (interval or [None])[0]
             cells[f"{name}/{bucket}"] = {
                 "n": n,
                 "value": value,
-                "interval": interval,
+                "interval": None if interval is None else list(interval),
                 "estimate": estimate,
                 "target": target,
                 "judged": judged,
@@ -223,8 +226,8 @@ def _scope(rule: Gate) -> str:
 def _against_champion(
     model: str,
     set_name: str,
-    recall: Mapping[str, Any],
-    old: Mapping[str, Any] | None,
+    recall: RecallTable,
+    old: RecallTable | None,
     entry: Mapping[str, Any],
     validate: ValidateConfig,
 ) -> Check:
@@ -235,13 +238,13 @@ def _against_champion(
     worse, compared = [], {}
     for cls, buckets in recall.items():
         for bucket in [*BUCKETS, "all"]:
-            new_cell = buckets.get(bucket) or {}
-            old_cell = (old.get(cls) or {}).get(bucket) or {}
-            n = min(new_cell.get("n") or 0, old_cell.get("n") or 0)
+            new_cell = buckets.get(bucket) or _EMPTY
+            old_cell = old.get(cls, {}).get(bucket) or _EMPTY
+            n = min(new_cell.n or 0, old_cell.n or 0)
             if n < validate.min_objects:
                 continue
             for metric in validate.gate_metrics:
-                a, b = new_cell.get(metric), old_cell.get(metric)
+                a, b = new_cell.value(metric), old_cell.value(metric)
                 if a is None or b is None:
                     continue
                 compared[f"{cls}/{bucket}/{metric}"] = {"new": a, "champion": b, "n": n}

@@ -53,6 +53,7 @@ from data.image_info import read_upright_sized
 from data.stage_paths import ModelFolder, Prepared, StagePaths
 from evaluation.config import EvaluateConfig
 from evaluation.evaluate import tiling_spec
+from evaluation.scoring.result import recall_from_json
 from evaluation.verdict import Verdict
 from serving.config import ExportConfig
 from serving.model_card import render_model_card
@@ -524,8 +525,8 @@ def _headline(entry: Mapping[str, Any]) -> dict[str, Any]:
     """Recall (IoU and coverage, bucket all) per set and class."""
     return {
         set_name: {
-            cls: {k: buckets["all"].get(k) for k in ("iou", "coverage", "n")}
-            for cls, buckets in (s.get("recall") or {}).items()
+            cls: {"iou": cells["all"].iou, "coverage": cells["all"].coverage, "n": cells["all"].n}
+            for cls, cells in recall_from_json(s.get("recall") or {}).items()
         }
         for set_name, s in (entry.get("sets") or {}).items()
     }

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from data.size_buckets import BUCKETS
+from evaluation.scoring.result import RecallCell, recall_from_json
 from serving.runtime.architecture import Architecture
 from serving.runtime.release import Gate, release_notice, release_problems
 from serving.runtime.tiles import TilingSpec
@@ -94,17 +95,19 @@ def render_model_card(
             "| class | size | n | recall (IoU) | recall (coverage) |",
             "|---|---|---|---|---|",
         ]
-        for cls, buckets in (result.get("recall") or {}).items():
+        for cls, buckets in recall_from_json(result.get("recall") or {}).items():
             for bucket in ("all", *BUCKETS, "below_identifiable"):
-                b = buckets.get(bucket) or {}
-                n = int(b.get("n") or 0)
-                if not n:
+                cell = buckets.get(bucket)
+                if cell is None or not cell.n:
                     continue
+                n = int(cell.n)
                 shown = bucket.replace("_", " ")
-                lines.append(f"| {cls} | {shown} | {n} | {_ci(b, 'iou')} | {_ci(b, 'coverage')} |")
+                lines.append(
+                    f"| {cls} | {shown} | {n} | {_ci(cell, 'iou')} | {_ci(cell, 'coverage')} |"
+                )
                 if bucket in BUCKETS and n < _FEW:
                     limits.append(f"{set_name}: {cls} {bucket} has only {n} objects")
-            overall = (buckets.get("all") or {}).get("coverage")
+            overall = buckets["all"].coverage if "all" in buckets else None
             if cls in targets and overall is not None and overall < targets[cls]:
                 limits.append(
                     f"{set_name}: {cls} coverage recall {overall:.3f} is below the target "
@@ -177,8 +180,8 @@ def _identifiable(gate: Gate) -> str:
     return f"{heights}; every object of the other classes"
 
 
-def _ci(bucket: Mapping[str, Any], key: str) -> str:
-    value, interval = bucket.get(key), bucket.get(f"{key}_ci")
+def _ci(cell: RecallCell, metric: str) -> str:
+    value, interval = cell.value(metric), cell.interval(metric)
     if value is None:
         return "n/a"
     if not interval:

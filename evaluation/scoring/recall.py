@@ -4,7 +4,6 @@ IoU and coverage recall and their bootstrap intervals."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 
@@ -12,6 +11,7 @@ from data.size_buckets import BUCKETS
 from evaluation.scoring.bootstrap import bootstrap_intervals
 from evaluation.scoring.instances import TruthArrays
 from evaluation.scoring.options import ScoreOptions
+from evaluation.scoring.result import RecallCell, RecallTable
 
 ALL = "all"
 BELOW = "below_identifiable"
@@ -45,7 +45,7 @@ def recall_tables(
     classes: list[str],
     n_images: int,
     options: ScoreOptions,
-) -> dict:
+) -> RecallTable:
     """recall.<class>.<bucket>: n, iou and coverage recall with their bootstrap intervals."""
     counted = ~truth.ignored
     columns = [(c, b) for c in range(len(classes)) for b in BUCKET_NAMES]
@@ -67,16 +67,20 @@ def recall_tables(
     hit_totals, cover_totals = hits.sum(axis=0), cover.sum(axis=0)
 
     width = len(columns)
-    table: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in classes}
+    table: RecallTable = {name: {} for name in classes}
     for m, (c, b) in enumerate(columns):
         count = int(totals[m])
-        entry: dict[str, Any] = {"n": count, "iou": None, "iou_ci": None}
-        entry.update(coverage=None, coverage_ci=None)
+        cell = RecallCell(n=count)
         if count:
-            entry["iou"] = float(hit_totals[m] / totals[m])
-            entry["coverage"] = float(cover_totals[m] / totals[m])
+            iou_ci, coverage_ci = (None, None)
             if intervals is not None:
-                entry["iou_ci"] = intervals[m]
-                entry["coverage_ci"] = intervals[width + m]
-        table[classes[c]][b] = entry
+                iou_ci, coverage_ci = intervals[m], intervals[width + m]
+            cell = RecallCell(
+                n=count,
+                iou=float(hit_totals[m] / totals[m]),
+                iou_ci=None if iou_ci is None else (iou_ci[0], iou_ci[1]),
+                coverage=float(cover_totals[m] / totals[m]),
+                coverage_ci=None if coverage_ci is None else (coverage_ci[0], coverage_ci[1]),
+            )
+        table[classes[c]][b] = cell
     return table

@@ -12,6 +12,7 @@ from serving.runtime.commands.command import Command, no_args
 def run(args: argparse.Namespace) -> int:
     project = load(args)
     from evaluation.evaluate import EvalSetup, run_evaluate
+    from evaluation.scoring.result import recall_from_json
 
     metrics = run_evaluate(
         EvalSetup.of(project.params, artifacts=project.artifacts, root=project.root)
@@ -19,11 +20,9 @@ def run(args: argparse.Namespace) -> int:
     for model, entry in metrics.items():
         for set_name, s in entry["sets"].items():
             cells = []
-            for name, buckets in (s.get("recall") or {}).items():
+            for name, buckets in recall_from_json(s.get("recall") or {}).items():
                 every = buckets["all"]
-                cells.append(
-                    f"{name} {fmt_score(every.get('iou'))}/{fmt_score(every.get('coverage'))}"
-                )
+                cells.append(f"{name} {fmt_score(every.iou)}/{fmt_score(every.coverage)}")
             print(f"{model} on {set_name} (recall iou/coverage): {', '.join(cells)}")
     print(f"report: {project.stage_paths.eval.report}")
     return 0

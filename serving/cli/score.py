@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         from data.atomic import write_json
 
-        write_json(Path(args.out), metrics)
+        write_json(Path(args.out), metrics.to_json())
         print(f"wrote {args.out}")
     return 0
 

@@ -8,7 +8,10 @@ import copy
 import io
 import json
 import math
+import re
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,6 +26,7 @@ from data.errors import AnonlabError
 from evaluation.score import score, score_files
 from evaluation.scoring.coco_summary import COCO_STATS
 from evaluation.scoring.options import ScoreOptions, parse_heights, parse_thresholds
+from evaluation.scoring.result import ScoreResult
 from evaluation.scoring.table import format_table
 
 CLASSES = ["face", "person", "license_plate"]
@@ -225,10 +229,10 @@ def test_coco_summary_equals_pycocotools(seed: int, masks: bool) -> None:
     result = score(gt, predictions, FAST)
     for iou_type in ("bbox", "segm") if masks else ("bbox",):
         expected = pycoco(gt, predictions, iou_type).stats
-        assert [result["coco"][iou_type][k] for k in COCO_STATS] == expected.tolist()
+        assert [result.to_json()["coco"][iou_type][k] for k in COCO_STATS] == expected.tolist()
     if not masks:
-        assert result["coco"]["segm"] is None
-        assert result["iou_type"] == "bbox"
+        assert result.to_json()["coco"]["segm"] is None
+        assert result.to_json()["iou_type"] == "bbox"
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -241,7 +245,7 @@ def test_recall_equals_pycocotools_on_thresholded_predictions(seed: int, masks: 
     compared = 0
     for name in CLASSES:
         for bucket in BUCKETS:
-            entry = result["recall"][name][bucket]
+            entry = result.to_json()["recall"][name][bucket]
             counted = [
                 a
                 for a in gt["annotations"]
@@ -275,7 +279,7 @@ def test_recall_honours_max_dets_as_pycocotools(max_dets: int, seed: int) -> Non
     expected = pycoco_recall(gt, predictions, thresholds, "segm", max_dets=max_dets)
     for name in CLASSES:
         for bucket in BUCKETS:
-            value = result["recall"][name][bucket]["iou"]
+            value = result.to_json()["recall"][name][bucket]["iou"]
             assert (-1 if value is None else value) == expected[name][bucket]
 
 
@@ -286,7 +290,7 @@ def test_recall_at_another_iou_equals_pycocotools() -> None:
     result = score(gt, predictions, ScoreOptions(thresholds=thresholds, iou=iou, n_boot=0))
     expected = pycoco_recall(gt, predictions, thresholds, "segm", iou_index=5)
     for name in CLASSES:
-        value = result["recall"][name]["all"]["iou"]
+        value = result.to_json()["recall"][name]["all"]["iou"]
         assert (-1 if value is None else value) == expected[name]["all"]
 
 
@@ -295,10 +299,10 @@ def test_some_predictions_without_masks_count_as_their_boxes() -> None:
     for p in predictions[::3]:
         del p["segmentation"]
     result = score(gt, predictions, FAST)
-    assert [result["coco"]["segm"][k] for k in COCO_STATS] == pycoco(
+    assert [result.to_json()["coco"]["segm"][k] for k in COCO_STATS] == pycoco(
         gt, predictions, "segm"
     ).stats.tolist()
-    assert any("have no mask" in note for note in result["notes"])
+    assert any("have no mask" in note for note in result.to_json()["notes"])
 
 
 def test_ground_truth_without_masks_gives_no_segm_and_box_matching() -> None:
@@ -306,12 +310,12 @@ def test_ground_truth_without_masks_gives_no_segm_and_box_matching() -> None:
     for a in gt["annotations"]:
         a.pop("segmentation", None)
     result = score(gt, predictions, FAST)
-    assert result["coco"]["segm"] is None
-    assert result["iou_type"] == "bbox"
+    assert result.to_json()["coco"]["segm"] is None
+    assert result.to_json()["iou_type"] == "bbox"
     thresholds = dict.fromkeys(CLASSES, 0.5)
     expected = pycoco_recall(gt, predictions, thresholds, "bbox")
     for name in CLASSES:
-        value = result["recall"][name]["all"]["iou"]
+        value = result.to_json()["recall"][name]["all"]["iou"]
         assert (-1 if value is None else value) == expected[name]["all"]
 
 
@@ -352,7 +356,7 @@ def test_coverage_equals_pixel_counting(seed: int, masks: bool) -> None:
                     covered[name_of[a["category_id"]], bucket] += in_bucket(a, bucket)
     checked = 0
     for (name, bucket), count in covered.items():
-        entry = result["recall"][name][bucket]
+        entry = result.to_json()["recall"][name][bucket]
         if entry["n"]:
             assert entry["coverage"] == count / entry["n"]
             checked += count > 0
@@ -364,17 +368,47 @@ def test_result_is_plain_json_and_inputs_are_untouched() -> None:
     before = copy.deepcopy((gt, predictions))
     result = score(gt, predictions, FAST)
     assert (gt, predictions) == before
-    assert json.loads(json.dumps(result, allow_nan=False)) == result
-    assert result["images"] == 8
-    assert set(result["recall"]) == set(CLASSES)
+    assert json.loads(json.dumps(result.to_json(), allow_nan=False)) == result.to_json()
+    assert result.to_json()["images"] == 8
+    assert set(result.to_json()["recall"]) == set(CLASSES)
     named = {*BUCKETS, "below_identifiable"}
-    assert all(set(buckets) == named for buckets in result["recall"].values())
+    assert all(set(buckets) == named for buckets in result.to_json()["recall"].values())
 
 
 # ---------------------------------------------------------------------------------------------
 # Hand-built cases
 
 SIDE = 100
+
+
+def test_result_reads_back_from_its_json() -> None:
+    gt, predictions = random_case(4)
+    for options in (FAST, ScoreOptions(n_boot=0, per_object=True, min_identifiable={"face": 6})):
+        result = score(gt, predictions, options)
+        data = json.loads(json.dumps(result.to_json()))
+        assert ScoreResult.from_json(data).to_json() == result.to_json()
+        assert ScoreResult.from_json(data) == result
+    assert "objects" not in score(gt, predictions, FAST).to_json()
+    assert score(gt, predictions, replace(FAST, per_object=True)).to_json()["objects"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.pop("false_positives_per_image"), "missing key 'false_positives_per_image'"),
+        (lambda d: d.update(recal={}), "unknown key 'recal'"),
+        (lambda d: d["recall"]["face"]["all"].pop("n"), "recall cell: missing key 'n'"),
+        (lambda d: d["recall"]["face"]["all"].update(iou_lo=0.1), "unknown key 'iou_lo'"),
+        (lambda d: d["operating_points"]["face"].pop("reached"), "missing key 'reached'"),
+        (lambda d: d["pr_curve"]["face"][0].update(f1=0.5), "curve point: unknown key 'f1'"),
+    ],
+)
+def test_result_json_with_a_missing_or_unknown_key_is_an_error(edit: Any, message: str) -> None:
+    gt, predictions = random_case(4)
+    data = score(gt, predictions, ScoreOptions(n_boot=0, target_recall=0.1)).to_json()
+    edit(data)
+    with pytest.raises(AnonlabError, match=re.escape(message)):
+        ScoreResult.from_json(data)
 
 
 def one_image(objects: list[dict], *, images: int = 1) -> dict:
@@ -411,9 +445,9 @@ def test_face_inside_a_person_mask_is_covered() -> None:
     assert (person >= face).all()
     gt = one_image([mask_object("face", face), mask_object("person", person)])
     result = score(gt, [mask_prediction("person", person, 0.9)], FAST)
-    assert result["recall"]["face"]["all"]["coverage"] == 1.0
-    assert result["recall"]["face"]["all"]["iou"] == 0.0  # no face detection matched it
-    assert result["recall"]["person"]["all"]["iou"] == 1.0
+    assert result.to_json()["recall"]["face"]["all"]["coverage"] == 1.0
+    assert result.to_json()["recall"]["face"]["all"]["iou"] == 0.0  # no face detection matched it
+    assert result.to_json()["recall"]["person"]["all"]["iou"] == 1.0
 
 
 def test_half_covered_box_is_covered_only_below_half() -> None:
@@ -422,9 +456,11 @@ def test_half_covered_box_is_covered_only_below_half() -> None:
     strict = score(gt, predictions, ScoreOptions(coverage=0.9, n_boot=10))
     loose = score(gt, predictions, ScoreOptions(coverage=0.4, n_boot=10))
     exact = score(gt, predictions, ScoreOptions(coverage=0.5, n_boot=10))
-    assert strict["recall"]["license_plate"]["all"]["coverage"] == 0.0
-    assert loose["recall"]["license_plate"]["all"]["coverage"] == 1.0
-    assert exact["recall"]["license_plate"]["all"]["coverage"] == 1.0  # at least, not above
+    assert strict.to_json()["recall"]["license_plate"]["all"]["coverage"] == 0.0
+    assert loose.to_json()["recall"]["license_plate"]["all"]["coverage"] == 1.0
+    assert (
+        exact.to_json()["recall"]["license_plate"]["all"]["coverage"] == 1.0
+    )  # at least, not above
 
 
 def test_objects_below_the_identifiable_height_have_their_own_row_and_no_false_positives() -> None:
@@ -443,22 +479,29 @@ def test_objects_below_the_identifiable_height_have_their_own_row_and_no_false_p
     minimum = {"face": 6, "license_plate": 5}
     options = ScoreOptions(thresholds=0.5, n_boot=0, min_identifiable=minimum)
     judged = score(gt, predictions, options)
-    face = judged["recall"]["face"]
+    face = judged.to_json()["recall"]["face"]
     assert face["all"]["n"] == 2 and face["all"]["iou"] == 0.5 and face["all"]["coverage"] == 0.5
     assert face["below_identifiable"]["n"] == 1 and face["below_identifiable"]["iou"] == 1.0
     assert face["tiny"]["n"] == 0  # the 4 px face is in no size bucket
-    plate = judged["recall"]["license_plate"]
+    plate = judged.to_json()["recall"]["license_plate"]
     assert plate["all"]["n"] == 0 and plate["below_identifiable"]["n"] == 1
     # Hiding what cannot identify anyone is never a false positive.
-    assert judged["false_positives_per_image"] == {"face": 0.0, "person": 0.0, "license_plate": 0.0}
-    assert judged["options"]["min_identifiable"]["face"] == 6.0
+    assert judged.to_json()["false_positives_per_image"] == {
+        "face": 0.0,
+        "person": 0.0,
+        "license_plate": 0.0,
+    }
+    assert judged.to_json()["options"]["min_identifiable"]["face"] == 6.0
     table = format_table(judged)
     assert "identifiable from a box height of face 6 px, license_plate 5 px" in table
 
     # Without a minimum every object counts, the small face in `all` and `tiny`.
     every = score(gt, predictions, ScoreOptions(thresholds=0.5, n_boot=0))
-    assert every["recall"]["face"]["all"]["n"] == 3 and every["recall"]["face"]["tiny"]["n"] == 1
-    assert every["recall"]["face"]["below_identifiable"]["n"] == 0
+    assert (
+        every.to_json()["recall"]["face"]["all"]["n"] == 3
+        and every.to_json()["recall"]["face"]["tiny"]["n"] == 1
+    )
+    assert every.to_json()["recall"]["face"]["below_identifiable"]["n"] == 0
     with pytest.raises(AnonlabError, match="min_identifiable of 'face' must be a height"):
         score(gt, predictions, ScoreOptions(min_identifiable={"face": -1}))
 
@@ -468,8 +511,8 @@ def test_two_predictions_together_cover_an_object() -> None:
     left, right = rect(SIDE, SIDE, 28, 38, 16, 14), rect(SIDE, SIDE, 44, 38, 18, 14)
     gt = one_image([mask_object("license_plate", plate)])
     both = [mask_prediction("license_plate", left, 0.7), mask_prediction("face", right, 0.6)]
-    assert score(gt, both, FAST)["recall"]["license_plate"]["all"]["coverage"] == 1.0
-    only = score(gt, both[:1], FAST)["recall"]["license_plate"]["all"]
+    assert score(gt, both, FAST).to_json()["recall"]["license_plate"]["all"]["coverage"] == 1.0
+    only = score(gt, both[:1], FAST).to_json()["recall"]["license_plate"]["all"]
     assert only["coverage"] == 0.0  # about half alone
 
 
@@ -479,8 +522,8 @@ def test_prediction_below_its_class_threshold_does_not_cover() -> None:
     predictions = [mask_prediction("person", rect(SIDE, SIDE, 0, 0, 40, 40), 0.45)]
     low = ScoreOptions(thresholds={"person": 0.4}, n_boot=10)
     high = ScoreOptions(thresholds={"person": 0.5, "face": 0.1}, n_boot=10)
-    assert score(gt, predictions, low)["recall"]["face"]["all"]["coverage"] == 1.0
-    assert score(gt, predictions, high)["recall"]["face"]["all"]["coverage"] == 0.0
+    assert score(gt, predictions, low).to_json()["recall"]["face"]["all"]["coverage"] == 1.0
+    assert score(gt, predictions, high).to_json()["recall"]["face"]["all"]["coverage"] == 0.0
 
 
 def test_coverage_counts_pixels_of_polygons_and_boxes() -> None:
@@ -489,15 +532,15 @@ def test_coverage_counts_pixels_of_polygons_and_boxes() -> None:
     gt = one_image([box_object("face", [10, 10, 20, 20], area=400, segmentation=square)])
     predictions = [box_prediction("face", [12, 0, 40, 50], 0.9)]
     assert (
-        score(gt, predictions, ScoreOptions(coverage=0.9, n_boot=0))["recall"]["face"]["all"][
-            "coverage"
-        ]
+        score(gt, predictions, ScoreOptions(coverage=0.9, n_boot=0)).to_json()["recall"]["face"][
+            "all"
+        ]["coverage"]
         == 1.0
     )
     assert (
-        score(gt, predictions, ScoreOptions(coverage=0.91, n_boot=0))["recall"]["face"]["all"][
-            "coverage"
-        ]
+        score(gt, predictions, ScoreOptions(coverage=0.91, n_boot=0)).to_json()["recall"]["face"][
+            "all"
+        ]["coverage"]
         == 0.0
     )
 
@@ -518,16 +561,18 @@ def test_operating_threshold_is_the_highest_meeting_the_target(
 ) -> None:
     gt, predictions = scored_faces()
     result = score(gt, predictions, ScoreOptions(target_recall=target, n_boot=0))
-    assert result["operating_thresholds"]["face"] == expected
-    assert result["operating_thresholds"]["person"] is None  # no persons at all
+    assert result.to_json()["operating_thresholds"]["face"] == expected
+    assert result.to_json()["operating_thresholds"]["person"] is None  # no persons at all
 
 
 def test_operating_threshold_is_none_with_a_note_when_never_reached() -> None:
     gt, predictions = scored_faces()
     gt["annotations"].append({**box_object("face", [80, 80, 10, 10], area=100), "id": 99})
     result = score(gt, predictions, ScoreOptions(target_recall=0.9, n_boot=0))
-    assert result["operating_thresholds"]["face"] is None
-    assert any(note.startswith("face: recall never reaches 0.9") for note in result["notes"])
+    assert result.to_json()["operating_thresholds"]["face"] is None
+    assert any(
+        note.startswith("face: recall never reaches 0.9") for note in result.to_json()["notes"]
+    )
 
 
 def test_operating_points_take_a_target_per_class_and_stop_at_the_floor() -> None:
@@ -535,18 +580,22 @@ def test_operating_points_take_a_target_per_class_and_stop_at_the_floor() -> Non
     classes = [c["name"] for c in gt["categories"]]
     targets = {**dict.fromkeys(classes, 0.95), "face": 0.75}
     result = score(gt, predictions, ScoreOptions(target_recall=targets, n_boot=0))
-    assert result["operating_points"]["face"] == {"threshold": 0.7, "recall": 0.75, "reached": True}
-    assert result["operating_points"]["person"] is None  # no persons: nothing to choose
-    assert result["options"]["target_recall"] == targets
+    assert result.to_json()["operating_points"]["face"] == {
+        "threshold": 0.7,
+        "recall": 0.75,
+        "reached": True,
+    }
+    assert result.to_json()["operating_points"]["person"] is None  # no persons: nothing to choose
+    assert result.to_json()["options"]["target_recall"] == targets
 
     # Recall 1.0 needs score 0.6; with a floor of 0.65 the point is the floor, and says so.
     floored = score(gt, predictions, ScoreOptions(target_recall=1.0, min_threshold=0.65, n_boot=0))
-    assert floored["operating_points"]["face"] == {
+    assert floored.to_json()["operating_points"]["face"] == {
         "threshold": 0.65,
         "recall": 0.75,
         "reached": False,
     }
-    assert floored["operating_thresholds"]["face"] is None
+    assert floored.to_json()["operating_thresholds"]["face"] is None
 
 
 def test_a_target_per_class_must_name_every_class_and_the_floor_be_a_score() -> None:
@@ -564,9 +613,13 @@ def test_a_target_per_class_must_name_every_class_and_the_floor_be_a_score() -> 
 def test_false_positives_and_precision_recall_curve() -> None:
     gt, predictions = scored_faces()
     result = score(gt, predictions, ScoreOptions(thresholds=0.65, n_boot=0))
-    assert result["false_positives_per_image"]["face"] == 0.5  # one false alarm, two images
-    assert result["recall"]["face"]["all"]["iou"] == 0.75
-    curve = [(p["score"], p["precision"], p["recall"]) for p in result["pr_curve"]["face"]]
+    assert (
+        result.to_json()["false_positives_per_image"]["face"] == 0.5
+    )  # one false alarm, two images
+    assert result.to_json()["recall"]["face"]["all"]["iou"] == 0.75
+    curve = [
+        (p["score"], p["precision"], p["recall"]) for p in result.to_json()["pr_curve"]["face"]
+    ]
     assert curve == [
         (0.95, 0.0, 0.0),
         (0.9, 1 / 2, 0.25),
@@ -587,7 +640,7 @@ def test_equal_ious_go_to_the_later_object_as_in_pycocotools() -> None:
         box_prediction("face", [10, 0, 10, 10], 0.8),
     ]
     result = score(gt, predictions, ScoreOptions(n_boot=0))
-    assert result["recall"]["face"]["all"]["iou"] == 1.0
+    assert result.to_json()["recall"]["face"]["all"]["iou"] == 1.0
     expected = pycoco_recall(gt, predictions, dict.fromkeys(CLASSES, 0.5), "bbox")
     assert expected["face"]["all"] == 1.0
 
@@ -603,7 +656,7 @@ def test_equal_scores_keep_file_order_as_in_pycocotools(first: str, expected: fl
     middle = box_prediction("face", [6, 0, 10, 10], 0.7)
     predictions = [left, middle] if first == "left" else [middle, left]
     result = score(gt, predictions, ScoreOptions(n_boot=0))
-    assert result["recall"]["face"]["all"]["iou"] == expected
+    assert result.to_json()["recall"]["face"]["all"]["iou"] == expected
     reference = pycoco_recall(gt, predictions, dict.fromkeys(CLASSES, 0.5), "bbox")
     assert reference["face"]["all"] == expected
 
@@ -617,9 +670,9 @@ def test_thresholds_and_iou_bounds_are_inclusive() -> None:
     ]
     options = ScoreOptions(thresholds={"face": 0.6, "person": 0.7}, coverage=1.0, n_boot=0)
     result = score(gt, predictions, options)
-    assert result["recall"]["face"]["all"]["iou"] == 1.0
-    assert result["recall"]["face"]["all"]["coverage"] == 1.0
-    assert result["false_positives_per_image"]["person"] == 0.5
+    assert result.to_json()["recall"]["face"]["all"]["iou"] == 1.0
+    assert result.to_json()["recall"]["face"]["all"]["coverage"] == 1.0
+    assert result.to_json()["false_positives_per_image"]["person"] == 0.5
     reference = pycoco_recall(gt, predictions, {"face": 0.6, "person": 0.7}, "bbox")
     assert reference["face"]["all"] == 1.0
 
@@ -640,9 +693,9 @@ def test_crowd_and_ignored_objects_are_neither_counted_nor_false_positives() -> 
         mask_prediction("face", rect(SIDE, SIDE, 30, 70, 10, 10), 0.9),  # on nothing
     ]
     result = score(gt, predictions, FAST)
-    assert result["recall"]["face"]["all"]["n"] == 1
-    assert result["recall"]["face"]["all"]["iou"] == 0.0
-    assert result["false_positives_per_image"]["face"] == 1.0
+    assert result.to_json()["recall"]["face"]["all"]["n"] == 1
+    assert result.to_json()["recall"]["face"]["all"]["iou"] == 0.0
+    assert result.to_json()["false_positives_per_image"]["face"] == 1.0
 
 
 def test_same_size_bucket_boundaries_as_size_buckets() -> None:
@@ -652,10 +705,10 @@ def test_same_size_bucket_boundaries_as_size_buckets() -> None:
         box_object("face", [10 * k, 0, 5, 5], area=float(a)) for k, a in enumerate(areas.values())
     ]
     result = score(one_image(objects), [], FAST)
-    assert {b: result["recall"]["face"][b]["n"] for b in areas} == dict.fromkeys(areas, 1)
-    assert result["recall"]["face"]["all"]["n"] == 4
-    assert result["recall"]["face"]["all"]["iou"] == 0.0
-    assert result["recall"]["person"]["all"] == {
+    assert {b: result.to_json()["recall"]["face"][b]["n"] for b in areas} == dict.fromkeys(areas, 1)
+    assert result.to_json()["recall"]["face"]["all"]["n"] == 4
+    assert result.to_json()["recall"]["face"]["all"]["iou"] == 0.0
+    assert result.to_json()["recall"]["person"]["all"] == {
         "n": 0,
         "iou": None,
         "iou_ci": None,
@@ -673,10 +726,10 @@ def test_intervals_contain_the_estimate_and_repeat_with_the_seed() -> None:
     first = score(gt, predictions, ScoreOptions(n_boot=300, seed=5))
     again = score(gt, predictions, ScoreOptions(n_boot=300, seed=5))
     other = score(gt, predictions, ScoreOptions(n_boot=300, seed=6))
-    assert first["recall"] == again["recall"]
-    assert first["recall"] != other["recall"]
+    assert first.to_json()["recall"] == again.to_json()["recall"]
+    assert first.to_json()["recall"] != other.to_json()["recall"]
     checked = 0
-    for buckets in first["recall"].values():
+    for buckets in first.to_json()["recall"].values():
         for entry in buckets.values():
             for key in ("iou", "coverage"):
                 if entry["n"]:
@@ -703,7 +756,7 @@ def test_intervals_narrow_with_more_images() -> None:
     widths = []
     for images in (10, 200):
         result = score(*half_found(images), ScoreOptions(n_boot=400))
-        low, high = result["recall"]["face"]["all"]["iou_ci"]
+        low, high = result.to_json()["recall"]["face"]["all"]["iou_ci"]
         widths.append(high - low)
     assert 0 < widths[1] < widths[0] / 2
 
@@ -714,15 +767,15 @@ def test_interval_width_matches_the_binomial_approximation() -> None:
     objects = [box_object("face", [10, 10, 10, 10], i, area=100) for i in range(1, 401)]
     predictions = [box_prediction("face", [10, 10, 10, 10], 0.9, i) for i in range(1, 401, 2)]
     result = score(one_image(objects, images=400), predictions, ScoreOptions(n_boot=2000))
-    low, high = result["recall"]["face"]["all"]["iou_ci"]
+    low, high = result.to_json()["recall"]["face"]["all"]["iou_ci"]
     assert low == pytest.approx(0.451, abs=0.008)
     assert high == pytest.approx(0.549, abs=0.008)
 
 
 def test_no_intervals_without_resamples() -> None:
     result = score(*half_found(4), ScoreOptions(n_boot=0))
-    assert result["recall"]["face"]["all"]["iou"] == 0.6  # 3 of 5 per pair of images
-    assert result["recall"]["face"]["all"]["iou_ci"] is None
+    assert result.to_json()["recall"]["face"]["all"]["iou"] == 0.6  # 3 of 5 per pair of images
+    assert result.to_json()["recall"]["face"]["all"]["iou_ci"] is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -794,7 +847,11 @@ def test_score_files_reads_both_and_reports_timings(tmp_path: Path) -> None:
         f"{p}{cpu}" for p in ("load", "coco", "metrics") for cpu in ("", "_cpu")
     }
     table = format_table(result)
-    assert "face" in table and "AP50" in table and f"{result['coco']['bbox']['AP']:.3f}" in table
+    assert (
+        "face" in table
+        and "AP50" in table
+        and f"{result.to_json()['coco']['bbox']['AP']:.3f}" in table
+    )
 
 
 GOOD_GT = {
