@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +14,12 @@ import yaml
 
 from data.atomic import write_json
 from data.config import compose
-from evaluation.verdict import ValidatedModel
+from evaluation.verdict import ValidatedModel, Verdict
 from serving.export import ExportSetup, export_model
 from serving.params import load_project
 from serving.runtime.artifact import manifest_digest
 from serving.runtime.checksum import file_sha256
-from serving.runtime.release import GATE_BUCKETS, Gate
+from serving.runtime.release import GATE_BUCKETS, Gate, release_notice, release_problems
 from tests.conftest import REPO
 from tests.images import texture
 from training.config import ModelConfig
@@ -133,16 +132,20 @@ def write_validation(
     sha = file_sha256(setup.artifacts / "models" / NAME / "weights.safetensors")
     metrics = setup.artifacts / "eval" / "metrics.json"
     write_json(metrics, {NAME: {**evaluate_entry(), "weights_sha256": sha}})
-    verdict = {
-        "passed": True,
-        "when": "2026-11-22T00:00:00+00:00",
-        "failed": [],
-        "metrics_sha256": file_sha256(metrics),
-        "models": {NAME: asdict(ValidatedModel(sha, version))},
-        "challengers": {NAME: version},
-        "gate": gate.to_dict(),
-    }
-    write_json(setup.artifacts / "validation" / "verdict.json", verdict)
+    problems = release_problems(gate)
+    Verdict(
+        notice=release_notice(problems),
+        release=not problems,
+        gate=gate,
+        passed=True,
+        when="2026-11-22T00:00:00+00:00",
+        failed=(),
+        warnings=(),
+        checks=(),
+        metrics_sha256=file_sha256(metrics),
+        models={NAME: ValidatedModel(sha, version)},
+        challengers={NAME: version},
+    ).write(setup.artifacts / "validation" / "verdict.json")
     return sha
 
 
