@@ -289,14 +289,18 @@ def hidden_mask(
     styles: Mapping[str, Style],
     *,
     panorama: bool = False,
+    full: bool = False,
 ) -> np.ndarray:
     """(height, width) bool: the pixels `anonymize` may change (alpha > 0); it leaves all
-    others as they are. The union of the detections' regions, e.g. for a mask output."""
+    others as they are. The union of the detections' regions, e.g. for a mask output. With
+    `full`, only the pixels it hides fully (alpha 1: not the soft edge of an ellipse), which is
+    what evaluate counts as covered."""
     out = np.zeros((height, width), bool)
     for i, style in enumerate(_styles_of(dets, classes, styles)):
         found = region(dets, i, style, width, height, panorama=panorama)
         if found is not None:
-            out[found.y0 : found.y1, found.columns] |= found.covered
+            shown = found.alpha >= 1 if full else found.covered
+            out[found.y0 : found.y1, found.columns] |= shown
     return out
 
 

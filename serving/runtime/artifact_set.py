@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from serving.runtime.artifact import MANIFEST, SHA256_HEX, Artifact, load_artifact
+from serving.runtime.composite import COMPOSITE, Composite, is_composite, load_composite
 from serving.runtime.errors import ArtifactError
 
 # The objects that identify people: a deployment hides them unless it says otherwise.
@@ -54,7 +55,11 @@ def artifact_folders(paths: Sequence[str | Path]) -> list[Path]:
 
 def _folder_of_artifacts(folder: Path) -> list[Path]:
     entries = sorted(folder.iterdir())
-    found = [e for e in entries if not e.name.startswith(".") and (e / MANIFEST).is_file()]
+    found = [
+        e
+        for e in entries
+        if not e.name.startswith(".") and (e / MANIFEST).is_file() and not is_composite(e)
+    ]
     if not found:
         held = ", ".join(e.name for e in entries[:5]) + (", ..." if len(entries) > 5 else "")
         raise ArtifactError(
@@ -79,6 +84,8 @@ def _folder_of_artifacts(folder: Path) -> list[Path]:
 def _not_an_artifact(entry: Path) -> str:
     if entry.name.startswith("."):
         return "hidden: left by an interrupted export or copy?"
+    if is_composite(entry):
+        return "an anonymizer: name it on its own, --model DIR, to run it"
     if not entry.is_dir():
         return "a file"
     return f"no {MANIFEST}: a half-finished copy?"
@@ -206,3 +213,58 @@ def _held_to_release(artifacts: Sequence[Artifact], allow_demo: bool) -> None:
             "anonymizes. To run it anyway (a demo, a trial), pass --allow-demo (Python: "
             "allow_demo=True)"
         )
+
+
+def load_composite_set(
+    paths: Sequence[str | Path],
+    *,
+    require: Sequence[str] | None = None,
+    pins: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    allow_demo: bool = False,
+) -> Composite:
+    """The composite artifact `paths` name (exactly one folder holding composite.json),
+    verified with its members (`load_composite`), held to what the deployment requires like
+    `load_artifacts`: it passed the release gate unless `allow_demo`, its classes (heads aside)
+    include every required class, and when pins are given its manifest_sha256 (which covers
+    its members') is pinned. ArtifactError otherwise."""
+    required = required_classes(require, environ)
+    pinned = manifest_pins(pins, environ)
+    if len(paths) != 1:
+        raise ArtifactError(
+            f"an anonymizer ({COMPOSITE}) runs on its own: it names its member models itself; "
+            f"got {len(paths)} model paths ({', '.join(map(str, paths))})"
+        )
+    composite = load_composite(paths[0])
+    m = composite.manifest
+    problems = m.release_problems()
+    if problems and not allow_demo:
+        raise ArtifactError(
+            f"not a release: {composite.path} ({m.name} version {m.version}): "
+            f"{'; '.join(problems)}. Its recall was proven only against a gate weaker than the "
+            "release gate, so it may leave identifiable faces and plates in what it "
+            "anonymizes. To run it anyway (a demo, a trial), pass --allow-demo (Python: "
+            "allow_demo=True)"
+        )
+    if problems:
+        log.warning(
+            "running %s version %s (%s), which is NOT A RELEASE: %s",
+            m.name,
+            m.version,
+            composite.path,
+            "; ".join(problems),
+        )
+    if pinned and pinned != (composite.manifest_sha256,):
+        raise ArtifactError(
+            f"the anonymizer is not the pinned one: {composite.path} has manifest_sha256 "
+            f"{composite.manifest_sha256}, the pins are {', '.join(pinned)}. Pin the "
+            f"manifest_sha256 of its {COMPOSITE} (--pin, {PINS_ENV})"
+        )
+    missing = [c for c in required if c not in m.supplies]
+    if missing:
+        raise ArtifactError(
+            f"{composite.path}: the anonymizer hides {', '.join(m.supplies)}, not "
+            f"{', '.join(missing)}, which this deployment requires (--require, {REQUIRE_ENV}; "
+            f"default {','.join(DEFAULT_REQUIRED_CLASSES)})"
+        )
+    return composite

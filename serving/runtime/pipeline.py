@@ -9,9 +9,12 @@ panorama seam wrapped), keep the detections at or above each class's operating t
 them (`anonymize`, each class as its artifact's manifest says), turn it back to the stored
 orientation and encode it as the same kind of file with the same metadata.
 
-Several artifacts can work together (a Mask R-CNN for faces, plates, persons and vehicles and a
-Keypoint R-CNN for persons): every detector runs on every image and everything any of them
-finds is hidden. Two artifacts that style one class differently are refused.
+A composite artifact (`serving.runtime.composite`: what export writes as the anonymizer) runs its
+member models as one: each class from the member that supplies it, at the anonymizer's
+thresholds, plus the head regions of the keypoint model's persons (`serving.runtime.heads`).
+Several single artifacts named together also work together: every detector runs on every image
+and everything any of them finds is hidden (a keypoint model's persons as boxes). Two artifacts
+that style one class differently are refused.
 
 Nothing is written to disk here and no pixel content is logged; any failure is an exception
 (the caller writes no output for that image: see `batch` and `service`).
@@ -29,8 +32,9 @@ import numpy as np
 
 from serving.runtime.anonymize import Style, anonymize, hidden_mask
 from serving.runtime.artifact import Artifact
-from serving.runtime.artifact_set import artifact_folders, load_artifacts
+from serving.runtime.artifact_set import artifact_folders, load_artifacts, load_composite_set
 from serving.runtime.backends import InputSize, OnnxDetector, TorchDetector
+from serving.runtime.composite import Composite, is_composite
 from serving.runtime.detections import Detections
 from serving.runtime.errors import ArtifactError
 from serving.runtime.imagefile import (
@@ -105,16 +109,27 @@ class Runtime:
         detectors: Sequence[Detector],
         *,
         max_pixels: int | None = None,
+        composite: Composite | None = None,
     ) -> None:
         if not artifacts or len(artifacts) != len(detectors):
             raise ValueError("a runtime needs at least one artifact, with one detector each")
         self.artifacts = list(artifacts)
         self.detectors = list(detectors)
         self.max_pixels = max_pixels
+        self.composite = composite
         self.classes: list[str] = []
         self.styles: dict[str, Style] = {}
         self._labels: list[np.ndarray] = []  # per artifact: its label -> runtime label
         self._thresholds: list[np.ndarray] = []  # per artifact: its label -> threshold
+        if composite is not None:
+            if [a.manifest_sha256 for a in composite.members] != [
+                a.manifest_sha256 for a in self.artifacts
+            ]:
+                raise ValueError("a composite runtime runs exactly the composite's members")
+            self.composition = composite.composition()
+            self.classes = self.composition.classes
+            self.styles = composite.styles()
+            return
         for artifact in self.artifacts:
             m = artifact.manifest
             for cls in m.classes:
@@ -160,11 +175,25 @@ class Runtime:
         """
         if backend not in BACKENDS:
             raise ArtifactError(f"backend {backend!r}: use one of {', '.join(BACKENDS)}")
-        artifacts = load_artifacts(
-            paths, require=require, pins=pins, environ=environ, allow_demo=allow_demo
-        )
+        composite = None
+        if any(is_composite(p) for p in paths):
+            composite = load_composite_set(
+                paths, require=require, pins=pins, environ=environ, allow_demo=allow_demo
+            )
+            artifacts = list(composite.members)
+            log.info(
+                "loaded anonymizer %s version %s (manifest_sha256 %s...) from %s",
+                composite.manifest.name,
+                composite.manifest.version,
+                composite.manifest_sha256[:12],
+                composite.path,
+            )
+        else:
+            artifacts = load_artifacts(
+                paths, require=require, pins=pins, environ=environ, allow_demo=allow_demo
+            )
         detectors = [_detector(a, backend, device, threads) for a in artifacts]
-        runtime = cls(artifacts, detectors, max_pixels=max_pixels)
+        runtime = cls(artifacts, detectors, max_pixels=max_pixels, composite=composite)
         for a in artifacts:
             log.info(
                 "loaded %s version %s (weights sha256 %s..., manifest_sha256 %s...) from %s",
@@ -178,7 +207,15 @@ class Runtime:
 
     def detect(self, rgb: np.ndarray) -> Detections:
         """What every artifact finds in an upright (H, W, 3) uint8 RGB image at or above its
-        class's operating threshold, labels into `classes`."""
+        class's operating threshold, labels into `classes`; with a composite, its rule
+        (`Composition.combine`: each class from its supplier, and the heads)."""
+        if self.composite is not None:
+            return self.composition.combine(
+                [
+                    detect_tiled(rgb, detector, artifact.manifest.tiling_spec)
+                    for artifact, detector in zip(self.artifacts, self.detectors, strict=True)
+                ]
+            )
         found = []
         for artifact, detector, labels, thresholds in zip(
             self.artifacts, self.detectors, self._labels, self._thresholds, strict=True
@@ -227,13 +264,21 @@ class Runtime:
             dropped=image.dropped,
         )
 
+    def identity(self) -> list[dict[str, Any]]:
+        """What runs, JSON-ready: the composite's identity (members included), or each
+        artifact's (`Artifact.identity`)."""
+        if self.composite is not None:
+            return [self.composite.identity()]
+        return [a.identity() for a in self.artifacts]
+
     def is_panorama(self, width: int, height: int) -> bool:
         """Whether the tiling treats an upright image of this size as a 360-degree panorama
         (then hidden regions also wrap around its left-right seam)."""
         return any(is_panorama(width, height, a.manifest.tiling_spec) for a in self.artifacts)
 
-    def hidden_mask(self, done: Anonymized) -> np.ndarray:
-        """(height, width) bool, upright: the pixels that anonymizing `done` changed."""
+    def hidden_mask(self, done: Anonymized, *, full: bool = False) -> np.ndarray:
+        """(height, width) bool, upright: the pixels that anonymizing `done` changed (with
+        `full`: hid fully, the soft edges of ellipses left out)."""
         return hidden_mask(
             done.width,
             done.height,
@@ -241,6 +286,7 @@ class Runtime:
             self.classes,
             self.styles,
             panorama=done.panorama,
+            full=full,
         )
 
 

@@ -166,7 +166,7 @@ class Handler(BaseHTTPRequestHandler):
     def _readyz(self) -> Reply:
         server = self.server
         if server.ready and server.runtime is not None:
-            models = [a.identity() for a in server.runtime.artifacts]
+            models = server.runtime.identity()
             return json_reply(200, {"ready": True, "models": models})
         reason = (
             "stopping"
