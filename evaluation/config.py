@@ -7,8 +7,16 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from data.config import Section
+from serving.runtime.heads import HeadSpec
 
-__all__ = ["EvaluateConfig", "GalleryConfig", "InferenceTiling", "ValidateConfig"]
+__all__ = [
+    "AnonymizerConfig",
+    "EvaluateConfig",
+    "GalleryConfig",
+    "HeadsConfig",
+    "InferenceTiling",
+    "ValidateConfig",
+]
 
 
 class InferenceTiling(Section):
@@ -102,3 +110,33 @@ class ValidateConfig(Section):
     # from the previous dataset version, for buckets with at least data_min_objects objects.
     max_shift: float = Field(gt=0)
     data_min_objects: int = Field(ge=1)
+
+
+class HeadsConfig(Section):
+    """Head regions from the keypoint model's persons (`serving.runtime.heads`)."""
+
+    enabled: bool
+    keypoints: list[str] = Field(min_length=1)
+    keypoint_threshold: float
+    spread: float = Field(ge=0, le=10)
+    box_share: float = Field(ge=0, le=2)
+    aspect: float = Field(ge=0.25, le=4)
+    min_px: float = Field(ge=0, le=1000)
+
+    def spec(self) -> HeadSpec:
+        return HeadSpec(
+            keypoints=tuple(self.keypoints),
+            keypoint_threshold=self.keypoint_threshold,
+            spread=self.spread,
+            box_share=self.box_share,
+            aspect=self.aspect,
+            min_px=self.min_px,
+        )
+
+
+class AnonymizerConfig(Section):
+    """The trained models run as one anonymizer (`serving.runtime.composite`)."""
+
+    # The composite artifact's name (artifacts/serving/<name>-<version>/).
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    heads: HeadsConfig

@@ -25,7 +25,7 @@ from data.config import (
     validate,
 )
 from data.stage_paths import StagePaths
-from evaluation.config import EvaluateConfig, ValidateConfig
+from evaluation.config import AnonymizerConfig, EvaluateConfig, ValidateConfig
 from serving.config import ExportConfig
 from training.config import AugmentConfig, ModelConfig, TrainConfig
 
@@ -45,6 +45,7 @@ class Params(Section):
     # `validate` in params.yaml; the attribute name would shadow pydantic's BaseModel.validate.
     validation: ValidateConfig = Field(alias="validate")
     export: ExportConfig
+    anonymizer: AnonymizerConfig
 
     @model_validator(mode="after")
     def _models_known(self) -> Params:
@@ -79,6 +80,13 @@ class Params(Section):
             raise ValueError(
                 f"export.parity.allow_absent = {self.export.parity.allow_absent!r}: {unknown} "
                 f"not in taxonomy.classes {self.taxonomy.classes}"
+            )
+        taken = sorted({"anonymizer", self.anonymizer.name} & set(self.models))
+        if taken:
+            raise ValueError(
+                f"models.{taken[0]}: the anonymizer's key in artifacts/eval/metrics.json "
+                f"(anonymizer) and its artifact's name (anonymizer.name = "
+                f"{self.anonymizer.name!r}) are not model names; rename the model"
             )
         for name in self.train.models:
             unstyled = [c for c in self.models[name].classes if c not in self.export.styles]
