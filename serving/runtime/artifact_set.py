@@ -60,7 +60,8 @@ def _folder_of_artifacts(folder: Path) -> list[Path]:
         for e in entries
         if not e.name.startswith(".") and (e / MANIFEST).is_file() and not is_composite(e)
     ]
-    if not found:
+    # A folder holding an anonymizer is refused below, saying to name the anonymizer on its own.
+    if not found and not any(is_composite(e) for e in entries):
         held = ", ".join(e.name for e in entries[:5]) + (", ..." if len(entries) > 5 else "")
         raise ArtifactError(
             f"{folder}: no {MANIFEST}; this is not an exported artifact (`anonlab export` "
