@@ -56,7 +56,12 @@ class HeadSpec:
 
     def __post_init__(self) -> None:
         names = self.keypoints
-        if isinstance(names, str) or not all(isinstance(n, str) and n for n in names) or not names:
+        if (
+            not isinstance(names, Sequence)
+            or isinstance(names, str)
+            or not names
+            or not all(isinstance(n, str) and n for n in names)
+        ):
             raise ValueError(f"head keypoints must be a non-empty list of names, got {names!r}")
         object.__setattr__(self, "keypoints", tuple(names))
         bounds = {

@@ -299,6 +299,28 @@ def test_a_recomputed_edit_loads_but_not_under_the_pin_of_the_original(
         Runtime.load([copy], environ={"ANONLAB_ARTIFACT_SHA256": pin})
 
 
+@pytest.mark.parametrize(
+    ("heads", "message"),
+    [
+        ({"spread": -1}, r"head spread must be a number 0\.0 to 10\.0, got -1"),
+        ({"keypoints": 5}, r"head keypoints must be a non-empty list of names, got 5"),
+        ({"keypoints": ["nose", "chin"]}, r"the keypoint model has no keypoint chin"),
+        ({"radius": 3}, r"head key\(s\) \['radius'\] not allowed"),
+    ],
+)
+def test_a_head_geometry_the_runtime_cannot_use_is_refused_naming_it(
+    copy: Path, heads: dict, message: str
+) -> None:
+    # Edited as someone who knows the format would (manifest_sha256 recomputed): the values
+    # themselves are refused.
+    raw = read_composite(copy)
+    raw["heads"] = {**raw["heads"], **heads}
+    body = {k: v for k, v in raw.items() if k != "manifest_sha256"}
+    rewrite_composite(copy, {**body, "manifest_sha256": manifest_digest(body)})
+    with pytest.raises(ArtifactError, match=rf"anonymizer-1/composite\.json: {message}"):
+        Runtime.load([copy], allow_demo=True)
+
+
 def test_pins_name_the_composites_manifest_sha256_not_its_members(anonymizer: Path) -> None:
     raw = read_composite(anonymizer)
     members = [m["manifest_sha256"] for m in raw["members"]]

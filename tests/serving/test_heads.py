@@ -163,6 +163,8 @@ def test_head_boxes_of_several_persons_at_once_match_each_alone() -> None:
         ({"keypoints": []}, r"head keypoints must be a non-empty list of names"),
         ({"keypoints": "nose"}, r"head keypoints must be a non-empty list of names, got 'nose'"),
         ({"keypoints": ["nose", ""]}, r"head keypoints must be a non-empty list of names"),
+        ({"keypoints": 5}, r"head keypoints must be a non-empty list of names, got 5"),
+        ({"keypoints": None}, r"head keypoints must be a non-empty list of names, got None"),
         ({"radius": 3}, r"head key\(s\) \['radius'\] not allowed; the keys are: \['keypoints'"),
     ],
 )
