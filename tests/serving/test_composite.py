@@ -1,136 +1,38 @@
 """The composite artifact (`serving.runtime.composite`): several exported models run as one
-anonymizer, loaded whole or not at all (`load_composite`, `artifact_set.load_composite_set`).
-
-The composite is written here as export writes it (`CompositeManifest.to_json`, `headed_json`,
-its members copied under members/) from the tiny exported Mask R-CNN and a copy of it relabelled
-as a Keypoint R-CNN of persons: loading only reads that member's manifest, and where it runs a
-stand-in detector finds one person whose head keypoints are fixed (the ONNX graph of a keypoint
-model would cost a second export)."""
+anonymizer, loaded whole or not at all (`load_composite`, `artifact_set.load_composite_set`),
+and run by the runtime and `anonlab blur` with the heads its keypoint member finds. The
+anonymizer and its stand-in keypoint model: `tests.serving.composites`."""
 
 from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 
 from serving.cli import main as cli_main
-from serving.runtime import pipeline
 from serving.runtime.artifact import load_artifact, manifest_digest
-from serving.runtime.checksum import file_sha256
-from serving.runtime.composite import (
-    COMPOSITE,
-    MEMBERS,
-    CompositeManifest,
-    Member,
-    default_supplies,
-    load_composite,
-)
-from serving.runtime.detections import Detections
+from serving.runtime.composite import COMPOSITE, MEMBERS, load_composite
 from serving.runtime.errors import ArtifactError
-from serving.runtime.heads import HEAD, HEAD_KEYPOINTS, HeadSpec, head_boxes
+from serving.runtime.heads import HEAD
 from serving.runtime.pipeline import Runtime
-from serving.runtime.release import Gate, headed_json, release_notice, release_problems
-from tests.serving.artifacts import CLASSES, DEMO_GATE, RELEASE_GATE, edit_manifest
-
-HEAD_THRESHOLD = 0.5
-# The stand-in keypoint model's one person, in a 120 x 110 image (one tiling window, so window
-# and image coordinates agree), seen from behind: both ears visible, nose and eyes not.
-WIDTH, HEIGHT = 120, 110
-PERSON_BOX = (20.0, 10.0, 80.0, 110.0)
-EARS = {"left_ear": (40.0, 30.0), "right_ear": (60.0, 30.0)}
-# The back of that head, where a face the face class cannot see is.
-BACK_OF_HEAD = (38, 18, 62, 44)
-
-
-def keypoint_member(source: Path, into: Path) -> Path:
-    """A copy of the tiny artifact `source` made a Keypoint R-CNN of persons named tinykp: the
-    manifest is a keypoint model's (its manifest_sha256 recomputed), the network is not one."""
-    folder = into / "tinykp-1"
-    shutil.copytree(source, folder)
-
-    def relabel(m: dict) -> None:
-        m["name"] = "tinykp"
-        m["architecture"] = {
-            **m["architecture"],
-            "kind": "keypointrcnn",
-            "classes": ["person"],
-            "keypoint_names": list(HEAD_KEYPOINTS),
-        }
-        m["classes"] = ["person"]
-        m["thresholds"] = {"person": m["thresholds"]["person"]}
-        m["styles"] = {"person": m["styles"]["person"]}
-        m["recall"] = {}
-
-    edit_manifest(folder, relabel)
-    return folder
-
-
-def write_composite(
-    root: Path, members: Sequence[Path], *, heads: bool = True, gate: Gate = RELEASE_GATE
-) -> Path:
-    """An anonymizer folder root/anonymizer-1 of copies of the artifact folders `members`, as
-    export writes one: each class from the member `default_supplies` names at that member's
-    threshold and style, heads (when `heads`) at HEAD_THRESHOLD in the face's style."""
-    folder = root / "anonymizer-1"
-    loaded = []
-    for source in members:
-        shutil.copytree(source, folder / MEMBERS / source.name)
-        loaded.append(load_artifact(folder / MEMBERS / source.name))
-    described = [
-        Member(
-            a.manifest.name,
-            tuple(a.manifest.classes),
-            a.manifest.kind,
-            tuple(a.manifest.architecture.get("keypoint_names") or ()),
-        )
-        for a in loaded
-    ]
-    supplies = default_supplies(described, heads=heads)
-    by_name = {a.manifest.name: a.manifest for a in loaded}
-    thresholds = {c: by_name[n].thresholds[c] for c, n in supplies.items() if c != HEAD}
-    styles = {c: by_name[n].styles[c] for c, n in supplies.items() if c != HEAD}
-    if HEAD in supplies:
-        thresholds[HEAD] = HEAD_THRESHOLD
-        styles[HEAD] = styles["face"]
-    (folder / "MODEL_CARD.md").write_text("# anonymizer 1\n", encoding="utf-8")
-    # The gate as export has it, read from validate's verdict.json (keys sorted): the notice
-    # lists the targets in that order, and load_composite recomputes it from the sorted JSON.
-    gate = Gate.from_dict(json.loads(json.dumps(gate.to_dict(), sort_keys=True)))
-    manifest = CompositeManifest(
-        name="anonymizer",
-        version="1",
-        members=[
-            {
-                "folder": f"{MEMBERS}/{source.name}",
-                "name": a.manifest.name,
-                "version": a.manifest.version,
-                "manifest_sha256": a.manifest_sha256,
-            }
-            for source, a in zip(members, loaded, strict=True)
-        ],
-        supplies=supplies,
-        thresholds=thresholds,
-        styles=styles,
-        heads=HeadSpec().to_dict() if heads else {},
-        gate=gate.to_dict(),
-        notice=release_notice(release_problems(gate)),
-        files={"MODEL_CARD.md": file_sha256(folder / "MODEL_CARD.md")},
-    )
-    (folder / COMPOSITE).write_text(headed_json(manifest.to_json(), "notice"), encoding="utf-8")
-    return folder
-
-
-def read_composite(folder: Path) -> dict:
-    return json.loads((folder / COMPOSITE).read_text(encoding="utf-8"))
-
-
-def rewrite_composite(folder: Path, raw: dict) -> None:
-    (folder / COMPOSITE).write_text(json.dumps(raw), encoding="utf-8")
+from tests.serving.artifacts import CLASSES, DEMO_GATE, edit_manifest
+from tests.serving.composites import (
+    BACK_OF_HEAD,
+    HEAD_THRESHOLD,
+    PERSON_BOX,
+    decoded,
+    expected_head,
+    image_with_a_face_from_behind,
+    keypoint_member,
+    png,
+    read_composite,
+    rewrite_composite,
+    stand_in,
+    write_composite,
+)
 
 
 @pytest.fixture(scope="module")
@@ -151,54 +53,9 @@ def copy(anonymizer: Path, tmp_path: Path) -> Path:
     return shutil.copytree(anonymizer, tmp_path / anonymizer.name)
 
 
-def poser(tiles: list[np.ndarray]) -> list[Detections]:
-    """The keypoint member's stand-in: in the one window of a WIDTH x HEIGHT image, one person
-    (score 0.9) at PERSON_BOX whose ears are visible and the rest of its head not."""
-    assert [t.shape[:2] for t in tiles] == [(HEIGHT, WIDTH)]
-    kps = np.array(
-        [[*EARS.get(name, (5.0, 5.0)), 5.0 if name in EARS else -5.0] for name in HEAD_KEYPOINTS]
-    )
-    return [Detections([PERSON_BOX], [0.9], [1], keypoints=kps[None])]
-
-
 @pytest.fixture
-def stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Keypoint members run `poser`; the others their real ONNX graph."""
-    real = pipeline.OnnxDetector
-
-    def detector(path: Path, *, kind: str, **options):  # type: ignore[no-untyped-def]
-        return poser if kind == "keypointrcnn" else real(path, kind=kind, **options)
-
-    monkeypatch.setattr(pipeline, "OnnxDetector", detector)
-
-
-def image_with_a_face_from_behind() -> np.ndarray:
-    """A grey WIDTH x HEIGHT image with a black-and-white checkerboard at BACK_OF_HEAD (any blur
-    changes each of its pixels)."""
-    image = np.full((HEIGHT, WIDTH, 3), 128, np.uint8)
-    x0, y0, x1, y1 = BACK_OF_HEAD
-    yy, xx = np.mgrid[y0:y1, x0:x1]
-    image[y0:y1, x0:x1] = (((yy + xx) % 2) * 255).astype(np.uint8)[..., None]
-    return image
-
-
-def png(rgb: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    assert ok
-    return buf.tobytes()
-
-
-def decoded(data: bytes) -> np.ndarray:
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def expected_head(anonymizer: Path) -> list[float]:
-    """The head box of the stand-in's person by the anonymizer's head geometry."""
-    spec = HeadSpec.from_dict(read_composite(anonymizer)["heads"])
-    kps = poser([np.zeros((HEIGHT, WIDTH, 3), np.uint8)])[0].keypoints
-    box = head_boxes(np.array([PERSON_BOX]), kps, spec, spec.indices(HEAD_KEYPOINTS))[0]
-    return [round(float(v), 1) for v in box]
+def standing_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    stand_in(monkeypatch)
 
 
 # --- loading and running --------------------------------------------------------------------
@@ -219,7 +76,7 @@ def test_a_composite_loads_with_its_members_and_their_roles(anonymizer: Path) ->
 
 
 def test_the_runtime_runs_a_composite_and_hides_a_head_found_by_keypoints(
-    anonymizer: Path, stand_in: None
+    anonymizer: Path, standing_in: None
 ) -> None:
     runtime = Runtime.load([anonymizer], allow_demo=True)
     assert runtime.composite is not None
@@ -416,7 +273,7 @@ def test_a_composite_lacking_a_required_class_is_refused(anonymizer: Path) -> No
 
 
 def test_blur_with_a_composite_lists_what_it_hid_by_class(
-    anonymizer: Path, stand_in: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    anonymizer: Path, standing_in: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     before = image_with_a_face_from_behind()
     (tmp_path / "in").mkdir()

@@ -12,6 +12,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -34,6 +35,7 @@ from serving.cli import build_parser
 from serving.cli import main as cli_main
 from serving.runtime.checksum import file_sha256
 from serving.runtime.errors import ImageError, ServingError
+from serving.runtime.heads import HEAD
 from serving.runtime.pipeline import Runtime
 from serving.runtime.service import (
     ANONYMIZE,
@@ -46,6 +48,16 @@ from serving.runtime.service import (
 from tests.conftest import REPO
 from tests.images import jpeg_bytes, texture
 from tests.serving.artifacts import CLASSES
+from tests.serving.composites import (
+    BACK_OF_HEAD,
+    expected_head,
+    image_with_a_face_from_behind,
+    keypoint_member,
+    png,
+    read_composite,
+    stand_in,
+    write_composite,
+)
 
 MAX_PIXELS = 100_000
 MAX_BODY = 256 << 10
@@ -962,3 +974,35 @@ def wait_for_line(lines: queue.Queue[str], pattern: str, timeout: float) -> str:
         found = re.search(pattern, line)
         if found:
             return found.group(found.lastindex or 0)
+
+
+def test_a_composite_is_served_as_one_anonymizer_that_hides_heads(
+    shared_artifact: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    members = [
+        shutil.copytree(shared_artifact, tmp_path / "members" / shared_artifact.name),
+        keypoint_member(shared_artifact, tmp_path / "members"),
+    ]
+    anonymizer = write_composite(tmp_path, members)
+    stand_in(monkeypatch)
+    runtime = Runtime.load([anonymizer], threads=1, max_pixels=MAX_PIXELS)
+    srv = start_server(runtime, "127.0.0.1", 0, CONFIG)
+    try:
+        srv.wait_ready(60)
+        status, _, body = call(srv, "GET", "/readyz")
+        [model] = json.loads(body)["models"]
+        assert status == 200 and model["name"] == "anonymizer" and model["release"] is True
+        assert model["manifest_sha256"] == read_composite(anonymizer)["manifest_sha256"]
+        assert [m["name"] for m in model["members"]] == ["tiny", "tinykp"]
+
+        image = image_with_a_face_from_behind()
+        status, _, body = call(srv, "POST", f"{ANONYMIZE}?detections=true", png(image))
+        assert status == 200, body[:300]
+        payload = json.loads(body)
+        heads = [d["box"] for d in payload["detections"] if d["class"] == HEAD]
+        assert heads == [expected_head(anonymizer)]
+        after = decode(base64.b64decode(payload["image"]))
+        x0, y0, x1, y1 = BACK_OF_HEAD
+        assert (after[y0:y1, x0:x1] != image[y0:y1, x0:x1]).any(axis=2).all()
+    finally:
+        srv.stop(grace=5)
