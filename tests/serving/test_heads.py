@@ -223,8 +223,9 @@ def hidden(dets: Detections, comp: Composition) -> np.ndarray:
 
 
 def box_pixels(box: tuple[float, ...]) -> tuple[slice, slice]:
-    x0, y0, x1, y1 = (int(v) for v in box)
-    return slice(y0, y1), slice(x0, x1)
+    """Rows and columns of every pixel the box touches, even in part."""
+    x0, y0, x1, y1 = box
+    return slice(math.floor(y0), math.ceil(y1)), slice(math.floor(x0), math.ceil(x1))
 
 
 def checkerboard_face(image: np.ndarray) -> np.ndarray:
