@@ -126,8 +126,11 @@ class Composition:
 
     @property
     def classes(self) -> list[str]:
-        """The anonymizer's classes: label i + 1 of `combine`'s detections is classes[i]."""
-        return [c for c in self.supplies if c != HEAD] + ([HEAD] if HEAD in self.supplies else [])
+        """The anonymizer's classes: label i + 1 of `combine`'s detections is classes[i]. In
+        name order, `head` last, whatever the order of `supplies` (composite.json sorts its
+        keys): evaluate and the runtime number the labels alike."""
+        named = sorted(c for c in self.supplies if c != HEAD)
+        return named + ([HEAD] if HEAD in self.supplies else [])
 
     def with_thresholds(self, thresholds: Mapping[str, float]) -> Composition:
         """This composition with some thresholds replaced."""
