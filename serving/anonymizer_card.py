@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from serving.model_card import gate_lines, names, recall_tables
+from serving.model_card import card_head, gate_lines, known_limits, names, recall_tables
 from serving.runtime.heads import HEAD
-from serving.runtime.release import Gate, release_notice, release_problems
+from serving.runtime.release import Gate, release_problems
 
 __all__ = ["CardMember", "render_anonymizer_card"]
 
@@ -33,12 +33,7 @@ def render_anonymizer_card(
     styles: Mapping[str, Any] = entry.get("styles") or {}
     sets = entry.get("sets") or {}
     lines = [
-        release_notice(problems),
-        "",
-        f"# {name}, version {version}",
-        "",
-        "## Intended use",
-        "",
+        *card_head(problems, name, version),
         "The anonymizer the anonlab blurring runtime ships: its member models run as one on "
         "street-level and mobile-mapping imagery (panoramas included), each class taken from "
         "the one member that supplies it, so that faces, persons, license plates and vehicles "
@@ -105,17 +100,7 @@ def render_anonymizer_card(
             *[f"- {set_name}: {int(n)}" for set_name, n in heads_only.items()],
         ]
     not_reached = [c for c, t in thresholds.items() if not t.get("reached")]
-    if not_reached:
-        limits.insert(
-            0,
-            f"the target recall was not reached on val for {names(not_reached)}: their "
-            "threshold is the lowest allowed (evaluate.min_threshold)",
-        )
-    limits.append(
-        "recall is measured on the reference sets above; imagery unlike them (other cameras, "
-        "night, weather, countries' plates) needs its own reference set before use"
-    )
-    lines += ["", "## Known limits", ""] + [f"- {limit}" for limit in limits]
+    lines += known_limits(limits, not_reached)
     return "\n".join(lines) + "\n"
 
 

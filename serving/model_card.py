@@ -1,5 +1,7 @@
 """MODEL_CARD.md of an exported artifact: what the model is for, what it was measured on, and
-where it falls short, in the words and numbers an operator or auditor needs."""
+where it falls short, in the words and numbers an operator or auditor needs. Its sections
+(head, release gate, recall tables, known limits) are also those of the anonymizer's card
+(`serving.anonymizer_card`)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from serving.runtime.architecture import Architecture
 from serving.runtime.release import Gate, release_notice, release_problems
 from serving.runtime.tiles import TilingSpec
 
-__all__ = ["gate_lines", "names", "recall_tables", "render_model_card"]
+__all__ = ["card_head", "gate_lines", "known_limits", "names", "recall_tables", "render_model_card"]
 
 # Buckets with fewer ground-truth objects than this are flagged: one object moves recall by more
 # than 10 points there.
@@ -39,12 +41,7 @@ def render_model_card(
     targets = {c: gate.targets[c] for c in arch.classes if c in gate.targets}
     problems = release_problems(gate)
     lines = [
-        release_notice(problems),
-        "",
-        f"# {name}, version {version}",
-        "",
-        "## Intended use",
-        "",
+        *card_head(problems, name, version),
         f"Finds {names(arch.classes)} in street-level and mobile-mapping imagery (panoramas "
         "included) so that the anonlab blurring runtime hides them before images are kept or "
         "published. It is a "
@@ -86,18 +83,31 @@ def render_model_card(
     tables, limits = recall_tables(sets, targets)
     lines += tables
     not_reached = [c for c in arch.classes if not (chosen.get(c) or {}).get("reached")]
+    lines += known_limits(limits, not_reached)
+    return "\n".join(lines) + "\n"
+
+
+def card_head(problems: list[str], name: str, version: str) -> list[str]:
+    """A card's first lines: the notice of a gate with these `release_problems`, the title, and
+    the heading of its intended use."""
+    return [release_notice(problems), "", f"# {name}, version {version}", "", "## Intended use", ""]
+
+
+def known_limits(limits: list[str], not_reached: list[str]) -> list[str]:
+    """The card's known limits section: the classes whose target recall was `not_reached` on
+    val, then `limits` (from `recall_tables`), then what the reference sets leave unmeasured."""
+    out = list(limits)
     if not_reached:
-        limits.insert(
+        out.insert(
             0,
             f"the target recall was not reached on val for {names(not_reached)}: their "
             "threshold is the lowest allowed (evaluate.min_threshold)",
         )
-    limits.append(
+    out.append(
         "recall is measured on the reference sets above; imagery unlike them (other cameras, "
         "night, weather, countries' plates) needs its own reference set before use"
     )
-    lines += ["", "## Known limits", ""] + [f"- {limit}" for limit in limits]
-    return "\n".join(lines) + "\n"
+    return ["", "## Known limits", ""] + [f"- {limit}" for limit in out]
 
 
 def recall_tables(
