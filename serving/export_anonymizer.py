@@ -62,7 +62,7 @@ def anonymizer_entry(
     if not (isinstance(members, Mapping) and members):
         raise AnonlabError(f"{where}: `{ANONYMIZER}.members` names no models; {AGAIN}")
     for model, member in members.items():
-        ran = (member or {}).get("weights_sha256") if isinstance(member, Mapping) else None
+        ran = member.get("weights_sha256") if isinstance(member, Mapping) else None
         if model not in validated:
             raise AnonlabError(
                 f"{where}: the anonymizer's member {model} is not a validated model "
