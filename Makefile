@@ -19,13 +19,14 @@ setup: .venv/.synced
 
 ## demo: the whole pipeline on the built-in synthetic data under the demo's gate (params.yaml
 ## composed with evaluate=demo validate=demo: NOT the release gate; `make config` restores the
-## committed composition), then the exported Mask R-CNN anonymizes the holdout reference images
-## into artifacts/blurred/holdout/ (--allow-demo: its artifact is not a release; the demo's
-## Keypoint R-CNN, 8 CPU minutes old, would hide most of each image in person boxes)
+## committed composition), then the exported anonymizer (the Mask R-CNN and the Keypoint R-CNN
+## run as one: classes from the Mask R-CNN, head regions from the Keypoint R-CNN's keypoints)
+## anonymizes the holdout reference images into artifacts/blurred/holdout/ (--allow-demo: it
+## is not a release)
 demo: setup
 	$(RUN) anonlab config evaluate=demo validate=demo
 	$(RUN) dvc repro
-	$(RUN) anonlab blur --allow-demo --model artifacts/serving/maskrcnn_mobilenet_v3_fpn-* \
+	$(RUN) anonlab blur --allow-demo --model artifacts/serving/anonymizer-* \
 		--out artifacts/blurred/holdout --sidecar \
 		$$($(RUN) python -c 'import json; d = json.load(open("artifacts/prepared/refs/holdout.json")); print(" ".join("artifacts/prepared/" + i["file_name"] for i in d["images"]))')
 

@@ -1,17 +1,25 @@
 """The validate stage: the data checks and the release gate, one verdict, a non-zero exit when
 it fails (so `dvc repro` stops before export), and the `challenger` alias for a passing model.
 
-The model gate, per model, on every reference set (`gate` is pure: numbers in, checks out):
-- `target.<metric>`: for each metric of `validate.gate_metrics` (iou and/or coverage), each
-  class's recall reaches its `evaluate.target_recall` over all sizes and in each size bucket of
-  `validate.buckets` holding at least `validate.min_objects` objects (fewer: reported with
-  their numbers, not judged). The number judged is `validate.estimate`: the lower bound of the
-  cell's 95% bootstrap interval (the release gate's choice: a pass then says the recall is at
-  least the target with 95% confidence, not that one sample happened to reach it), or the
-  recall measured. A class without ground truth in a set is reported, not judged.
-- `champion`: no class and size bucket is worse than the champion's by more than
-  `validate.tolerance`, for buckets with at least `validate.min_objects` objects (fewer move by
-  1/n per object: reported, not judged). No champion yet: passes with a note.
+The gate judges what ships: the anonymizer, the models of `train.models` run as one
+(`serving.runtime.composite`), whose entry `anonymizer` of metrics.json evaluate writes beside
+each model's. `gate` is pure (numbers in, checks out); on every reference set:
+- `anonymizer.<set>.target.<metric>`: for each metric of `validate.gate_metrics` (iou and/or
+  coverage), each class's recall reaches its `evaluate.target_recall` over all sizes and in each
+  size bucket of `validate.buckets` holding at least `validate.min_objects` objects (fewer:
+  reported with their numbers, not judged). The number judged is `validate.estimate`: the lower
+  bound of the cell's 95% bootstrap interval (the release gate's choice: a pass then says the
+  recall is at least the target with 95% confidence, not that one sample happened to reach it),
+  or the recall measured. A class without ground truth in a set is reported, not judged.
+- `<model>.<set>.target.<metric>`: each model's own numbers, judged the same way but at warning
+  level: shown, not gated (a Keypoint R-CNN alone finds no face; the heads it adds count in the
+  anonymizer's face recall).
+- `<model>.<set>.champion`: no class and size bucket of the model is worse than its champion's
+  (champions are registered per model) by more than `validate.tolerance`, for buckets with at
+  least `validate.min_objects` objects (fewer move by 1/n per object: reported, not judged).
+  No champion yet: passes with a note.
+A metrics.json without the `anonymizer` entry (an older evaluate) fails `anonymizer.evaluated`;
+one whose anonymizer ran other weights than a member's entry records fails `anonymizer.members`.
 
 The verdict records the gate it judged (`gate`: targets, metrics, buckets, estimate,
 min_objects, coverage), whether it is the release gate (`release`), and opens with a line
@@ -47,7 +55,7 @@ from data.size_buckets import BUCKETS
 from data.stage_paths import StagePaths
 from evaluation.config import EvaluateConfig, ValidateConfig
 from evaluation.data_checks import check_dataset
-from evaluation.data_checks.checks import ERROR, Check
+from evaluation.data_checks.checks import ERROR, WARNING, Check
 from evaluation.registry import CHALLENGER, RegisteredModel, Registry
 from evaluation.scoring.result import RecallCell, RecallTable, recall_from_json
 from evaluation.verdict import ValidatedModel, Verdict
@@ -56,14 +64,19 @@ from serving.runtime.release import Gate, release_notice, release_problems
 from training.tracking import WEIGHTS_SHA256_TAG
 
 __all__ = [
+    "ANONYMIZER",
     "GateFailed",
     "ValidateSetup",
     "gate",
     "release_gate",
     "run_validate",
+    "targets",
 ]
 
 log = logging.getLogger(__name__)
+# The key of artifacts/eval/metrics.json holding the anonymizer (the models run as one), and the
+# first part of its checks' names.
+ANONYMIZER = "anonymizer"
 _EMPTY = RecallCell(n=0)  # a bucket the table lacks: no objects, nothing to judge
 
 
@@ -116,33 +129,80 @@ def release_gate(
 
 
 def gate(
+    metrics: Mapping[str, Any],
+    *,
+    models: Sequence[str],
+    evaluate: EvaluateConfig,
+    validate: ValidateConfig,
+) -> list[Check]:
+    """The release checks judged on evaluate's metrics.json (`metrics`) for the anonymizer
+    made of `models` (the chain of custody aside: `run_validate` checks the weights).
+
+    - `anonymizer.evaluated`: metrics.json has an `anonymizer` entry (an older evaluate wrote
+      none); `anonymizer.members`: its members are models of `models`, each scored with the
+      weights (weights_sha256) the model's own entry records;
+    - `anonymizer.<set>.target.<metric>`, per reference set and metric of the gate: what ships
+      reaches the targets (`targets`);
+    - per model: `<model>.evaluated` (it has an entry), `<model>.<set>.target.<metric>` at
+      warning level (its own numbers, shown: the anonymizer is what is gated), and
+      `<model>.<set>.champion` (champions are registered per model).
+    """
+    checks: list[Check] = []
+    anonymizer = metrics.get(ANONYMIZER)
+    if isinstance(anonymizer, Mapping):
+        checks.append(_members(anonymizer, metrics, models))
+        checks.extend(targets(anonymizer, evaluate=evaluate, validate=validate, name=ANONYMIZER))
+    else:
+        checks.append(
+            Check(
+                f"{ANONYMIZER}.evaluated",
+                False,
+                ERROR,
+                "artifacts/eval/metrics.json has no `anonymizer` entry (written by an older "
+                "evaluate): the gate judges the anonymizer, the models run as one; run "
+                "`anonlab evaluate` again, then `anonlab validate`",
+                {},
+            )
+        )
+    for model in models:
+        entry = metrics.get(model)
+        if not isinstance(entry, Mapping):
+            message = f"{model}: not in artifacts/eval/metrics.json; run `anonlab evaluate` again"
+            checks.append(Check(f"{model}.evaluated", False, ERROR, message, {}))
+            continue
+        shown = targets(entry, evaluate=evaluate, validate=validate, name=model, severity=WARNING)
+        checks.extend(shown)
+        champion_sets = (entry.get("champion") or {}).get("sets") or {}
+        for set_name, result in _reference_sets(entry).items():
+            recall = recall_from_json(result.get("recall") or {})
+            old_json = (champion_sets.get(set_name) or {}).get("recall")
+            old = None if old_json is None else recall_from_json(old_json)
+            checks.append(_against_champion(model, set_name, recall, old, entry, validate))
+    return checks
+
+
+def targets(
     entry: Mapping[str, Any],
     *,
     evaluate: EvaluateConfig,
     validate: ValidateConfig,
-    model: str,
+    name: str,
+    severity: str = ERROR,
 ) -> list[Check]:
-    """The release checks of one model from its evaluate metrics entry (metrics.json[model]).
+    """The target checks of one metrics entry (the anonymizer's, or a model's at `WARNING`).
 
-    Per reference set and metric of the gate, one check `<model>.<set>.target.<metric>` whose
+    Per reference set and metric of the gate, one check `<name>.<set>.target.<metric>` whose
     details hold every cell (`<class>/<bucket>`): n, the recall, its 95% interval, the number
     judged (`estimate`) and the target, and whether it was judged (`all` from one object, a size
     bucket from `min_objects`). A cell without objects is left out; without an interval under
     `estimate: lower` (evaluate.n_boot 0) it fails, saying so.
     """
     checks: list[Check] = []
-    sets = {k: v for k, v in (entry.get("sets") or {}).items() if k != "val"}
+    sets = _reference_sets(entry)
     if not sets:
-        return [
-            Check(
-                f"{model}.target",
-                False,
-                ERROR,
-                f"{model}: no reference set was evaluated; configure prepare.reference_sets",
-                {},
-            )
-        ]
-    champion_sets = (entry.get("champion") or {}).get("sets") or {}
+        message = f"{name}: no reference set was evaluated; configure prepare.reference_sets"
+        return [Check(f"{name}.target", False, severity, message, {})]
+    shown = "" if severity == ERROR else " (shown, not gated: the gate judges the anonymizer)"
     for set_name, metrics in sets.items():
         recall = recall_from_json(metrics.get("recall") or {})
         # Identifiability is in the numbers already: evaluate scored with it.
@@ -152,19 +212,59 @@ def gate(
             passed = not short
             scope = _scope(rule)
             message = (
-                f"{model} on {set_name}: {metric} recall reaches the target for every class "
-                f"({scope})"
+                f"{name} on {set_name}: {metric} recall reaches the target for every class "
+                f"({scope}){shown}"
                 if passed
-                else f"{model} on {set_name}: {metric} recall below target ({scope}): "
+                else f"{name} on {set_name}: {metric} recall below target ({scope}){shown}: "
                 + "; ".join(short)
             )
             checks.append(
-                Check(f"{model}.{set_name}.target.{metric}", passed, ERROR, message, cells)
+                Check(f"{name}.{set_name}.target.{metric}", passed, severity, message, cells)
             )
-        old_json = (champion_sets.get(set_name) or {}).get("recall")
-        old = None if old_json is None else recall_from_json(old_json)
-        checks.append(_against_champion(model, set_name, recall, old, entry, validate))
     return checks
+
+
+def _reference_sets(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The entry's results per reference set (val is where thresholds were chosen)."""
+    return {k: v for k, v in (entry.get("sets") or {}).items() if k != "val"}
+
+
+def _members(
+    anonymizer: Mapping[str, Any], metrics: Mapping[str, Any], models: Sequence[str]
+) -> Check:
+    """Check `anonymizer.members`: the anonymizer was scored with the very weights each of its
+    members' entries records (both name the bytes validate lets ship)."""
+    name = f"{ANONYMIZER}.members"
+    members = anonymizer.get("members")
+    if not (isinstance(members, Mapping) and members):
+        message = (
+            "artifacts/eval/metrics.json: the anonymizer names no members; run `anonlab "
+            "evaluate` again, then `anonlab validate`"
+        )
+        return Check(name, False, ERROR, message, {})
+    wrong, details = [], {}
+    for model, member in members.items():
+        scored = _sha((member or {}).get("weights_sha256"))
+        entry = metrics.get(model)
+        own = _sha(entry.get("weights_sha256")) if isinstance(entry, Mapping) else None
+        details[model] = {"anonymizer": scored, "model": own}
+        if model not in models:
+            wrong.append(f"{model} is not a model of train.models {list(models)}")
+        elif scored is None or scored != own:
+            wrong.append(
+                f"the anonymizer ran {model} with weights sha256 {scored}, but {model}'s entry "
+                f"records sha256 {own}"
+            )
+    if wrong:
+        message = (
+            "artifacts/eval/metrics.json: "
+            + "; ".join(wrong)
+            + ": the anonymizer's numbers are not those of these models; run `anonlab "
+            "evaluate` again, then `anonlab validate`"
+        )
+        return Check(name, False, ERROR, message, details)
+    message = f"the anonymizer ran {', '.join(members)} with the weights their entries record"
+    return Check(name, True, ERROR, message, details)
 
 
 def _judge(recall: RecallTable, rule: Gate, metric: str) -> tuple[list[str], dict[str, Any]]:
@@ -282,18 +382,17 @@ def run_validate(setup: ValidateSetup) -> Verdict:
     validated: dict[str, ValidatedModel] = {}
     registered: dict[str, RegisteredModel | None] = {}
     for model in setup.models:
-        if model not in metrics:
-            checks.append(
-                Check(f"{model}.evaluated", False, ERROR, f"{model}: not in {metrics_path}", {})
-            )
-            continue
-        entry = metrics[model]
+        entry = metrics.get(model)
+        if not isinstance(entry, Mapping):
+            continue  # gate's `<model>.evaluated` says so
         weights = paths.model(model).weights
         check, registered[model] = _custody(model, entry, weights, registry)
         checks.append(check)
         version = registered[model].version if registered[model] else None
         validated[model] = ValidatedModel(_sha(entry.get("weights_sha256")), version)
-        checks.extend(gate(entry, evaluate=setup.evaluate, validate=setup.validate, model=model))
+    checks.extend(
+        gate(metrics, models=setup.models, evaluate=setup.evaluate, validate=setup.validate)
+    )
     failed = [c for c in checks if not c.passed and c.severity == ERROR]
     warnings = [c for c in checks if not c.passed and c.severity != ERROR]
     rule = release_gate(setup.evaluate, setup.validate, setup.classes, setup.identifiable)
@@ -334,7 +433,7 @@ def run_validate(setup: ValidateSetup) -> Verdict:
 
 
 def _is_model_check(check: Check, setup: ValidateSetup) -> bool:
-    return any(check.name.startswith(f"{m}.") for m in setup.models)
+    return any(check.name.startswith(f"{m}.") for m in [ANONYMIZER, *setup.models])
 
 
 def _registry(root: Path) -> Registry | None:

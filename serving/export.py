@@ -1,4 +1,5 @@
-"""The export stage: each validated model as a runtime artifact, its ONNX graph checked.
+"""The export stage: each validated model as a runtime artifact, its ONNX graph checked, and
+the anonymizer the models make together as one composite artifact.
 
 For every model of `train.models`, after a passing `validate`, writes
 `artifacts/serving/<model>-<version>/` (version: the registered MLflow version validate made the
@@ -9,7 +10,8 @@ challenger, else `sha-<12 hex of the weights>` for a model trained without a reg
   export with dynamic shapes). Before anything is written, onnxruntime and PyTorch run the
   same val tiles and must agree within `export.parity` (every detection at or above the lowest
   operating threshold has a partner: boxes within `box_px`, scores within `score`, masks at
-  IoU `mask_iou` or more), or the export fails and says by how much they differ;
+  IoU `mask_iou` or more, a keypoint model's keypoints scoring `keypoint_score` or more within
+  `keypoint_px`), or the export fails and says by how much they differ;
 - `weights.safetensors`: the trained weights, for the PyTorch backend;
 - `MODEL_CARD.md`: intended use, data, recall per reference set and size bucket with 95%
   intervals, operating thresholds, known limits;
@@ -28,6 +30,14 @@ the verdict names (the weights evaluate scored), and `artifacts/eval/metrics.jso
 thresholds and recall come from, the sha256 of the one validate judged; otherwise export fails,
 naming both hashes, before anything is written. The manifest's `provenance.weights_sha256` is that
 validated sha256 (checked again on the copy in the artifact).
+
+After the models, the anonymizer (`serving.export_anonymizer`):
+`artifacts/serving/<anonymizer.name>-<version>/` (version: its members' versions joined with
+`+`) holding `composite.json`, its
+`MODEL_CARD.md` and a copy of each member's artifact under `members/`, from metrics.json's
+`anonymizer` entry (what validate gated); export refuses a metrics.json without that entry, or
+whose anonymizer ran other weights than those validate passed, and an anonymizer the runtime's
+`load_composite` would not load.
 
 The folder `artifacts/serving/` is replaced as a whole, so a failed export leaves the previous
 artifacts as they were.
@@ -56,6 +66,7 @@ from evaluation.evaluate import tiling_spec
 from evaluation.scoring.result import recall_from_json
 from evaluation.verdict import Verdict
 from serving.config import ExportConfig
+from serving.export_anonymizer import anonymizer_entry, export_anonymizer
 from serving.model_card import render_model_card
 from serving.runtime.architecture import Architecture, DetectorCore
 from serving.runtime.artifact import MANIFEST, Manifest, manifest_problems
@@ -84,6 +95,7 @@ class ExportSetup:
     models: Sequence[str]
     export: ExportConfig
     evaluate: EvaluateConfig
+    anonymizer: str  # the composite artifact's name (anonymizer.name)
     artifacts: Path
     root: Path
 
@@ -93,13 +105,15 @@ class ExportSetup:
             models=list(params.train.models),
             export=params.export,
             evaluate=params.evaluate,
+            anonymizer=params.anonymizer.name,
             artifacts=artifacts,
             root=root,
         )
 
 
 def run_export(setup: ExportSetup) -> list[Path]:
-    """Export every model of the setup; the artifact folders written."""
+    """Export every model of the setup, then the anonymizer they make (`export_anonymizer`);
+    the artifact folders written, the anonymizer's last."""
     paths = StagePaths(setup.artifacts)
     verdict_path = paths.validation.verdict
     verdict = Verdict.read(verdict_path)
@@ -113,9 +127,11 @@ def run_export(setup: ExportSetup) -> list[Path]:
     metrics = read_json(metrics_path, missing="run `anonlab evaluate` first")
     validated = _validated_weights(setup, verdict, verdict_path, metrics_path)
     gate = _verdict_gate(verdict, verdict_path)
+    anonymizer = anonymizer_entry(metrics, validated, metrics_path)
     tags = run_tags(setup.root, stage="export")
+    provenance = {"validated": verdict.when, **tags}
     final = paths.serving
-    written = []
+    folders = []
     with staged_dir(final) as stage:
         for name in setup.models:
             if name not in metrics:
@@ -130,12 +146,26 @@ def run_export(setup: ExportSetup) -> list[Path]:
                 setup,
                 stage,
                 version=str(version) if version else None,
-                provenance={"validated": verdict.when, **tags},
+                provenance=provenance,
                 weights_sha256=validated[name],
                 gate=gate,
             )
-            written.append(final / folder.name)
-    return written
+            folders.append(folder)
+        members = [
+            f
+            for name, f in zip(setup.models, folders, strict=True)
+            if name in anonymizer["members"]
+        ]
+        composite = export_anonymizer(
+            setup.anonymizer,
+            anonymizer,
+            members,
+            stage,
+            recall=_headline(anonymizer),
+            provenance={**provenance, "metrics_sha256": verdict.metrics_sha256},
+            gate=gate,
+        )
+    return [final / f.name for f in [*folders, composite]]
 
 
 def _verdict_gate(verdict: Verdict, verdict_path: Path) -> Gate:

@@ -1,5 +1,7 @@
 """MODEL_CARD.md of an exported artifact: what the model is for, what it was measured on, and
-where it falls short, in the words and numbers an operator or auditor needs."""
+where it falls short, in the words and numbers an operator or auditor needs. Its sections
+(head, release gate, recall tables, known limits) are also those of the anonymizer's card
+(`serving.anonymizer_card`)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from serving.runtime.architecture import Architecture
 from serving.runtime.release import Gate, release_notice, release_problems
 from serving.runtime.tiles import TilingSpec
 
-__all__ = ["render_model_card"]
+__all__ = ["card_head", "gate_lines", "known_limits", "names", "recall_tables", "render_model_card"]
 
 # Buckets with fewer ground-truth objects than this are flagged: one object moves recall by more
 # than 10 points there.
@@ -39,13 +41,8 @@ def render_model_card(
     targets = {c: gate.targets[c] for c in arch.classes if c in gate.targets}
     problems = release_problems(gate)
     lines = [
-        release_notice(problems),
-        "",
-        f"# {name}, version {version}",
-        "",
-        "## Intended use",
-        "",
-        f"Finds {_names(arch.classes)} in street-level and mobile-mapping imagery (panoramas "
+        *card_head(problems, name, version),
+        f"Finds {names(arch.classes)} in street-level and mobile-mapping imagery (panoramas "
         "included) so that the anonlab blurring runtime hides them before images are kept or "
         "published. It is a "
         + (
@@ -81,13 +78,49 @@ def render_model_card(
         lines.append(
             f"| {cls} | {thresholds[cls]:.3f} | {targets[cls]:.2f} | {reached} | {hidden} |"
         )
-    lines += ["", "## Release gate", "", *_gate_lines(gate, problems)]
+    lines += ["", "## Release gate", "", *gate_lines(gate, problems)]
     lines += ["", "## Data and recall", ""]
-    lines.append(
+    tables, limits = recall_tables(sets, targets)
+    lines += tables
+    not_reached = [c for c in arch.classes if not (chosen.get(c) or {}).get("reached")]
+    lines += known_limits(limits, not_reached)
+    return "\n".join(lines) + "\n"
+
+
+def card_head(problems: list[str], name: str, version: str) -> list[str]:
+    """A card's first lines: the notice of a gate with these `release_problems`, the title, and
+    the heading of its intended use."""
+    return [release_notice(problems), "", f"# {name}, version {version}", "", "## Intended use", ""]
+
+
+def known_limits(limits: list[str], not_reached: list[str]) -> list[str]:
+    """The card's known limits section: the classes whose target recall was `not_reached` on
+    val, then `limits` (from `recall_tables`), then what the reference sets leave unmeasured."""
+    out = list(limits)
+    if not_reached:
+        out.insert(
+            0,
+            f"the target recall was not reached on val for {names(not_reached)}: their "
+            "threshold is the lowest allowed (evaluate.min_threshold)",
+        )
+    out.append(
+        "recall is measured on the reference sets above; imagery unlike them (other cameras, "
+        "night, weather, countries' plates) needs its own reference set before use"
+    )
+    return ["", "## Known limits", ""] + [f"- {limit}" for limit in out]
+
+
+def recall_tables(
+    sets: Mapping[str, Any], targets: Mapping[str, float]
+) -> tuple[list[str], list[str]]:
+    """The card's recall section of an evaluate entry's `sets` (per set, class and size bucket,
+    with intervals, and false positives per image), and the known limits it shows: size buckets
+    of few objects, classes whose coverage recall is below their `targets`."""
+    lines = [
         "Recall by IoU (a detection overlaps the object at IoU >= 0.5) and by pixel coverage "
         "(at least the evaluated share of the object's pixels is inside hidden regions), at the "
         "operating thresholds, with bootstrap 95% intervals; n: ground-truth objects."
-    )
+    ]
     limits = []
     for set_name, result in sets.items():
         lines += ["", f"### {set_name}", ""]
@@ -120,22 +153,12 @@ def render_model_card(
                 "False positives per image: "
                 + ", ".join(f"{c} {v:.1f}" for c, v in sorted(fpi.items())),
             ]
-    not_reached = [c for c in arch.classes if not (chosen.get(c) or {}).get("reached")]
-    if not_reached:
-        limits.insert(
-            0,
-            f"the target recall was not reached on val for {_names(not_reached)}: their "
-            "threshold is the lowest allowed (evaluate.min_threshold)",
-        )
-    limits.append(
-        "recall is measured on the reference sets above; imagery unlike them (other cameras, "
-        "night, weather, countries' plates) needs its own reference set before use"
-    )
-    lines += ["", "## Known limits", ""] + [f"- {limit}" for limit in limits]
-    return "\n".join(lines) + "\n"
+    return lines, limits
 
 
-def _gate_lines(gate: Gate, problems: list[str]) -> list[str]:
+def gate_lines(gate: Gate, problems: list[str], subject: str = "model") -> list[str]:
+    """The card's release gate section: what validate held the `subject` (model, anonymizer)
+    to, and, under a gate weaker than the release gate (`problems`), what it lacks."""
     sizes = [b for b in gate.buckets if b != "all"]
     judged = (
         "the lower bound of its 95% bootstrap interval"
@@ -143,7 +166,7 @@ def _gate_lines(gate: Gate, problems: list[str]) -> list[str]:
         else "the recall measured (not its interval)"
     )
     out = [
-        "validate passed this model when, on every reference set, each class's recall by "
+        f"validate passed this {subject} when, on every reference set, each class's recall by "
         + " and by ".join(gate.metrics)
         + f" (an object covered from {gate.coverage:.0%} of its pixels) reached its target"
         + (" over all sizes" if "all" in gate.buckets else "")
@@ -189,6 +212,7 @@ def _ci(cell: RecallCell, metric: str) -> str:
     return f"{value:.3f} [{interval[0]:.3f}, {interval[1]:.3f}]"
 
 
-def _names(classes: Any) -> str:
+def names(classes: Any) -> str:
+    """Class names for a sentence: `a, b and c`."""
     names = [str(c).replace("_", " ") for c in classes]
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]

@@ -22,6 +22,7 @@ FLOORS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("training", ("training",)),
     ("evaluation", ("evaluation",)),
     ("export", ("serving.export", "serving.config", "serving.model_card")),
+    ("export", ("serving.export_anonymizer", "serving.anonymizer_card")),
     ("roof", ("serving.cli", "serving.params")),
     # The `serving` package itself holds only its docstring.
     ("package", ("serving",)),

@@ -20,6 +20,7 @@ from serving.runtime.anonymize import DEFAULT_STYLES
 from serving.runtime.artifact import SCHEMA_VERSION, load_artifact, manifest_digest
 from serving.runtime.backends import Parity, compare
 from serving.runtime.checksum import file_sha256
+from serving.runtime.composite import load_composite
 from serving.runtime.detections import Detections
 from serving.runtime.errors import ArtifactError
 from serving.runtime.pipeline import Runtime
@@ -290,7 +291,11 @@ def test_export_ships_the_validated_weights_and_refuses_any_other(tmp_path: Path
     weights = tiny_model_dir(setup.artifacts) / "weights.safetensors"
     # Validated under the demo's gate: every file says so first, and the runtime needs to be told.
     validated = write_validation(setup, version="3", gate=DEMO_GATE)
-    (folder,) = run_export(setup)
+    # The model's artifact, then the anonymizer it makes alone (no keypoint model: no heads).
+    folder, composite = run_export(setup)
+    assert composite.name == "anonymizer-3" and load_composite(composite).members[0].path.name == (
+        folder.name
+    )
     m = read_manifest(folder)
     assert m["provenance"]["weights_sha256"] == validated == m["files"]["weights.safetensors"]
     card = (folder / "MODEL_CARD.md").read_text()
@@ -316,7 +321,10 @@ def test_export_ships_the_validated_weights_and_refuses_any_other(tmp_path: Path
     assert f"has sha256 {now}, but the weights validate passed have sha256 {validated}" in message
     assert "Run `anonlab evaluate` and `anonlab validate`" in message
     # The previous export is left as it was, and no staging folder was made.
-    assert [p.name for p in (setup.artifacts / "serving").iterdir()] == [folder.name]
+    assert sorted(p.name for p in (setup.artifacts / "serving").iterdir()) == [
+        composite.name,
+        folder.name,
+    ]
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == shipped
     assert not list(setup.artifacts.glob(".serving*"))
 
