@@ -12,7 +12,9 @@ from pycocotools import mask as mask_utils
 
 from data.coco.rle import as_rle
 from data.errors import AnonlabError
-from evaluation.scoring.instances import DetectionArrays, TruthArrays
+from evaluation.scoring.coco_summary import gt_copy
+from evaluation.scoring.instances import DetectionArrays, TruthArrays, truth_arrays
+from evaluation.scoring.recall import is_identifiable
 
 # A per-image mask of hidden pixels: (height, width) bool array, or a COCO RLE of that size.
 HiddenMask = np.ndarray | Mapping[str, Any]
@@ -26,6 +28,31 @@ def object_shape(ann: dict, height: int, width: int) -> dict:
         return as_rle(ann["segmentation"], height, width)
     box = np.asarray([ann["bbox"]], dtype=np.float64)
     return mask_utils.frPyObjects(box, height, width)[0]
+
+
+def judged_shapes(
+    gt: dict, name: str, min_identifiable: Mapping[str, float] | None
+) -> dict[int, list[tuple[int, dict]]]:
+    """Per image id, the objects of class `name` that the scorer's `all` bucket counts (neither
+    crowd nor ignored, identifiable by `min_identifiable`), each as (annotation id, its
+    `object_shape`), in file order."""
+    sizes = {image["id"]: (image["height"], image["width"]) for image in gt["images"]}
+    copies = [gt_copy(a, *sizes[a["image_id"]]) for a in gt["annotations"]]
+    image_ids = np.array(sorted(sizes), dtype=np.int64)
+    categories = sorted(gt["categories"], key=lambda c: c["id"])
+    category_ids = np.array([c["id"] for c in categories], dtype=np.int64)
+    classes = [c["name"] for c in categories]
+    out: dict[int, list[tuple[int, dict]]] = {}
+    if name not in classes or not copies:
+        return out
+    truth = truth_arrays(gt, copies, image_ids, category_ids)
+    judged = ~truth.ignored & is_identifiable(truth, classes, min_identifiable)
+    judged &= truth.category == classes.index(name)
+    for k in np.flatnonzero(judged).tolist():
+        image_id = gt["annotations"][k]["image_id"]
+        shape = object_shape(copies[k], *sizes[image_id])
+        out.setdefault(image_id, []).append((int(gt["annotations"][k]["id"]), shape))
+    return out
 
 
 def covered_shares(
