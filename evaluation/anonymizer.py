@@ -97,7 +97,7 @@ class AnonymizerSetup:
 class AnonymizerResult:
     """The anonymizer's evaluation: its composition, styles, thresholds (module docstring's
     entry), scores per set, and per reference set the faces only its heads cover, as
-    (annotation id, covered share)."""
+    (annotation id, cover score: `evaluation.head_threshold`)."""
 
     runs: Sequence[MemberRun]
     composition: Composition
@@ -267,7 +267,7 @@ def _score(
         body = dets.select(dets.labels <= len(body_classes))  # `head` is the last class
         results += to_results(body, image_id, width, height, category_ids)
     thresholds = {c: composition.thresholds[c] for c in body_classes}
-    options = replace(setup.options, thresholds=thresholds, per_object=set_name != VAL)
+    options = replace(setup.options, thresholds=thresholds, per_object=False)
     return score(gt, results, options, hidden=hidden)
 
 

@@ -4,12 +4,21 @@ persons hide faces the face class misses, the head threshold rule, and heads-onl
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
-from evaluation.anonymizer import AnonymizerSetup, MemberRun, evaluate_anonymizer
+from evaluation.anonymizer import (
+    AnonymizerSetup,
+    MemberRun,
+    anonymizer_report,
+    evaluate_anonymizer,
+)
+from evaluation.config import GalleryConfig
 from evaluation.head_threshold import HeadChoice, choose_head_threshold
+from evaluation.report import render_report
 from evaluation.scoring.options import ScoreOptions
 from serving.runtime.anonymize import DEFAULT_STYLES
 from serving.runtime.composite import Member
@@ -47,7 +56,9 @@ def nose_only(nose: tuple[float, float]) -> np.ndarray:
     return points
 
 
-def runs(keypoint_person_threshold: float = 0.9) -> list[MemberRun]:
+def runs(keypoint_person_threshold: float = 0.9, scores: tuple = ({}, {})) -> list[MemberRun]:
+    """The two members' runs: their detections on val and holdout (one image, the same), their
+    thresholds, and `scores`, each one's own scores (only the report reads them)."""
     face = Detections([[9, 9, 19, 19]], [0.9], [1])  # face A, label face of MASK
     persons = Detections(
         [[40, 10, 60, 90], [70, 10, 90, 90]],
@@ -63,7 +74,7 @@ def runs(keypoint_person_threshold: float = 0.9) -> list[MemberRun]:
             "a" * 64,
             "1",
             dict.fromkeys(CLASSES, entry),
-            {},
+            scores[0],
             {s: {1: face} for s in ("val", "holdout")},
         ),
         MemberRun(
@@ -71,7 +82,7 @@ def runs(keypoint_person_threshold: float = 0.9) -> list[MemberRun]:
             "b" * 64,
             None,
             {"person": kp_entry},
-            {},
+            scores[1],
             {s: {1: persons} for s in ("val", "holdout")},
         ),
     ]
@@ -146,3 +157,35 @@ def test_choose_head_threshold_without_faces_keeps_the_keypoint_models_threshold
     never = np.array([math.inf, -math.inf])
     choice = choose_head_threshold(never, target=0.9, cap=0.7, floor=0.05)
     assert (choice.threshold, choice.val_recall, choice.reached) == (0.05, 0.5, False)
+
+
+def test_report_shows_the_anonymizer_first_with_the_faces_only_heads_hid(tmp_path: Path) -> None:
+    gt = ground_truth()
+    cv2.imwrite(str(tmp_path / "a.png"), np.full((SIDE, SIDE, 3), 128, np.uint8))
+    # The members' own scores: each alone, on the classes it detects.
+    persons = {**gt, "annotations": [], "categories": [{"id": 2, "name": "person"}]}
+    masks = evaluate_anonymizer(runs()[:1], {"val": gt, "holdout": gt}, setup(0.75)).scores
+    keypoints = evaluate_anonymizer(runs()[1:], {"holdout": persons}, setup(0.75)).scores
+    both = {"val": gt, "holdout": gt}
+    result = evaluate_anonymizer(runs(scores=(masks, keypoints)), both, setup(0.75))
+    gallery = GalleryConfig(max_per_set=1, context=1.0)
+    section = anonymizer_report(result, "anon", {"holdout": gt}, {"holdout": tmp_path}, gallery)
+    assert section.sets[0].heads_only_total == 2 and len(section.sets[0].heads_only) == 1
+    page = render_report(
+        [],
+        targets=dict.fromkeys(CLASSES, 0.95),
+        coverage=0.9,
+        identifiable={"face": 6},
+        generated="now",
+        anonymizer=section,
+    )
+    assert "Anonymizer anon: the models run as one" in page
+    assert "the release gate judges" in page
+    assert "Faces only the heads hid on holdout: 2" in page
+    assert page.count("data:image/jpeg;base64,") == 1  # at most gallery.max_per_set crops
+    assert "scoring at least <b>0.400</b>" in page  # the head threshold
+    face_rows = [row for row in page.split("<tr>") if row.startswith("<td>face</td>")]
+    assert len(face_rows) == 2  # the member detecting faces, then the anonymizer
+    assert "0.750" in face_rows[-1] and "<b>anonymizer</b>" in face_rows[-1]
+    person_rows = [row for row in page.split("<tr>") if row.startswith("<td>person</td>")]
+    assert len(person_rows) == 3  # both members detect persons
