@@ -152,10 +152,8 @@ def evaluate_anonymizer(
     every_head = Composition(tuple(members), supplies, operating, setup.heads)
     covers = {}
     if HEAD in supplies:
-        covers = {
-            name: _cover_scores(every_head, runs, name, gt, styles, setup)
-            for name, gt in sets.items()
-        }
+        running = _Running(every_head, runs, styles, setup)
+        covers = {name: running.cover_scores(name, gt) for name, gt in sets.items()}
         keypoint = supplies[HEAD]
         cap = float(by_name[keypoint].thresholds[PERSON]["threshold"])
         val = np.array([s for _, s in covers.get(VAL, [])], dtype=np.float64)
@@ -165,7 +163,8 @@ def evaluate_anonymizer(
         thresholds[HEAD] = _head_entry(choice, keypoint)
         operating[HEAD] = choice.threshold
     composition = every_head.with_thresholds(operating)
-    scores = {name: _score(composition, runs, name, gt, styles, setup) for name, gt in sets.items()}
+    running = _Running(composition, runs, styles, setup)
+    scores = {name: running.score(name, gt) for name, gt in sets.items()}
     heads_only: dict[str, list[tuple[int, float]]] = {}
     for name in sets:
         if name == VAL:
@@ -197,78 +196,73 @@ def _head_entry(choice: HeadChoice, model: str) -> dict[str, Any]:
     }
 
 
-def _found(runs: Sequence[MemberRun], set_name: str, image_id: int) -> list[Detections]:
-    return [r.detections[set_name][image_id] for r in runs]
+@dataclass(frozen=True)
+class _Running:
+    """The members' detections run through one composition, set by set."""
 
+    composition: Composition
+    runs: Sequence[MemberRun]
+    styles: Mapping[str, Style]
+    setup: AnonymizerSetup
 
-def _cover_scores(
-    composition: Composition,
-    runs: Sequence[MemberRun],
-    set_name: str,
-    gt: dict[str, Any],
-    styles: Mapping[str, Style],
-    setup: AnonymizerSetup,
-) -> list[tuple[int, float]]:
-    """(annotation id, cover score) of every judged face of the set, `composition` giving every
-    head."""
-    faces = judged_shapes(gt, FACE, setup.options.min_identifiable)
-    images = {i["id"]: i for i in gt["images"]}
-    classes = composition.classes
-    head = classes.index(HEAD) + 1
-    out: list[tuple[int, float]] = []
-    for image_id, shapes in faces.items():
-        width, height = images[image_id]["width"], images[image_id]["height"]
-        dets = composition.combine(_found(runs, set_name, image_id))
-        is_head = dets.labels == head
-        panorama = is_panorama(width, height, setup.spec)
-        base = hidden_mask(
-            width,
-            height,
-            dets.select(~is_head),
-            classes,
-            styles,
+    def detections(self, set_name: str, image: Mapping[str, Any]) -> tuple[Detections, bool]:
+        """combine's detections of one image (a COCO `images` entry), and whether the runtime
+        treats it as a panorama."""
+        found = [r.detections[set_name][image["id"]] for r in self.runs]
+        panorama = is_panorama(image["width"], image["height"], self.setup.spec)
+        return self.composition.combine(found), panorama
+
+    def hidden(self, image: Mapping[str, Any], dets: Detections, panorama: bool) -> np.ndarray:
+        """The pixels the runtime hides fully (`hidden_mask(..., full=True)`)."""
+        return hidden_mask(
+            image["width"],
+            image["height"],
+            dets,
+            self.composition.classes,
+            self.styles,
             panorama=panorama,
             full=True,
         )
-        cover = cover_scores(
-            [shape for _, shape in shapes],
-            base,
-            dets.select(is_head),
-            styles[HEAD],
-            panorama=panorama,
-            coverage=setup.options.coverage,
-        )
-        out += [(ann_id, float(s)) for (ann_id, _), s in zip(shapes, cover, strict=True)]
-    return out
 
+    def cover_scores(self, set_name: str, gt: dict[str, Any]) -> list[tuple[int, float]]:
+        """(annotation id, cover score) of every judged face of the set; the composition must
+        give every head."""
+        faces = judged_shapes(gt, FACE, self.setup.options.min_identifiable)
+        images = {i["id"]: i for i in gt["images"]}
+        head = self.composition.classes.index(HEAD) + 1
+        out: list[tuple[int, float]] = []
+        for image_id, shapes in faces.items():
+            dets, panorama = self.detections(set_name, images[image_id])
+            is_head = dets.labels == head
+            cover = cover_scores(
+                [shape for _, shape in shapes],
+                self.hidden(images[image_id], dets.select(~is_head), panorama),
+                dets.select(is_head),
+                self.styles[HEAD],
+                panorama=panorama,
+                coverage=self.setup.options.coverage,
+            )
+            out += [(ann_id, float(s)) for (ann_id, _), s in zip(shapes, cover, strict=True)]
+        return out
 
-def _score(
-    composition: Composition,
-    runs: Sequence[MemberRun],
-    set_name: str,
-    gt: dict[str, Any],
-    styles: Mapping[str, Style],
-    setup: AnonymizerSetup,
-) -> ScoreResult:
-    """The anonymizer on one set: its detections of the taxonomy's classes for IoU recall, COCO
-    and false positives, the pixels it hides fully for coverage."""
-    classes = composition.classes
-    names = {c["name"]: int(c["id"]) for c in gt["categories"]}
-    body_classes = [c for c in classes if c != HEAD]
-    category_ids = [names[c] for c in body_classes]
-    results: list[dict[str, Any]] = []
-    hidden: dict[int, dict] = {}
-    for image in gt["images"]:
-        image_id, width, height = image["id"], image["width"], image["height"]
-        dets = composition.combine(_found(runs, set_name, image_id))
-        panorama = is_panorama(width, height, setup.spec)
-        mask = hidden_mask(width, height, dets, classes, styles, panorama=panorama, full=True)
-        hidden[image_id] = hidden_rle(mask, height, width, image_id)
-        body = dets.select(dets.labels <= len(body_classes))  # `head` is the last class
-        results += to_results(body, image_id, width, height, category_ids)
-    thresholds = {c: composition.thresholds[c] for c in body_classes}
-    options = replace(setup.options, thresholds=thresholds, per_object=False)
-    return score(gt, results, options, hidden=hidden)
+    def score(self, set_name: str, gt: dict[str, Any]) -> ScoreResult:
+        """The anonymizer on one set: its detections of the taxonomy's classes for IoU recall,
+        COCO and false positives, the pixels it hides fully for coverage."""
+        names = {c["name"]: int(c["id"]) for c in gt["categories"]}
+        body_classes = [c for c in self.composition.classes if c != HEAD]
+        category_ids = [names[c] for c in body_classes]
+        results: list[dict[str, Any]] = []
+        hidden: dict[int, dict] = {}
+        for image in gt["images"]:
+            image_id, width, height = image["id"], image["width"], image["height"]
+            dets, panorama = self.detections(set_name, image)
+            mask = self.hidden(image, dets, panorama)
+            hidden[image_id] = hidden_rle(mask, height, width, image_id)
+            body = dets.select(dets.labels <= len(body_classes))  # `head` is the last class
+            results += to_results(body, image_id, width, height, category_ids)
+        thresholds = {c: self.composition.thresholds[c] for c in body_classes}
+        options = replace(self.setup.options, thresholds=thresholds, per_object=False)
+        return score(gt, results, options, hidden=hidden)
 
 
 def anonymizer_report(
