@@ -149,7 +149,8 @@ def evaluate_anonymizer(
     if HEAD in supplies:
         # Every head the keypoint model gives (its detector stops at evaluate.min_threshold).
         operating[HEAD] = 0.0
-    every_head = Composition(tuple(members), supplies, operating, setup.heads)
+    heads = setup.heads if HEAD in supplies else None  # no keypoint model: no heads
+    every_head = Composition(tuple(members), supplies, operating, heads)
     covers = {}
     if HEAD in supplies:
         running = _Running(every_head, runs, styles, setup)

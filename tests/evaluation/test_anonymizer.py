@@ -138,6 +138,9 @@ def test_a_face_only_a_head_hides_counts_for_the_anonymizer_not_for_the_face_mod
     assert without.scores["holdout"].recall["face"]["all"].coverage == 0.25
     assert "head" not in without.thresholds and without.entry()["heads"] == {}
     assert without.entry()["heads_only"] == {"holdout": 0}
+    # Heads enabled but no keypoint model: no heads either.
+    alone = evaluate_anonymizer(runs()[:1], {"val": gt, "holdout": gt}, setup(0.75))
+    assert alone.entry()["heads"] == {} and "head" not in alone.entry()["supplies"]
     entry = with_heads.entry()
     assert entry["members"] == {
         "masks": {"weights_sha256": "a" * 64, "version": "1"},
