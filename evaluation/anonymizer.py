@@ -282,7 +282,10 @@ def anonymizer_report(
         result = anonymizer.scores[set_name]
         area = {a["id"]: a["area"] for a in gt["annotations"]}
         faces = sorted(anonymizer.heads_only.get(set_name, []), key=lambda f: area[f[0]])
-        chosen = [(i, caption(gt, i, 1.0, True)) for i, _ in faces[: gallery.max_per_set]]
+        chosen = [
+            (i, caption(gt, i, True, f"covered with the heads of persons scoring {t:.2f} or more"))
+            for i, t in faces[: gallery.max_per_set]
+        ]
         out.append(
             AnonymizerSetReport(
                 name=set_name,

@@ -400,7 +400,7 @@ class _ModelEvaluation:
         area = {a["id"]: a["area"] for a in gt["annotations"]}
         missed.sort(key=lambda o: (not o.identifiable, area[o.id]))
         chosen = [
-            (o.id, caption(gt, o.id, o.coverage, o.identifiable))
+            (o.id, caption(gt, o.id, o.identifiable, f"{o.coverage:.0%} covered"))
             for o in missed[: self.cfg.gallery.max_per_set]
         ]
         return crops(path.parent.parent, gt, chosen, self.cfg.gallery.context), len(missed)

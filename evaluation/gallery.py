@@ -40,16 +40,16 @@ def crops(
     return shown
 
 
-def caption(gt: dict[str, Any], ann_id: int, share: float, identifiable: bool) -> str:
+def caption(gt: dict[str, Any], ann_id: int, identifiable: bool, detail: str) -> str:
     """What a crop says of its object: class, size bucket (or below identifiable), box size,
-    the share of it covered, and its image."""
+    `detail` (how much of it is covered, or by what), and its image."""
     ann = next(a for a in gt["annotations"] if a["id"] == ann_id)
     names = {c["id"]: c["name"] for c in gt["categories"]}
     size = size_bucket(ann["area"]) if identifiable else "below identifiable"
     return (
         f"{names[ann['category_id']]} ({size}, "
         f"{ann['bbox'][2]:.0f}x{ann['bbox'][3]:.0f} px), "
-        f"{share:.0%} covered; image {ann['image_id']}"
+        f"{detail}; image {ann['image_id']}"
     )
 
 

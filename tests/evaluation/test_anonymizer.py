@@ -174,6 +174,9 @@ def test_report_shows_the_anonymizer_first_with_the_faces_only_heads_hid(tmp_pat
     gallery = GalleryConfig(max_per_set=1, context=1.0)
     section = anonymizer_report(result, "anon", {"holdout": gt}, {"holdout": tmp_path}, gallery)
     assert section.sets[0].heads_only_total == 2 and len(section.sets[0].heads_only) == 1
+    assert section.sets[0].heads_only[0].caption == (
+        "face (tiny, 8x8 px), covered with the heads of persons scoring 0.80 or more; image 1"
+    )
     page = render_report(
         [],
         targets=dict.fromkeys(CLASSES, 0.95),
