@@ -15,8 +15,8 @@ reaches the target the threshold is `evaluate.min_threshold` (every head the mod
 `reached` is false; without faces on val it is the keypoint model's person threshold, with no
 recall (null) and `reached` false.
 
-Cost: per face, only its box's crop is looked at, and heads are added in descending score order
-until the face is covered; each head's region is computed once per image.
+Cost: per face, pixels are counted on its box's crop only, and heads are added in descending
+score order until the face is covered; each head's region is computed once per image.
 """
 
 from __future__ import annotations
