@@ -1,5 +1,6 @@
-"""The evaluate stage: every trained model (and the registry's champion) over val and every
-reference set, with the runtime's tiling, scored by `anonlab score`; metrics, plots, report.
+"""The evaluate stage: every trained model (and the registry's champion), and the anonymizer
+the models make together, over val and every reference set, with the runtime's tiling, scored
+by `anonlab score`; metrics, plots, report.
 
 Per model:
 1. Val: the model predicts down to `evaluate.min_threshold`; per class, the operating threshold
@@ -11,14 +12,24 @@ Per model:
 3. The champion (MLflow alias `champion` of the model's registered name), when there is one and
    it is not these very weights, goes through 1 and 2 the same way, with its own thresholds.
 
+Then the anonymizer (`evaluation.anonymizer`): the models of train.models run as one, as the
+runtime runs a composite artifact (each class from the model that supplies it, at that model's
+operating threshold, plus the heads of the keypoint model's persons), from the detections each
+model's detector gave in 1 and 2 (each ran once per image; a keypoint model's with keypoints);
+the head threshold is chosen on val for the face target (`evaluation.head_threshold`). What it
+hides is what is scored: its coverage is measured on the pixels the runtime hides fully.
+
 Outputs under `artifacts/eval/`: `metrics.json` (DVC metrics: per model the sha256 of the
 weights it scored, which validate and export check the weights against; per set, recall and
-coverage per class and bucket, thresholds, champion), `plots/<model>/<set>/` (precision/recall
-points and recall by size bucket, for `dvc plots`), `predictions/<model>/<set>.json` (COCO
-results: `anonlab score` reads them), `report.html`. The folder is replaced as a whole, so a
-failed run leaves the previous outputs. Each model also gets an MLflow run in the experiment
-`anonlab/evaluate`, tagged `anonlab.weights_sha256`, with `recall/<set>/<class>/<bucket>` (IoU)
-and `coverage/...`, and the champion's under `champion/...`.
+coverage per class and bucket, thresholds, champion; and under `anonymizer` the anonymizer's
+entry: members and their weights sha256, which model supplies which class, head geometry,
+styles, thresholds with the head threshold, per set the same recall/coco/false positives as a
+model's, and per reference set the faces only its heads hide), `plots/<model>/<set>/`
+(precision/recall points and recall by size bucket, for `dvc plots`),
+`predictions/<model>/<set>.json` (COCO results: `anonlab score` reads them), `report.html` (the
+anonymizer beside its members first). The folder is replaced as a whole, so a failed run leaves
+the previous outputs. Each model, and the anonymizer, also gets an MLflow run in the experiment
+`anonlab/evaluate` (`evaluation.evaluate_runs`).
 """
 
 from __future__ import annotations
@@ -31,29 +42,40 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import cv2
-import numpy as np
 import torch
 
 from data.atomic import staged_dir, write_json, write_text
 from data.coco.files import load_ground_truth
 from data.config import TaxonomyConfig
 from data.errors import AnonlabError
-from data.size_buckets import size_bucket
 from data.stage_paths import EvalOutputs, StagePaths
-from evaluation.config import EvaluateConfig
+from evaluation.anonymizer import (
+    AnonymizerResult,
+    AnonymizerSetup,
+    MemberRun,
+    anonymizer_report,
+    evaluate_anonymizer,
+)
+from evaluation.config import AnonymizerConfig, EvaluateConfig
+from evaluation.evaluate_runs import flat_recall, track_anonymizer, track_model
+from evaluation.gallery import caption, crops
 from evaluation.predict import predict_set, torch_detector
 from evaluation.registry import CHAMPION, RegisteredModel, Registry
-from evaluation.report import Miss, ModelReport, SetReport, render_report
+from evaluation.report import (
+    Miss,
+    ModelReport,
+    SetReport,
+    render_report,
+)
 from evaluation.score import score
 from evaluation.scoring.options import ScoreOptions
 from evaluation.scoring.result import ObjectOutcome, ScoreResult, recall_to_json
+from serving.runtime.anonymize import Style
 from serving.runtime.checksum import file_sha256
-from serving.runtime.errors import ImageError
-from serving.runtime.imagefile import read_upright
+from serving.runtime.composite import Member
+from serving.runtime.detections import Detections
 from serving.runtime.tiles import TilingSpec
 from training.device import resolve_device
-from training.tracking import WEIGHTS_SHA256_TAG, Tracker, run_tags
 
 __all__ = [
     "EvalSetup",
@@ -80,6 +102,8 @@ class EvalSetup:
     seed: int
     artifacts: Path
     root: Path
+    anonymizer: AnonymizerConfig
+    styles: Mapping[str, Mapping[str, Any]]  # export.styles: class -> Style as a dict
 
     @classmethod
     def of(cls, params: Any, *, artifacts: Path, root: Path) -> EvalSetup:
@@ -91,6 +115,8 @@ class EvalSetup:
             seed=params.seed,
             artifacts=artifacts,
             root=root,
+            anonymizer=params.anonymizer,
+            styles={c: dict(style) for c, style in params.export.styles.items()},
         )
 
 
@@ -165,6 +191,7 @@ def run_evaluate(setup: EvalSetup) -> dict[str, Any]:
     device = resolve_device(setup.evaluate.device, key="evaluate.device")
     metrics: dict[str, Any] = {}
     reports: list[ModelReport] = []
+    runs: list[MemberRun] = []
     with staged_dir(paths.eval.folder) as out:
         for name in setup.models:
             model = paths.model(name)
@@ -186,7 +213,31 @@ def run_evaluate(setup: EvalSetup) -> dict[str, Any]:
             entry = _metrics_entry(mine, champion, version, champ_ref)
             metrics[name] = entry
             reports.append(_model_report(name, mine, champion, version, champ_ref))
-            _track(setup, name, version, mine, champion, champ_ref)
+            flat = flat_recall(mine.scores, mine.thresholds)
+            if champion is not None:
+                flat.update(flat_recall(champion.scores, champion.thresholds, prefix="champion/"))
+            track_model(
+                setup.root,
+                setup.evaluate,
+                name,
+                mine.weights_sha256,
+                flat,
+                version=version.version if version else None,
+                champion_version=champ_ref.version if champ_ref else None,
+            )
+            runs.append(
+                MemberRun(
+                    member=mine.member,
+                    weights_sha256=mine.weights_sha256,
+                    version=version.version if version else None,
+                    thresholds=mine.thresholds,
+                    scores=mine.scores,
+                    detections=mine.detections,
+                )
+            )
+        anonymizer = _anonymizer(setup, runs, sets, truths)
+        metrics["anonymizer"] = anonymizer.entry()
+        track_anonymizer(setup.root, setup.evaluate, setup.anonymizer, anonymizer)
         targets = {c: setup.evaluate.target(c) for c in setup.taxonomy.classes}
         write_json(EvalOutputs(out).metrics, metrics)
         html = render_report(
@@ -195,20 +246,57 @@ def run_evaluate(setup: EvalSetup) -> dict[str, Any]:
             coverage=setup.evaluate.coverage,
             identifiable=setup.taxonomy.identifiable,
             generated=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            anonymizer=anonymizer_report(
+                anonymizer,
+                setup.anonymizer.name,
+                {name: truths[name] for name in setup.reference_sets},
+                {name: path.parent.parent for name, path in sets.items()},
+                setup.evaluate.gallery,
+            ),
         )
         write_text(EvalOutputs(out).report, html)
     return metrics
 
 
+def _anonymizer(
+    setup: EvalSetup,
+    runs: Sequence[MemberRun],
+    sets: Mapping[str, Path],
+    truths: Mapping[str, dict[str, Any]],
+) -> AnonymizerResult:
+    """The members run as one anonymizer, on every set (`evaluation.anonymizer`)."""
+    cfg = setup.evaluate
+    classes = setup.taxonomy.classes
+    heads = setup.anonymizer.heads
+    anonymizer_setup = AnonymizerSetup(
+        heads=heads.spec() if heads.enabled else None,
+        styles={c: Style.from_dict(style) for c, style in setup.styles.items()},
+        spec=tiling_spec(cfg),
+        options=score_options(
+            cfg,
+            classes,
+            cfg.min_threshold,
+            seed=setup.seed,
+            identifiable=setup.taxonomy.identifiable,
+        ),
+        face_target=cfg.target("face") if "face" in classes else 1.0,
+    )
+    gts = {name: only_classes(truths[name], classes) for name in sets}
+    return evaluate_anonymizer(runs, gts, anonymizer_setup)
+
+
 @dataclass
 class _Result:
     """One model's evaluation: the sha256 of the weights scored, thresholds chosen on val,
-    scores and misses per set."""
+    scores and misses per set; for the evaluated weights (not a champion's) also the model as
+    an anonymizer member and its detections per set and image id."""
 
     weights_sha256: str
     thresholds: dict[str, dict[str, Any]]
     scores: dict[str, ScoreResult]
     misses: dict[str, tuple[list[Miss], int]]
+    member: Member
+    detections: dict[str, dict[int, Detections]]
 
 
 class _ModelEvaluation:
@@ -234,7 +322,9 @@ class _ModelEvaluation:
         self, name: str, config: Path, weights: Path, *, label: str, outputs: bool = False
     ) -> _Result:
         """Thresholds on val, then every set scored; `outputs`: also write the predictions
-        and plots of `name` (the evaluated model's, not the champion's)."""
+        and plots of `name` and keep its detections (the evaluated model's, not the
+        champion's: the anonymizer's member), a keypoint model's with their keypoints (the
+        heads)."""
         # Hashed before and after loading, so the sha256 recorded is that of the bytes scored.
         weights_sha256 = file_sha256(weights)
         # The runtime's own detector, so the recall measured here is the recall it ships.
@@ -245,20 +335,27 @@ class _ModelEvaluation:
             tile=self.spec.tile,
             mask_threshold=self.cfg.mask_threshold,
             device=self.device,
-            keypoints=False,
+            keypoints=outputs,
         )
         if file_sha256(weights) != weights_sha256:
             raise AnonlabError(
                 f"{weights} changed while evaluate read it; run evaluate again once it is written"
             )
         classes = list(model_cfg["classes"])
+        member = Member(
+            name=name,
+            classes=tuple(classes),
+            kind=str(model_cfg["kind"]),
+            keypoint_names=tuple(model_cfg.get("keypoint_names") or ()),
+        )
         scores: dict[str, ScoreResult] = {}
         misses: dict[str, tuple[list[Miss], int]] = {}
         thresholds: dict[str, dict[str, Any]] = {}
+        detections: dict[str, dict[int, Detections]] = {}
         for set_name, path in self.sets.items():
             gt = only_classes(self.truths[set_name], classes)
             ids = [category_id(gt, c, path) for c in classes]
-            results, _ = predict_set(
+            results, per_image = predict_set(
                 gt["images"],
                 detector,
                 self.spec,
@@ -277,7 +374,8 @@ class _ModelEvaluation:
             if outputs:
                 write_json(EvalOutputs(self.out).predictions / name / f"{set_name}.json", results)
                 _write_plots(EvalOutputs(self.out).plots / name / set_name, scores[set_name])
-        return _Result(weights_sha256, thresholds, scores, misses)
+                detections[set_name] = per_image
+        return _Result(weights_sha256, thresholds, scores, misses, member, detections)
 
     def _options(
         self, thresholds: Mapping[str, float] | float, *, per_object: bool = False
@@ -299,64 +397,13 @@ class _ModelEvaluation:
         """Crops of the objects not covered, identifiable ones first (the legal incidents),
         each group smallest first, at most gallery.max_per_set."""
         missed = [o for o in outcomes if not o.covered]
-        anns = {a["id"]: a for a in gt["annotations"]}
-        images = {i["id"]: i for i in gt["images"]}
-        names = {c["id"]: c["name"] for c in gt["categories"]}
-        missed.sort(key=lambda o: (not o.identifiable, anns[o.id]["area"]))
-        shown: list[Miss] = []
-        cache: dict[int, np.ndarray | None] = {}
-        for o in missed[: self.cfg.gallery.max_per_set]:
-            ann = anns[o.id]
-            image = images[ann["image_id"]]
-            if ann["image_id"] not in cache:
-                cache[ann["image_id"]] = _read_bgr(path.parent.parent / image["file_name"])
-            bgr = cache[ann["image_id"]]
-            if bgr is None:
-                continue
-            size = size_bucket(ann["area"]) if o.identifiable else "below identifiable"
-            caption = (
-                f"{names[ann['category_id']]} ({size}, "
-                f"{ann['bbox'][2]:.0f}x{ann['bbox'][3]:.0f} px), "
-                f"{o.coverage:.0%} covered; image {image['id']}"
-            )
-            shown.append(
-                Miss(jpeg=_crop(bgr, ann["bbox"], self.cfg.gallery.context), caption=caption)
-            )
-        return shown, len(missed)
-
-
-def _read_bgr(path: Path) -> np.ndarray | None:
-    """The image upright (the frame of its boxes) in OpenCV's BGR; None when it cannot be read:
-    the gallery then leaves its misses out."""
-    try:
-        return cv2.cvtColor(read_upright(path), cv2.COLOR_RGB2BGR)
-    except (OSError, ImageError):
-        return None
-
-
-def _crop(bgr: np.ndarray, bbox: Sequence[float], context: float) -> bytes:
-    """The object with `context` times its size around it (at least 24 px), its box in red,
-    scaled to at most 160 px; JPEG bytes."""
-    x, y, w, h = bbox
-    pad_x, pad_y = max(w * context, 24), max(h * context, 24)
-    height, width = bgr.shape[:2]
-    x0, y0 = int(max(x - pad_x, 0)), int(max(y - pad_y, 0))
-    x1, y1 = int(min(x + w + pad_x, width)), int(min(y + h + pad_y, height))
-    crop = bgr[y0:y1, x0:x1].copy()
-    cv2.rectangle(
-        crop,
-        (int(x - x0), int(y - y0)),
-        (int(x + w - x0), int(y + h - y0)),
-        (0, 0, 255),
-        1,
-    )
-    scale = 160 / max(crop.shape[:2])
-    if scale < 1:
-        crop = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-    elif scale > 2:
-        crop = cv2.resize(crop, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
-    ok, data = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 85])
-    return data.tobytes() if ok else b""
+        area = {a["id"]: a["area"] for a in gt["annotations"]}
+        missed.sort(key=lambda o: (not o.identifiable, area[o.id]))
+        chosen = [
+            (o.id, caption(gt, o.id, o.identifiable, f"{o.coverage:.0%} covered"))
+            for o in missed[: self.cfg.gallery.max_per_set]
+        ]
+        return crops(path.parent.parent, gt, chosen, self.cfg.gallery.context), len(missed)
 
 
 def _write_plots(folder: Path, metrics: ScoreResult) -> None:
@@ -427,53 +474,6 @@ def _model_report(
         thresholds=mine.thresholds,
         sets=sets,
     )
-
-
-def flat_recall(result: _Result, prefix: str = "") -> dict[str, float]:
-    """MLflow metrics: `recall/<set>/<class>/<bucket>` (IoU), `coverage/...`, thresholds."""
-    out: dict[str, float] = {}
-    for set_name, metrics in result.scores.items():
-        for name, buckets in metrics.recall.items():
-            for bucket, cell in buckets.items():
-                for metric, key in (("iou", "recall"), ("coverage", "coverage")):
-                    value = cell.value(metric)
-                    if value is not None:
-                        out[f"{prefix}{key}/{set_name}/{name}/{bucket}"] = value
-    for name, t in result.thresholds.items():
-        out[f"{prefix}threshold/{name}"] = t["threshold"]
-    return out
-
-
-def _track(
-    setup: EvalSetup,
-    name: str,
-    version: RegisteredModel | None,
-    mine: _Result,
-    champion: _Result | None,
-    champ_ref: RegisteredModel | None,
-) -> None:
-    tags = {
-        **run_tags(setup.root, stage="evaluate"),
-        "anonlab.model": name,
-        WEIGHTS_SHA256_TAG: mine.weights_sha256,
-    }
-    if version:
-        tags["anonlab.model_version"] = version.version
-    if champ_ref:
-        tags["anonlab.champion_version"] = champ_ref.version
-    params = {"evaluate": setup.evaluate.model_dump(mode="json"), "model": name}
-    with Tracker(
-        setup.root,
-        experiment="anonlab/evaluate",
-        run_name=name,
-        params=params,
-        tags=tags,
-        system_metrics=False,
-    ) as tracker:
-        metrics = flat_recall(mine)
-        if champion is not None:
-            metrics.update(flat_recall(champion, prefix="champion/"))
-        tracker.log_metrics(metrics, 0)
 
 
 def only_classes(gt: dict[str, Any], classes: Sequence[str]) -> dict[str, Any]:

@@ -1,5 +1,7 @@
-"""report.html of the evaluate stage: recall per class and size with intervals, the plots, the
-champion beside the new model, and a gallery of the objects each model misses.
+"""report.html of the evaluate stage: first the anonymizer (the models run as one, what the gate
+judges) beside each member, with the faces only its heads caught; then per model recall per
+class and size with intervals, the plots, the champion beside the new model, and a gallery of
+the objects each model misses.
 
 One self-contained page (plots and crops embedded as data URIs) a person reads to see what a
 model misses before it is released. It takes the scorer's results (`ScoreResult`) and
@@ -50,6 +52,27 @@ class ModelReport:
     sets: Sequence[SetReport]
 
 
+@dataclass(frozen=True)
+class AnonymizerSetReport:
+    """The anonymizer on one reference set: its scores, each member's (model name -> its
+    scores), and the faces only its heads cover (crops, and how many there are)."""
+
+    name: str
+    metrics: ScoreResult
+    members: Mapping[str, ScoreResult]
+    heads_only: Sequence[Miss] = field(default_factory=list)
+    heads_only_total: int = 0
+
+
+@dataclass(frozen=True)
+class AnonymizerReport:
+    name: str
+    supplies: Mapping[str, str]  # class -> model (`head` included)
+    # class -> {threshold, val_recall, reached, model} (`head` included)
+    thresholds: Mapping[str, Mapping[str, Any]]
+    sets: Sequence[AnonymizerSetReport]
+
+
 _CSS = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; max-width: 1200px; }
 h1 { font-size: 1.4em; } h2 { font-size: 1.2em; margin-top: 2em; } h3 { font-size: 1.05em; }
@@ -75,10 +98,11 @@ def render_report(
     coverage: float,
     identifiable: Mapping[str, float],
     generated: str,
+    anonymizer: AnonymizerReport | None = None,
 ) -> str:
-    """The whole page as a string. Under targets or a coverage share weaker than the release
-    gate's (`release.target_problems`), its first line is an HTML comment saying NOT A RELEASE
-    and why, and a banner says so above everything else."""
+    """The whole page as a string, the anonymizer's section first. Under targets or a coverage
+    share weaker than the release gate's (`release.target_problems`), its first line is an HTML
+    comment saying NOT A RELEASE and why, and a banner says so above everything else."""
     problems = target_problems(targets, coverage)
     banner = (
         f"<p class='notice'><b>NOT A RELEASE</b>: evaluated against {_e('; '.join(problems))}</p>"
@@ -102,10 +126,90 @@ def render_report(
         "<b>below identifiable</b>, not judged, and hiding them is no false positive. "
         f"Generated {_e(generated)}.</p>",
     ]
+    if anonymizer is not None:
+        parts.append(_anonymizer(anonymizer, targets, coverage))
     for model in models:
         parts.append(_model(model, targets))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _anonymizer(a: AnonymizerReport, targets: Mapping[str, float], coverage: float) -> str:
+    head = a.thresholds.get("head")
+    if head is not None:
+        reached = (
+            "" if head.get("reached") else " <span class='worse'>face target not reached</span>"
+        )
+        heads = (
+            f"Heads: a region around the head of each person {_e(head.get('model'))} finds "
+            f"scoring at least <b>{_num(head.get('threshold'))}</b>, hidden as a face is "
+            f"(chosen on val for the face target: face coverage recall there "
+            f"{_num(head.get('val_recall'))}{reached})."
+        )
+    else:
+        heads = "No heads: no keypoint model among the members, or anonymizer.heads.enabled false."
+    supplies = ", ".join(f"{c} from {m}" for c, m in a.supplies.items() if c != "head")
+    out = [
+        f"<h2 id='anonymizer'>Anonymizer {_e(a.name)}: the models run as one</h2>",
+        "<p class='note'>What ships and what the release gate judges: each class from the model "
+        f"that supplies it ({_e(supplies)}) at that model's operating threshold, evaluated as "
+        "the runtime runs it. Its <b>coverage</b> is the share of objects with at least "
+        f"{coverage:.0%} of their pixels among those the runtime hides fully (the regions of "
+        "every class and of the heads, in their styles, the soft edge left out); its "
+        "<b>iou</b> comes from its detections of each class. The members' own numbers are "
+        f"shown beside it, not gated. {heads}</p>",
+    ]
+    for s in a.sets:
+        out.append(_anonymizer_set(a, s, targets))
+    return "\n".join(out)
+
+
+def _anonymizer_set(
+    a: AnonymizerReport, s: AnonymizerSetReport, targets: Mapping[str, float]
+) -> str:
+    empty = RecallCell(n=0)
+    rows = []
+    for name in s.metrics.recall:
+        who = [(m, r) for m, r in s.members.items() if name in r.recall]
+        who.append(("anonymizer", s.metrics))
+        for label, result in who:
+            cell = result.recall[name].get("all", empty)
+            cells = []
+            for metric in ("iou", "coverage"):
+                value = cell.value(metric)
+                low = label == "anonymizer" and _below(value, targets.get(name))
+                ok = label == "anonymizer" and cell.n and not low
+                css = "low" if low else ("ok" if ok else "")
+                cells.append(f"<td class='{css}'>{_num(value)}{_ci(cell.interval(metric))}</td>")
+            who_label = f"<b>{_e(label)}</b>" if label == "anonymizer" else _e(label)
+            supplier = " (supplies it)" if a.supplies.get(name) == label else ""
+            rows.append(
+                f"<tr><td>{_e(name)}</td><td>{who_label}{_e(supplier)}</td>"
+                f"<td>{cell.n}</td>{''.join(cells)}</tr>"
+            )
+    gallery = "".join(
+        f"<figure><img src='data:image/jpeg;base64,{base64.b64encode(m.jpeg).decode()}'>"
+        f"<figcaption>{_e(m.caption)}</figcaption></figure>"
+        for m in s.heads_only
+    )
+    shown = (
+        f"{len(s.heads_only)} of {s.heads_only_total} faces, smallest first"
+        if s.heads_only_total
+        else "none"
+    )
+    return "\n".join(
+        [
+            f"<h3>Anonymizer on {_e(s.name)}</h3>",
+            "<table><tr><th>class</th><th>model</th><th>n</th><th>iou (all sizes)</th>"
+            "<th>coverage (all sizes)</th></tr>",
+            *rows,
+            "</table>",
+            f"<h3>Faces only the heads hid on {_e(s.name)}: {s.heads_only_total}</h3>",
+            f"<p class='note'>Identifiable faces the anonymizer covers and would not cover "
+            f"without its heads: {shown}.</p>",
+            f"<div class='grid'>{gallery}</div>",
+        ]
+    )
 
 
 def _model(model: ModelReport, targets: Mapping[str, float]) -> str:

@@ -10,6 +10,11 @@ Decisions the numbers rest on:
   treats an `ignore`-only object as a normal one.)
 - Recall, false positives and curves use each (image, class)'s `max_dets` best predictions, as
   COCO does; coverage uses every prediction above threshold, as the blurring runtime would.
+- Coverage from a hidden mask (`hidden`, per image id: the pixels an anonymizer hides, as
+  evaluate computes them for the runtime's rule): when given, an object's share is that of its
+  pixels (mask, else box) inside its image's hidden mask, and the predictions only serve
+  recall by IoU, COCO AP, false positives and curves. An image absent from `hidden` hides
+  nothing.
 - Identifiability (`ScoreOptions.min_identifiable`): an object whose box is shorter than its
   class's minimum height cannot identify anyone. It is scored in its own row
   (`below_identifiable`), is in no size bucket and not in `all`, and a detection matched to it
@@ -21,13 +26,14 @@ Decisions the numbers rest on:
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from data.coco.files import load_ground_truth, load_predictions
 from evaluation.scoring.coco_summary import coco_summaries, gt_copy, prediction_copy
-from evaluation.scoring.coverage import covered_shares
+from evaluation.scoring.coverage import HiddenMask, covered_shares, hidden_shares
 from evaluation.scoring.curves import precision_recall_curve
 from evaluation.scoring.instances import detection_arrays, mask_mode, truth_arrays
 from evaluation.scoring.matching import greedy_match, matching_pairs
@@ -70,9 +76,13 @@ def score(
     predictions: list[dict],
     options: ScoreOptions = DEFAULT_OPTIONS,
     timings: dict[str, float] | None = None,
+    *,
+    hidden: Mapping[int, HiddenMask] | None = None,
 ) -> ScoreResult:
     """All metrics of checked ground truth and predictions (see `check_ground_truth` and
-    `check_predictions`); `timings` as in `score_files`."""
+    `check_predictions`); `timings` as in `score_files`. `hidden`: per image id, the pixels an
+    anonymizer hides ((height, width) bool array or COCO RLE); coverage is then measured
+    against them instead of the predictions (module docstring)."""
     clock = _Stopwatch(timings)
     categories = sorted(gt["categories"], key=lambda c: c["id"])
     classes = [c["name"] for c in categories]
@@ -125,7 +135,10 @@ def score(
     assert status_all is not None
     hit_all, false_all = status_all
 
-    share = covered_shares(gt_anns, dt_anns, truth, dets, above, image_ids, heights, widths)
+    if hidden is None:
+        share = covered_shares(gt_anns, dt_anns, truth, dets, above, image_ids, heights, widths)
+    else:
+        share = hidden_shares(gt_anns, truth, image_ids, heights, widths, hidden)
     covered = (share >= options.coverage) & counted  # nan (not counted) compares False
 
     recall = recall_tables(truth, members, found, covered, classes, len(image_ids), options)

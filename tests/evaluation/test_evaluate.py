@@ -9,6 +9,8 @@ from collections.abc import Iterator
 
 import mlflow
 import pytest
+import torch
+import yaml
 
 from evaluation.config import EvaluateConfig, ValidateConfig
 from evaluation.registry import Registry
@@ -20,6 +22,8 @@ from serving.runtime.checksum import file_sha256
 from tests.conftest import REPO
 from tests.prepared import prepared_project
 from tests.training.tiny_runs import DATA, MODEL, TINY
+from training.config import ModelConfig
+from training.models import build_model, model_files_config, save_weights
 
 EVAL = [
     "evaluate.n_boot=50",
@@ -109,13 +113,160 @@ def test_evaluate_writes_metrics_report_and_mlflow_consistent_with_score(
 
     client = _client(project)
     experiment = client.get_experiment_by_name("anonlab/evaluate")
-    (run,) = client.search_runs([experiment.experiment_id])
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {MODEL, "anonymizer"}
+    run = runs[MODEL]
     assert run.data.tags["anonlab.model"] == MODEL
     assert run.data.tags["anonlab.weights_sha256"] == sha
     key = "recall/holdout/face/all"
     if holdout["face"]["all"]["iou"] is not None:
         assert run.data.metrics[key] == pytest.approx(holdout["face"]["all"]["iou"])
     assert f"threshold/{classes[0]}" in run.data.metrics
+
+    # The one model is the anonymizer (no keypoint model: no heads), scored on what it hides.
+    anonymizer = metrics["anonymizer"]
+    _check_anonymizer_entry(project, metrics, {MODEL})
+    assert anonymizer["supplies"] == dict.fromkeys(classes, MODEL)
+    assert anonymizer["heads"] == {} and "head" not in anonymizer["thresholds"]
+    assert anonymizer["heads_only"] == {"holdout": 0}
+    _hides_at_least_what_the_model_covers(anonymizer, entry, classes)
+    assert report.index("id='anonymizer'") < report.index(f"id='{MODEL}'")
+    assert "the release gate judges" in report
+    tracked = runs["anonymizer"]
+    assert tracked.data.tags[f"anonlab.member.{MODEL}.weights_sha256"] == sha
+    if anonymizer["sets"]["holdout"]["recall"]["face"]["all"]["coverage"] is not None:
+        assert tracked.data.metrics["coverage/holdout/face/all"] == pytest.approx(
+            anonymizer["sets"]["holdout"]["recall"]["face"]["all"]["coverage"]
+        )
+    assert tracked.data.metrics["heads_only/holdout"] == 0
+
+
+KEYPOINT = "keypointrcnn_mobilenet_v3_fpn"
+
+
+def _random_keypoint_model(project: Project) -> None:
+    """A tiny Keypoint R-CNN with random weights, saved as training saves a model (nothing is
+    trained: its persons and keypoints are noise, which is enough to make heads)."""
+    config = ModelConfig(
+        kind="keypointrcnn",
+        backbone="mobilenet_v3_small",
+        trainable_layers=0,
+        fpn_channels=16,
+        classes=["person"],
+        min_size=64,
+        max_size=96,
+        proposals_per_image=40,
+        rois_per_image=16,
+        detections_per_image=8,
+    )
+    names = list(project.params.taxonomy.keypoints)
+    torch.manual_seed(0)
+    model = build_model(config, keypoint_names=names)
+    folder = project.artifacts / "models" / KEYPOINT
+    folder.mkdir(parents=True, exist_ok=True)
+    save_weights(model, folder / "weights.safetensors")
+    files_config = model_files_config(config, keypoint_names=names)
+    (folder / "config.yaml").write_text(yaml.safe_dump(files_config), encoding="utf-8")
+
+
+def _check_anonymizer_entry(project: Project, metrics: dict, members: set[str]) -> None:
+    """metrics.json["anonymizer"] has the contract's keys, on every set."""
+    anonymizer = metrics["anonymizer"]
+    keys = {"members", "supplies", "heads", "styles", "thresholds", "sets", "heads_only"}
+    assert set(anonymizer) == keys
+    assert set(anonymizer["members"]) == members
+    for name, member in anonymizer["members"].items():
+        weights = project.artifacts / "models" / name / "weights.safetensors"
+        assert member["weights_sha256"] == file_sha256(weights) == metrics[name]["weights_sha256"]
+        assert member["version"] == metrics[name]["version"]
+    assert set(anonymizer["sets"]) == {"val", "holdout"}
+    taxonomy = project.params.taxonomy.classes
+    for s in anonymizer["sets"].values():
+        assert set(s) == {"recall", "coco", "false_positives_per_image"}
+        assert set(s["recall"]) == set(taxonomy)
+    assert set(anonymizer["heads_only"]) == {"holdout"}
+    styles = project.params.export.styles
+    for cls, model in anonymizer["supplies"].items():
+        assert anonymizer["styles"][cls] == dict(styles["face" if cls == "head" else cls])
+        if cls != "head":
+            own = metrics[model]["thresholds"][cls]
+            assert anonymizer["thresholds"][cls] == {**own, "model": model}
+
+
+def _hides_at_least_what_the_model_covers(anonymizer: dict, model: dict, classes: list) -> None:
+    """The anonymizer takes every class from `model` at its thresholds: the same detections, so
+    the same IoU recall; and it hides each detection's region grown by its style's margin (and
+    heads), so it covers at least what the model's detections cover."""
+    for set_name, s in anonymizer["sets"].items():
+        for name in classes:
+            for bucket, cell in s["recall"][name].items():
+                own = model["sets"][set_name]["recall"][name][bucket]
+                assert (cell["n"], cell["iou"]) == (own["n"], own["iou"]), (set_name, name)
+                if cell["n"]:
+                    assert cell["coverage"] >= own["coverage"], (set_name, name, bucket)
+
+
+def test_evaluate_scores_the_anonymizer_with_the_heads_of_a_keypoint_model(
+    project: Project,
+) -> None:
+    """With a keypoint model among train.models, its persons' heads join the anonymizer: the
+    head threshold is chosen on val by the face coverage it gives, and what the heads alone
+    hide is counted. The eval folder is put back afterwards (later tests read it)."""
+    out = project.artifacts / "eval"
+    saved = project.root / "eval-saved"
+    if out.exists():
+        shutil.copytree(out, saved)
+    _random_keypoint_model(project)
+    try:
+        assert _cli(project, "evaluate", f"train.models=[{MODEL},{KEYPOINT}]") == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+        anonymizer = metrics["anonymizer"]
+        _check_anonymizer_entry(project, metrics, {MODEL, KEYPOINT})
+        classes = project.params.models[MODEL].classes
+        assert anonymizer["supplies"] == {**dict.fromkeys(classes, MODEL), "head": KEYPOINT}
+        assert anonymizer["heads"] == project.params.anonymizer.heads.spec().to_dict()
+        # The entry of the keypoint model itself still scores its persons.
+        assert metrics[KEYPOINT]["sets"]["holdout"]["recall"]["person"]["all"]["n"] > 0
+        _hides_at_least_what_the_model_covers(anonymizer, metrics[MODEL], classes)
+
+        head = anonymizer["thresholds"]["head"]
+        evaluate = project.params.evaluate
+        own = metrics[KEYPOINT]["thresholds"]["person"]["threshold"]
+        assert head["model"] == KEYPOINT
+        assert evaluate.min_threshold <= head["threshold"] <= own
+        val_face = anonymizer["sets"]["val"]["recall"]["face"]["all"]
+        if val_face["n"]:
+            # The recall the rule chose by is the one the scorer measures on the hidden pixels.
+            assert head["val_recall"] == val_face["coverage"]
+            assert head["reached"] == (head["val_recall"] >= evaluate.target("face"))
+        else:
+            assert head["val_recall"] is None and head["threshold"] == own
+
+        # Faces covered only thanks to heads: covered, and not by the model's own detections.
+        face = anonymizer["sets"]["holdout"]["recall"]["face"]["all"]
+        alone = metrics[MODEL]["sets"]["holdout"]["recall"]["face"]["all"]
+        heads_only = anonymizer["heads_only"]["holdout"]
+        if face["n"]:
+            covered = round(face["coverage"] * face["n"])
+            assert covered - heads_only >= round(alone["coverage"] * alone["n"])
+
+        report = (out / "report.html").read_text()
+        assert f"Faces only the heads hid on holdout: {heads_only}" in report
+        client = _client(project)
+        experiment = client.get_experiment_by_name("anonlab/evaluate")
+        runs = client.search_runs([experiment.experiment_id], order_by=["start_time DESC"])
+        latest = next(r for r in runs if r.info.run_name == "anonymizer")
+        for name in (MODEL, KEYPOINT):
+            sha = anonymizer["members"][name]["weights_sha256"]
+            assert latest.data.tags[f"anonlab.member.{name}.weights_sha256"] == sha
+        assert latest.data.metrics["heads_only/holdout"] == heads_only
+        assert latest.data.metrics["threshold/head"] == pytest.approx(head["threshold"])
+    finally:
+        shutil.rmtree(project.artifacts / "models" / KEYPOINT)
+        if saved.exists():
+            shutil.rmtree(out)
+            shutil.copytree(saved, out)
+            shutil.rmtree(saved)
 
 
 def test_training_keeps_best_by_the_numbers_evaluate_computes_on_val(project: Project) -> None:
@@ -312,7 +463,8 @@ def test_evaluate_scores_the_champion_beside_new_weights(project: Project) -> No
         report = (project.artifacts / "eval" / "report.html").read_text()
         assert "Champion: version 1" in report
         experiment = client.get_experiment_by_name("anonlab/evaluate")
-        latest = client.search_runs([experiment.experiment_id], order_by=["start_time DESC"])[0]
+        runs = client.search_runs([experiment.experiment_id], order_by=["start_time DESC"])
+        latest = next(r for r in runs if r.info.run_name == MODEL)
         assert any(k.startswith("champion/recall/holdout/") for k in latest.data.metrics)
     finally:
         client.delete_registered_model_alias(MODEL, "champion")

@@ -545,6 +545,58 @@ def test_coverage_counts_pixels_of_polygons_and_boxes() -> None:
     )
 
 
+@pytest.mark.parametrize("as_rle", [False, True])
+def test_coverage_from_a_hidden_mask_counts_the_objects_pixels_inside_it(as_rle: bool) -> None:
+    # A face (mask) and a plate (box only) in image 1; a face in image 2, which has no mask.
+    face = rect(SIDE, SIDE, 10, 10, 20, 20)
+    gt = one_image(
+        [
+            mask_object("face", face),
+            box_object("license_plate", [50, 50, 20, 10], area=200),
+            mask_object("face", face, image_id=2),
+        ],
+        images=2,
+    )
+    # Face detections that cover everything: with a hidden mask they hide nothing by themselves.
+    everything = rect(SIDE, SIDE, 0, 0, SIDE, SIDE)
+    predictions = [mask_prediction("face", everything, 0.9, image_id=i) for i in (1, 2)]
+    half = np.zeros((SIDE, SIDE), bool)
+    half[10:30, 10:20] = True  # the face's left half
+    half[50:60, 50:70] = True  # the whole plate
+    whole = half.copy()
+    whole[10:30, 20:30] = True
+    options = ScoreOptions(coverage=0.9, n_boot=0, per_object=True)
+
+    def recall(hidden: np.ndarray, coverage: float = 0.9) -> dict:
+        given = rle(hidden.astype(np.uint8)) if as_rle else hidden
+        result = score(gt, predictions, replace(options, coverage=coverage), hidden={1: given})
+        return result.to_json()
+
+    at_half = recall(half)
+    assert at_half["recall"]["face"]["all"]["coverage"] == 0.0  # neither face reaches 90%
+    assert at_half["recall"]["license_plate"]["all"]["coverage"] == 1.0
+    shares = {o["id"]: o["coverage"] for o in at_half["objects"]}
+    assert shares == {1: 0.5, 2: 1.0, 3: 0.0}  # image 2 has no hidden mask: nothing hidden
+    assert recall(half, coverage=0.5)["recall"]["face"]["all"]["coverage"] == 0.5
+    at_whole = recall(whole)
+    assert at_whole["recall"]["face"]["all"]["coverage"] == 0.5  # image 1's face, not image 2's
+    # Recall by IoU, COCO and false positives still come from the predictions.
+    default = score(gt, predictions, options).to_json()
+    assert default["recall"]["face"]["all"]["coverage"] == 1.0  # the big masks cover both
+    for key in ("coco", "false_positives_per_image", "pr_curve"):
+        assert at_whole[key] == default[key]
+    assert at_whole["recall"]["face"]["all"]["iou"] == default["recall"]["face"]["all"]["iou"]
+
+
+def test_a_hidden_mask_of_another_size_is_an_error() -> None:
+    gt = one_image([box_object("face", [10, 10, 10, 10], area=100)])
+    with pytest.raises(AnonlabError, match=r"hidden mask of image 1 is \(50, 100\)"):
+        score(gt, [], FAST, hidden={1: np.zeros((50, SIDE), bool)})
+    small = rle(np.zeros((50, SIDE), np.uint8))
+    with pytest.raises(AnonlabError, match=r"hidden mask \(RLE\) of image 1 has size \[50, 100\]"):
+        score(gt, [], FAST, hidden={1: small})
+
+
 def scored_faces() -> tuple[dict, list[dict]]:
     """Four faces found at scores 0.9 .. 0.6, a false alarm at 0.95, a second empty image."""
     boxes = [[10 + 20 * k, 10, 10, 10] for k in range(4)]

@@ -1,0 +1,100 @@
+"""The evaluate stage's MLflow runs, in the experiment `anonlab/evaluate`: one per model (named
+after it, tagged `anonlab.weights_sha256`) and one for the anonymizer (named `anonymizer`,
+tagged with each member's weights sha256), with `recall/<set>/<class>/<bucket>` (IoU),
+`coverage/...`, `threshold/<class>`, and the anonymizer's `heads_only/<set>`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from evaluation.anonymizer import AnonymizerResult
+from evaluation.config import AnonymizerConfig, EvaluateConfig
+from evaluation.scoring.result import ScoreResult
+from training.tracking import WEIGHTS_SHA256_TAG, Tracker, run_tags
+
+__all__ = ["flat_recall", "track_anonymizer", "track_model"]
+
+
+def flat_recall(
+    scores: Mapping[str, ScoreResult],
+    thresholds: Mapping[str, Mapping[str, Any]],
+    prefix: str = "",
+) -> dict[str, float]:
+    """MLflow metrics: `recall/<set>/<class>/<bucket>` (IoU), `coverage/...`, thresholds."""
+    out: dict[str, float] = {}
+    for set_name, metrics in scores.items():
+        for name, buckets in metrics.recall.items():
+            for bucket, cell in buckets.items():
+                for metric, key in (("iou", "recall"), ("coverage", "coverage")):
+                    value = cell.value(metric)
+                    if value is not None:
+                        out[f"{prefix}{key}/{set_name}/{name}/{bucket}"] = value
+    for name, t in thresholds.items():
+        out[f"{prefix}threshold/{name}"] = t["threshold"]
+    return out
+
+
+def track_model(
+    root: Path,
+    cfg: EvaluateConfig,
+    name: str,
+    weights_sha256: str,
+    metrics: Mapping[str, float],
+    *,
+    version: str | None,
+    champion_version: str | None,
+) -> None:
+    """A model's run (named after it), tagged with the sha256 of the weights scored, its
+    registered version and its champion's."""
+    tags = {
+        **run_tags(root, stage="evaluate"),
+        "anonlab.model": name,
+        WEIGHTS_SHA256_TAG: weights_sha256,
+    }
+    if version:
+        tags["anonlab.model_version"] = version
+    if champion_version:
+        tags["anonlab.champion_version"] = champion_version
+    params = {"evaluate": cfg.model_dump(mode="json"), "model": name}
+    with Tracker(
+        root,
+        experiment="anonlab/evaluate",
+        run_name=name,
+        params=params,
+        tags=tags,
+        system_metrics=False,
+    ) as tracker:
+        tracker.log_metrics(dict(metrics), 0)
+
+
+def track_anonymizer(
+    root: Path, cfg: EvaluateConfig, config: AnonymizerConfig, anonymizer: AnonymizerResult
+) -> None:
+    """The anonymizer's run (named `anonymizer`): a model's metric names, `heads_only/<set>`,
+    and each member's weights sha256 as tag `anonlab.member.<model>.weights_sha256`."""
+    tags = {
+        **run_tags(root, stage="evaluate"),
+        "anonlab.anonymizer": config.name,
+        **{
+            f"anonlab.member.{r.member.name}.weights_sha256": r.weights_sha256
+            for r in anonymizer.runs
+        },
+    }
+    params = {
+        "evaluate": cfg.model_dump(mode="json"),
+        "anonymizer": config.model_dump(mode="json"),
+        "supplies": dict(anonymizer.composition.supplies),
+    }
+    with Tracker(
+        root,
+        experiment="anonlab/evaluate",
+        run_name="anonymizer",
+        params=params,
+        tags=tags,
+        system_metrics=False,
+    ) as tracker:
+        metrics = flat_recall(anonymizer.scores, anonymizer.thresholds)
+        metrics.update({f"heads_only/{s}": len(f) for s, f in anonymizer.heads_only.items()})
+        tracker.log_metrics(metrics, 0)
