@@ -1,7 +1,8 @@
 """Cost of anonymizing against the JPEG decode + encode it rides on, on 8000x4000 panoramas.
 
     .venv/bin/python benchmarks/blur_speed.py [--images 3] [--rounds 5] [--quality 90]
-        [--dir DIR] [--json] [--model artifacts/serving/anonymizer-<versions> [--backend onnx|torch] [--device D]]
+        [--dir DIR] [--json]
+        [--model artifacts/serving/anonymizer-<versions> [--backend onnx|torch] [--device D]]
 
 Generates (once, cached; not timed) street-like equirectangular JPEGs: sky, facades with rows
 of windows, road, vehicles, poles, texture, optical blur and sensor noise, so the files are the

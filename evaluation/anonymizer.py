@@ -50,6 +50,7 @@ from serving.runtime.heads import HEAD, HeadSpec
 from serving.runtime.tiles import TilingSpec, is_panorama
 
 __all__ = [
+    "ANONYMIZER",
     "FACE",
     "PERSON",
     "AnonymizerResult",
@@ -59,6 +60,9 @@ __all__ = [
     "evaluate_anonymizer",
 ]
 
+# The key of artifacts/eval/metrics.json holding the anonymizer (validate and export read it),
+# and the name of its MLflow run.
+ANONYMIZER = "anonymizer"
 FACE = "face"
 PERSON = "person"
 VAL = "val"

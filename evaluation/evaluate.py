@@ -50,6 +50,7 @@ from data.config import TaxonomyConfig
 from data.errors import AnonlabError
 from data.stage_paths import EvalOutputs, StagePaths
 from evaluation.anonymizer import (
+    ANONYMIZER,
     AnonymizerResult,
     AnonymizerSetup,
     MemberRun,
@@ -236,7 +237,7 @@ def run_evaluate(setup: EvalSetup) -> dict[str, Any]:
                 )
             )
         anonymizer = _anonymizer(setup, runs, sets, truths)
-        metrics["anonymizer"] = anonymizer.entry()
+        metrics[ANONYMIZER] = anonymizer.entry()
         track_anonymizer(setup.root, setup.evaluate, setup.anonymizer, anonymizer)
         targets = {c: setup.evaluate.target(c) for c in setup.taxonomy.classes}
         write_json(EvalOutputs(out).metrics, metrics)

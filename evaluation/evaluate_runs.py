@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from evaluation.anonymizer import AnonymizerResult
+from evaluation.anonymizer import ANONYMIZER, AnonymizerResult
 from evaluation.config import AnonymizerConfig, EvaluateConfig
 from evaluation.scoring.result import ScoreResult
 from training.tracking import WEIGHTS_SHA256_TAG, Tracker, run_tags
@@ -90,7 +90,7 @@ def track_anonymizer(
     with Tracker(
         root,
         experiment="anonlab/evaluate",
-        run_name="anonymizer",
+        run_name=ANONYMIZER,
         params=params,
         tags=tags,
         system_metrics=False,

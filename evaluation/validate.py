@@ -53,6 +53,7 @@ from data.atomic import read_json
 from data.errors import AnonlabError
 from data.size_buckets import BUCKETS
 from data.stage_paths import StagePaths
+from evaluation.anonymizer import ANONYMIZER
 from evaluation.config import EvaluateConfig, ValidateConfig
 from evaluation.data_checks import check_dataset
 from evaluation.data_checks.checks import ERROR, WARNING, Check
@@ -64,7 +65,6 @@ from serving.runtime.release import Gate, release_notice, release_problems
 from training.tracking import WEIGHTS_SHA256_TAG
 
 __all__ = [
-    "ANONYMIZER",
     "GateFailed",
     "ValidateSetup",
     "gate",
@@ -74,9 +74,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-# The key of artifacts/eval/metrics.json holding the anonymizer (the models run as one), and the
-# first part of its checks' names.
-ANONYMIZER = "anonymizer"
 _EMPTY = RecallCell(n=0)  # a bucket the table lacks: no objects, nothing to judge
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 from data.atomic import write_text
 from data.errors import AnonlabError
-from evaluation.validate import ANONYMIZER
+from evaluation.anonymizer import ANONYMIZER
 from serving.anonymizer_card import render_anonymizer_card
 from serving.runtime.artifact import load_artifact
 from serving.runtime.checksum import file_sha256
