@@ -266,7 +266,7 @@ class _Running:
             body = dets.select(dets.labels <= len(body_classes))  # `head` is the last class
             results += to_results(body, image_id, width, height, category_ids)
         thresholds = {c: self.composition.thresholds[c] for c in body_classes}
-        options = replace(self.setup.options, thresholds=thresholds, per_object=False)
+        options = replace(self.setup.options, thresholds=thresholds)
         return score(gt, results, options, hidden=hidden)
 
 
