@@ -370,9 +370,10 @@ def test_validate_fails_the_gate_then_passes_sets_challenger_and_promotes(
 
 
 def _reaching_targets(metrics_json: str) -> str:
-    """evaluate's metrics.json with every recall 1.0: the gate passes on the numbers."""
+    """evaluate's metrics.json with every recall 1.0 (the model's and the anonymizer's): the
+    gate passes on the numbers."""
     metrics = json.loads(metrics_json)
-    for s in metrics[MODEL]["sets"].values():
+    for s in [*metrics[MODEL]["sets"].values(), *metrics["anonymizer"]["sets"].values()]:
         for buckets in s["recall"].values():
             for cell in buckets.values():
                 cell["iou"] = cell["coverage"] = 1.0 if cell["n"] else None
