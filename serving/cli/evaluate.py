@@ -1,4 +1,5 @@
-"""`anonlab evaluate`: recall of every trained model on val and each reference set."""
+"""`anonlab evaluate`: recall of every trained model, and of the anonymizer they make together,
+on val and each reference set."""
 
 from __future__ import annotations
 
@@ -29,12 +30,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 COMMAND = Command(
-    "recall of every trained model (and the champion) on val and each reference set",
+    "recall of every trained model (and the champion) and of the anonymizer on val and each "
+    "reference set",
     "Run each model of train.models over val and every reference set with the runtime's "
     "tiling (evaluate.tiling), choose per class the highest score threshold that reaches "
     "evaluate.target_recall on val, and score every set at those thresholds: recall by "
     "IoU and by pixel coverage per class and size bucket with bootstrap intervals, COCO "
-    "AP, false positives per image. The registry's champion is scored the same way. "
+    "AP, false positives per image. The registry's champion is scored the same way. Then "
+    "the anonymizer (the models run as one, as the runtime runs them: each class from the "
+    "model that supplies it, plus the head regions of the keypoint model's persons, the "
+    "head threshold chosen on val for the face target) is scored the same way, its coverage "
+    "measured on the pixels the runtime hides; it is metrics.json's `anonymizer` entry, "
+    "which the release gate judges. "
     "Writes artifacts/eval/: metrics.json, plots/, predictions/, report.html (with a "
     "gallery of the missed objects); logs recall/<set>/<class>/<bucket> to MLflow.",
     no_args,
