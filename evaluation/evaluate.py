@@ -324,8 +324,9 @@ class _ModelEvaluation:
     ) -> _Result:
         """Thresholds on val, then every set scored; `outputs`: also write the predictions
         and plots of `name` and keep its detections (the evaluated model's, not the
-        champion's: the anonymizer's member), a keypoint model's with their keypoints (the
-        heads)."""
+        champion's: the anonymizer's member), a keypoint model's with their keypoints when
+        the anonymizer hides heads (anonymizer.heads.enabled; the keypoint branch costs time
+        per detection, and nothing else reads keypoints)."""
         # Hashed before and after loading, so the sha256 recorded is that of the bytes scored.
         weights_sha256 = file_sha256(weights)
         # The runtime's own detector, so the recall measured here is the recall it ships.
@@ -336,7 +337,7 @@ class _ModelEvaluation:
             tile=self.spec.tile,
             mask_threshold=self.cfg.mask_threshold,
             device=self.device,
-            keypoints=outputs,
+            keypoints=outputs and self.setup.anonymizer.heads.enabled,
         )
         if file_sha256(weights) != weights_sha256:
             raise AnonlabError(
