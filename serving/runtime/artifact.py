@@ -41,6 +41,7 @@ __all__ = [
     "Artifact",
     "Manifest",
     "load_artifact",
+    "manifest_body",
     "manifest_digest",
     "manifest_problems",
 ]
@@ -133,30 +134,9 @@ class Manifest:
         of a schema this runtime reads holding values it can run safely (`manifest_problems`)."""
         if not isinstance(raw, Mapping) or "schema_version" not in raw:
             raise ArtifactError(f"{where}: not an anonlab artifact manifest (no schema_version)")
-        schema = raw["schema_version"]
-        if not isinstance(schema, int) or schema > SCHEMA_VERSION:
-            raise ArtifactError(
-                f"{where}: schema_version {schema!r} is newer than this runtime reads "
-                f"({SCHEMA_VERSION}); upgrade anonlab's runtime to load this artifact"
-            )
-        body = {k: v for k, v in raw.items() if k != "manifest_sha256"}
-        if raw.get("manifest_sha256") != manifest_digest(body):
-            raise ArtifactError(
-                f"{where}: the manifest was altered after export (its manifest_sha256 does not "
-                "match its content); export the model again instead of editing the manifest"
-            )
-        names = {f.name for f in fields(Manifest)}
-        unknown = sorted(set(body) - names)
-        if unknown:
-            raise ArtifactError(f"{where}: unknown manifest keys {unknown}")
-        required = [
-            f.name
-            for f in fields(Manifest)
-            if f.default is MISSING and f.default_factory is MISSING
-        ]
-        missing = [name for name in required if name not in body]
-        if missing:
-            raise ArtifactError(f"{where}: the manifest has no {', '.join(missing)}")
+        body = manifest_body(
+            raw, where, Manifest, newest=SCHEMA_VERSION, what="artifact", redo="the model"
+        )
         manifest = Manifest(**body)
         problems = manifest_problems(manifest)
         if problems:
@@ -383,6 +363,38 @@ def _is_int(value: object) -> bool:
 def _bad(key: str, value: object, allowed: str) -> str:
     shown = repr(value)
     return f"{key} = {shown if len(shown) <= 80 else shown[:77] + '...'}: {allowed}"
+
+
+def manifest_body(
+    raw: Mapping[str, Any], where: str, record: type, *, newest: int, what: str, redo: str
+) -> dict[str, Any]:
+    """The keys of a parsed manifest of dataclass `record` (without manifest_sha256), once its
+    schema_version is one this runtime reads (at most `newest`), its manifest_sha256 is that of
+    its content, and it holds every key of `record` that has no default and no other key.
+    ArtifactError naming `where` otherwise; `what` is what the manifest describes (artifact,
+    anonymizer) and `redo` what to export again instead of editing it."""
+    schema = raw.get("schema_version")
+    if not isinstance(schema, int) or isinstance(schema, bool) or schema > newest:
+        raise ArtifactError(
+            f"{where}: schema_version {schema!r} is newer than this runtime reads "
+            f"({newest}); upgrade anonlab's runtime to load this {what}"
+        )
+    body = {k: v for k, v in raw.items() if k != "manifest_sha256"}
+    if raw.get("manifest_sha256") != manifest_digest(body):
+        raise ArtifactError(
+            f"{where}: the manifest was altered after export (its manifest_sha256 does not "
+            f"match its content); export {redo} again instead of editing the manifest"
+        )
+    unknown = sorted(set(body) - {f.name for f in fields(record)})
+    if unknown:
+        raise ArtifactError(f"{where}: unknown manifest keys {unknown}")
+    required = [
+        f.name for f in fields(record) if f.default is MISSING and f.default_factory is MISSING
+    ]
+    missing = [name for name in required if name not in body]
+    if missing:
+        raise ArtifactError(f"{where}: the manifest has no {', '.join(missing)}")
+    return body
 
 
 def manifest_digest(body: Mapping[str, Any]) -> str:

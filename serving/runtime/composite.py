@@ -26,14 +26,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from serving.runtime.anonymize import Style
-from serving.runtime.artifact import SHA256_HEX, Artifact, load_artifact, manifest_digest
+from serving.runtime.artifact import (
+    SHA256_HEX,
+    Artifact,
+    load_artifact,
+    manifest_body,
+    manifest_digest,
+)
 from serving.runtime.checksum import file_sha256
 from serving.runtime.detections import Detections
 from serving.runtime.errors import ArtifactError
@@ -218,28 +224,14 @@ class CompositeManifest:
         edited after export, or comes from a newer schema."""
         if not isinstance(raw, Mapping) or raw.get("kind") != "composite":
             raise ArtifactError(f"{where}: not an anonlab composite manifest (no kind composite)")
-        schema = raw.get("schema_version")
-        if not isinstance(schema, int) or isinstance(schema, bool) or schema > COMPOSITE_SCHEMA:
-            raise ArtifactError(
-                f"{where}: schema_version {schema!r} is newer than this runtime reads "
-                f"({COMPOSITE_SCHEMA}); upgrade anonlab's runtime to load this anonymizer"
-            )
-        body = {k: v for k, v in raw.items() if k != "manifest_sha256"}
-        if raw.get("manifest_sha256") != manifest_digest(body):
-            raise ArtifactError(
-                f"{where}: the manifest was altered after export (its manifest_sha256 does not "
-                "match its content); export again instead of editing the manifest"
-            )
-        known = {f.name for f in fields(CompositeManifest)}
-        unknown = sorted(set(body) - known)
-        required = [
-            f.name
-            for f in fields(CompositeManifest)
-            if f.default is MISSING and f.default_factory is MISSING
-        ]
-        missing = [k for k in required if k not in body]
-        if unknown or missing:
-            raise ArtifactError(f"{where}: unknown keys {unknown}, missing keys {missing}")
+        body = manifest_body(
+            raw,
+            where,
+            CompositeManifest,
+            newest=COMPOSITE_SCHEMA,
+            what="anonymizer",
+            redo="the anonymizer",
+        )
         manifest = CompositeManifest(**body)
         problems = _problems(manifest)
         if problems:
