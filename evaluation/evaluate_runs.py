@@ -58,15 +58,7 @@ def track_model(
     if champion_version:
         tags["anonlab.champion_version"] = champion_version
     params = {"evaluate": cfg.model_dump(mode="json"), "model": name}
-    with Tracker(
-        root,
-        experiment="anonlab/evaluate",
-        run_name=name,
-        params=params,
-        tags=tags,
-        system_metrics=False,
-    ) as tracker:
-        tracker.log_metrics(dict(metrics), 0)
+    _log_run(root, name, params, tags, metrics)
 
 
 def track_anonymizer(
@@ -87,14 +79,25 @@ def track_anonymizer(
         "anonymizer": config.model_dump(mode="json"),
         "supplies": dict(anonymizer.composition.supplies),
     }
+    metrics = flat_recall(anonymizer.scores, anonymizer.thresholds)
+    metrics.update({f"heads_only/{s}": len(f) for s, f in anonymizer.heads_only.items()})
+    _log_run(root, ANONYMIZER, params, tags, metrics)
+
+
+def _log_run(
+    root: Path,
+    name: str,
+    params: Mapping[str, Any],
+    tags: Mapping[str, str],
+    metrics: Mapping[str, float],
+) -> None:
+    """One run named `name` in the experiment anonlab/evaluate, its metrics at step 0."""
     with Tracker(
         root,
         experiment="anonlab/evaluate",
-        run_name=ANONYMIZER,
+        run_name=name,
         params=params,
         tags=tags,
         system_metrics=False,
     ) as tracker:
-        metrics = flat_recall(anonymizer.scores, anonymizer.thresholds)
-        metrics.update({f"heads_only/{s}": len(f) for s, f in anonymizer.heads_only.items()})
-        tracker.log_metrics(metrics, 0)
+        tracker.log_metrics(dict(metrics), 0)
