@@ -44,6 +44,7 @@ __all__ = [
     "manifest_body",
     "manifest_digest",
     "manifest_problems",
+    "verify_files",
 ]
 
 # 2: the manifest records the gate its model passed (`gate`, `notice`). 1 (no gate) still loads,
@@ -450,16 +451,23 @@ def load_artifact(path: str | Path) -> Artifact:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{manifest_path}: not readable JSON ({exc})") from None
     manifest = Manifest.from_json(raw, str(manifest_path))
-    for name, expected in sorted(manifest.files.items()):
+    verify_files(folder, manifest_path, manifest.files, what="artifact")
+    return Artifact(folder, manifest, raw["manifest_sha256"])
+
+
+def verify_files(folder: Path, manifest_path: Path, files: Mapping[str, str], *, what: str) -> None:
+    """Every file a manifest lists (name -> sha256) is in `folder` with that sha256.
+    ArtifactError naming it otherwise: an entry leaving the folder, a missing or an altered
+    file; `what` (artifact, anonymizer) is what to copy again."""
+    for name, expected in sorted(files.items()):
         target = folder / name
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise ArtifactError(f"{manifest_path}: file entry {name!r} leaves the folder")
         if not target.is_file():
-            raise ArtifactError(f"{folder}: {name} is missing; copy the whole artifact folder")
+            raise ArtifactError(f"{folder}: {name} is missing; copy the whole {what} folder")
         actual = file_sha256(target)
         if actual != expected:
             raise ArtifactError(
                 f"{folder}: {name} was altered or corrupted (sha256 {actual[:12]}..., the "
-                f"manifest says {expected[:12]}...); copy the artifact again from its source"
+                f"manifest says {expected[:12]}...); copy the {what} again from its source"
             )
-    return Artifact(folder, manifest, raw["manifest_sha256"])

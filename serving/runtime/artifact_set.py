@@ -190,9 +190,9 @@ def load_artifacts(
     return artifacts
 
 
-def _held_to_release(artifacts: Sequence[Artifact], allow_demo: bool) -> None:
-    """ArtifactError naming each artifact that passed only a gate weaker than the release gate,
-    and why, unless `allow_demo`; then a warning for each."""
+def _held_to_release(artifacts: Sequence[Artifact | Composite], allow_demo: bool) -> None:
+    """ArtifactError naming each artifact (or anonymizer) that passed only a gate weaker than
+    the release gate, and why, unless `allow_demo`; then a warning for each."""
     weak = [(a, a.manifest.release_problems()) for a in artifacts]
     weak = [(a, problems) for a, problems in weak if problems]
     for a, problems in weak if allow_demo else []:
@@ -238,23 +238,7 @@ def load_composite_set(
         )
     composite = load_composite(paths[0])
     m = composite.manifest
-    problems = m.release_problems()
-    if problems and not allow_demo:
-        raise ArtifactError(
-            f"not a release: {composite.path} ({m.name} version {m.version}): "
-            f"{'; '.join(problems)}. Its recall was proven only against a gate weaker than the "
-            "release gate, so it may leave identifiable faces and plates in what it "
-            "anonymizes. To run it anyway (a demo, a trial), pass --allow-demo (Python: "
-            "allow_demo=True)"
-        )
-    if problems:
-        log.warning(
-            "running %s version %s (%s), which is NOT A RELEASE: %s",
-            m.name,
-            m.version,
-            composite.path,
-            "; ".join(problems),
-        )
+    _held_to_release([composite], allow_demo)
     if pinned and pinned != (composite.manifest_sha256,):
         raise ArtifactError(
             f"the anonymizer is not the pinned one: {composite.path} has manifest_sha256 "

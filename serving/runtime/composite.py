@@ -39,8 +39,8 @@ from serving.runtime.artifact import (
     load_artifact,
     manifest_body,
     manifest_digest,
+    verify_files,
 )
-from serving.runtime.checksum import file_sha256
 from serving.runtime.detections import Detections
 from serving.runtime.errors import ArtifactError
 from serving.runtime.heads import HEAD, HeadSpec, head_detections
@@ -356,14 +356,7 @@ def load_composite(path: str | Path) -> Composite:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"{manifest_path}: not readable JSON ({exc})") from None
     manifest = CompositeManifest.from_json(raw, str(manifest_path))
-    for name, expected in sorted(manifest.files.items()):
-        target = folder / name
-        if Path(name).is_absolute() or ".." in Path(name).parts:
-            raise ArtifactError(f"{manifest_path}: file entry {name!r} leaves the folder")
-        if not target.is_file():
-            raise ArtifactError(f"{folder}: {name} is missing; copy the whole anonymizer folder")
-        if file_sha256(target) != expected:
-            raise ArtifactError(f"{folder}: {name} was altered or corrupted; copy it again")
+    verify_files(folder, manifest_path, manifest.files, what="anonymizer")
     members = []
     for entry in manifest.members:
         artifact = load_artifact(folder / entry["folder"])
