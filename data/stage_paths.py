@@ -49,6 +49,12 @@ PLOTS = "plots"
 VERDICT = "verdict.json"
 BASELINE_STATS = "baseline_stats.json"
 
+# audit/ (retention, erase): not a stage's output; nothing in it names an image in clear, except
+# a pending request while its erasure runs.
+ERASURE_LOG = "erasure.jsonl"
+TOMBSTONES = "tombstones.jsonl"
+PENDING = "pending"
+
 
 @dataclass(frozen=True)
 class RawStore:
@@ -251,6 +257,25 @@ class Validation:
 
 
 @dataclass(frozen=True)
+class AuditFolder:
+    """audit/: the erasure log, the tombstones of erased images, requests being erased."""
+
+    folder: Path
+
+    @property
+    def erasure_log(self) -> Path:
+        return self.folder / ERASURE_LOG
+
+    @property
+    def tombstones(self) -> Path:
+        return self.folder / TOMBSTONES
+
+    @property
+    def pending(self) -> Path:
+        return self.folder / PENDING
+
+
+@dataclass(frozen=True)
 class StagePaths:
     """Every stage's outputs under one artifacts root (params.yaml's `paths.artifacts`)."""
 
@@ -291,6 +316,15 @@ class StagePaths:
     def serving(self) -> Path:
         """serving/: export's runtime artifacts, one folder per model version."""
         return self.artifacts / "serving"
+
+    @property
+    def blurred(self) -> Path:
+        """blurred/: where the demo (and anyone who chooses to) writes `anonlab blur` outputs."""
+        return self.artifacts / "blurred"
+
+    @property
+    def audit(self) -> AuditFolder:
+        return AuditFolder(self.artifacts / "audit")
 
 
 # The same paths relative to the artifacts root, as COCO file names, Label Studio's local-files

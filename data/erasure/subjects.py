@@ -1,0 +1,99 @@
+"""What an erasure erases: images by content (sha256), found from a request (sha256, session or
+source path) or from retention (`delete_after` passed), with what identifies them elsewhere.
+
+An image is its content: a request that names one copy (a source path, a session that holds a
+duplicate) erases the content, and so every copy and every other path it was found under.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+
+from data.atomic import read_jsonl
+from data.manifest import DuplicateRecord, ManifestRecord, from_row, read_manifest
+from data.stage_paths import StagePaths
+
+
+@dataclass(frozen=True)
+class Subject:
+    """One image to erase, and the identifiers derived files may hold of it."""
+
+    sha256: str
+    path: str | None = None  # in the raw store (images/<sha[:2]>/<sha>.<ext>), when recorded
+    sessions: tuple[str, ...] = ()
+    source_paths: tuple[str, ...] = ()
+
+    def needles(self) -> tuple[bytes, ...]:
+        """Byte strings that only a file holding something of this image contains: its sha256
+        (which its store path holds too) and the paths it was found under. Sessions are shared
+        by many images and are not a sign of this one."""
+        return (self.sha256.encode(), *(p.encode() for p in self.source_paths))
+
+
+class By(Enum):
+    """How a request names images."""
+
+    SHA256 = "sha256"
+    SESSION = "session"
+    SOURCE_PATH = "source_path"
+
+
+@dataclass(frozen=True)
+class Known:
+    """What the raw store's files record of each image: the manifest and the duplicates."""
+
+    records: dict[str, ManifestRecord]
+    duplicates: list[DuplicateRecord]
+
+    @classmethod
+    def read(cls, artifacts: Path) -> Known:
+        """The raw store's manifest, and reviewed/'s as well (an image review kept stays there
+        when collect no longer lists it), with the duplicates."""
+        paths = StagePaths(artifacts)
+        records: dict[str, ManifestRecord] = {}
+        for manifest in (paths.reviewed.manifest, paths.raw.manifest):
+            if manifest.is_file():
+                records.update({r.sha256: r for r in read_manifest(manifest)})
+        duplicates = [from_row(DuplicateRecord, r) for r in read_jsonl(paths.raw.duplicates)]
+        return cls(records, duplicates)
+
+    def subject(self, sha256: str) -> Subject:
+        """Everything recorded of one content."""
+        record = self.records.get(sha256)
+        copies = [d for d in self.duplicates if d.sha256 == sha256]
+        sessions = {d.session for d in copies} | ({record.session} if record else set())
+        paths = {d.source_path for d in copies} | ({record.source_path} if record else set())
+        return Subject(
+            sha256=sha256,
+            path=record.path if record else None,
+            sessions=tuple(sorted(sessions)),
+            source_paths=tuple(sorted(paths)),
+        )
+
+    def matching(self, by: By, values: Iterable[str]) -> list[Subject]:
+        """The images a request names, by content, sorted by sha256."""
+        wanted = set(values)
+        if by is By.SHA256:
+            shas = {v.lower() for v in wanted}
+        else:
+            field = "session" if by is By.SESSION else "source_path"
+            shas = {r.sha256 for r in self.records.values() if getattr(r, field) in wanted}
+            shas |= {d.sha256 for d in self.duplicates if getattr(d, field) in wanted}
+        return [self.subject(sha) for sha in sorted(shas)]
+
+    def overdue(self, now: datetime) -> list[Subject]:
+        """Every image whose `delete_after` is not after `now`, sorted by sha256."""
+        return [
+            self.subject(sha)
+            for sha, record in sorted(self.records.items())
+            if datetime.fromisoformat(record.delete_after) <= now
+        ]
+
+
+def describe(subjects: Sequence[Subject]) -> str:
+    """`3 images` for messages: the count, never the identifiers."""
+    return f"{len(subjects)} image{'s' if len(subjects) != 1 else ''}"
