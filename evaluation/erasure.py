@@ -21,7 +21,6 @@ from data.erasure import files, redact
 from data.erasure.stores import Held
 from data.erasure.subjects import Subject
 from data.stage_paths import StagePaths
-from evaluation.evaluate import VAL
 
 
 @dataclass(frozen=True)
@@ -31,7 +30,8 @@ class EvalStore:
 
     def _set_ids(self, set_name: str, subjects: Sequence[Subject]) -> set[int]:
         prepared = StagePaths(self.artifacts).prepared
-        path = prepared.val if set_name == VAL else prepared.ref(set_name)
+        # evaluate's sets: val, and each reference set by its name.
+        path = prepared.val if set_name == prepared.val.stem else prepared.ref(set_name)
         if files.read_if_holding(path, subjects) is None:
             return set()
         _, gone, _ = redact.coco(
