@@ -154,6 +154,7 @@ REQUIRED = {
     "blur": ["--model", "artifacts/serving", "--out", "blurred", "in.jpg"],
     "serve": ["--model", "artifacts/serving"],
     "score": ["--gt", "gt.json", "--pred", "pred.json"],
+    "erase": ["--session", "drive-1", "--reason", "ticket 1"],
 }
 
 
