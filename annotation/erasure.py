@@ -1,0 +1,354 @@
+"""Erasure from Label Studio: the JSON exports on disk (`label-studio-files`) and the server's
+tasks with its data folder (`label-studio`); see data.erasure.stores for the interface.
+
+`label-studio-files` holds the Label Studio exports under the artifacts root: the synthetic
+source's export (`raw/synthetic/labelstudio_export.json`), every pull snapshot
+(`annotations/snapshots/*.json`) and push's state (`annotations/project.json`). A file is parsed
+only when its bytes hold a needle of an image (data.erasure.subjects); it is then rewritten
+without the tasks whose image URL names the image (`annotation.pull.image_sha256`) or whose
+data holds a needle, under the same name and with the same mode (a snapshot stays read-only;
+its name's content hash is then that of the export before the redaction). A file that is not a
+task list, or that still names the image outside its tasks, is removed whole; push's state
+names a project, never an image, and is removed only if it ever does (push finds the project
+by its title again).
+
+`label-studio` holds the tasks of the project push uses (the id in `annotations/project.json`
+when it is of this server, and the project titled `annotation.project_title`) whose
+`data.image` names the image, found by the server's task filter on `data.image`; erasing
+deletes each task through the API, its annotations and predictions with it. When
+`annotation.serve.data_dir` (the folder `anonlab annotate serve` gives Label Studio) is on this
+machine, its SQLite database is checked too: Label Studio keeps a deleted row's bytes in free
+pages, so erasing VACUUMs a database whose bytes hold a needle, and the database counts as
+still holding the image while its bytes contain one (rows of other projects, say). Export and
+upload files there (`export/`, `media/export/`, `media/upload/`) that hold a needle are removed.
+
+Decisions:
+- `annotation.source=export` configures no server: nothing is asked of one (the demo runs
+  offline), and the store holds nothing there. A local data folder is still checked, so
+  that a Label Studio once served here cannot keep an erased image unnoticed.
+- A configured server that does not answer (or refuses the token) is an error that names
+  its URL: the core keeps the erasure pending, and it completes when `anonlab erase` or
+  `anonlab retention` runs again with the server up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mmap
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from annotation.client import PAGE_SIZE, LabelStudio, connect
+from annotation.config import AnnotationConfig
+from annotation.pull import image_sha256
+from data.atomic import atomic_path
+from data.erasure.stores import Held, Store
+from data.erasure.subjects import Subject
+from data.errors import AnonlabError
+from data.stage_paths import StagePaths
+
+log = logging.getLogger(__name__)
+
+FILES_STORE = "label-studio-files"
+SERVER_STORE = "label-studio"
+# Label Studio's database and the folders of its exports and uploads, under its data folder.
+DATABASE_GLOB = "*.sqlite3"
+DATABASE_SIDE_FILES = ("-wal", "-journal")
+FILE_FOLDERS = ("export", "media/export", "media/upload")
+# A database Label Studio is writing to is locked for a moment; wait rather than fail.
+SQLITE_TIMEOUT_S = 60.0
+
+TASKS = "tasks"
+SERVER_TASKS = "tasks (with their annotations and predictions)"
+
+
+def needles_of(subjects: Sequence[Subject]) -> tuple[bytes, ...]:
+    """Every needle of `subjects` (data.erasure.subjects.Subject.needles)."""
+    return tuple(n for s in subjects for n in s.needles())
+
+
+def holds_needle(path: Path, needles: Sequence[bytes]) -> bool:
+    """Whether the bytes of the file at `path` contain one of `needles` (memory-mapped: the
+    cheap first look before anything is parsed). A missing or empty file holds none."""
+    try:
+        with path.open("rb") as f:
+            if f.seek(0, 2) == 0:
+                return False
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                return any(m.find(n) != -1 for n in needles)
+    except FileNotFoundError:
+        return False
+
+
+def names_image(task: Any, shas: set[str], needles: Sequence[bytes]) -> bool:
+    """Whether an exported task is one of the images': its image URL names one's sha256, or
+    its data holds a needle."""
+    if not isinstance(task, dict):
+        return False
+    if image_sha256(task) in shas:
+        return True
+    data = json.dumps(task.get("data"), ensure_ascii=False).encode()
+    return any(n in data for n in needles)
+
+
+@dataclass(frozen=True)
+class Redaction:
+    """What erasing does to one export file: the tasks it drops, and its new bytes (None: the
+    file is removed whole)."""
+
+    dropped: int
+    content: bytes | None
+
+
+def redact_export(raw: bytes, subjects: Sequence[Subject]) -> Redaction:
+    """A Label Studio JSON export without the tasks of `subjects`."""
+    shas, needles = {s.sha256 for s in subjects}, needles_of(subjects)
+    try:
+        tasks = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return Redaction(1, None)
+    if not isinstance(tasks, list):
+        return Redaction(1, None)
+    kept = [t for t in tasks if not names_image(t, shas, needles)]
+    content = json.dumps(kept, ensure_ascii=False, indent=1).encode("utf-8")
+    if any(n in content for n in needles):
+        return Redaction(len(tasks) - len(kept) or 1, None)
+    return Redaction(len(tasks) - len(kept), content)
+
+
+@dataclass(frozen=True)
+class LabelStudioFiles:
+    """The Label Studio exports and push's state under an artifacts root."""
+
+    artifacts: Path
+    name: str = FILES_STORE
+
+    def _files(self) -> list[Path]:
+        paths = StagePaths(self.artifacts)
+        folder = paths.annotations.snapshots
+        snapshots = sorted(folder.glob("*.json")) if folder.is_dir() else []
+        files = [paths.raw.synthetic_export, *snapshots, paths.annotations.label_studio_state]
+        return [p for p in files if p.is_file()]
+
+    def _where(self, path: Path) -> str:
+        return path.relative_to(self.artifacts).as_posix()
+
+    def _holding(self, subjects: Sequence[Subject]) -> Iterator[Path]:
+        needles = needles_of(subjects)
+        return (p for p in self._files() if holds_needle(p, needles))
+
+    def _is_state(self, path: Path) -> bool:
+        return path == StagePaths(self.artifacts).annotations.label_studio_state
+
+    def find(self, subjects: Sequence[Subject]) -> list[Held]:
+        held = []
+        for path in self._holding(subjects):
+            if self._is_state(path):
+                held.append(Held(self._where(path), "push state naming the image"))
+                continue
+            redaction = redact_export(path.read_bytes(), subjects)
+            what = TASKS if redaction.content is not None else "export naming the image (removed)"
+            held.append(Held(self._where(path), what, redaction.dropped))
+        return held
+
+    def erase(self, subjects: Sequence[Subject]) -> list[Held]:
+        erased = []
+        for path in self._holding(subjects):
+            if self._is_state(path):
+                path.unlink()
+                erased.append(Held(self._where(path), "push state naming the image"))
+                continue
+            redaction = redact_export(path.read_bytes(), subjects)
+            if redaction.content is None:
+                path.unlink()
+                erased.append(Held(self._where(path), "export naming the image (removed)"))
+                continue
+            mode = path.stat().st_mode & 0o7777
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(redaction.content)
+                tmp.chmod(mode)  # before the rename: a read-only snapshot is never writable
+            log.info("%s: %d task(s) removed", path, redaction.dropped)
+            erased.append(Held(self._where(path), TASKS, redaction.dropped))
+        return erased
+
+
+@dataclass(frozen=True)
+class LabelStudioServer:
+    """The tasks on the Label Studio server of `cfg`, and its data folder when it is local."""
+
+    cfg: AnnotationConfig
+    artifacts: Path
+    data_dir: Path
+    name: str = SERVER_STORE
+
+    @property
+    def configured(self) -> bool:
+        return self.cfg.source == "server"
+
+    def find(self, subjects: Sequence[Subject]) -> list[Held]:
+        held = []
+        if self.configured:
+            with self._client() as client:
+                for project, tasks in self._tasks(client, subjects).items():
+                    where = f"{client.url} project {project}"
+                    held.append(Held(where, SERVER_TASKS, len(tasks)))
+        needles = needles_of(subjects)
+        held += [Held(str(p), "export or upload naming the image") for p in self._files(needles)]
+        for database in self._databases():
+            if self._holds(database, needles):
+                held.append(Held(str(database), self._database_state(database, subjects)))
+        return held
+
+    def erase(self, subjects: Sequence[Subject]) -> list[Held]:
+        erased = []
+        if self.configured:
+            with self._client() as client:
+                for project, tasks in self._tasks(client, subjects).items():
+                    for task in tasks:  # its annotations and predictions go with it
+                        client.request("DELETE", f"/api/tasks/{task}", missing_ok=True)
+                    where = f"{client.url} project {project}"
+                    log.info("deleted %d task(s) of %s", len(tasks), where)
+                    erased.append(Held(where, SERVER_TASKS, len(tasks)))
+        needles = needles_of(subjects)
+        for path in self._files(needles):
+            path.unlink()
+            erased.append(Held(str(path), "export or upload naming the image"))
+        for database in self._databases():
+            if not self._holds(database, needles):
+                continue
+            with closing(sqlite3.connect(database, timeout=SQLITE_TIMEOUT_S)) as connection:
+                connection.execute("VACUUM")
+            if not self._holds(database, needles):
+                erased.append(Held(str(database), "deleted rows' bytes (vacuumed)"))
+        return erased
+
+    # -- the server ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _client(self) -> Iterator[LabelStudio]:
+        try:
+            client = connect(self.cfg)
+        except AnonlabError as e:
+            raise self._unavailable(e) from None
+        try:
+            yield client
+        except AnonlabError as e:
+            raise self._unavailable(e) from None
+        finally:
+            client.close()
+
+    def _unavailable(self, e: AnonlabError) -> AnonlabError:
+        return AnonlabError(
+            f"{e}. Label Studio at {self.cfg.url} (annotation.url, annotation.source=server) "
+            "may hold tasks of the images: the erasure stays pending and completes when "
+            "`anonlab erase` or `anonlab retention` runs again with the server up "
+            "(`anonlab annotate serve`) and its token in ANONLAB_LS_TOKEN"
+        )
+
+    def _projects(self, client: LabelStudio) -> list[int]:
+        """Push's project (annotations/project.json, when it is of this server) and the project
+        titled `annotation.project_title`."""
+        ids = set()
+        state_file = StagePaths(self.artifacts).annotations.label_studio_state
+        try:
+            state = json.loads(state_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            state = {}
+        if isinstance(state, dict) and state.get("url") == client.url:
+            project = state.get("project_id")
+            if isinstance(project, int) and client.get_project(project) is not None:
+                ids.add(project)
+        titled = client.find_project(self.cfg.project_title)
+        if titled is not None:
+            ids.add(titled)
+        return sorted(ids)
+
+    def _tasks(self, client: LabelStudio, subjects: Sequence[Subject]) -> dict[int, list[int]]:
+        """Per project, the ids of the tasks whose image URL names one of `subjects`."""
+        found: dict[int, list[int]] = {}
+        for project in self._projects(client):
+            ids = sorted(
+                {int(t["id"]) for s in subjects for t in _tasks_naming(client, project, s.sha256)}
+            )
+            if ids:
+                found[project] = ids
+        return found
+
+    # -- the data folder ----------------------------------------------------------------------
+
+    def _databases(self) -> list[Path]:
+        return sorted(self.data_dir.glob(DATABASE_GLOB)) if self.data_dir.is_dir() else []
+
+    def _holds(self, database: Path, needles: Sequence[bytes]) -> bool:
+        side = [database.with_name(database.name + s) for s in DATABASE_SIDE_FILES]
+        return any(holds_needle(p, needles) for p in (database, *side))
+
+    def _database_state(self, database: Path, subjects: Sequence[Subject]) -> str:
+        """What the database holds of the images: live rows, or deleted rows' bytes only."""
+        query = "SELECT COUNT(*) FROM task WHERE " + " OR ".join(
+            "CAST(data AS TEXT) LIKE ?" for _ in subjects
+        )
+        try:
+            with closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as connection:
+                rows = connection.execute(query, [f"%{s.sha256}%" for s in subjects]).fetchone()[0]
+        except sqlite3.Error as e:
+            return f"bytes naming the image (not a Label Studio database? {e})"
+        if rows:
+            return (
+                f"{rows} task row(s) naming the image (a project other than push's? delete "
+                "those tasks in Label Studio, then erase again)"
+            )
+        return "deleted rows' bytes in free pages (erasing vacuums it)"
+
+    def _files(self, needles: Sequence[bytes]) -> list[Path]:
+        """Export and upload files in the data folder whose name or bytes hold a needle."""
+        found = []
+        for name in FILE_FOLDERS:
+            folder = self.data_dir / name
+            if not folder.is_dir():
+                continue
+            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                if any(n in path.name.encode() for n in needles) or holds_needle(path, needles):
+                    found.append(path)
+        return found
+
+
+def _tasks_naming(client: LabelStudio, project: int, sha256: str) -> list[dict[str, Any]]:
+    """The project's tasks whose `data.image` names `sha256`, by the server's own filter (no
+    listing of every task)."""
+    query = {
+        "filters": {
+            "conjunction": "and",
+            "items": [
+                {
+                    "filter": "filter:tasks:data.image",
+                    "operator": "contains",
+                    "type": "String",
+                    "value": sha256,
+                }
+            ],
+        }
+    }
+    tasks: list[dict[str, Any]] = []
+    page = 1
+    while True:
+        params = {"project": project, "query": json.dumps(query), "page": page}
+        body = client.request("GET", "/api/tasks", params={**params, "page_size": PAGE_SIZE})
+        batch = body.get("tasks", [])
+        tasks += [t for t in batch if image_sha256(t) == sha256]
+        if not batch or page * PAGE_SIZE >= int(body.get("total", 0)):
+            return tasks
+        page += 1
+
+
+def label_studio_stores(artifacts: Path, cfg: AnnotationConfig, *, root: Path) -> list[Store]:
+    """The Label Studio stores of a project: its exports on disk, and the server of `cfg` with
+    its data folder (`annotation.serve.data_dir`, relative to `root`)."""
+    artifacts = Path(artifacts).resolve()
+    data_dir = (Path(root) / cfg.serve.data_dir).resolve()
+    return [LabelStudioFiles(artifacts), LabelStudioServer(cfg, artifacts, data_dir)]
