@@ -3,9 +3,12 @@
 The raw export (from the server, or a Label Studio JSON export file when
 `annotation.source=export`) is kept byte for byte under `annotations/snapshots/`, named by time
 and content hash; a snapshot is never overwritten, and pulling unchanged content reuses the
-snapshot it already has. The export is then converted to `annotations/coco.json` for the images
-review kept, in the frame annotators drew in: the image upright (EXIF orientation applied), whose
-size is the manifest's `width` and `height`. Everything that was not converted as-is is listed
+snapshot it already has. Erasure (`anonlab erase`, `anonlab retention`; annotation.erasure) is
+the one exception: it may redact a snapshot, rewriting it without an erased image's tasks under
+the same name (whose hash is then that of the export before) and read-only as before. The
+export is then converted to `annotations/coco.json` for the images review kept, in the frame
+annotators drew in: the image upright (EXIF orientation applied), whose size is the manifest's
+`width` and `height`. Everything that was not converted as-is is listed
 in `annotations/pull_report.json` with task ids: skipped, cancelled or conflicting tasks,
 degenerate geometry, keypoints that fit no person, tasks whose image review rejected. A pull
 that fails (server gone mid-export, malformed export) writes nothing: the previous snapshot and
