@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import logging
-import mmap
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
@@ -46,7 +45,7 @@ from typing import Any
 from annotation.client import PAGE_SIZE, LabelStudio, connect
 from annotation.config import AnnotationConfig
 from annotation.pull import image_sha256
-from data.atomic import atomic_path
+from data.erasure import files, redact
 from data.erasure.stores import Held, Store
 from data.erasure.subjects import Subject
 from data.errors import AnonlabError
@@ -67,22 +66,8 @@ TASKS = "tasks"
 SERVER_TASKS = "tasks (with their annotations and predictions)"
 
 
-def needles_of(subjects: Sequence[Subject]) -> tuple[bytes, ...]:
-    """Every needle of `subjects` (data.erasure.subjects.Subject.needles)."""
-    return tuple(n for s in subjects for n in s.needles())
-
-
-def holds_needle(path: Path, needles: Sequence[bytes]) -> bool:
-    """Whether the bytes of the file at `path` contain one of `needles` (memory-mapped: the
-    cheap first look before anything is parsed). A missing or empty file holds none."""
-    try:
-        with path.open("rb") as f:
-            if f.seek(0, 2) == 0:
-                return False
-            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-                return any(m.find(n) != -1 for n in needles)
-    except FileNotFoundError:
-        return False
+def holding(path: Path, subjects: Sequence[Subject]) -> bool:
+    return files.read_if_holding(path, subjects) is not None
 
 
 def names_image(task: Any, shas: set[str], needles: Sequence[bytes]) -> bool:
@@ -107,7 +92,7 @@ class Redaction:
 
 def redact_export(raw: bytes, subjects: Sequence[Subject]) -> Redaction:
     """A Label Studio JSON export without the tasks of `subjects`."""
-    shas, needles = {s.sha256 for s in subjects}, needles_of(subjects)
+    shas, needles = files.shas(subjects), [n.encode() for n in files.needles(subjects)]
     try:
         tasks = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -116,7 +101,7 @@ def redact_export(raw: bytes, subjects: Sequence[Subject]) -> Redaction:
         return Redaction(1, None)
     kept = [t for t in tasks if not names_image(t, shas, needles)]
     content = json.dumps(kept, ensure_ascii=False, indent=1).encode("utf-8")
-    if any(n in content for n in needles):
+    if redact.holds(content, needles):
         return Redaction(len(tasks) - len(kept) or 1, None)
     return Redaction(len(tasks) - len(kept), content)
 
@@ -132,46 +117,46 @@ class LabelStudioFiles:
         paths = StagePaths(self.artifacts)
         folder = paths.annotations.snapshots
         snapshots = sorted(folder.glob("*.json")) if folder.is_dir() else []
-        files = [paths.raw.synthetic_export, *snapshots, paths.annotations.label_studio_state]
-        return [p for p in files if p.is_file()]
+        found = [paths.raw.synthetic_export, *snapshots, paths.annotations.label_studio_state]
+        return [p for p in found if p.is_file()]
 
     def _where(self, path: Path) -> str:
-        return path.relative_to(self.artifacts).as_posix()
+        return files.relative(path, self.artifacts)
 
-    def _holding(self, subjects: Sequence[Subject]) -> Iterator[Path]:
-        needles = needles_of(subjects)
-        return (p for p in self._files() if holds_needle(p, needles))
+    def _holding(self, subjects: Sequence[Subject]) -> Iterator[tuple[Path, bytes]]:
+        """The files whose bytes hold a needle, with their bytes."""
+        for path in self._files():
+            data = files.read_if_holding(path, subjects)
+            if data is not None:
+                yield path, data
 
     def _is_state(self, path: Path) -> bool:
         return path == StagePaths(self.artifacts).annotations.label_studio_state
 
     def find(self, subjects: Sequence[Subject]) -> list[Held]:
         held = []
-        for path in self._holding(subjects):
+        for path, data in self._holding(subjects):
             if self._is_state(path):
                 held.append(Held(self._where(path), "push state naming the image"))
                 continue
-            redaction = redact_export(path.read_bytes(), subjects)
+            redaction = redact_export(data, subjects)
             what = TASKS if redaction.content is not None else "export naming the image (removed)"
             held.append(Held(self._where(path), what, redaction.dropped))
         return held
 
     def erase(self, subjects: Sequence[Subject]) -> list[Held]:
         erased = []
-        for path in self._holding(subjects):
+        for path, data in self._holding(subjects):
             if self._is_state(path):
                 path.unlink()
                 erased.append(Held(self._where(path), "push state naming the image"))
                 continue
-            redaction = redact_export(path.read_bytes(), subjects)
+            redaction = redact_export(data, subjects)
             if redaction.content is None:
                 path.unlink()
                 erased.append(Held(self._where(path), "export naming the image (removed)"))
                 continue
-            mode = path.stat().st_mode & 0o7777
-            with atomic_path(path) as tmp:
-                tmp.write_bytes(redaction.content)
-                tmp.chmod(mode)  # before the rename: a read-only snapshot is never writable
+            files.write_keeping_mode(path, redaction.content)
             log.info("%s: %d task(s) removed", path, redaction.dropped)
             erased.append(Held(self._where(path), TASKS, redaction.dropped))
         return erased
@@ -197,10 +182,9 @@ class LabelStudioServer:
                 for project, tasks in self._tasks(client, subjects).items():
                     where = f"{client.url} project {project}"
                     held.append(Held(where, SERVER_TASKS, len(tasks)))
-        needles = needles_of(subjects)
-        held += [Held(str(p), "export or upload naming the image") for p in self._files(needles)]
+        held += [Held(str(p), "export or upload naming the image") for p in self._files(subjects)]
         for database in self._databases():
-            if self._holds(database, needles):
+            if self._holds(database, subjects):
                 held.append(Held(str(database), self._database_state(database, subjects)))
         return held
 
@@ -214,16 +198,15 @@ class LabelStudioServer:
                     where = f"{client.url} project {project}"
                     log.info("deleted %d task(s) of %s", len(tasks), where)
                     erased.append(Held(where, SERVER_TASKS, len(tasks)))
-        needles = needles_of(subjects)
-        for path in self._files(needles):
+        for path in self._files(subjects):
             path.unlink()
             erased.append(Held(str(path), "export or upload naming the image"))
         for database in self._databases():
-            if not self._holds(database, needles):
+            if not self._holds(database, subjects):
                 continue
             with closing(sqlite3.connect(database, timeout=SQLITE_TIMEOUT_S)) as connection:
                 connection.execute("VACUUM")
-            if not self._holds(database, needles):
+            if not self._holds(database, subjects):
                 erased.append(Held(str(database), "deleted rows' bytes (vacuumed)"))
         return erased
 
@@ -284,9 +267,9 @@ class LabelStudioServer:
     def _databases(self) -> list[Path]:
         return sorted(self.data_dir.glob(DATABASE_GLOB)) if self.data_dir.is_dir() else []
 
-    def _holds(self, database: Path, needles: Sequence[bytes]) -> bool:
+    def _holds(self, database: Path, subjects: Sequence[Subject]) -> bool:
         side = [database.with_name(database.name + s) for s in DATABASE_SIDE_FILES]
-        return any(holds_needle(p, needles) for p in (database, *side))
+        return any(holding(p, subjects) for p in (database, *side))
 
     def _database_state(self, database: Path, subjects: Sequence[Subject]) -> str:
         """What the database holds of the images: live rows, or deleted rows' bytes only."""
@@ -305,15 +288,16 @@ class LabelStudioServer:
             )
         return "deleted rows' bytes in free pages (erasing vacuums it)"
 
-    def _files(self, needles: Sequence[bytes]) -> list[Path]:
+    def _files(self, subjects: Sequence[Subject]) -> list[Path]:
         """Export and upload files in the data folder whose name or bytes hold a needle."""
+        needles = files.needles(subjects)
         found = []
         for name in FILE_FOLDERS:
             folder = self.data_dir / name
             if not folder.is_dir():
                 continue
             for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-                if any(n in path.name.encode() for n in needles) or holds_needle(path, needles):
+                if any(n in path.name for n in needles) or holding(path, subjects):
                     found.append(path)
         return found
 
