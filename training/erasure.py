@@ -27,13 +27,12 @@ the erasure where the store's SQLite database is: the core keeps the erasure pen
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sqlite3
-import subprocess
-import sys
 from collections.abc import Iterator, Sequence
-from contextlib import closing
+from contextlib import closing, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -44,7 +43,7 @@ from data.erasure.subjects import Subject
 from data.errors import AnonlabError
 from serving.runtime.checksum import file_sha256
 from serving.runtime.imagefile import IMAGE_EXTENSIONS, identify
-from training.tracking import sqlite_path, tracking_uri
+from training.tracking import global_tracking_uri, sqlite_path, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,6 @@ WEIGHT_SUFFIXES = frozenset({".safetensors", ".pt", ".pth", ".onnx", ".ckpt", ".
 NUMERIC_TABLES = frozenset({"metrics", "latest_metrics"})
 HEAD_BYTES = 16
 SQLITE_TIMEOUT_S = 60.0
-GC_TIMEOUT_S = 600
 
 
 @dataclass(frozen=True)
@@ -96,9 +94,11 @@ class MlflowStore:
         if not database.is_file():
             return []
         held = [Held(self._where(p), "artifact") for p in self._artifacts(database, subjects)]
+        if files.read_if_holding(database, subjects) is None:
+            return held
         rows = self._rows(database, subjects)
         held += [Held(f"{database.name} {r.table}", _what(r), 1) for r in rows]
-        if not rows and files.read_if_holding(database, subjects) is not None:
+        if not rows:
             held.append(Held(database.name, "deleted rows' bytes in free pages (erasing vacuums)"))
         return held
 
@@ -110,6 +110,8 @@ class MlflowStore:
         for path in self._artifacts(database, subjects):
             path.unlink()
             erased.append(Held(self._where(path), "artifact"))
+        if files.read_if_holding(database, subjects) is None:
+            return erased
         rows = self._rows(database, subjects)
         tags = [r for r in rows if r.is_tag]
         runs = sorted({r.run for r in rows if not r.is_tag and r.run is not None})
@@ -121,11 +123,10 @@ class MlflowStore:
         if runs:
             self._delete_runs(runs)
             erased.append(Held(database.name, "runs naming the image (deleted)", len(runs)))
-        if files.read_if_holding(database, subjects) is not None:
-            with closing(sqlite3.connect(database, timeout=SQLITE_TIMEOUT_S)) as connection:
-                connection.execute("VACUUM")
-            if not rows and files.read_if_holding(database, subjects) is None:
-                erased.append(Held(database.name, "deleted rows' bytes (vacuumed)"))
+        with closing(sqlite3.connect(database, timeout=SQLITE_TIMEOUT_S)) as connection:
+            connection.execute("VACUUM")
+        if not rows and files.read_if_holding(database, subjects) is None:
+            erased.append(Held(database.name, "deleted rows' bytes (vacuumed)"))
         return erased
 
     def _where(self, path: Path) -> str:
@@ -134,9 +135,7 @@ class MlflowStore:
     # -- the database -------------------------------------------------------------------------
 
     def _rows(self, database: Path, subjects: Sequence[Subject]) -> list[Row]:
-        """The rows that hold a needle; none without reading a row when the file holds none."""
-        if files.read_if_holding(database, subjects) is None:
-            return []
+        """The rows that hold a needle (searched only when the file's bytes hold one)."""
         needles = files.needles(subjects)
         found = []
         with closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as connection:
@@ -157,24 +156,29 @@ class MlflowStore:
         return found
 
     def _delete_runs(self, runs: Sequence[str]) -> None:
-        """Delete `runs` for good: marked deleted, then removed by `mlflow gc`."""
+        """Delete `runs` for good: marked deleted, then removed by `mlflow gc` (run here, in
+        this process: a new one would import MLflow again)."""
+        import click
         import mlflow
+        from mlflow.cli import gc
 
         client = mlflow.MlflowClient(tracking_uri=self.uri)
         for run in runs:
             if client.get_run(run).info.lifecycle_stage != "deleted":
                 client.delete_run(run)
-        command = [sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", self.uri]
-        command += ["--tracking-uri", self.uri, "--run-ids", ",".join(runs)]
-        result = subprocess.run(
-            command, capture_output=True, text=True, timeout=GC_TIMEOUT_S, check=False
-        )
-        if result.returncode != 0:
+        args = ["--backend-store-uri", self.uri, "--tracking-uri", self.uri]
+        said = io.StringIO()  # gc echoes a line per run: logged, not printed
+        try:
+            # gc sets MLflow's global tracking URI: put back after.
+            with global_tracking_uri(self.uri), redirect_stdout(said):
+                gc.main([*args, "--run-ids", ",".join(runs)], standalone_mode=False)
+        except (click.ClickException, mlflow.MlflowException) as e:
             raise AnonlabError(
                 f"`mlflow gc` could not remove {len(runs)} run(s) naming the images from "
-                f"{self.uri} (exit {result.returncode}): {result.stderr.strip()[-500:]}. The "
-                "erasure stays pending: run `anonlab erase` again once it is fixed"
-            )
+                f"{self.uri}: {e}. The erasure stays pending: run `anonlab erase` again once "
+                "it is fixed"
+            ) from None
+        log.debug("mlflow gc: %s", said.getvalue().strip())
         log.info("deleted %d MLflow run(s) naming the images", len(runs))
 
     # -- the artifacts ------------------------------------------------------------------------
