@@ -7,18 +7,20 @@ hold an image there:
   any file whose path or bytes hold a needle (data.erasure.subjects). The project itself logs
   metrics, config files and models (training.loop, training.tracking); model weights
   (`.safetensors`, `.pt`, `.onnx`, ...) are numbers, not names, and are not read. Weights trained
-  on an erased image are not retrained by erasure (README);
-- rows of the database: params, tags and any other text that holds a needle;
+  on an erased image are not retrained by erasure. Artifacts are not indexed by image:
+  every other artifact file is read (a run of the project logs a few small files);
+- rows of the database: params, tags and any other text that holds a needle (the metric
+  tables, numbers under metric names, are not searched);
 - the database file itself: SQLite keeps a deleted row's bytes in free pages until VACUUM.
 
 The database's bytes are looked at first; its rows are searched only when they hold a needle.
 
 Erasing deletes the artifact files. Tags are mutable: a tag row that holds a needle is deleted
 (run, experiment and registry tags alike). Params are immutable in MLflow, so a run whose param
-(or any other row of it: inputs, its name) names an image is deleted whole, for good: marked
-deleted and removed with `mlflow gc` (its metrics and artifacts go with it). A row that belongs
-to no run and is no tag (a registered model's description, say) is left, and reported by `find`
-until it is removed by hand. The database is then VACUUMed.
+(or any other row that carries its run id: its name, say) names an image is deleted whole, for
+good: marked deleted and removed with `mlflow gc` (its metrics and artifacts go with it). A row
+that belongs to no run and is no tag (a registered model's description, say) is left, and
+reported by `find` until it is removed by hand. The database is then VACUUMed.
 
 Decision: only a SQLite tracking store can be checked (the project's default). For any other
 URI (a tracking server, a database server) `find` and `erase` raise an error that says to run
