@@ -4,8 +4,11 @@ vacuumed, a pull snapshot is rewritten without the task and stays read-only."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sqlite3
 import stat
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,7 @@ import pytest
 import requests
 
 from annotation.client import LabelStudio, connect
+from annotation.config import AnnotationConfig
 from annotation.erasure import LabelStudioFiles, label_studio_stores
 from annotation.pull import image_sha256, run_pull
 from annotation.push import run_push
@@ -24,6 +28,13 @@ from tests.annotation.server_project import TAXONOMY, annotation_cfg, review
 from tests.images import jpeg_bytes, store_jpeg, texture
 
 TITLE = "erasure"
+IMAGE_ONLY = '<View><Image name="image" value="$image"/></View>'
+
+
+def server_cfg(ls: LabelStudioUnderTest) -> AnnotationConfig:
+    """Push's project on the session's server, whose data folder is on this machine."""
+    serve = {"host": "127.0.0.1", "port": 8080, "data_dir": str(ls.data_dir)}
+    return annotation_cfg(ls.url, TITLE, serve=serve)
 
 
 def annotate(ls: LabelStudioUnderTest, task: int) -> None:
@@ -73,8 +84,7 @@ def test_erasure_deletes_the_images_tasks_and_leaves_none_of_its_bytes(
         for i in range(3)
     ]
     review(artifacts, records)
-    serve = {"host": "127.0.0.1", "port": 8080, "data_dir": str(ls.data_dir)}
-    cfg = annotation_cfg(ls.url, TITLE, serve=serve)
+    cfg = server_cfg(ls)
     project = run_push(cfg, TAXONOMY, artifacts).project_id
     client = connect(cfg)
     tasks = by_image(client, project)
@@ -166,3 +176,58 @@ def test_an_export_that_is_not_a_task_list_is_removed_whole(tmp_path: Path) -> N
     assert [h.what for h in store.find([Subject(sha)])] == ["export naming the image (removed)"]
     store.erase([Subject(sha)])
     assert not snapshot.exists()
+
+
+def test_a_task_outside_pushs_project_is_reported_until_it_is_gone(
+    ls: LabelStudioUnderTest,
+) -> None:
+    sha = hashlib.sha256(b"erasure: a task of another project").hexdigest()
+    cfg = server_cfg(ls)
+    client = connect(cfg)
+    other = client.create_project(
+        "erasure-other", '<View><Image name="image" value="$image"/></View>'
+    )
+    url = f"/data/local-files/?d=raw/images/{sha[:2]}/{sha}.jpg"
+    client.import_tasks(other, [{"data": {"image": url}}])
+    server = label_studio_stores(ls.artifacts, cfg, root=ls.artifacts.parent)[1]
+    subject = Subject(sha)
+    [database] = ls.data_dir.glob("*.sqlite3")
+
+    [held] = server.find([subject])
+    assert held.where == str(database) and held.what.startswith("1 task row(s) naming the image")
+    assert server.erase([subject]) == []  # not push's project: the server's own to decide
+    assert server.find([subject]) == [held]
+
+    client.request("DELETE", f"/api/projects/{other}")
+    server.erase([subject])
+    assert server.find([subject]) == [] and sha.encode() not in database.read_bytes()
+    client.close()
+
+
+def test_a_deleted_rows_bytes_are_vacuumed_even_with_no_server_configured(tmp_path: Path) -> None:
+    """SQLite built without secure delete (this machine's zeroes deleted rows) keeps a deleted
+    task's bytes in free pages: the local database counts as holding the image until VACUUM."""
+    sha = hashlib.sha256(b"erasure: a deleted task").hexdigest()
+    data_dir = tmp_path / ".labelstudio"
+    data_dir.mkdir()
+    database = data_dir / "label_studio.sqlite3"
+    with closing(sqlite3.connect(database)) as connection, connection:
+        connection.execute("PRAGMA secure_delete = OFF")
+        connection.execute("CREATE TABLE task (id INTEGER PRIMARY KEY, data TEXT)")
+        rows = [(json.dumps({"image": f"{i}-{sha if i == 7 else 'x'}" * 40}),) for i in range(50)]
+        connection.executemany("INSERT INTO task (data) VALUES (?)", rows)
+    with closing(sqlite3.connect(database)) as connection, connection:
+        connection.execute("PRAGMA secure_delete = OFF")
+        connection.execute("DELETE FROM task WHERE id = 8")
+    assert sha.encode() in database.read_bytes()
+    cfg = annotation_cfg("http://127.0.0.1:9", TITLE).model_copy(update={"source": "export"})
+    server = label_studio_stores(tmp_path, cfg, root=tmp_path)[1]
+
+    assert [h.what for h in server.find([Subject(sha)])] == [
+        "deleted rows' bytes in free pages (erasing vacuums it)"
+    ]
+    assert [h.what for h in server.erase([Subject(sha)])] == ["deleted rows' bytes (vacuumed)"]
+    assert sha.encode() not in database.read_bytes()
+    with closing(sqlite3.connect(database)) as connection:
+        assert connection.execute("SELECT COUNT(*) FROM task").fetchone() == (49,)
+    assert server.find([Subject(sha)]) == [] and server.erase([Subject(sha)]) == []
