@@ -17,10 +17,12 @@ when it is of this server, and the project titled `annotation.project_title`) wh
 `data.image` names the image, found by the server's task filter on `data.image`; erasing
 deletes each task through the API, its annotations and predictions with it. When
 `annotation.serve.data_dir` (the folder `anonlab annotate serve` gives Label Studio) is on this
-machine, its SQLite database is checked too: Label Studio keeps a deleted row's bytes in free
-pages, so erasing VACUUMs a database whose bytes hold a needle, and the database counts as
-still holding the image while its bytes contain one (rows of other projects, say). Export and
-upload files there (`export/`, `media/export/`, `media/upload/`) that hold a needle are removed.
+machine, its SQLite database is checked too: SQLite keeps a deleted row's bytes in free pages
+(unless it was built to zero them), so erasing VACUUMs a database whose bytes hold a needle, and
+the database counts as still holding the image while its bytes contain one (a task of another
+project, say: the store deletes only push's project's tasks, and says so). Export and
+upload files there (`export/`, `media/export/`, `media/upload/`) whose name or bytes hold a
+needle are removed.
 
 Decisions:
 - `annotation.source=export` configures no server: nothing is asked of one (the demo runs
