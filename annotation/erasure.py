@@ -66,6 +66,10 @@ SQLITE_TIMEOUT_S = 60.0
 
 TASKS = "tasks"
 SERVER_TASKS = "tasks (with their annotations and predictions)"
+FREE_PAGES = (
+    "bytes naming the image outside any task row: deleted rows in free pages (erasing vacuums "
+    "them), or a row of another table"
+)
 
 
 def holding(path: Path, subjects: Sequence[Subject]) -> bool:
@@ -288,7 +292,7 @@ class LabelStudioServer:
                 f"{rows} task row(s) naming the image (a project other than push's? delete "
                 "those tasks in Label Studio, then erase again)"
             )
-        return "deleted rows' bytes in free pages (erasing vacuums it)"
+        return FREE_PAGES
 
     def _files(self, subjects: Sequence[Subject]) -> list[Path]:
         """Export and upload files in the data folder whose name or bytes hold a needle."""

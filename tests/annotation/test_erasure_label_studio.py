@@ -17,7 +17,7 @@ import requests
 
 from annotation.client import LabelStudio, connect
 from annotation.config import AnnotationConfig
-from annotation.erasure import LabelStudioFiles, label_studio_stores
+from annotation.erasure import FREE_PAGES, LabelStudioFiles, label_studio_stores
 from annotation.pull import image_sha256, run_pull
 from annotation.push import run_push
 from data.erasure.stores import total
@@ -223,9 +223,7 @@ def test_a_deleted_rows_bytes_are_vacuumed_even_with_no_server_configured(tmp_pa
     cfg = annotation_cfg("http://127.0.0.1:9", TITLE).model_copy(update={"source": "export"})
     server = label_studio_stores(tmp_path, cfg, root=tmp_path)[1]
 
-    assert [h.what for h in server.find([Subject(sha)])] == [
-        "deleted rows' bytes in free pages (erasing vacuums it)"
-    ]
+    assert [h.what for h in server.find([Subject(sha)])] == [FREE_PAGES]
     assert [h.what for h in server.erase([Subject(sha)])] == ["deleted rows' bytes (vacuumed)"]
     assert sha.encode() not in database.read_bytes()
     with closing(sqlite3.connect(database)) as connection:
