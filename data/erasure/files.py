@@ -40,8 +40,11 @@ def write_keeping_mode(path: Path, data: bytes) -> None:
     """Replace `path` atomically with `data`, keeping its permission bits (a read-only file
     stays read-only)."""
     mode = stat.S_IMODE(path.stat().st_mode)
-    atomic.write_bytes(path, data)
-    os.chmod(path, mode)
+    # The mode is set on the temporary file, before it takes the name: no moment (a kill
+    # included) leaves a read-only file writable.
+    with atomic.atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+        os.chmod(tmp, mode)
 
 
 def relative(path: Path, root: Path) -> str:

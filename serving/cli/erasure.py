@@ -36,10 +36,17 @@ def parse_time(value: str) -> datetime:
 def stores(project: Project) -> list[Store]:
     """Every store of the project, a derived one before what it derives from (evaluate's outputs
     first: they find an image's detections through the prepared sets)."""
+    from annotation.erasure import label_studio_stores
     from data.erasure.artifact_stores import artifact_stores
     from evaluation.erasure import EvalStore
+    from training.erasure import mlflow_stores
 
-    return [EvalStore(project.artifacts), *artifact_stores(project.artifacts)]
+    return [
+        EvalStore(project.artifacts),
+        *artifact_stores(project.artifacts),
+        *label_studio_stores(project.artifacts, project.params.annotation, root=project.root),
+        *mlflow_stores(project.root),
+    ]
 
 
 def print_plan(plan: dict[str, list[Held]], images: int) -> None:
