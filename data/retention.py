@@ -1,0 +1,157 @@
+"""Retention: when a raw image must be gone (`delete_after`), the clock every stage reads it by,
+and the one check a stage makes before it uses images (`refuse_overdue`).
+
+The clock is the real time (UTC), or ANONLAB_NOW when it is set (an ISO 8601 time; without a
+zone, UTC): tests and demos set it to see what a later day does. collect stamps `collected_at`
+with it, and every stage, and `anonlab retention`, judge `delete_after` by it.
+
+An image is overdue when its `delete_after` is not after now (as `anonlab retention` erases it):
+review, `annotate push`, prepare, train and evaluate then stop before any work and say what to
+run. Entries without a `delete_after` (an external reference set's images, which are not in the
+store) are not judged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from data.errors import AnonlabError
+
+CLOCK_VARIABLE = "ANONLAB_NOW"
+RETENTION_COMMAND = "anonlab retention"
+# EXIF DateTimeOriginal is the camera's local time, without a zone. Read in the easternmost zone
+# (UTC+14), it is the earliest instant it can denote: retention then never runs late because of
+# a time zone; at worst an image leaves up to 26 hours early.
+_EARLIEST_ZONE = timezone(timedelta(hours=14))
+
+
+def parse_time(text: str, what: str) -> datetime:
+    """An ISO 8601 time as an aware datetime (UTC when it names no zone); AnonlabError naming
+    `what` (where the text came from) when it is not one."""
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise AnonlabError(
+            f"{what}: {text!r} is not an ISO 8601 time (e.g. 2027-01-31 or "
+            "2027-01-31T12:00:00+00:00)"
+        ) from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def now(environ: Mapping[str, str] | None = None) -> datetime:
+    """The time retention is judged at: ANONLAB_NOW when set, else the real time (UTC)."""
+    value = (os.environ if environ is None else environ).get(CLOCK_VARIABLE, "").strip()
+    if not value:
+        return datetime.now(UTC)
+    return parse_time(value, CLOCK_VARIABLE)
+
+
+def capture_instant(captured_at: str | None) -> datetime | None:
+    """The earliest instant a manifest's `captured_at` can denote: a time with a zone as it is,
+    a camera's local time (no zone, data.image_info) read at UTC+14; None when unknown or not a
+    time."""
+    if not captured_at:
+        return None
+    try:
+        value = datetime.fromisoformat(captured_at)
+    except ValueError:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=_EARLIEST_ZONE)
+
+
+def delete_after(collected_at: datetime, captured_at: str | None, retention: timedelta) -> datetime:
+    """`(capture time if known and not after collected_at, else collected_at) + retention`, in
+    UTC. A capture time after the collection is a wrong camera clock: it is not trusted."""
+    captured = capture_instant(captured_at)
+    start = captured if captured is not None and captured <= collected_at else collected_at
+    return (start + retention).astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class Overdue:
+    """The images past their `delete_after` among those a stage reads."""
+
+    count: int
+    earliest: datetime
+
+
+def overdue(delete_afters: Mapping[str, str | None], at: datetime) -> Overdue | None:
+    """Which of `delete_afters` (image -> its delete_after; None: not under retention) are not
+    after `at`; None when none is."""
+    due = [
+        when
+        for image, text in delete_afters.items()
+        if text is not None and (when := parse_time(text, f"delete_after of {image}")) <= at
+    ]
+    return Overdue(len(due), min(due)) if due else None
+
+
+def refuse_overdue(
+    delete_afters: Mapping[str, str | None],
+    *,
+    where: str | Path,
+    command: str,
+    at: datetime | None = None,
+) -> None:
+    """Stop `command` (e.g. `anonlab review`) before any work when an image it reads from `where`
+    is past its `delete_after` (judged at `at`, default `now()`): AnonlabError with how many,
+    the earliest date and the command that erases them."""
+    at = now() if at is None else at
+    found = overdue(delete_afters, at)
+    if found is None:
+        return
+    images = f"{found.count} image{'s' if found.count != 1 else ''}"
+    raise AnonlabError(
+        f"{images} in {where} {'are' if found.count != 1 else 'is'} past delete_after (the "
+        f"earliest {found.earliest.isoformat()}; now {at.isoformat(timespec='seconds')}): "
+        f"retention requires them erased, so `{command}` does not use them and wrote nothing. "
+        f"Run `{RETENTION_COMMAND}` (`{RETENTION_COMMAND} --dry-run` lists what it erases), "
+        f"then `{command}` again"
+    )
+
+
+def coco_delete_afters(*datasets: dict[str, Any]) -> dict[str, str | None]:
+    """Image -> delete_after of prepared COCO datasets (prepare writes it into each image entry;
+    a tile has its source image's); entries without one are left out. An image is its sha256
+    (its tiles count once), else its file name."""
+    found: dict[str, str | None] = {}
+    for ds in datasets:
+        for img in ds.get("images", []):
+            if img.get("delete_after") is not None:
+                found[str(img.get("sha256") or img.get("file_name"))] = img["delete_after"]
+    return found
+
+
+def refuse_overdue_datasets(
+    paths: Sequence[Path], *, command: str, at: datetime | None = None
+) -> None:
+    """`refuse_overdue` for the prepared COCO files at `paths` (train and evaluate's inputs; one
+    that is not there is left to the stage to report), naming the files that hold overdue
+    images."""
+    at = now() if at is None else at
+    per_file: dict[Path, dict[str, str | None]] = {}
+    for path in paths:
+        if path.is_file():
+            try:
+                per_file[path] = coco_delete_afters(json.loads(path.read_text(encoding="utf-8")))
+            except (json.JSONDecodeError, AttributeError, TypeError) as e:
+                raise AnonlabError(
+                    f"{path} is not a COCO file ({e}): run `anonlab prepare` again"
+                ) from None
+    holding = [str(p) for p, dates in per_file.items() if overdue(dates, at) is not None]
+    merged = {image: date for dates in per_file.values() for image, date in dates.items()}
+    refuse_overdue(merged, where=", ".join(holding), command=command, at=at)
+
+
+def expiring(
+    delete_afters: Mapping[str, str | None], at: datetime, within: timedelta
+) -> Overdue | None:
+    """The images whose `delete_after` falls by `at + within`: what retention will take away
+    before that horizon; None when none does."""
+    return overdue(delete_afters, at + within)
