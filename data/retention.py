@@ -110,21 +110,26 @@ def refuse_overdue(
     raise AnonlabError(
         f"{images} in {where} {'are' if found.count != 1 else 'is'} past delete_after (the "
         f"earliest {found.earliest.isoformat()}; now {at.isoformat(timespec='seconds')}): "
-        f"retention requires them erased, so `{command}` does not use them and wrote nothing. "
-        f"Run `{RETENTION_COMMAND}` (`{RETENTION_COMMAND} --dry-run` lists what it erases), "
-        f"then `{command}` again"
+        f"overdue images must be erased before any stage uses them, so `{command}` stopped "
+        f"and wrote nothing. Run `{RETENTION_COMMAND}` (`{RETENTION_COMMAND} --dry-run` lists "
+        f"what it erases), then `{command}` again"
     )
 
 
 def coco_delete_afters(*datasets: dict[str, Any]) -> dict[str, str | None]:
     """Image -> delete_after of prepared COCO datasets (prepare writes it into each image entry;
     a tile has its source image's); entries without one are left out. An image is its sha256
-    (its tiles count once), else its file name."""
+    (its tiles count once, at the earliest date any of them gives), else its file name."""
     found: dict[str, str | None] = {}
     for ds in datasets:
         for img in ds.get("images", []):
-            if img.get("delete_after") is not None:
-                found[str(img.get("sha256") or img.get("file_name"))] = img["delete_after"]
+            date = img.get("delete_after")
+            if date is None:
+                continue
+            image = str(img.get("sha256") or img.get("file_name"))
+            seen = found.get(image)
+            if seen is None or parse_time(date, image) < parse_time(seen, image):
+                found[image] = date
     return found
 
 
