@@ -22,20 +22,14 @@ Re-runs are incremental: a file whose path and version (size + modification time
 unchanged is not read again; a file whose size changed between listing and reading is recorded
 as read, with a version that makes the next run read it again.
 
-Retention (data.retention): every record carries `delete_after = start + retention_days`, where
-`start` is the capture time (`captured_at`, EXIF DateTimeOriginal) when it is known and not after
-`collected_at`, else `collected_at` (when its content first entered the store, by
-data.retention's clock: ANONLAB_NOW or the real time). EXIF times are the camera's local time
-without a zone: they are read at UTC+14, the earliest instant they can denote, so that no image
-is kept past its limit because of a time zone. The synthetic source's images are made at
-collection (their EXIF date is part of the fiction): they count from `collected_at`.
-`delete_after` is recomputed for every record on each run, so a changed `retention_days` applies
-to the whole store; a stored image that is now past it stays in the manifest (a warning and the
-count `overdue`) until `anonlab retention` erases it everywhere, and the later stages refuse to
-run meanwhile.
+Retention: every record carries `delete_after`, counted from its capture time when known, else
+from `collected_at` (when its content first entered the store); data.retention has the rule and
+the clock. It is recomputed for every record on each run, so a changed `retention_days` applies
+to the whole store; a stored image now past it stays in the manifest (a warning and the count
+`overdue`) until `anonlab retention` erases it everywhere; the later stages refuse to run
+meanwhile.
 
-The audit key (ANONLAB_AUDIT_KEY) is needed only when audit/tombstones.jsonl (beside `raw/`)
-holds tombstones: without the key erased content could not be recognised, so collect stops.
+What is not taken in, and when the audit key is needed: data.intake.
 """
 
 from __future__ import annotations
@@ -55,11 +49,11 @@ from typing import Any
 from PIL import Image
 
 from data import atomic, retention
+from data.collect_report import CollectReport
 from data.config import CollectConfig, TaxonomyConfig
-from data.erasure.keys import audit_key
-from data.erasure.tombstones import Tombstones
 from data.errors import AnonlabError
 from data.image_info import STORE_EXTENSION, BadImage, ImageInfo, inspect_image
+from data.intake import ERASED, EXPIRED, Intake
 from data.manifest import (
     DuplicateRecord,
     ManifestRecord,
@@ -77,7 +71,6 @@ from data.stage_paths import (
     QUARANTINE,
     RELATIVE,
     SYNTHETIC_EXPORT,
-    StagePaths,
 )
 from serving.runtime.progress import bar
 
@@ -91,9 +84,6 @@ UNLISTED = "unlisted"
 # The version of a file whose size changed while it was collected: no listing gives it, so the
 # next run reads the file again.
 CHANGED_WHILE_READ = "changed-while-read"
-# Why a file was not taken in without a row (module docstring).
-ERASED = "erased"
-EXPIRED = "expired"
 
 
 @dataclass
@@ -141,68 +131,6 @@ class _Sources:
     unlisted: list[tuple[str, Unlisted]]  # (source label, folder)
 
 
-@dataclass
-class CollectReport:
-    seen: int = 0
-    images: int = 0
-    new: int = 0
-    duplicate: int = 0
-    quarantined: int = 0
-    unchanged: int = 0
-    removed: int = 0
-    ignored: int = 0
-    unlisted: int = 0  # folders that could not be listed (quarantined, reason `unlisted`)
-    carried_over: int = 0  # records of incomplete sources kept from the last run, not seen now
-    erased_skipped: int = 0  # files (and carried-over records) whose content was erased
-    expired: int = 0  # files new to the store already past their delete_after when found
-    overdue: int = 0  # stored images past their delete_after: `anonlab retention` erases them
-    quarantined_by_reason: dict[str, int] = field(default_factory=dict)
-    seen_by_source: dict[str, int] = field(default_factory=dict)
-    # Each source whose listing was empty or incomplete: how many records were carried over.
-    incomplete_sources: dict[str, int] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
-
-    def summary(self) -> str:
-        found = f"{self.seen} files seen"
-        if self.incomplete_sources:
-            found += (
-                f" + {self.unlisted} folders not listed + {self.carried_over} records carried over"
-            )
-        ended = (
-            f"{self.images} images stored + {self.duplicate} duplicates + "
-            f"{self.quarantined} quarantined"
-        )
-        if self.erased_skipped or self.expired:
-            ended += f" + {self.erased_skipped} erased (skipped) + {self.expired} expired"
-        lines = [
-            f"collect: {found} = {ended}",
-            f"  new this run: {self.new}   unchanged (not re-read): {self.unchanged}   "
-            f"removed (no longer in any source): {self.removed}   "
-            f"ignored (not image files): {self.ignored}",
-        ]
-        for label, n in sorted(self.incomplete_sources.items()):
-            lines.append(f"  not listed completely, {n} records kept as they were: {label}")
-        for reason, n in sorted(self.quarantined_by_reason.items()):
-            lines.append(f"  quarantined, {reason}: {n}")
-        if self.erased_skipped:
-            lines.append(
-                f"  skipped, erased before (audit/tombstones.jsonl): {self.erased_skipped}"
-            )
-        if self.expired:
-            lines.append(
-                f"  not taken in, past delete_after when found (captured more than "
-                f"retention_days ago): {self.expired}"
-            )
-        if self.overdue:
-            lines.append(
-                f"  stored images past delete_after: {self.overdue}; run "
-                f"`{retention.RETENTION_COMMAND}`"
-            )
-        return "\n".join(lines)
-
-
 def run_collect(
     cfg: CollectConfig, raw_dir: Path, *, taxonomy: TaxonomyConfig, root: Path
 ) -> CollectReport:
@@ -213,7 +141,7 @@ def run_collect(
     Image.MAX_IMAGE_PIXELS = cfg.max_pixels  # Pillow's own bomb guard at our limit
     previous = _Previous.load(raw_dir)
     keep = timedelta(days=cfg.retention_days)
-    gate = _Gate(_tombstones(raw_dir), set(previous.manifest), now, keep)
+    intake = Intake.of(raw_dir.parent, previous.manifest.keys(), now, keep)
     report = CollectReport()
 
     listed = _candidates(cfg, taxonomy, root, report)
@@ -222,8 +150,8 @@ def run_collect(
     def examine(c: _Candidate) -> _Outcome:
         cached = previous.outcome(c, raw_dir)
         if cached is None:
-            return _examine(c, raw_dir, cfg.max_pixels, gate)
-        if cached.sha256 is not None and gate.erased(cached.sha256):
+            return _examine(c, raw_dir, cfg.max_pixels, intake)
+        if cached.sha256 is not None and intake.erased(cached.sha256):
             cached.refused = ERASED  # erased while the raw manifest still named it
         return cached
 
@@ -293,7 +221,7 @@ def run_collect(
     report.unlisted = len(listed.unlisted)
     seen = {(c.source, c.url) for c in candidates}
     for label in listed.incomplete:
-        n, erased = _carry_over(previous, label, seen, manifest, duplicates, quarantine, gate)
+        n, erased = _carry_over(previous, label, seen, manifest, duplicates, quarantine, intake)
         report.incomplete_sources[label] = n
         report.carried_over += n
         report.erased_skipped += erased
@@ -301,7 +229,10 @@ def run_collect(
             log.warning("%s: not listed completely; %d record(s) kept as they were", label, n)
 
     # Recomputed for every record: a changed retention_days applies to the whole store.
-    manifest = {sha: _with_delete_after(r, keep) for sha, r in manifest.items()}
+    manifest = {
+        sha: dataclasses.replace(r, delete_after=retention.record_delete_after(r, keep))
+        for sha, r in manifest.items()
+    }
     due = retention.overdue({sha: r.delete_after for sha, r in manifest.items()}, now)
     report.overdue = due.count if due else 0
     report.images = len(manifest)
@@ -346,57 +277,6 @@ def run_collect(
     return report
 
 
-@dataclass(frozen=True)
-class _Gate:
-    """What collect does not take in: erased content, and content new to the store that is
-    already past its delete_after. Read-only: asked from the worker threads."""
-
-    tombstones: Tombstones | None
-    stored: set[str]  # the contents the last run stored: they keep their collected_at
-    now: datetime
-    keep: timedelta
-
-    def erased(self, sha: str) -> bool:
-        return self.tombstones is not None and self.tombstones.holds(sha)
-
-    def expired(self, sha: str, info: ImageInfo, extra: dict[str, Any]) -> bool:
-        """Whether content new to the store is past its delete_after already. Stored content
-        is never: past it or not, it stays until `anonlab retention` erases it everywhere."""
-        if sha in self.stored:
-            return False
-        captured = _capture_time(extra, info.captured_at)
-        return retention.delete_after(self.now, captured, self.keep) <= self.now
-
-
-def _tombstones(raw_dir: Path) -> Tombstones | None:
-    """The tombstones beside the raw store, read with the audit key; None when there are none
-    (then no key is needed)."""
-    path = StagePaths(raw_dir.parent).audit.tombstones
-    try:
-        rows = atomic.read_jsonl(path)
-    except json.JSONDecodeError as e:
-        raise AnonlabError(
-            f"{path} is damaged ({e}): restore it from your backup; without it collect would "
-            "take erased images back in"
-        ) from None
-    return Tombstones(path, audit_key(), rows) if rows else None
-
-
-def _capture_time(extra: dict[str, Any], captured_at: str | None) -> str | None:
-    """The capture time retention counts from: none for the synthetic source's images, which
-    are made at collection (their EXIF date is part of the fiction)."""
-    return None if "synthetic" in extra else captured_at
-
-
-def _with_delete_after(r: ManifestRecord, keep: timedelta) -> ManifestRecord:
-    """`r` with its delete_after by the rule of the module docstring."""
-    captured = _capture_time(r.extra, r.captured_at)
-    collected = retention.parse_time(r.collected_at, f"collected_at of {r.path}")
-    return dataclasses.replace(
-        r, delete_after=retention.delete_after(collected, captured, keep).isoformat()
-    )
-
-
 def _candidates(
     cfg: CollectConfig, taxonomy: TaxonomyConfig, root: Path, report: CollectReport
 ) -> _Sources:
@@ -438,7 +318,7 @@ def _carry_over(
     manifest: dict[str, ManifestRecord],
     duplicates: list[DuplicateRecord],
     quarantine: list[QuarantineRecord],
-    gate: _Gate,
+    intake: Intake,
 ) -> tuple[int, int]:
     """Add the last run's records of source `label` that this run did not see, as they were;
     return how many there were, and how many of them were dropped as erased content. Content
@@ -453,7 +333,7 @@ def _carry_over(
         if not unseen(r):
             continue
         n += 1
-        if gate.erased(r.sha256):
+        if intake.erased(r.sha256):
             erased += 1
             continue
         holder = manifest.get(r.sha256)
@@ -475,7 +355,7 @@ def _carry_over(
         if not unseen(d):
             continue
         n += 1
-        if gate.erased(d.sha256):
+        if intake.erased(d.sha256):
             erased += 1
             continue
         holder = manifest.get(d.sha256)
@@ -504,15 +384,15 @@ def _reader(fs: Any, path: str) -> Callable[[], bytes]:
     return lambda: fs.cat_file(path)
 
 
-def _examine(c: _Candidate, raw_dir: Path, max_pixels: int, gate: _Gate) -> _Outcome:
+def _examine(c: _Candidate, raw_dir: Path, max_pixels: int, intake: Intake) -> _Outcome:
     """Read, hash, verify and store one file (runs in a worker thread); erased or expired
-    content (`gate`) is not stored."""
+    content (`intake`) is not stored."""
     try:
         data = c.read()
     except OSError as e:
         return _Outcome(bad=BadImage("unreadable", f"cannot read the file: {e}"))
     sha = hashlib.sha256(data).hexdigest()
-    if gate.erased(sha):  # before anything is logged of it
+    if intake.erased(sha):  # before anything is logged of it
         return _Outcome(sha256=sha, size=len(data), refused=ERASED)
     version = None
     if len(data) != c.size:
@@ -528,7 +408,7 @@ def _examine(c: _Candidate, raw_dir: Path, max_pixels: int, gate: _Gate) -> _Out
         info = inspect_image(data, c.url, max_pixels)
     except BadImage as e:
         return _Outcome(bad=e, size=len(data), version=version)
-    if gate.expired(sha, info, c.extra):
+    if intake.expired(sha, info.captured_at, c.extra):
         return _Outcome(sha256=sha, info=info, size=len(data), refused=EXPIRED)
     target = raw_dir / _store_path(sha, info.format)
     if not target.exists():
@@ -556,7 +436,7 @@ def _record(
         channels=info.channels,
         collected_at=collected_at.isoformat(),
         delete_after=retention.delete_after(
-            collected_at, _capture_time(c.extra, info.captured_at), keep
+            collected_at, retention.capture_time(info.captured_at, c.extra), keep
         ).isoformat(),
         orientation=info.orientation,
         stored_width=info.stored_width,

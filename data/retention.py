@@ -1,6 +1,13 @@
 """Retention: when a raw image must be gone (`delete_after`), the clock every stage reads it by,
 and the one check a stage makes before it uses images (`refuse_overdue`).
 
+`delete_after = start + collect.retention_days`, where `start` is the capture time (the
+manifest's `captured_at`, EXIF DateTimeOriginal) when it is known and not after `collected_at`,
+else `collected_at`. EXIF times are the camera's local time without a zone: they are read at
+UTC+14, the earliest instant they can denote, so that no image is kept past its limit because of
+a time zone (at worst it leaves 26 hours early). The synthetic source's images are made at
+collection (their EXIF date is part of the fiction): they count from `collected_at`.
+
 The clock is the real time (UTC), or ANONLAB_NOW when it is set (an ISO 8601 time; without a
 zone, UTC): tests and demos set it to see what a later day does. collect stamps `collected_at`
 with it, and every stage, and `anonlab retention`, judge `delete_after` by it.
@@ -22,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from data.errors import AnonlabError
+from data.manifest import ManifestRecord
 
 CLOCK_VARIABLE = "ANONLAB_NOW"
 RETENTION_COMMAND = "anonlab retention"
@@ -71,6 +79,19 @@ def delete_after(collected_at: datetime, captured_at: str | None, retention: tim
     captured = capture_instant(captured_at)
     start = captured if captured is not None and captured <= collected_at else collected_at
     return (start + retention).astimezone(UTC)
+
+
+def capture_time(captured_at: str | None, extra: dict[str, Any]) -> str | None:
+    """The capture time retention counts from, of an image with this `captured_at` and manifest
+    `extra`: none for the synthetic source's (made at collection)."""
+    return None if "synthetic" in extra else captured_at
+
+
+def record_delete_after(record: ManifestRecord, retention: timedelta) -> str:
+    """A manifest record's delete_after under `retention` (collect.retention_days), ISO 8601."""
+    collected = parse_time(record.collected_at, f"collected_at of {record.path}")
+    captured = capture_time(record.captured_at, record.extra)
+    return delete_after(collected, captured, retention).isoformat()
 
 
 @dataclass(frozen=True)
