@@ -10,9 +10,10 @@ collection (their EXIF date is part of the fiction): they count from `collected_
 
 The clock is the real time (UTC), or ANONLAB_NOW when it is set (an ISO 8601 time; without a
 zone, UTC): tests and demos set it to see what a later day does. collect stamps `collected_at`
-with it, and every stage, and `anonlab retention`, judge `delete_after` by it.
+with it, and the stages judge `delete_after` by it.
 
-An image is overdue when its `delete_after` is not after now (as `anonlab retention` erases it):
+An image is overdue when its `delete_after` is not after now (the rule of
+data.erasure.subjects.Known.overdue, by which retention erases):
 review, `annotate push`, prepare, train and evaluate then stop before any work and say what to
 run. Entries without a `delete_after` (an external reference set's images, which are not in the
 store) are not judged.
@@ -33,9 +34,7 @@ from data.manifest import ManifestRecord
 
 CLOCK_VARIABLE = "ANONLAB_NOW"
 RETENTION_COMMAND = "anonlab retention"
-# EXIF DateTimeOriginal is the camera's local time, without a zone. Read in the easternmost zone
-# (UTC+14), it is the earliest instant it can denote: retention then never runs late because of
-# a time zone; at worst an image leaves up to 26 hours early.
+# The easternmost zone: a camera's local time read there is its earliest instant (docstring).
 _EARLIEST_ZONE = timezone(timedelta(hours=14))
 
 
@@ -53,11 +52,11 @@ def parse_time(text: str, what: str) -> datetime:
 
 
 def now(environ: Mapping[str, str] | None = None) -> datetime:
-    """The time retention is judged at: ANONLAB_NOW when set, else the real time (UTC)."""
+    """The time retention is judged at, in UTC: ANONLAB_NOW when set, else the real time."""
     value = (os.environ if environ is None else environ).get(CLOCK_VARIABLE, "").strip()
     if not value:
         return datetime.now(UTC)
-    return parse_time(value, CLOCK_VARIABLE)
+    return parse_time(value, CLOCK_VARIABLE).astimezone(UTC)
 
 
 def capture_instant(captured_at: str | None) -> datetime | None:
