@@ -160,17 +160,20 @@ def refuse_overdue_datasets(
     that is not there is left to the stage to report), naming the files that hold overdue
     images."""
     at = now() if at is None else at
-    per_file: dict[Path, dict[str, str | None]] = {}
+    datasets: list[dict[str, Any]] = []
+    holding: list[str] = []
     for path in paths:
-        if path.is_file():
-            try:
-                per_file[path] = coco_delete_afters(json.loads(path.read_text(encoding="utf-8")))
-            except (json.JSONDecodeError, AttributeError, TypeError) as e:
-                raise AnonlabError(
-                    f"{path} is not a COCO file ({e}): run `anonlab prepare` again"
-                ) from None
-    holding = [str(p) for p, dates in per_file.items() if overdue(dates, at) is not None]
-    merged = {image: date for dates in per_file.values() for image, date in dates.items()}
+        if not path.is_file():
+            continue
+        try:
+            datasets.append(json.loads(path.read_text(encoding="utf-8")))
+            if overdue(coco_delete_afters(datasets[-1]), at) is not None:
+                holding.append(str(path))
+        except (json.JSONDecodeError, AttributeError, TypeError) as e:
+            raise AnonlabError(
+                f"{path} is not a COCO file ({e}): run `anonlab prepare` again"
+            ) from None
+    merged = coco_delete_afters(*datasets)  # an image in two files counts once
     refuse_overdue(merged, where=", ".join(holding), command=command, at=at)
 
 
