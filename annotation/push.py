@@ -54,6 +54,7 @@ from data.collect import LABEL_STUDIO_LOCAL_FILES
 from data.config import TaxonomyConfig
 from data.errors import AnonlabError
 from data.manifest import ManifestRecord, read_reviewed
+from data.retention import refuse_overdue
 from data.stage_paths import RELATIVE, StagePaths
 from serving.runtime.errors import ImageError
 from serving.runtime.imagefile import read_upright
@@ -148,10 +149,16 @@ def run_push(
     """Create or update the project and import the reviewed images that are not tasks yet.
 
     `champions` gives the models that pre-annotate (the registry's champions); it is called
-    only when there are images to import. None, or no model: Haar cascades.
+    only when there are images to import. None, or no model: Haar cascades. Refuses before
+    connecting when a reviewed image is past its `delete_after` (data.retention).
     """
     artifacts = Path(artifacts).resolve()
     records = read_reviewed(artifacts)
+    refuse_overdue(
+        {r.sha256: r.delete_after for r in records},
+        where=StagePaths(artifacts).reviewed.manifest,
+        command="anonlab annotate push",
+    )
     from annotation.labeling_config import labeling_config
 
     xml = labeling_config(taxonomy.classes, taxonomy.keypoints)

@@ -1,22 +1,35 @@
 """The collect stage: gather images from every configured source into a content-addressed store.
 
-Each file found ends up in exactly one of three places, and the counts add up:
+Each file found ends up in exactly one of these places, and the counts add up:
 - `manifest.jsonl`: the first file with a given content (sha256), stored once under
   `images/<sha256[:2]>/<sha256>.<ext>`;
 - `duplicates.jsonl`: every further file with content already in the store;
 - `quarantine.jsonl`: files that are not whole, supported images, with the reason, and folders
-  that could not be listed (reason `unlisted`).
+  that could not be listed (reason `unlisted`);
+- counted only, with no row (a row would name erased or overdue data): `erased_skipped`, files
+  whose content was erased (audit/tombstones.jsonl holds it: collect never takes erased
+  content back in, even while a source still holds it), and `expired`, files new to the store
+  that are already past their `delete_after` when found (captured more than `retention_days`
+  ago). Both are read again on every run, since nothing records that they were seen.
 
 The manifest mirrors the configured sources: content no longer found in any source leaves the
 manifest and its stored copy is deleted (raw imagery is personal data; keep no more than the
 sources hold). Only a complete listing shows that a file is gone: the records of a source whose
 listing was empty or had folders it could not list (allowed by `allow_empty`,
-`allow_unreadable`) are carried over unchanged, so `seen + unlisted + carried_over = images +
-duplicates + quarantined`. Re-runs are incremental: a file whose path and version (size +
-modification time, or ETag) are unchanged is not read again; a file whose size changed between
-listing and reading is recorded as read, with a version that makes the next run read it again.
-Retention: every record carries `delete_after = collected_at + retention_days`; `collected_at`
-is when its content first entered the store.
+`allow_unreadable`) are carried over unchanged (unless their content was erased), so
+`seen + unlisted + carried_over = images + duplicates + quarantined + erased_skipped + expired`.
+Re-runs are incremental: a file whose path and version (size + modification time, or ETag) are
+unchanged is not read again; a file whose size changed between listing and reading is recorded
+as read, with a version that makes the next run read it again.
+
+Retention: every record carries `delete_after`, counted from its capture time when known, else
+from `collected_at` (when its content first entered the store); data.retention has the rule and
+the clock. It is recomputed for every record on each run, so a changed `retention_days` applies
+to the whole store; a stored image now past it stays in the manifest (a warning and the count
+`overdue`) until `anonlab retention` erases it everywhere; the later stages refuse to run
+meanwhile.
+
+What is not taken in, and when the audit key is needed: data.intake.
 """
 
 from __future__ import annotations
@@ -29,16 +42,18 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from data import atomic
+from data import atomic, retention
+from data.collect_report import CollectReport
 from data.config import CollectConfig, TaxonomyConfig
 from data.errors import AnonlabError
 from data.image_info import STORE_EXTENSION, BadImage, ImageInfo, inspect_image
+from data.intake import ERASED, EXPIRED, Intake
 from data.manifest import (
     DuplicateRecord,
     ManifestRecord,
@@ -104,6 +119,7 @@ class _Outcome:
     reread: bool = True
     size: int | None = None  # bytes read; None: not read
     version: str | None = None  # set when what was read is not what was listed
+    refused: str | None = None  # ERASED or EXPIRED: not stored, no row written
 
 
 @dataclass
@@ -115,55 +131,17 @@ class _Sources:
     unlisted: list[tuple[str, Unlisted]]  # (source label, folder)
 
 
-@dataclass
-class CollectReport:
-    seen: int = 0
-    images: int = 0
-    new: int = 0
-    duplicate: int = 0
-    quarantined: int = 0
-    unchanged: int = 0
-    removed: int = 0
-    ignored: int = 0
-    unlisted: int = 0  # folders that could not be listed (quarantined, reason `unlisted`)
-    carried_over: int = 0  # records of incomplete sources kept from the last run, not seen now
-    quarantined_by_reason: dict[str, int] = field(default_factory=dict)
-    seen_by_source: dict[str, int] = field(default_factory=dict)
-    # Each source whose listing was empty or incomplete: how many records were carried over.
-    incomplete_sources: dict[str, int] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
-
-    def summary(self) -> str:
-        lines = [
-            f"collect: {self.seen} files seen = {self.images} images stored "
-            f"+ {self.duplicate} duplicates + {self.quarantined} quarantined",
-            f"  new this run: {self.new}   unchanged (not re-read): {self.unchanged}   "
-            f"removed (no longer in any source): {self.removed}   "
-            f"ignored (not image files): {self.ignored}",
-        ]
-        if self.incomplete_sources:
-            lines[0] = (
-                f"collect: {self.seen} files seen + {self.unlisted} folders not listed + "
-                f"{self.carried_over} records carried over = {self.images} images stored "
-                f"+ {self.duplicate} duplicates + {self.quarantined} quarantined"
-            )
-            for label, n in sorted(self.incomplete_sources.items()):
-                lines.append(f"  not listed completely, {n} records kept as they were: {label}")
-        for reason, n in sorted(self.quarantined_by_reason.items()):
-            lines.append(f"  quarantined, {reason}: {n}")
-        return "\n".join(lines)
-
-
 def run_collect(
     cfg: CollectConfig, raw_dir: Path, *, taxonomy: TaxonomyConfig, root: Path
 ) -> CollectReport:
-    """Collect every source of `cfg` into `raw_dir`; return the counts, also in metrics.json."""
+    """Collect every source of `cfg` into `raw_dir` (`<artifacts>/raw`: the tombstones are
+    `<artifacts>/audit/tombstones.jsonl`); return the counts, also in metrics.json."""
     raw_dir = Path(raw_dir)
-    now = datetime.now(UTC).replace(microsecond=0)
+    now = retention.now().replace(microsecond=0)
     Image.MAX_IMAGE_PIXELS = cfg.max_pixels  # Pillow's own bomb guard at our limit
     previous = _Previous.load(raw_dir)
+    keep = timedelta(days=cfg.retention_days)
+    intake = Intake.of(raw_dir.parent, previous.manifest.keys(), now, keep)
     report = CollectReport()
 
     listed = _candidates(cfg, taxonomy, root, report)
@@ -171,13 +149,16 @@ def run_collect(
 
     def examine(c: _Candidate) -> _Outcome:
         cached = previous.outcome(c, raw_dir)
-        return cached if cached is not None else _examine(c, raw_dir, cfg.max_pixels)
+        if cached is None:
+            return _examine(c, raw_dir, cfg.max_pixels, intake)
+        if cached.sha256 is not None and intake.erased(cached.sha256):
+            cached.refused = ERASED  # erased while the raw manifest still named it
+        return cached
 
     manifest: dict[str, ManifestRecord] = {}
     duplicates: list[DuplicateRecord] = []
     quarantine: list[QuarantineRecord] = []
     tasks: list[dict[str, Any]] = []
-    retention = timedelta(days=cfg.retention_days)
     progress = bar(total=len(candidates), desc="collect", unit="file")
     with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
         for c, out in zip(candidates, pool.map(examine, candidates), strict=True):
@@ -185,7 +166,10 @@ def run_collect(
             report.seen += 1
             report.seen_by_source[c.source] = report.seen_by_source.get(c.source, 0) + 1
             report.unchanged += 0 if out.reread else 1
-            if out.bad is not None:
+            if out.refused is not None:
+                report.erased_skipped += out.refused == ERASED
+                report.expired += out.refused == EXPIRED
+            elif out.bad is not None:
                 old = previous.quarantine.get((c.source, c.url))
                 quarantine.append(
                     QuarantineRecord(
@@ -207,7 +191,7 @@ def run_collect(
                 assert out.sha256 is not None and out.info is not None
                 first = previous.manifest.get(out.sha256)
                 collected_at = datetime.fromisoformat(first.collected_at) if first else now
-                manifest[out.sha256] = _record(c, out, collected_at, retention)
+                manifest[out.sha256] = _record(c, out, collected_at, keep)
                 report.new += first is None
                 if c.task is not None:
                     tasks.append(c.task)
@@ -237,12 +221,20 @@ def run_collect(
     report.unlisted = len(listed.unlisted)
     seen = {(c.source, c.url) for c in candidates}
     for label in listed.incomplete:
-        n = _carry_over(previous, label, seen, manifest, duplicates, quarantine)
+        n, erased = _carry_over(previous, label, seen, manifest, duplicates, quarantine, intake)
         report.incomplete_sources[label] = n
         report.carried_over += n
+        report.erased_skipped += erased
         if n:
             log.warning("%s: not listed completely; %d record(s) kept as they were", label, n)
 
+    # Recomputed for every record: a changed retention_days applies to the whole store.
+    manifest = {
+        sha: dataclasses.replace(r, delete_after=retention.record_delete_after(r, keep))
+        for sha, r in manifest.items()
+    }
+    due = retention.overdue({sha: r.delete_after for sha, r in manifest.items()}, now)
+    report.overdue = due.count if due else 0
     report.images = len(manifest)
     report.duplicate = len(duplicates)
     report.quarantined = len(quarantine)
@@ -250,7 +242,11 @@ def run_collect(
     removed = [r for sha, r in previous.manifest.items() if sha not in manifest]
     report.removed = len(removed)
     assert report.seen + report.unlisted + report.carried_over == (
-        report.images + report.duplicate + report.quarantined
+        report.images
+        + report.duplicate
+        + report.quarantined
+        + report.erased_skipped
+        + report.expired
     )
 
     write_manifest(raw_dir / MANIFEST, list(manifest.values()))
@@ -263,6 +259,21 @@ def run_collect(
         (raw_dir / r.path).unlink(missing_ok=True)
     if quarantine:
         log.warning("%d file(s) quarantined, see %s", len(quarantine), raw_dir / QUARANTINE)
+    if report.erased_skipped:
+        log.warning("%d file(s) skipped: their content was erased", report.erased_skipped)
+    if report.expired:
+        log.warning(
+            "%d file(s) not taken in: already past delete_after (captured more than %d days ago)",
+            report.expired,
+            cfg.retention_days,
+        )
+    if due:
+        log.warning(
+            "%d stored image(s) past delete_after (the earliest %s): run `%s`",
+            due.count,
+            due.earliest.isoformat(),
+            retention.RETENTION_COMMAND,
+        )
     return report
 
 
@@ -307,20 +318,24 @@ def _carry_over(
     manifest: dict[str, ManifestRecord],
     duplicates: list[DuplicateRecord],
     quarantine: list[QuarantineRecord],
-) -> int:
+    intake: Intake,
+) -> tuple[int, int]:
     """Add the last run's records of source `label` that this run did not see, as they were;
-    return how many. Content that another file now holds makes a record a duplicate, and a
-    duplicate whose content no longer has a holder becomes the holder: either way the content
-    stays in the store."""
+    return how many there were, and how many of them were dropped as erased content. Content
+    that another file now holds makes a record a duplicate, and a duplicate whose content no
+    longer has a holder becomes the holder: either way the content stays in the store."""
 
     def unseen(r: ManifestRecord | DuplicateRecord | QuarantineRecord) -> bool:
         return r.source == label and (r.source, r.source_path) not in seen
 
-    n = 0
+    n = erased = 0
     for r in previous.manifest.values():
         if not unseen(r):
             continue
         n += 1
+        if intake.erased(r.sha256):
+            erased += 1
+            continue
         holder = manifest.get(r.sha256)
         if holder is None:
             manifest[r.sha256] = r
@@ -340,6 +355,9 @@ def _carry_over(
         if not unseen(d):
             continue
         n += 1
+        if intake.erased(d.sha256):
+            erased += 1
+            continue
         holder = manifest.get(d.sha256)
         first = previous.manifest.get(d.sha256)
         if holder is None and first is not None:
@@ -359,19 +377,23 @@ def _carry_over(
         if unseen(q) and q.reason != UNLISTED:  # folders are listed again each run
             n += 1
             quarantine.append(q)
-    return n
+    return n, erased
 
 
 def _reader(fs: Any, path: str) -> Callable[[], bytes]:
     return lambda: fs.cat_file(path)
 
 
-def _examine(c: _Candidate, raw_dir: Path, max_pixels: int) -> _Outcome:
-    """Read, hash, verify and store one file (runs in a worker thread)."""
+def _examine(c: _Candidate, raw_dir: Path, max_pixels: int, intake: Intake) -> _Outcome:
+    """Read, hash, verify and store one file (runs in a worker thread); erased or expired
+    content (`intake`) is not stored."""
     try:
         data = c.read()
     except OSError as e:
         return _Outcome(bad=BadImage("unreadable", f"cannot read the file: {e}"))
+    sha = hashlib.sha256(data).hexdigest()
+    if intake.erased(sha):  # before anything is logged of it
+        return _Outcome(sha256=sha, size=len(data), refused=ERASED)
     version = None
     if len(data) != c.size:
         version = CHANGED_WHILE_READ
@@ -386,7 +408,8 @@ def _examine(c: _Candidate, raw_dir: Path, max_pixels: int) -> _Outcome:
         info = inspect_image(data, c.url, max_pixels)
     except BadImage as e:
         return _Outcome(bad=e, size=len(data), version=version)
-    sha = hashlib.sha256(data).hexdigest()
+    if intake.expired(sha, info.captured_at, c.extra):
+        return _Outcome(sha256=sha, info=info, size=len(data), refused=EXPIRED)
     target = raw_dir / _store_path(sha, info.format)
     if not target.exists():
         atomic.write_bytes(target, data)
@@ -398,7 +421,7 @@ def _store_path(sha: str, fmt: str) -> str:
 
 
 def _record(
-    c: _Candidate, out: _Outcome, collected_at: datetime, retention: timedelta
+    c: _Candidate, out: _Outcome, collected_at: datetime, keep: timedelta
 ) -> ManifestRecord:
     sha, info = out.sha256, out.info
     assert sha is not None and info is not None
@@ -412,7 +435,9 @@ def _record(
         bit_depth=info.bit_depth,
         channels=info.channels,
         collected_at=collected_at.isoformat(),
-        delete_after=(collected_at + retention).isoformat(),
+        delete_after=retention.delete_after(
+            collected_at, retention.capture_time(info.captured_at, c.extra), keep
+        ).isoformat(),
         orientation=info.orientation,
         stored_width=info.stored_width,
         stored_height=info.stored_height,

@@ -176,6 +176,8 @@ class PrepareConfig(Section):
     # Train images within this many pHash bits of a reference image are leaks (an error).
     leak_hamming: int = Field(ge=0, le=64)
     tiling: TilingConfig
+    # Warn when a reference set will lose images to retention within this many days.
+    reference_expiry_warning_days: int = Field(ge=0)
 
 
 class PathsConfig(Section):

@@ -49,11 +49,13 @@ class ManifestRecord(Record):
     size: int  # bytes
     source_version: str  # what identifies an unchanged source file (size + mtime, or ETag)
     collected_at: str  # ISO 8601, UTC
-    delete_after: str  # ISO 8601, UTC: collected_at + retention
+    delete_after: (
+        str  # ISO 8601, UTC: capture time (else collected_at) + retention (data.retention)
+    )
     orientation: int = 1  # EXIF orientation (1-8) that turns the stored pixels upright; 1: none
     stored_width: int | None = None  # as stored in the file, before the orientation
     stored_height: int | None = None
-    captured_at: str | None = None  # EXIF DateTimeOriginal when present
+    captured_at: str | None = None  # EXIF DateTimeOriginal when present (camera local time)
     has_gps: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -19,6 +19,13 @@ ones (else pull ran on an older manifest: an error), tiles are cut from the imag
 without an orientation tag, and whole images keep their stored file, which training and
 evaluation read through `read_upright` as well.
 
+Retention (data.retention): prepare refuses to start when a reviewed image is past its
+`delete_after`. Every image entry it writes carries its image's `delete_after` (a tile its source
+image's), so that train and evaluate refuse overdue images without reading the manifest. A
+reference set made of collected images expires with them: when some expire within
+`prepare.reference_expiry_warning_days`, prepare warns and stats.json's `ref-<name>.expiring`
+says how many and the earliest date.
+
 Outputs in `artifacts/prepared/` (replaced as a whole only on success): `train.json`,
 `val.json`, `refs/<name>.json` (COCO; every `file_name` is relative to `prepared/` itself;
 categories and keypoint names from the taxonomy), `tiles/`, `stats.json` (images and objects
@@ -35,19 +42,21 @@ import os
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from data import atomic
+from data import atomic, retention
 from data.coco import categories as coco_categories
 from data.config import PrepareConfig, ReferenceSetConfig, TaxonomyConfig
 from data.errors import AnonlabError
 from data.image_info import read_upright_sized
 from data.leakage import find_leaks
 from data.manifest import ManifestRecord, read_reviewed
+from data.retention import refuse_overdue
 from data.size_buckets import BUCKETS, size_bucket
 from data.splits import split_sessions
 from data.stage_paths import RELATIVE, TILES, Prepared, StagePaths
@@ -80,14 +89,28 @@ class PrepareReport:
 def run_prepare(
     cfg: PrepareConfig, taxonomy: TaxonomyConfig, artifacts: Path, root: Path
 ) -> PrepareReport:
-    """Write `artifacts/prepared/` from the reviewed manifest and the annotations."""
+    """Write `artifacts/prepared/` from the reviewed manifest and the annotations; AnonlabError
+    before any work when a reviewed image is past its `delete_after`."""
     artifacts = Path(artifacts)
     records = {r.sha256: r for r in read_reviewed(artifacts)}
+    now = retention.now()
+    refuse_overdue(
+        {sha: r.delete_after for sha, r in records.items()},
+        where=StagePaths(artifacts).reviewed.manifest,
+        command="anonlab prepare",
+        at=now,
+    )
     coco = _read_annotations(artifacts)
     categories = coco_categories(taxonomy.classes, taxonomy.keypoints)
     _check_categories(coco, taxonomy)
 
-    images = [i for i in coco["images"] if i.get("sha256") in records]
+    # Each entry carries its image's delete_after, so that train and evaluate can refuse
+    # overdue images without the manifest (a tile inherits its source image's).
+    images = [
+        {**i, "delete_after": records[i["sha256"]].delete_after}
+        for i in coco["images"]
+        if i.get("sha256") in records
+    ]
     _check_upright_sizes(images, records)
     anns_by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for a in coco["annotations"]:
@@ -161,6 +184,11 @@ def run_prepare(
         for name, ds in datasets.items():
             atomic.write_json(out.dataset(name), ds)
         stats = {name: _stats(ds, name_of) for name, ds in datasets.items()}
+        horizon = timedelta(days=cfg.reference_expiry_warning_days)
+        for name in refsets:
+            stats[f"ref-{name}"]["expiring"] = _expiring(
+                name, datasets[f"ref-{name}"], now, horizon
+            )
         stats["val"]["missing_strata"] = [f"{c}/{b}" for c, b in split.missing_in_val]
         atomic.write_json(out.stats, stats)
         atomic.write_json(
@@ -181,6 +209,29 @@ def run_prepare(
         objects={name: len(ds["annotations"]) for name, ds in datasets.items()},
         missing_in_val=split.missing_in_val,
     )
+
+
+def _expiring(name: str, ds: dict[str, Any], now: datetime, horizon: timedelta) -> dict[str, Any]:
+    """stats.json's `expiring` of reference set `name`: how many of its images retention takes
+    away within `horizon` (prepare.reference_expiry_warning_days), and the earliest date; a
+    warning when any. External sets' images carry no delete_after: they never expire here."""
+    found = retention.expiring(retention.coco_delete_afters(ds), now, horizon)
+    if found is not None:
+        log.warning(
+            "reference set '%s': %d of its images expire within %d days (the earliest on %s), "
+            "and `anonlab retention` will erase them: its recall will no longer compare with "
+            "earlier runs. Re-collect the set, or use consented or synthetic reference data "
+            "(prepare.reference_sets with `coco`)",
+            name,
+            found.count,
+            horizon.days,
+            found.earliest.date().isoformat(),
+        )
+    return {
+        "within_days": horizon.days,
+        "images": found.count if found else 0,
+        "earliest": found.earliest.isoformat() if found else None,
+    }
 
 
 def _describe(image: str, records: dict[str, ManifestRecord]) -> str:
@@ -363,6 +414,7 @@ def _tiled(
                     "sha256": img["sha256"],
                     "source_file_name": img["file_name"],
                     "tile": [tile.x, tile.y, tile.width, tile.height],
+                    "delete_after": img["delete_after"],
                 }
             )
             out_anns.extend({**a, "image_id": new_id} for a in per_tile[tile])

@@ -52,6 +52,7 @@ from data.hamming import nearest_other
 from data.image_scores import ImageScores, pixel_digest, score_image, thumbnail_jpeg
 from data.manifest import ManifestRecord, read_manifest, write_manifest
 from data.near_duplicates import near_duplicate_rejections
+from data.retention import refuse_overdue
 from data.review_report import Section, Tile
 from data.stage_paths import MANIFEST, METRICS, REJECTED, REVIEW_REPORT
 from serving.runtime.progress import progress
@@ -143,8 +144,10 @@ class ReviewReport:
 def run_review(cfg: ReviewConfig, raw_dir: Path, out_dir: Path) -> ReviewReport:
     """Review the raw store at `raw_dir` and write the reviewed outputs to `out_dir`.
 
-    Raises AnonlabError when there is no valid raw manifest; an image that cannot be read is
-    rejected as `unreadable`, it never stops the run. A failed run leaves `out_dir` as it was.
+    Raises AnonlabError when there is no valid raw manifest, or when an image in it is past its
+    `delete_after` (data.retention: nothing is read or written then); an image that cannot be
+    read is rejected as `unreadable`, it never stops the run. A failed run leaves `out_dir` as
+    it was.
     """
     started = time.perf_counter()
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
@@ -152,6 +155,11 @@ def run_review(cfg: ReviewConfig, raw_dir: Path, out_dir: Path) -> ReviewReport:
     # above Pillow's default guard); review must not reject those as unreadable.
     Image.MAX_IMAGE_PIXELS = None
     records = _read_raw_manifest(raw_dir)
+    refuse_overdue(
+        {r.sha256: r.delete_after for r in records},
+        where=raw_dir / MANIFEST,
+        command="anonlab review",
+    )
     log.info("review: %d images from %s", len(records), raw_dir)
 
     with ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="review") as pool:

@@ -48,6 +48,7 @@ from data.atomic import staged_dir, write_json, write_text
 from data.coco.files import load_ground_truth
 from data.config import TaxonomyConfig
 from data.errors import AnonlabError
+from data.retention import refuse_overdue_datasets
 from data.stage_paths import EvalOutputs, StagePaths
 from evaluation.anonymizer import (
     ANONYMIZER,
@@ -179,7 +180,8 @@ def operating_thresholds(
 
 
 def run_evaluate(setup: EvalSetup) -> dict[str, Any]:
-    """Evaluate every model; the metrics.json content."""
+    """Evaluate every model; the metrics.json content. Refuses before any work when a set holds
+    an image past its `delete_after` (data.retention)."""
     paths = StagePaths(setup.artifacts)
     sets = {VAL: paths.prepared.val} | {
         name: paths.prepared.ref(name) for name in setup.reference_sets
@@ -187,6 +189,7 @@ def run_evaluate(setup: EvalSetup) -> dict[str, Any]:
     for name, path in sets.items():
         if not path.is_file():
             raise AnonlabError(f"{path} (set {name!r}) does not exist; run prepare")
+    refuse_overdue_datasets(list(sets.values()), command="anonlab evaluate")
     truths = {name: load_ground_truth(path) for name, path in sets.items()}
     registry = _registry(setup.root)
     device = resolve_device(setup.evaluate.device, key="evaluate.device")

@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader
 from data.atomic import write_json, write_text
 from data.config import TaxonomyConfig
 from data.errors import AnonlabError
+from data.retention import refuse_overdue_datasets
 from data.stage_paths import StagePaths
 from serving.runtime.progress import bar
 from training.augment import build_augmenter
@@ -124,7 +125,11 @@ class TrainSetup:
 
 
 def run_train(setup: TrainSetup, validator: Validator) -> TrainResult:
-    """Train `setup.model` with `setup.train`, validated by `validator`; see the module doc."""
+    """Train `setup.model` with `setup.train`, validated by `validator`; see the module doc.
+    Refuses (AnonlabError, before any work) when train.json or val.json holds an image past its
+    `delete_after` (data.retention)."""
+    prepared = StagePaths(setup.artifacts).prepared
+    refuse_overdue_datasets([prepared.train, prepared.val], command="anonlab train")
     device = resolve_device(setup.train.device, key="train.device", local_rank=local_rank())
     started_here = not torch_dist.is_initialized()
     dist = init_distributed(device)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +13,23 @@ from data.atomic import read_jsonl
 from data.errors import AnonlabError
 from data.manifest import read_manifest
 from serving.cli import main
+from serving.params import Project
 from tests.data.collecting import check_counts_add_up, collect, folder, raw
 from tests.images import encode, jpeg_bytes, pil_bytes, texture, write
 
+# The clock of the tests that use `drive` (its a.jpg was captured in May 2026).
+NOW = "2026-06-01T00:00:00+00:00"
+SHOT = datetime(2026, 5, 4, 10, 30, 15)
+# SHOT, a camera's local time, read as its earliest instant (UTC+14).
+SHOT_EARLIEST = datetime(2026, 5, 3, 20, 30, 15, tzinfo=UTC)
+
 
 @pytest.fixture
-def drive(tmp_path: Path) -> Path:
-    """A capture folder with one image of every accepted format and depth."""
+def drive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A capture folder with one image of every accepted format and depth; the clock at NOW."""
+    monkeypatch.setenv("ANONLAB_NOW", NOW)
     d = tmp_path / "drives" / "drive-07"
-    shot = datetime(2026, 5, 4, 10, 30, 15)
+    shot = SHOT
     write(d / "a.jpg", jpeg_bytes(texture(64, 48, 1), captured=shot, gps=True, orientation=6))
     write(d / "b.png", pil_bytes(texture(40, 30, 2), "PNG"))
     gray16 = (np.linspace(0, 65535, 50 * 20).reshape(20, 50)).astype(np.uint16)
@@ -57,8 +65,13 @@ def test_folder_source_records_every_format(params_file: Path, drive: Path) -> N
         stored = raw(project) / r.path
         assert stored.read_bytes() == Path(r.source_path).read_bytes()
         assert r.path == f"images/{r.sha256[:2]}/{r.sha256}{stored.suffix}"
-        kept = datetime.fromisoformat(r.delete_after) - datetime.fromisoformat(r.collected_at)
-        assert kept == timedelta(days=180)
+        assert r.collected_at == NOW
+    # Retention counts from the capture time when it is known, else from the collection.
+    assert datetime.fromisoformat(a.delete_after) == SHOT_EARLIEST + timedelta(days=180)
+    for r in rows.values():
+        if r is not a:
+            kept = datetime.fromisoformat(r.delete_after) - datetime.fromisoformat(NOW)
+            assert kept == timedelta(days=180)
     check_counts_add_up(project, report)
 
 
@@ -68,8 +81,7 @@ def test_retention_and_explicit_session_come_from_config(params_file: Path, driv
     )
     (r,) = read_manifest(raw(project) / "manifest.jsonl")
     assert r.session == "day-1"
-    kept = datetime.fromisoformat(r.delete_after) - datetime.fromisoformat(r.collected_at)
-    assert kept == timedelta(days=30)
+    assert datetime.fromisoformat(r.delete_after) == SHOT_EARLIEST + timedelta(days=30)
 
 
 def test_exact_duplicates_across_sources_are_stored_once(params_file: Path, tmp_path: Path) -> None:
@@ -194,3 +206,129 @@ def test_synthetic_source_writes_images_and_label_studio_ground_truth(params_fil
     # Growing the count appends images: the first six are unchanged, not re-collected.
     _, more = collect(params_file, "collect.synthetic.count=9")
     assert (more.images, more.new) == (9, 3)
+
+
+def test_retention_counts_from_a_trusted_capture_time_and_follows_the_config(
+    params_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANONLAB_NOW", NOW)
+    d = tmp_path / "drive"
+    write(d / "shot.jpg", jpeg_bytes(texture(64, 48, 31), captured=SHOT))
+    # A camera clock ahead of the collection is not trusted: retention counts from collect.
+    write(d / "ahead.jpg", jpeg_bytes(texture(64, 48, 32), captured=datetime(2027, 1, 1)))
+    project, _ = collect(params_file, folder(d))
+    rows = {Path(r.source_path).name: r for r in read_manifest(raw(project) / "manifest.jsonl")}
+    assert datetime.fromisoformat(rows["shot.jpg"].delete_after) == SHOT_EARLIEST + timedelta(
+        days=180
+    )
+    ahead = datetime.fromisoformat(rows["ahead.jpg"].delete_after)
+    assert ahead == datetime.fromisoformat(NOW) + timedelta(days=180)
+
+    # A shorter retention applies to what is stored already, on the next run; an image now
+    # past it stays (`anonlab retention` erases it everywhere) and is reported.
+    project, report = collect(params_file, folder(d), "collect.retention_days=20")
+    rows = {Path(r.source_path).name: r for r in read_manifest(raw(project) / "manifest.jsonl")}
+    assert datetime.fromisoformat(rows["shot.jpg"].delete_after) == SHOT_EARLIEST + timedelta(
+        days=20
+    )
+    assert rows["ahead.jpg"].collected_at == NOW
+    assert (report.images, report.expired, report.overdue) == (2, 0, 1)
+    assert "stored images past delete_after: 1; run `anonlab retention`" in report.summary()
+
+
+def test_an_image_past_its_delete_after_when_found_is_counted_not_taken_in(
+    params_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANONLAB_NOW", NOW)
+    d = tmp_path / "drive"
+    write(d / "old-capture.jpg", jpeg_bytes(texture(64, 48, 33), captured=datetime(2025, 9, 1)))
+    write(d / "fresh.jpg", jpeg_bytes(texture(64, 48, 34), captured=SHOT))
+    project, report = collect(params_file, folder(d))
+    assert (report.seen, report.images, report.expired, report.quarantined) == (2, 1, 1, 0)
+    assert report.seen == report.images + report.duplicate + report.quarantined + report.expired
+    (kept,) = read_manifest(raw(project) / "manifest.jsonl")
+    assert kept.source_path.endswith("fresh.jpg")
+    # Counted, and named nowhere: no row, no stored copy.
+    assert json.loads((raw(project) / "metrics.json").read_text())["expired"] == 1
+    assert "not taken in, past delete_after when found" in report.summary()
+    assert not any(b"old-capture" in f.read_bytes() for f in raw(project).rglob("*") if f.is_file())
+    assert len(list((raw(project) / "images").rglob("*.jpg"))) == 1
+
+
+def _erase_by_hand(project: Project, sha256: str) -> None:
+    """What an erasure leaves behind in the raw store: a tombstone, and no row or copy."""
+    from data.erasure.keys import audit_key
+    from data.erasure.subjects import Known
+    from data.erasure.tombstones import Tombstones
+    from data.manifest import write_manifest
+    from data.stage_paths import StagePaths
+
+    paths = StagePaths(project.artifacts)
+    subject = Known.read(project.artifacts).subject(sha256)
+    Tombstones.read(paths.audit.tombstones, audit_key()).add([subject], datetime.now(UTC))
+    rows = read_manifest(paths.raw.manifest)
+    write_manifest(paths.raw.manifest, [r for r in rows if r.sha256 != sha256])
+    (paths.raw.folder / subject.path).unlink()
+
+
+@pytest.mark.parametrize("erased_in_manifest", [False, True])
+def test_erased_content_is_skipped_while_a_source_still_holds_it(
+    params_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, erased_in_manifest: bool
+) -> None:
+    monkeypatch.setenv("ANONLAB_AUDIT_KEY", "k" * 40)
+    d = tmp_path / "drive"
+    write(d / "person.jpg", jpeg_bytes(texture(64, 48, 35)))
+    write(d / "copy-of-person.jpg", jpeg_bytes(texture(64, 48, 35)))
+    write(d / "street.jpg", jpeg_bytes(texture(64, 48, 36)))
+    project, _ = collect(params_file, folder(d))
+    rows = {Path(r.source_path).name: r for r in read_manifest(raw(project) / "manifest.jsonl")}
+    erased = rows.get("person.jpg") or rows["copy-of-person.jpg"]
+    if erased_in_manifest:  # an erasure killed after its tombstone, before the raw store
+        from data.erasure.keys import audit_key
+        from data.erasure.subjects import Known
+        from data.erasure.tombstones import Tombstones
+
+        known = Known.read(project.artifacts)
+        Tombstones.read(project.artifacts / "audit" / "tombstones.jsonl", audit_key()).add(
+            [known.subject(erased.sha256)], datetime.now(UTC)
+        )
+    else:
+        _erase_by_hand(project, erased.sha256)
+    write(d / "new.jpg", jpeg_bytes(texture(64, 48, 37)))
+
+    project, report = collect(params_file, folder(d))
+    assert (report.seen, report.erased_skipped, report.images, report.duplicate) == (4, 2, 2, 0)
+    assert report.new == 1  # the unrelated new image is taken in
+    assert report.seen == report.images + report.duplicate + report.quarantined + 2
+    assert json.loads((raw(project) / "metrics.json").read_text())["erased_skipped"] == 2
+    assert "skipped, erased before (audit/tombstones.jsonl): 2" in report.summary()
+    names = {Path(r.source_path).name for r in read_manifest(raw(project) / "manifest.jsonl")}
+    assert names == {"street.jpg", "new.jpg"}
+    # No file of the raw store names the erased content or where it was found.
+    for f in (p for p in raw(project).rglob("*") if p.is_file()):
+        assert erased.sha256 not in f.name
+        data = f.read_bytes()
+        assert erased.sha256.encode() not in data and b"person.jpg" not in data, f
+    # Still skipped on the next run (nothing recorded that it was seen).
+    _, again = collect(params_file, folder(d))
+    assert (again.erased_skipped, again.images) == (2, 2)
+
+
+def test_tombstones_need_the_audit_key_and_none_need_no_key(
+    params_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ANONLAB_AUDIT_KEY", raising=False)
+    d = tmp_path / "drive"
+    write(d / "a.jpg", jpeg_bytes(texture(64, 48, 38)))
+    tombstones = params_file.parent / "artifacts" / "audit" / "tombstones.jsonl"
+    tombstones.parent.mkdir(parents=True)
+    tombstones.write_text("")  # there, and empty: nothing was erased
+    project, report = collect(params_file, folder(d))
+    assert report.images == 1
+    before = {p: p.read_bytes() for p in raw(project).rglob("*") if p.is_file()}
+
+    tombstones.write_text(json.dumps({"sha256": "0" * 64, "erased_on": "2026-06-01"}) + "\n")
+    write(d / "b.jpg", jpeg_bytes(texture(64, 48, 39)))
+    with pytest.raises(AnonlabError, match="ANONLAB_AUDIT_KEY is not set"):
+        collect(params_file, folder(d))
+    assert {p: p.read_bytes() for p in raw(project).rglob("*") if p.is_file()} == before
