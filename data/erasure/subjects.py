@@ -15,6 +15,7 @@ from pathlib import Path
 
 from data.atomic import read_jsonl
 from data.manifest import DuplicateRecord, ManifestRecord, from_row, read_manifest
+from data.retention import parse_time
 from data.stage_paths import StagePaths
 
 
@@ -90,7 +91,7 @@ class Known:
         return [
             self.subject(sha)
             for sha, record in sorted(self.records.items())
-            if datetime.fromisoformat(record.delete_after) <= now
+            if parse_time(record.delete_after, f"delete_after of {record.path}") <= now
         ]
 
 

@@ -21,57 +21,56 @@ from data.erasure.subjects import By, Subject
 
 @dataclass
 class Tombstones:
-    """The tombstones file of an artifacts root, read once."""
+    """The tombstones file of an artifacts root, read once; its hashes are indexed by kind, so
+    a lookup costs one keyed hash whatever the number of erased images."""
 
     path: Path
     key: AuditKey
     rows: list[dict[str, object]] = field(default_factory=list)
+    _index: dict[str, set[str]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        for row in self.rows:
+            self._note(row)
+
+    def _note(self, row: dict[str, object]) -> None:
+        for by in By:
+            value = row.get(by.value)
+            values = value if isinstance(value, list) else [value]
+            self._index.setdefault(by.value, set()).update(str(v) for v in values if v)
 
     @classmethod
     def read(cls, path: Path, key: AuditKey) -> Tombstones:
         return cls(path, key, atomic.read_jsonl(path))
 
-    def _hashes(self, field_name: str) -> set[str]:
-        found: set[str] = set()
-        for row in self.rows:
-            value = row.get(field_name)
-            found.update(value if isinstance(value, list) else [value])  # type: ignore[arg-type]
-        return found
-
     def holds(self, sha256: str) -> bool:
         """Whether this content was erased."""
-        return self.key.hash(By.SHA256.value, sha256) in self._hashes(By.SHA256.value)
+        return self.names(By.SHA256, sha256)
 
     def erased_content(self, shas: Iterable[str]) -> set[str]:
-        """The contents among `shas` that were erased (one pass over the file)."""
-        erased = self._hashes(By.SHA256.value)
-        return {s for s in shas if self.key.hash(By.SHA256.value, s) in erased}
+        """The contents among `shas` that were erased."""
+        return {s for s in shas if self.holds(s)}
 
     def names(self, by: By, value: str) -> bool:
         """Whether an erased image had this sha256, session or source path."""
-        return self.key.hash(by.value, value) in self._hashes(by.value)
+        return self.key.hash(by.value, value) in self._index.get(by.value, set())
 
     def add(self, subjects: Iterable[Subject], now: datetime) -> int:
         """Record `subjects` as erased (those not recorded yet); the number added."""
-        known = self._hashes(By.SHA256.value)
         new = []
         for s in subjects:
-            content = self.key.hash(By.SHA256.value, s.sha256)
-            if content in known:
+            if self.holds(s.sha256):
                 continue
-            known.add(content)
-            new.append(
-                {
-                    By.SHA256.value: content,
-                    By.SESSION.value: sorted(
-                        self.key.hash(By.SESSION.value, x) for x in s.sessions
-                    ),
-                    By.SOURCE_PATH.value: sorted(
-                        self.key.hash(By.SOURCE_PATH.value, p) for p in s.source_paths
-                    ),
-                    "erased_on": now.date().isoformat(),
-                }
-            )
+            row = {
+                By.SHA256.value: self.key.hash(By.SHA256.value, s.sha256),
+                By.SESSION.value: sorted(self.key.hash(By.SESSION.value, x) for x in s.sessions),
+                By.SOURCE_PATH.value: sorted(
+                    self.key.hash(By.SOURCE_PATH.value, p) for p in s.source_paths
+                ),
+                "erased_on": now.date().isoformat(),
+            }
+            self._note(row)
+            new.append(row)
         if new:
             self.rows.extend(new)
             atomic.write_jsonl(self.path, self.rows)

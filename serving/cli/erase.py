@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime
 
 from serving.cli import erasure
 from serving.cli.project import load
@@ -64,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
             "(sessions and source paths are as the manifest records them)"
         )
     request = Request("request", args.reason, tuple(subjects), {by.value: tuple(values)})
-    return erasure.run_request(project, request, datetime.now(UTC), args.dry_run)
+    from data.retention import now
+
+    return erasure.run_request(project, request, now(), args.dry_run)
 
 
 COMMAND = Command(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -20,17 +20,6 @@ def add_common(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="list, per store, what would be erased, and change nothing",
     )
-
-
-def parse_time(value: str) -> datetime:
-    """An ISO 8601 time for --now; a time without a zone is UTC."""
-    try:
-        t = datetime.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{value!r} is not an ISO 8601 time (e.g. 2027-06-01 or 2027-06-01T12:00:00+00:00)"
-        ) from None
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def stores(project: Project) -> list[Store]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime
 
 from serving.cli import erasure
 from serving.cli.project import load
@@ -13,10 +12,9 @@ from serving.runtime.commands.command import Command
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--now",
-        type=erasure.parse_time,
         metavar="ISO-TIME",
-        help="the time to compare delete_after with (default: the current time; a time "
-        "without a zone is UTC)",
+        help="the time to compare delete_after with (default: ANONLAB_NOW when set, else the "
+        "current time; a time without a zone is UTC)",
     )
     erasure.add_common(p)
 
@@ -25,8 +23,10 @@ def run(args: argparse.Namespace) -> int:
     project = load(args)
     from data.erasure.erase import Request
     from data.erasure.subjects import Known
+    from data.retention import now as clock
+    from data.retention import parse_time
 
-    now = args.now or datetime.now(UTC)
+    now = parse_time(args.now, "--now") if args.now else clock()
     subjects = Known.read(project.artifacts).overdue(now)
     days = project.params.collect.retention_days
     if not subjects:
