@@ -236,6 +236,12 @@ def test_erase_leaves_nothing_of_the_canary_and_a_crash_midway_changes_nothing(
     again = sh(clean, "anonlab", "erase", "--session", SESSION, "--reason", "ticket 7")
     assert "already erased" in again
 
+    # The source still holds both files: collect skips them, says so, and stores nothing.
+    collected = sh(clean, "anonlab", "collect")
+    assert "skipped, erased before (audit/tombstones.jsonl): 2" in collected
+    manifest = (clean / "artifacts/raw/manifest.jsonl").read_text()
+    assert not any(s in manifest for s in shas) and not canaries_in(clean / "artifacts/raw")
+
 
 def _erase_killed_after(work: Path, stores_done: int) -> None:
     """Run the erasure in this process with a store that dies after `stores_done` stores, as a
