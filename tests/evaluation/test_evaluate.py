@@ -27,11 +27,6 @@ from training.models import build_model, model_files_config, save_weights
 from training.tracking import Tracker
 
 EVAL = [
-    # Three capture sessions of 6 frames (train, val, holdout) in place of 8: val keeps its
-    # panorama tiles and its identifiable faces (the head threshold is chosen on them), with
-    # about half the windows to predict, which every validation and evaluate here pays for.
-    "collect.synthetic.count=18",
-    "collect.synthetic.frames_per_session=6",
     "evaluate.n_boot=50",
     "evaluate.tiling.tile=256",
     "evaluate.tiling.overlap=32",
