@@ -21,10 +21,10 @@ from serving.params import Project, load_project
 from serving.runtime.checksum import file_sha256
 from tests.conftest import REPO
 from tests.prepared import prepared_project
+from tests.training.tiny_models import register_model
 from tests.training.tiny_runs import DATA, MODEL, TINY
 from training.config import ModelConfig
 from training.models import build_model, model_files_config, save_weights
-from training.tracking import Tracker
 
 EVAL = [
     "evaluate.n_boot=50",
@@ -457,20 +457,8 @@ def _register_other_weights(project: Project) -> None:
             if tensor.is_floating_point():
                 tensor.add_(0.01 * torch.randn(tensor.shape, generator=noise))
     save_weights(model, models / "weights.safetensors")
-    with Tracker(
-        project.root,
-        experiment="anonlab/train",
-        run_name=MODEL,
-        params={},
-        tags={},
-        system_metrics=False,
-    ) as tracker:
-        version = tracker.log_model(
-            weights=models / "weights.safetensors",
-            config=models / "config.yaml",
-            registered_name=MODEL,
-        )
-    assert version == "2"
+    weights, config = models / "weights.safetensors", models / "config.yaml"
+    assert register_model(project.root, MODEL, weights, config) == "2"
 
 
 def test_evaluate_scores_the_champion_beside_new_weights(project: Project) -> None:
