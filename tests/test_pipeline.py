@@ -64,6 +64,9 @@ def counts(work: Path) -> tuple[int, int, int]:
     return raw["images"], reviewed["kept"], reviewed["rejected"]
 
 
+IMAGES = 18
+
+
 def test_exp_run_with_a_hydra_override_runs_the_pipeline(repo: Path) -> None:
     holdout = "prepare.reference_sets=[{name:holdout,sessions:[synthetic-drive-001]}]"
     # One training step per model: the train stages run, quickly; and no model trained for one
@@ -73,8 +76,12 @@ def test_exp_run_with_a_hydra_override_runs_the_pipeline(repo: Path) -> None:
         "dvc",
         "exp",
         "run",
+        # Three capture sessions (train, val, holdout) of 6 frames: every stage runs on each
+        # split, on fewer images to predict on.
         "-S",
-        "collect.synthetic.count=24",
+        f"collect.synthetic.count={IMAGES}",
+        "-S",
+        "collect.synthetic.frames_per_session=6",
         "-S",
         holdout,
         "-S",
@@ -100,12 +107,12 @@ def test_exp_run_with_a_hydra_override_runs_the_pipeline(repo: Path) -> None:
     assert not verdict["passed"] and not verdict["challengers"]
     assert verdict["failed"] and all(".target." in name for name in verdict["failed"])
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    assert params["collect"]["synthetic"]["count"] == 24
+    assert params["collect"]["synthetic"]["count"] == IMAGES
     assert params["prepare"]["reference_sets"][0]["sessions"] == ["synthetic-drive-001"]
     images, kept, rejected = counts(repo)
-    assert images == 24 and kept + rejected == 24
+    assert images == IMAGES and kept + rejected == IMAGES
     manifest = (repo / "artifacts/raw/manifest.jsonl").read_text().splitlines()
-    assert len(manifest) == 24
+    assert len(manifest) == IMAGES
     coco = json.loads((repo / "artifacts/annotations/coco.json").read_text())
     assert len(coco["images"]) == kept and coco["annotations"]
     stats = json.loads((repo / "artifacts/prepared/stats.json").read_text())

@@ -28,8 +28,7 @@ from tests.annotation.conftest import LabelStudioUnderTest
 from tests.annotation.server_project import TAXONOMY, annotation_cfg, review
 from tests.conftest import REPO
 from tests.images import jpeg_bytes, store_jpeg, texture
-from tests.training.tiny_models import save_tiny_model
-from training.tracking import Tracker
+from tests.training.tiny_models import register_model, save_tiny_model
 
 NAME = "maskrcnn_mobilenet_v3_fpn"  # registered under a model of the project's conf/
 TILING = {"tile": 128, "overlap": 32}
@@ -52,15 +51,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         mp.delenv("DVC_ROOT", raising=False)
-        with Tracker(
-            root,
-            experiment="anonlab/train",
-            run_name=NAME,
-            params={},
-            tags={},
-            system_metrics=False,
-        ) as tracker:
-            assert tracker.log_model(weights=weights, config=config, registered_name=NAME) == "1"
+        assert register_model(root, NAME, weights, config) == "1"
     return root
 
 

@@ -21,6 +21,7 @@ from serving.params import Project, load_project
 from serving.runtime.checksum import file_sha256
 from tests.conftest import REPO
 from tests.prepared import prepared_project
+from tests.training.tiny_models import register_model
 from tests.training.tiny_runs import DATA, MODEL, TINY
 from training.config import ModelConfig
 from training.models import build_model, model_files_config, save_weights
@@ -442,21 +443,33 @@ def test_promote_without_challenger_says_what_to_do(
     assert "no version has the alias 'challenger'" in err and "anonlab validate" in err
 
 
+def _register_other_weights(project: Project) -> None:
+    """New weights for MODEL (version 1's, moved by seeded noise) in its models folder,
+    registered as training registers a model: version 2, tagged with their sha256. (How
+    training gets there is tests/training/test_train.py's; this module's fixture trains once.)"""
+    from training.models import load_model_files
+
+    models = project.artifacts / "models" / MODEL
+    model, _ = load_model_files(models / "config.yaml", models / "weights.safetensors")
+    noise = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.add_(0.01 * torch.randn(tensor.shape, generator=noise))
+    save_weights(model, models / "weights.safetensors")
+    weights, config = models / "weights.safetensors", models / "config.yaml"
+    assert register_model(project.root, MODEL, weights, config) == "2"
+
+
 def test_evaluate_scores_the_champion_beside_new_weights(project: Project) -> None:
     """A champion with other weights is scored on the same sets; the report shows both."""
-    from training.loop import TrainSetup, run_train
-
     client = _client(project)
     client.set_registered_model_alias(MODEL, "champion", "1")
     models = project.artifacts / "models" / MODEL
     backup = project.root / "v1"
     shutil.copytree(models, backup, dirs_exist_ok=True)
     try:
-        other = load_project(project.root / "params.yaml", ["seed=7"])
-        run_train(
-            TrainSetup.of(other.params, MODEL, artifacts=project.artifacts, root=project.root),
-            release_validator(other.params, MODEL, artifacts=project.artifacts),
-        )
+        _register_other_weights(project)
         assert _cli(project, "evaluate") == 0
         entry = json.loads((project.artifacts / "eval" / "metrics.json").read_text())[MODEL]
         assert entry["version"] == "2" and entry["champion"]["version"] == "1"

@@ -36,15 +36,16 @@ from tests.serving.artifacts import (
     evaluate_entry,
     export_setup,
     read_manifest,
-    tiny_artifact,
     tiny_model_dir,
     write_validation,
 )
 
 
-@pytest.fixture(scope="module")
-def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_artifact(tmp_path_factory.mktemp("export"))
+@pytest.fixture
+def artifact(shared_artifact: Path) -> Path:
+    """The session's tiny exported artifact (tests/serving/conftest.py): the same export as
+    `tiny_artifact` in a fresh folder, made once; tests here copy it before altering it."""
+    return shared_artifact
 
 
 def test_artifact_holds_what_the_runtime_needs_with_checksums(artifact: Path) -> None:

@@ -9,6 +9,7 @@ import yaml
 
 from training.config import ModelConfig
 from training.models import build_model, model_files_config, save_weights
+from training.tracking import Tracker
 
 TINY = ModelConfig(
     kind="maskrcnn",
@@ -33,3 +34,18 @@ def save_tiny_model(folder: Path) -> tuple[torch.nn.Module, Path, Path]:
     save_weights(model, weights)
     config.write_text(yaml.safe_dump(model_files_config(TINY, keypoint_names=[])))
     return model, weights, config
+
+
+def register_model(root: Path, name: str, weights: Path, config: Path) -> str | None:
+    """Register `weights` + `config` as model `name` in `root`'s MLflow registry, as training
+    registers a model (a run in anonlab/train, the version tagged with the weights' sha256);
+    the new version."""
+    with Tracker(
+        root,
+        experiment="anonlab/train",
+        run_name=name,
+        params={},
+        tags={},
+        system_metrics=False,
+    ) as tracker:
+        return tracker.log_model(weights=weights, config=config, registered_name=name)

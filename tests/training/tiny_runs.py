@@ -4,8 +4,11 @@ images, validated and checkpointed every few steps."""
 from __future__ import annotations
 
 MODEL = "maskrcnn_mobilenet_v3_fpn"
+# Three capture sessions of 6 frames: train, val (panorama tiles, with identifiable faces, on
+# which evaluate chooses the head threshold) and the holdout; every validation predicts on val.
 DATA = [
-    "collect.synthetic.count=24",
+    "collect.synthetic.count=18",
+    "collect.synthetic.frames_per_session=6",
     "prepare.reference_sets=[{name:holdout,sessions:[synthetic-drive-001]}]",
 ]
 TINY = [
