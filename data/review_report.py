@@ -2,7 +2,8 @@
 
 The page knows nothing about the rules: review hands it sections (title, count, rule in words,
 items already ordered) and the thumbnails as JPEG bytes, embedded here as base64 data URIs so
-the file can be mailed or opened offline. Every piece of text is escaped.
+the file can be mailed or opened offline. Every piece of text is escaped. Each figure names the
+images it shows (data.report_figures), so that erasure can take one image's thumbnails out.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import base64
 import html
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+from data.report_figures import figure
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ def _section(section: Section, thumbnails: Mapping[str, bytes | None]) -> str:
         out.append('<div class="grid">')
         for item in section.items:
             tiles = "".join(_tile(t, thumbnails.get(t.image)) for t in item)
-            out.append(f'<figure><div class="pair">{tiles}</div></figure>')
+            out.append(figure(f'<div class="pair">{tiles}</div>', (t.image for t in item)))
         out.append("</div>")
     out.append("</section>")
     return "\n".join(out)

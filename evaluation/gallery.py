@@ -36,7 +36,9 @@ def crops(
             cache[ann["image_id"]] = read_bgr(images_root / images[ann["image_id"]]["file_name"])
         bgr = cache[ann["image_id"]]
         if bgr is not None:
-            shown.append(Miss(jpeg=crop_jpeg(bgr, ann["bbox"], context), caption=text))
+            jpeg = crop_jpeg(bgr, ann["bbox"], context)
+            sha = images[ann["image_id"]].get("sha256", "")
+            shown.append(Miss(jpeg=jpeg, caption=text, image=sha))
     return shown
 
 

@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from data.report_figures import figure
 from data.size_buckets import BUCKETS
 from evaluation.scoring.result import RecallCell, ScoreResult
 from serving.runtime.release import target_problems
@@ -31,6 +32,7 @@ class Miss:
 
     jpeg: bytes
     caption: str
+    image: str = ""  # the sha256 of the image it was cut from, which marks its figure
 
 
 @dataclass(frozen=True)
@@ -187,11 +189,7 @@ def _anonymizer_set(
                 f"<tr><td>{_e(name)}</td><td>{who_label}{_e(supplier)}</td>"
                 f"<td>{cell.n}</td>{''.join(cells)}</tr>"
             )
-    gallery = "".join(
-        f"<figure><img src='data:image/jpeg;base64,{base64.b64encode(m.jpeg).decode()}'>"
-        f"<figcaption>{_e(m.caption)}</figcaption></figure>"
-        for m in s.heads_only
-    )
+    gallery = "\n".join(_figure(m) for m in s.heads_only)
     shown = (
         f"{len(s.heads_only)} of {s.heads_only_total} faces, smallest first"
         if s.heads_only_total
@@ -266,11 +264,7 @@ def _set(model: ModelReport, s: SetReport, targets: Mapping[str, float]) -> str:
         f"{kind} AP {_num((coco.get(kind) or {}).get('AP'))}" for kind in ("bbox", "segm")
     )
     plots = [_png(pr_figure(s.metrics, model.thresholds)), _png(size_figure(s.metrics, s.champion))]
-    gallery = "".join(
-        f"<figure><img src='data:image/jpeg;base64,{base64.b64encode(m.jpeg).decode()}'>"
-        f"<figcaption>{_e(m.caption)}</figcaption></figure>"
-        for m in s.misses
-    )
+    gallery = "\n".join(_figure(m) for m in s.misses)
     shown = (
         f"{len(s.misses)} of {s.missed_total} objects not covered, smallest first"
         if s.missed_total
@@ -417,3 +411,9 @@ def _notice(problems: Sequence[str]) -> str:
 def _identifiable(minimum: Mapping[str, float]) -> str:
     heights = [f"{c} from {h:g} px tall" for c, h in minimum.items() if h > 0]
     return "; ".join(heights) + ("; " if heights else "") + "every object of other classes"
+
+
+def _figure(m: Miss) -> str:
+    """A crop as a figure marked with its image (data.report_figures), one per line."""
+    img = f"<img src='data:image/jpeg;base64,{base64.b64encode(m.jpeg).decode()}'>"
+    return figure(f"{img}<figcaption>{_e(m.caption)}</figcaption>", [m.image] if m.image else [])

@@ -17,9 +17,11 @@ from serving.cli import (
     annotate,
     collect,
     config,
+    erase,
     evaluate,
     export,
     prepare,
+    retention,
     review,
     score,
     train,
@@ -55,6 +57,8 @@ COMMANDS: dict[str, Command] = {
     "blur": blur.COMMAND,
     "serve": serve.COMMAND,
     "score": score.COMMAND,
+    "retention": retention.COMMAND,
+    "erase": erase.COMMAND,
 }
 
 # Commands that read no params.yaml (the runtime's read an artifact folder, score two COCO

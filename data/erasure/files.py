@@ -1,0 +1,136 @@
+"""Finding and erasing an image's traces in one derived file: JSON lines, a COCO dataset, an HTML
+report, a file named by the image. Each reads the file's bytes once and parses it only when it
+holds one of the images' needles, so files without them cost one read."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from data import atomic
+from data.erasure import redact
+from data.erasure.stores import Held
+from data.erasure.subjects import Subject
+from data.report_figures import redact as redact_figures
+from data.report_figures import showing, unmarked
+
+
+def shas(subjects: Sequence[Subject]) -> set[str]:
+    return {s.sha256 for s in subjects}
+
+
+def needles(subjects: Sequence[Subject]) -> list[str]:
+    return [n.decode() for s in subjects for n in s.needles()]
+
+
+def read_if_holding(path: Path, subjects: Sequence[Subject]) -> bytes | None:
+    """The file's bytes when it exists and holds a needle of `subjects`, else None."""
+    try:
+        data = path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    return data if redact.holds(data, (n.encode() for n in needles(subjects))) else None
+
+
+def write_keeping_mode(path: Path, data: bytes) -> None:
+    """Replace `path` atomically with `data`, keeping its permission bits (a read-only file
+    stays read-only)."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    atomic.write_bytes(path, data)
+    os.chmod(path, mode)
+
+
+def relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def rewrite_json(
+    path: Path,
+    root: Path,
+    subjects: Sequence[Subject],
+    change: Callable[[Any], tuple[Any, int]],
+    what: str,
+    *,
+    write: bool,
+    lines: bool = False,
+) -> list[Held]:
+    """Apply `change` (value -> (value, entries changed)) to a JSON or JSON-lines file that holds
+    a needle; write the result when `write`. What was (or would be) changed."""
+    data = read_if_holding(path, subjects)
+    if data is None:
+        return []
+    text = data.decode("utf-8")
+    value = [json.loads(x) for x in text.splitlines() if x.strip()] if lines else json.loads(text)
+    new, n = change(value)
+    if not n:
+        return []
+    if write:
+        if lines:
+            out = "".join(json.dumps(r, sort_keys=True) + "\n" for r in new)
+        else:
+            out = json.dumps(new, ensure_ascii=False)
+        write_keeping_mode(path, out.encode("utf-8"))
+    return [Held(relative(path, root), what, n)]
+
+
+def jsonl_rows(
+    path: Path, root: Path, subjects: Sequence[Subject], what: str, *, write: bool
+) -> list[Held]:
+    """Rows of a JSON-lines file that belong to or name the images."""
+    return rewrite_json(
+        path,
+        root,
+        subjects,
+        lambda rows: redact.rows(rows, shas(subjects), needles(subjects)),
+        what,
+        write=write,
+        lines=True,
+    )
+
+
+def coco_file(path: Path, root: Path, subjects: Sequence[Subject], *, write: bool) -> list[Held]:
+    """The images (and their annotations) of a COCO dataset."""
+
+    def change(dataset: Any) -> tuple[Any, int]:
+        new, _, n = redact.coco(dataset, shas(subjects), needles(subjects))
+        return new, n
+
+    return rewrite_json(path, root, subjects, change, "COCO entries", write=write)
+
+
+def html_report(path: Path, root: Path, subjects: Sequence[Subject], *, write: bool) -> list[Held]:
+    """The figures of an HTML report that show the images. A report that still names them
+    after its figures are taken out, or whose figures are unmarked (written before figures
+    were marked), is deleted whole: its stage writes it again."""
+    data = read_if_holding(path, subjects)
+    if data is None:
+        return []
+    text = data.decode("utf-8")
+    kept, n = redact_figures(text, shas(subjects))
+    whole = bool(unmarked(text)) or redact.holds(
+        kept.encode("utf-8"), (x.encode() for x in needles(subjects))
+    )
+    if write:
+        if whole:
+            path.unlink(missing_ok=True)
+        else:
+            write_keeping_mode(path, kept.encode("utf-8"))
+    if whole:
+        return [Held(relative(path, root), "report (deleted whole: run its stage again)")]
+    return [Held(relative(path, root), "figures", showing(text, shas(subjects)) or n)]
+
+
+def named_files(paths: Sequence[Path], root: Path, what: str, *, write: bool) -> list[Held]:
+    """Files that exist among `paths` (named by an image): deleted when `write`."""
+    found = [p for p in paths if p.is_file() or p.is_symlink()]
+    if write:
+        for p in found:
+            p.unlink(missing_ok=True)
+    return [Held(relative(p, root), what) for p in found]
