@@ -1,15 +1,20 @@
-"""The DVC cache and a local remote as erasure stores (data/erasure/dvc_cache.py), on a real git +
-DVC repository: a canary image's tiles and the JSON that names it, in two committed versions,
-erased from the cache and the remote, while everything else stays as it was."""
+"""The DVC cache and a remote (a local folder; a bucket on a local S3 server) as erasure stores
+(data/erasure/dvc_cache.py), on a real git + DVC repository: a canary image's tiles and the JSON
+that names it, in versions on a branch's history and on an experiment ref, erased from the cache
+and the remote, while everything else stays as it was."""
 
 from __future__ import annotations
 
 import hashlib
+import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
 from dvc.repo import Repo
+from moto.server import ThreadedMotoServer
 
 from data.erasure.dvc_cache import dvc_stores
 from data.erasure.stores import total
@@ -19,7 +24,7 @@ CANARY = hashlib.sha256(b"the canary image").hexdigest()
 OTHER = hashlib.sha256(b"another image").hexdigest()
 SOURCE = "drive-7/canary-frame.jpg"
 # The canary's pixels, as each version's tiles hold them.
-CANARY_PIXELS = (b"canary-pixels-v1\xff\xd8", b"canary-pixels-v2\xff\xd8", b"canary-tile-v2-b\xff")
+CANARY_PIXELS = (b"canary-v1\xff", b"canary-v2\xff", b"canary-v2-b\xff", b"canary-exp\xff")
 
 DVC_YAML = """stages:
   prepare:
@@ -32,8 +37,9 @@ DVC_YAML = """stages:
 """
 
 
-def git(root: Path, *args: str) -> None:
-    subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True)
+def git(root: Path, *args: str) -> str:
+    done = subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True)
+    return done.stdout.decode().strip()
 
 
 def write_version(root: Path, tiles: dict[str, bytes], names: list[str]) -> None:
@@ -49,9 +55,59 @@ def write_version(root: Path, tiles: dict[str, bytes], names: list[str]) -> None
     (root / "out" / "other.json").write_text(f'{{"images": ["{OTHER}"]}}')
 
 
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+class Remote:
+    """The test's DVC remote: a local folder, or a bucket on a local S3 server."""
+
+    def __init__(self, kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+        self.kind = kind
+        self.folder = tmp_path / "remote"
+        if kind == "s3":
+            endpoint = request.getfixturevalue("s3_endpoint")
+            monkeypatch = request.getfixturevalue("monkeypatch")
+            # Credentials come from the environment, as DVC reads them in production.
+            for var, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "x")):
+                monkeypatch.setenv(var, value)
+            monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+            self.bucket = f"dvc-{tmp_path.name[-20:].lower().replace('_', '-')}"
+            self.client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+            self.client.create_bucket(Bucket=self.bucket)
+            self.config = {"url": f"s3://{self.bucket}/store", "endpointurl": endpoint}
+        else:
+            self.config = {"url": str(self.folder)}
+
+    def files(self) -> dict[str, bytes]:
+        if self.kind == "local":
+            return every_file(self.folder)
+        listed = self.client.list_objects_v2(Bucket=self.bucket).get("Contents", [])
+        return {
+            o["Key"].removeprefix("store/"): self.client.get_object(
+                Bucket=self.bucket, Key=o["Key"]
+            )["Body"].read()
+            for o in listed
+        }
+
+
+@pytest.fixture(params=["local", "s3"])
+def remote(request: pytest.FixtureRequest, tmp_path: Path) -> Remote:
+    return Remote(request.param, tmp_path, request)
+
+
 @pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    root, remote = tmp_path / "repo", tmp_path / "remote"
+def repo(tmp_path: Path, remote: Remote) -> Path:
+    """Two versions on main (the older one only in git history), a third on an experiment ref
+    only; all committed to the cache and pushed."""
+    root = tmp_path / "repo"
     root.mkdir()
     git(root, "init", "-q", "-b", "main")
     git(root, "config", "user.email", "t@example.com")
@@ -59,28 +115,27 @@ def repo(tmp_path: Path) -> Path:
     with Repo.init(str(root)) as dvc, dvc.config.edit() as conf:
         conf["core"]["site_cache_dir"] = str(tmp_path / "site")
         conf["core"]["remote"] = "store"
-        conf["remote"]["store"] = {"url": str(remote)}
+        conf["remote"]["store"] = remote.config
     (root / "dvc.yaml").write_text(DVC_YAML)
+    other = {f"{OTHER}-0-0.jpg": b"other-pixels"}
     versions = [
-        ({f"{CANARY}-0-0.jpg": CANARY_PIXELS[0], f"{OTHER}-0-0.jpg": b"other-pixels"}, [CANARY]),
-        (
-            {
-                f"{CANARY}-0-0.jpg": CANARY_PIXELS[1],
-                f"{CANARY}-512-0.jpg": CANARY_PIXELS[2],
-                f"{OTHER}-0-0.jpg": b"other-pixels",
-            },
-            [CANARY, OTHER],
-        ),
-    ]
-    for tiles, names in versions:
-        write_version(root, tiles, names)
-        with Repo(str(root)) as dvc:
-            dvc.commit(f"{root}/dvc.yaml:prepare", force=True)
-        git(root, "add", "-A")
-        git(root, "commit", "-q", "-m", f"version with {len(names)} images")
-    git(root, "tag", "v2")
+        ({f"{CANARY}-0-0.jpg": CANARY_PIXELS[0], **other}, [CANARY]),
+        ({f"{CANARY}-0-0.jpg": CANARY_PIXELS[1], f"{CANARY}-512-0.jpg": CANARY_PIXELS[2], **other},
+         [CANARY, OTHER]),
+        ({f"{CANARY}-0-0.jpg": CANARY_PIXELS[3], **other}, [OTHER, CANARY]),
+    ]  # fmt: skip
     with Repo(str(root)) as dvc:
-        dvc.push(all_commits=True)
+        for n, (tiles, names) in enumerate(versions, 1):
+            if n == 3:  # an experiment: its commit is on refs/exps only
+                git(root, "checkout", "-q", "--detach")
+            write_version(root, tiles, names)
+            dvc.commit(f"{root}/dvc.yaml:prepare", force=True)
+            git(root, "add", "-A")
+            git(root, "commit", "-q", "-m", f"version {n}")
+        experiment = git(root, "rev-parse", "HEAD")
+        git(root, "update-ref", "refs/exps/ab/cdef0123/exp-canary", experiment)
+        git(root, "checkout", "-q", "main")
+        dvc.push(all_commits=True, revs=[experiment])
     return root
 
 
@@ -93,31 +148,32 @@ def holding_canary(files: dict[str, bytes]) -> list[str]:
     return sorted(p for p, data in files.items() if CANARY in p or any(m in data for m in marks))
 
 
-def test_erasing_the_canary_purges_cache_and_remote_and_keeps_the_rest(repo: Path) -> None:
-    cache, remote = repo / ".dvc" / "cache", repo.parent / "remote"
-    site = repo.parent / "site"
+def test_erasing_the_canary_purges_cache_and_remote_and_keeps_the_rest(
+    repo: Path, remote: Remote
+) -> None:
+    cache, site = repo / ".dvc" / "cache", repo.parent / "site"
     canary = [Subject(CANARY, source_paths=(SOURCE,))]
-    before = {"cache": every_file(cache), "remote": every_file(remote)}
+    before = {"cache": every_file(cache), "remote": remote.files()}
     held = {k: holding_canary(v) for k, v in before.items()}
-    # both versions' canary tiles (3 objects), COCO files (2) and listings naming the canary (2)
-    assert len(held["cache"]) == len(held["remote"]) == 7
-    assert holding_canary(every_file(site)), "the state database records the tiles' paths"
+    # each version's canary tiles (1 + 2 + 1), COCO file (3) and listing naming the canary (3)
+    assert len(held["cache"]) == len(held["remote"]) == 10
+    assert holding_canary(every_file(site)), "DVC's state database records the tiles' paths"
 
     stores = dvc_stores(repo)
     assert [s.name for s in stores] == ["dvc-cache", "dvc-remote:store"]
     found = {s.name: s.find(canary) for s in stores}
     objects = {n: sorted(h.where for h in f if h.what != "state row") for n, f in found.items()}
-    assert objects["dvc-cache"] == held["cache"]
-    assert objects["dvc-remote:store"] == held["remote"]
+    assert objects == {"dvc-cache": held["cache"], "dvc-remote:store": held["remote"]}
     assert any(h.what == "state row" for h in found["dvc-cache"])
 
     erased = {s.name: s.erase(canary) for s in stores}
-    assert total(erased["dvc-remote:store"]) == 7
-    after = {"cache": every_file(cache), "remote": every_file(remote)}
+    assert total(erased["dvc-remote:store"]) == 10
+    after = {"cache": every_file(cache), "remote": remote.files()}
     for where, files in after.items():
         assert holding_canary(files) == [], where
         unrelated = {p: d for p, d in before[where].items() if p not in held[where]}
         assert files == unrelated, f"{where}: the other objects are there, unchanged"
+        assert len(unrelated) == 3  # the other image's tile, other.json, model.bin
     assert holding_canary(every_file(site)) == []
 
     again = dvc_stores(repo)
