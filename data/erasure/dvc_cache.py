@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 TEXT_SUFFIXES = frozenset(
     {".json", ".jsonl", ".html", ".htm", ".csv", ".tsv", ".txt", ".yaml", ".yml", ".xml", ".md"}
 )
+_TEXT_ENDINGS = tuple(TEXT_SUFFIXES)
 LEGACY_HASH = "md5-dos2unix"  # DVC 2's hashes: objects in the cache's old layout (<xx>/<rest>)
 _LOCK_PATHSPECS = (":(glob)**/dvc.lock", ":(glob)**/*.dvc")
 _NO_BLOB = "0" * 40
@@ -101,6 +102,7 @@ class Needles:
     def __init__(self, subjects: Sequence[Subject]) -> None:
         needles = sorted({n for s in subjects for n in s.needles() if n}, key=len, reverse=True)
         self._pattern = re.compile(b"|".join(re.escape(n) for n in needles)) if needles else None
+        self.ascii = all(n.isascii() for n in needles)  # as JSON writes them, unescaped
 
     def in_bytes(self, data: bytes) -> bool:
         return self._pattern is not None and self._pattern.search(data) is not None
@@ -218,9 +220,12 @@ class DvcObjects:
                 if listing is None:
                     continue
                 names_it = False
+                # a listing whose bytes name none: no relpath in it does (JSON escapes only
+                # what is not ASCII)
+                may_name = not needles.ascii or needles.in_bytes(listing)
                 for relpath, md5 in _entries(listing):
                     entry = Output(f"{out.path}/{relpath}", md5, out.legacy)
-                    if needles.in_name(relpath):
+                    if may_name and needles.in_name(relpath):
                         names_it = True
                         named.add(odb.oid_to_path(md5))
                         read[(md5, out.legacy)] = True
@@ -389,7 +394,7 @@ def _entries(listing: bytes) -> Iterable[tuple[str, str]]:
 
 
 def _is_text(path: str) -> bool:
-    return os.path.splitext(path)[1].lower() in TEXT_SUFFIXES
+    return path.lower().endswith(_TEXT_ENDINGS)
 
 
 def _git(root: Path, *args: str) -> str:

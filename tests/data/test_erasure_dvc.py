@@ -6,19 +6,17 @@ and the remote, while everything else stays as it was."""
 from __future__ import annotations
 
 import hashlib
-import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
 from dvc.repo import Repo
-from moto.server import ThreadedMotoServer
 
 from data.erasure.dvc_cache import dvc_stores
 from data.erasure.stores import total
 from data.erasure.subjects import Subject
+from tests.data.test_collect_s3 import s3_endpoint  # noqa: F401 (a local S3 server)
 
 CANARY = hashlib.sha256(b"the canary image").hexdigest()
 OTHER = hashlib.sha256(b"another image").hexdigest()
@@ -53,17 +51,6 @@ def write_version(root: Path, tiles: dict[str, bytes], names: list[str]) -> None
     (root / "out" / "train.json").write_text(f'{{"images": [{coco}]}}')
     (root / "out" / "model.bin").write_bytes(bytes(range(256)) * 4)
     (root / "out" / "other.json").write_text(f'{{"images": ["{OTHER}"]}}')
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 class Remote:
@@ -165,6 +152,11 @@ def test_erasing_the_canary_purges_cache_and_remote_and_keeps_the_rest(
     objects = {n: sorted(h.where for h in f if h.what != "state row") for n, f in found.items()}
     assert objects == {"dvc-cache": held["cache"], "dvc-remote:store": held["remote"]}
     assert any(h.what == "state row" for h in found["dvc-cache"])
+    # a scan of every object (for objects no version references) finds the same
+    scanned = {s.name: s.find(canary) for s in dvc_stores(repo, full_scan=True)}
+    assert {n: sorted(h.where for h in f if h.what != "state row") for n, f in scanned.items()} == (
+        objects
+    )
 
     erased = {s.name: s.erase(canary) for s in stores}
     assert total(erased["dvc-remote:store"]) == 10
