@@ -224,12 +224,12 @@ class DvcObjects:
                 # what is not ASCII)
                 may_name = not needles.ascii or needles.in_bytes(listing)
                 for relpath, md5 in _entries(listing):
-                    entry = Output(f"{out.path}/{relpath}", md5, out.legacy)
                     if may_name and needles.in_name(relpath):
                         names_it = True
                         named.add(odb.oid_to_path(md5))
                         read[(md5, out.legacy)] = True
                     elif _is_text(relpath):
+                        entry = Output(f"{out.path}/{relpath}", md5, out.legacy)
                         yield from self._check(entry, needles, read)
                 if names_it:
                     named.add(odb.oid_to_path(out.oid))
@@ -331,10 +331,12 @@ STATE_COLUMNS = {"Cache": "key", "nodes": "name"}
 
 
 def _matching_rows(db: Path, needles: Sequence[str], delete: bool) -> int:
-    """Rows of one of DVC's state databases whose path contains a needle; deleted (and the file
-    vacuumed, its write-ahead log emptied, so that no free page keeps them) when `delete`."""
+    """Rows of one of DVC's state databases whose path contains a needle; deleted when `delete`,
+    their bytes overwritten (secure_delete: no free page keeps them, without rewriting the whole
+    file as VACUUM would) and the write-ahead log emptied."""
     conn = sqlite3.connect(db)
     try:
+        conn.execute("PRAGMA secure_delete = ON")
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         count = 0
         for table, column in STATE_COLUMNS.items():
@@ -347,7 +349,6 @@ def _matching_rows(db: Path, needles: Sequence[str], delete: bool) -> int:
                     conn.execute(f"DELETE FROM {table} WHERE {where}", chunk)
                     conn.commit()
         if count and delete:
-            conn.execute("VACUUM")
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return count
     except sqlite3.DatabaseError:
