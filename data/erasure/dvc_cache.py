@@ -8,8 +8,8 @@ files of every git commit reachable from any ref (branches, tags, `refs/exps/*` 
 merges included), and the run cache (`runs/`) of the store itself. Of each version:
 
 - a directory output's `.dir` listing is read (relpath + md5 of each file); an entry whose
-  relpath names the image (a tile `<sha256>-<x>-<y>.jpg`, an image `<sha256>.jpg`) is held,
-  and so is the `.dir` object, since its listing names the image;
+  relpath holds one of `Subject.needles()` (a tile `<sha256>-<x>-<y>.jpg`, an image
+  `<sha256>.jpg`) is held, and so is the `.dir` object, since its listing names the image;
 - a file, or a directory's entry, whose name ends in a text suffix (`.json`, `.jsonl`, `.html`,
   `.csv`, ...: manifests, COCO files, snapshots, reports) is read and held when its bytes
   contain one of `Subject.needles()`;
@@ -20,14 +20,15 @@ merges included), and the run cache (`runs/`) of the store itself. Of each versi
 Erasing deletes the held objects, the files of a directory first and its `.dir` listing last
 (a listing deleted first would leave its files unfindable if the erasure were killed). The other
 files of that directory stay in the cache, unchanged; that version of the directory can no longer
-be checked out whole. A file whose bytes equal the image's file (one object for both) goes with
-it. The local store also removes the rows of DVC's state databases in its site cache dir (file
-hashes and links, keyed by workspace path) whose path names the image.
+be checked out whole. Another file with the same bytes as a removed one shares its object and
+loses it too. The local store also removes the rows of DVC's state databases in its site cache
+dir (file hashes, links and the data index, keyed by workspace path) whose path names the image.
 
 What is not searched: objects that no version above references (left by `dvc add` or a run
 whose outputs were never committed to git). Run `dvc gc --workspace --all-branches --all-tags
---all-experiments --all-commits` first to remove them, or build the stores with `full_scan=True`,
-which reads every object (slow: what an erasure costs without knowing where the image is).
+--all-experiments --all-commits` (with `--cloud` for the remote) first to remove them, or build
+the stores with `full_scan=True`, which reads every object and parses every `.dir` listing
+(slow: what an erasure costs without knowing where the image is).
 """
 
 from __future__ import annotations
@@ -301,7 +302,7 @@ LISTING = "directory listing (.dir)"
 
 class LocalCache(DvcObjects):
     """`dvc-cache`: the repository's local cache, and DVC's state databases in its site cache
-    dir (file hashes and links, keyed by workspace path)."""
+    dir (file hashes, links and the data index, keyed by workspace path)."""
 
     def __init__(self, repo: Any, versions: Versions, full_scan: bool = False) -> None:
         super().__init__("dvc-cache", repo.cache.local, repo.cache.legacy, versions, full_scan)
