@@ -12,7 +12,7 @@ RUN := $(UV) run --frozen
 	.tools/venv/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 .venv/.synced: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen
+	$(UV) sync --frozen --compile-bytecode
 	touch $@
 
 setup: .venv/.synced
@@ -54,6 +54,7 @@ benchmarks: setup
 	$(RUN) python benchmarks/score_speed.py
 	$(RUN) python benchmarks/blur_speed.py
 	$(RUN) python benchmarks/serve_load.py
+	$(RUN) python benchmarks/erase_speed.py
 
 clean:
 	rm -rf artifacts .pytest_cache .ruff_cache

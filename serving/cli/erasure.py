@@ -27,6 +27,7 @@ def stores(project: Project) -> list[Store]:
     first: they find an image's detections through the prepared sets)."""
     from annotation.erasure import label_studio_stores
     from data.erasure.artifact_stores import artifact_stores
+    from data.erasure.dvc_cache import dvc_stores
     from evaluation.erasure import EvalStore
     from training.erasure import mlflow_stores
 
@@ -35,6 +36,7 @@ def stores(project: Project) -> list[Store]:
         *artifact_stores(project.artifacts),
         *label_studio_stores(project.artifacts, project.params.annotation, root=project.root),
         *mlflow_stores(project.root),
+        *dvc_stores(project.root),
     ]
 
 
