@@ -3,7 +3,8 @@ tasks with its data folder (`label-studio`); see data.erasure.stores for the int
 
 `label-studio-files` holds the Label Studio exports under the artifacts root: the synthetic
 source's export (`raw/synthetic/labelstudio_export.json`), every pull snapshot
-(`annotations/snapshots/*.json`) and push's state (`annotations/project.json`). A file is parsed
+(`annotations/snapshots/*.json`) and push's state (`annotations/project.json`); and the export
+file `annotation.export_file` names, wherever it is. A file is parsed
 only when its bytes hold a needle of an image (data.erasure.subjects); it is then rewritten
 without the tasks whose image URL names the image (`annotation.pull.image_sha256`) or whose
 data holds a needle, under the same name and with the same mode (a snapshot stays read-only;
@@ -114,9 +115,11 @@ def redact_export(raw: bytes, subjects: Sequence[Subject]) -> Redaction:
 
 @dataclass(frozen=True)
 class LabelStudioFiles:
-    """The Label Studio exports and push's state under an artifacts root."""
+    """The Label Studio exports and push's state under an artifacts root, and the export file
+    `annotation.export_file` names (read by pull when `annotation.source=export`)."""
 
     artifacts: Path
+    export_file: Path | None = None
     name: str = FILES_STORE
 
     def _files(self) -> list[Path]:
@@ -124,6 +127,8 @@ class LabelStudioFiles:
         folder = paths.annotations.snapshots
         snapshots = sorted(folder.glob("*.json")) if folder.is_dir() else []
         found = [paths.raw.synthetic_export, *snapshots, paths.annotations.label_studio_state]
+        if self.export_file is not None and self.export_file not in found:
+            found.append(self.export_file)
         return [p for p in found if p.is_file()]
 
     def _where(self, path: Path) -> str:
@@ -341,4 +346,5 @@ def label_studio_stores(artifacts: Path, cfg: AnnotationConfig, *, root: Path) -
     its data folder (`annotation.serve.data_dir`, relative to `root`)."""
     artifacts = Path(artifacts).resolve()
     data_dir = (Path(root) / cfg.serve.data_dir).resolve()
-    return [LabelStudioFiles(artifacts), LabelStudioServer(cfg, artifacts, data_dir)]
+    export_file = (Path(root) / cfg.export_file).resolve()
+    return [LabelStudioFiles(artifacts, export_file), LabelStudioServer(cfg, artifacts, data_dir)]

@@ -73,7 +73,12 @@ def from_row(cls: type[R], row: dict[str, Any]) -> R:
 
 
 def read_manifest(path: str | Path) -> list[ManifestRecord]:
-    return [from_row(ManifestRecord, _upright_row(row)) for row in read_jsonl(path)]
+    return [manifest_record(row) for row in read_jsonl(path)]
+
+
+def manifest_record(row: dict[str, Any]) -> ManifestRecord:
+    """One manifest row (a parsed JSON line) as a record, with both sizes."""
+    return from_row(ManifestRecord, _upright_row(row))
 
 
 def _upright_row(row: dict[str, Any]) -> dict[str, Any]:

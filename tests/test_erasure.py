@@ -126,8 +126,10 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list
     shutil.copytree(REPO / "conf", work / "conf")
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(REPO / name, work / name)
-    tasks, shas = write_canaries(work / "canary-source" / SESSION)
-    sources = f"collect.sources=[{{uri:synthetic}},{{uri:{work / 'canary-source'}}}]"
+    # The source is outside the repository: erasure leaves a source as it is (collect skips
+    # what it still holds), so the scans below look at the repository and the remote only.
+    tasks, shas = write_canaries(base / "canary-source" / SESSION)
+    sources = f"collect.sources=[{{uri:synthetic}},{{uri:{base / 'canary-source'}}}]"
     sh(
         work,
         "anonlab",
@@ -157,7 +159,7 @@ def fingerprint(root: Path) -> dict[str, str]:
 
 
 def needles(work: Path, shas: list[str]) -> list[bytes]:
-    source = work / "canary-source" / SESSION
+    source = work.parent / "canary-source" / SESSION
     return [
         *(s.encode() for s in shas),
         SESSION.encode(),

@@ -62,40 +62,44 @@ def rewrite_json(
     what: str,
     *,
     write: bool,
-    lines: bool = False,
 ) -> list[Held]:
-    """Apply `change` (value -> (value, entries changed)) to a JSON or JSON-lines file that holds
-    a needle; write the result when `write`. What was (or would be) changed."""
+    """Apply `change` (value -> (value, entries changed)) to a JSON file that holds a needle;
+    write the result when `write`. What was (or would be) changed."""
     data = read_if_holding(path, subjects)
     if data is None:
         return []
-    text = data.decode("utf-8")
-    value = [json.loads(x) for x in text.splitlines() if x.strip()] if lines else json.loads(text)
-    new, n = change(value)
+    new, n = change(json.loads(data))
     if not n:
         return []
     if write:
-        if lines:
-            out = "".join(json.dumps(r, sort_keys=True) + "\n" for r in new)
-        else:
-            out = json.dumps(new, ensure_ascii=False)
-        write_keeping_mode(path, out.encode("utf-8"))
+        write_keeping_mode(path, json.dumps(new, ensure_ascii=False).encode("utf-8"))
     return [Held(relative(path, root), what, n)]
 
 
 def jsonl_rows(
     path: Path, root: Path, subjects: Sequence[Subject], what: str, *, write: bool
 ) -> list[Held]:
-    """Rows of a JSON-lines file that belong to or name the images."""
-    return rewrite_json(
-        path,
-        root,
-        subjects,
-        lambda rows: redact.rows(rows, shas(subjects), needles(subjects)),
-        what,
-        write=write,
-        lines=True,
+    """Rows of a JSON-lines file that belong to or name the images. Only the lines that hold
+    a needle are parsed; the others are kept byte for byte."""
+    data = read_if_holding(path, subjects)
+    if data is None:
+        return []
+    marks = [n.encode() for n in needles(subjects)]
+    lines = data.splitlines(keepends=True)
+    holding = [i for i, line in enumerate(lines) if redact.holds(line, marks)]
+    rows, n = redact.rows(
+        [json.loads(lines[i]) for i in holding], shas(subjects), needles(subjects)
     )
+    if not n:
+        return []
+    if write:
+        kept = {i for i in range(len(lines))} - set(holding)
+        out = [lines[i] for i in sorted(kept)]
+        # Rows that only name an image (scrubbed) keep their place at the end: order in these
+        # files carries no meaning.
+        out += [(json.dumps(r, sort_keys=True) + "\n").encode() for r in rows]
+        write_keeping_mode(path, b"".join(out))
+    return [Held(relative(path, root), what, n)]
 
 
 def coco_file(path: Path, root: Path, subjects: Sequence[Subject], *, write: bool) -> list[Held]:

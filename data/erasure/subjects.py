@@ -7,14 +7,15 @@ duplicate) erases the content, and so every copy and every other path it was fou
 
 from __future__ import annotations
 
+import html
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 from pathlib import Path
 
-from data.atomic import read_jsonl
-from data.manifest import DuplicateRecord, ManifestRecord, from_row, read_manifest
+from data.manifest import DuplicateRecord, ManifestRecord, from_row, manifest_record
 from data.retention import parse_time
 from data.stage_paths import StagePaths
 
@@ -31,8 +32,14 @@ class Subject:
     def needles(self) -> tuple[bytes, ...]:
         """Byte strings that only a file holding something of this image contains: its sha256
         (which its store path holds too) and the paths it was found under. Sessions are shared
-        by many images and are not a sign of this one."""
-        return (self.sha256.encode(), *(p.encode() for p in self.source_paths))
+        by many images and are not a sign of this one. Each path also as JSON (ASCII-escaped)
+        and HTML write it, since files hold it so."""
+        forms = {
+            form
+            for p in self.source_paths
+            for form in (p, json.dumps(p)[1:-1], html.escape(p, quote=True))
+        }
+        return (self.sha256.encode(), *(f.encode() for f in sorted(forms)))
 
 
 class By(Enum):
@@ -51,15 +58,22 @@ class Known:
     duplicates: list[DuplicateRecord]
 
     @classmethod
-    def read(cls, artifacts: Path) -> Known:
+    def read(cls, artifacts: Path, naming: Sequence[str] | None = None) -> Known:
         """The raw store's manifest, and reviewed/'s as well (an image review kept stays there
-        when collect no longer lists it), with the duplicates."""
+        when collect no longer lists it), with the duplicates. With `naming` (a request's
+        values), only the rows that hold one of them, and every row of the contents those
+        name, are parsed: a request does not read the whole store."""
         paths = StagePaths(artifacts)
+        manifests = [paths.reviewed.manifest, paths.raw.manifest, paths.raw.duplicates]
+        lines = [_lines(p) for p in manifests]
+        if naming is not None:
+            first = _holding(lines, [json.dumps(v)[1:-1] for v in naming])
+            shas = {json.loads(x)["sha256"] for part in first for x in part}
+            lines = _holding(lines, sorted(shas))
         records: dict[str, ManifestRecord] = {}
-        for manifest in (paths.reviewed.manifest, paths.raw.manifest):
-            if manifest.is_file():
-                records.update({r.sha256: r for r in read_manifest(manifest)})
-        duplicates = [from_row(DuplicateRecord, r) for r in read_jsonl(paths.raw.duplicates)]
+        for part in lines[:2]:
+            records.update({r.sha256: r for r in (manifest_record(json.loads(x)) for x in part)})
+        duplicates = [from_row(DuplicateRecord, json.loads(x)) for x in lines[2]]
         return cls(records, duplicates)
 
     def subject(self, sha256: str) -> Subject:
@@ -98,3 +112,13 @@ class Known:
 def describe(subjects: Sequence[Subject]) -> str:
     """`3 images` for messages: the count, never the identifiers."""
     return f"{len(subjects)} image{'s' if len(subjects) != 1 else ''}"
+
+
+def _lines(path: Path) -> list[str]:
+    if not path.is_file():
+        return []
+    return [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def _holding(parts: list[list[str]], values: Sequence[str]) -> list[list[str]]:
+    return [[x for x in part if any(v and v in x for v in values)] for part in parts]

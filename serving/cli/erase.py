@@ -48,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
         )
         if v
     )
-    subjects = Known.read(project.artifacts).matching(by, values)
+    if by is By.SHA256:
+        values = [v.lower() for v in values]
+    subjects = Known.read(project.artifacts, naming=values).matching(by, values)
     if not subjects:
         # A session or path no manifest knows: erased before, or never collected.
         from data.erasure.keys import audit_key
