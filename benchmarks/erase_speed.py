@@ -272,7 +272,7 @@ def erase_one(run: Path, sha: str) -> tuple[dict[str, list[Held]], dict[str, flo
     repo = run / "repo"
     paths = StagePaths(repo / "artifacts")
     cpu = cpu_seconds()
-    subjects = Known.read(paths.artifacts).matching(By.SHA256, [sha])
+    subjects = Known.read(paths.artifacts, naming=[sha]).matching(By.SHA256, [sha])
     parts = {"records (Known.read)": cpu_seconds() - cpu}
     request = Request("request", "benchmark", tuple(subjects), {By.SHA256.value: (sha,)})
     stores = [Timed(s) for s in (*artifact_stores(paths.artifacts), *dvc_stores(repo))]

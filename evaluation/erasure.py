@@ -35,7 +35,7 @@ class EvalStore:
         if files.read_if_holding(path, subjects) is None:
             return set()
         _, gone, _ = redact.coco(
-            json.loads(path.read_text(encoding="utf-8")), files.shas(subjects), []
+            json.loads(path.read_text(encoding="utf-8")), files.shas(subjects), [], scrub_rest=False
         )
         return gone
 

@@ -7,9 +7,8 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from data import atomic
 from data.erasure import redact
@@ -54,28 +53,6 @@ def relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-def rewrite_json(
-    path: Path,
-    root: Path,
-    subjects: Sequence[Subject],
-    change: Callable[[Any], tuple[Any, int]],
-    what: str,
-    *,
-    write: bool,
-) -> list[Held]:
-    """Apply `change` (value -> (value, entries changed)) to a JSON file that holds a needle;
-    write the result when `write`. What was (or would be) changed."""
-    data = read_if_holding(path, subjects)
-    if data is None:
-        return []
-    new, n = change(json.loads(data))
-    if not n:
-        return []
-    if write:
-        write_keeping_mode(path, json.dumps(new, ensure_ascii=False).encode("utf-8"))
-    return [Held(relative(path, root), what, n)]
-
-
 def jsonl_rows(
     path: Path, root: Path, subjects: Sequence[Subject], what: str, *, write: bool
 ) -> list[Held]:
@@ -103,13 +80,23 @@ def jsonl_rows(
 
 
 def coco_file(path: Path, root: Path, subjects: Sequence[Subject], *, write: bool) -> list[Held]:
-    """The images (and their annotations) of a COCO dataset."""
-
-    def change(dataset: Any) -> tuple[Any, int]:
-        new, _, n = redact.coco(dataset, shas(subjects), needles(subjects))
-        return new, n
-
-    return rewrite_json(path, root, subjects, change, "COCO entries", write=write)
+    """The images (and their annotations) of a COCO dataset. The rest is serialised once and
+    scrubbed (data.erasure.redact.scrub) only when it still names an image."""
+    data = read_if_holding(path, subjects)
+    if data is None:
+        return []
+    dataset = json.loads(data)
+    new, _, n = redact.coco(dataset, shas(subjects), (), scrub_rest=False)
+    out = json.dumps(new, ensure_ascii=False).encode("utf-8")
+    if redact.holds(out, (x.encode() for x in needles(subjects))):
+        new, scrubbed = redact.scrub(new, needles(subjects))
+        n += scrubbed
+        out = json.dumps(new, ensure_ascii=False).encode("utf-8")
+    if not n:
+        return []
+    if write:
+        write_keeping_mode(path, out)
+    return [Held(relative(path, root), "COCO entries", n)]
 
 
 def html_report(path: Path, root: Path, subjects: Sequence[Subject], *, write: bool) -> list[Held]:

@@ -49,11 +49,16 @@ def rows(
 
 
 def coco(
-    dataset: dict[str, Any], shas: Collection[str], needles: Collection[str]
+    dataset: dict[str, Any],
+    shas: Collection[str],
+    needles: Collection[str],
+    *,
+    scrub_rest: bool = True,
 ) -> tuple[dict[str, Any], set[int], int]:
     """A COCO dataset without the images of `shas` (by `sha256`, or a `file_name` naming it:
-    a tile) and their annotations, the rest scrubbed; the removed image ids and the count of
-    entries removed or changed."""
+    a tile) and their annotations; the removed image ids and the count of entries removed or
+    changed. With `scrub_rest`, what is left is scrubbed of `needles` when it still names one
+    (a caller that serialises the result anyway checks that itself)."""
     gone = {
         img["id"]
         for img in dataset.get("images", [])
@@ -63,9 +68,9 @@ def coco(
     anns = [a for a in dataset.get("annotations", []) if a.get("image_id") not in gone]
     removed = len(gone) + len(dataset.get("annotations", [])) - len(anns)
     new = {**dataset, "images": images, "annotations": anns}
-    # What is left is scrubbed only when it still names an image (walking every value of a
-    # large dataset costs more than one serialisation).
-    if holds(json.dumps(new, ensure_ascii=False).encode(), (n.encode() for n in needles)):
+    if scrub_rest and holds(
+        json.dumps(new, ensure_ascii=False).encode(), (n.encode() for n in needles)
+    ):
         new, n = scrub(new, needles)
         removed += n
     return new, gone, removed
