@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data.erasure import files, redact
-from data.erasure.stores import Held
+from data.erasure.stores import Held, Scanned
 from data.erasure.subjects import Subject
 from data.stage_paths import StagePaths
 
 
 @dataclass(frozen=True)
-class EvalStore:
+class EvalStore(Scanned):
     artifacts: Path
     name: str = "eval"
 
@@ -71,9 +71,3 @@ class EvalStore:
             *self._predictions(subjects, write),
             *files.html_report(report, self.artifacts, subjects, write=write),
         ]
-
-    def find(self, subjects: Sequence[Subject]) -> list[Held]:
-        return self._run(subjects, write=False)
-
-    def erase(self, subjects: Sequence[Subject]) -> list[Held]:
-        return self._run(subjects, write=True)

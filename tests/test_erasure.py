@@ -9,11 +9,8 @@ import base64
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,32 +19,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests import commands
 from tests.conftest import REPO
 
 SESSION = "canary-drive"
 KEY = "test-audit-key-" + "0" * 32
 FAR_FUTURE = "2100-01-01T00:00:00"
-
-
-def run(cwd: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "GIT_AUTHOR_NAME": "test",
-        "GIT_AUTHOR_EMAIL": "test@example.invalid",
-        "GIT_COMMITTER_NAME": "test",
-        "GIT_COMMITTER_EMAIL": "test@example.invalid",
-        "DVC_NO_ANALYTICS": "1",
-        "ANONLAB_AUDIT_KEY": KEY,
-        "ANONLAB_PROGRESS": "0",
-    }
-    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+ENV = {"ANONLAB_AUDIT_KEY": KEY, "ANONLAB_PROGRESS": "0"}
 
 
 def sh(cwd: Path, *argv: str) -> str:
-    done = run(cwd, *argv)
-    assert done.returncode == 0, f"{' '.join(argv)} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
+    return commands.sh(cwd, *argv, env=ENV)
 
 
 def magenta(rgb: np.ndarray) -> bool:

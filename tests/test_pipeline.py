@@ -3,36 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.commands import run, sh
 from tests.conftest import REPO
-
-
-def run(cwd: Path, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        # The project's console scripts (anonlab, dvc) are beside this interpreter.
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "GIT_AUTHOR_NAME": "test",
-        "GIT_AUTHOR_EMAIL": "test@example.invalid",
-        "GIT_COMMITTER_NAME": "test",
-        "GIT_COMMITTER_EMAIL": "test@example.invalid",
-        "DVC_NO_ANALYTICS": "1",
-    }
-    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
-
-
-def sh(cwd: Path, *argv: str) -> str:
-    done = run(cwd, *argv)
-    assert done.returncode == 0, f"{' '.join(argv)} failed:\n{done.stdout}\n{done.stderr}"
-    return done.stdout
 
 
 def gate_stops(done: subprocess.CompletedProcess[str]) -> None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data.erasure import files
-from data.erasure.stores import Held, Store
+from data.erasure.stores import Held, Scanned, Store
 from data.erasure.subjects import Subject
 from data.stage_paths import StagePaths
 
@@ -36,7 +36,7 @@ _LEFTOVER = re.compile(r"\..+\.(tmp|staging|old)")
 
 
 @dataclass(frozen=True)
-class RawStore:
+class RawStore(Scanned):
     artifacts: Path
     name: str = "raw"
 
@@ -59,15 +59,9 @@ class RawStore:
             held += files.jsonl_rows(path, self.artifacts, subjects, what, write=write)
         return held
 
-    def find(self, subjects: Sequence[Subject]) -> list[Held]:
-        return self._run(subjects, write=False)
-
-    def erase(self, subjects: Sequence[Subject]) -> list[Held]:
-        return self._run(subjects, write=True)
-
 
 @dataclass(frozen=True)
-class ReviewedStore:
+class ReviewedStore(Scanned):
     artifacts: Path
     name: str = "reviewed"
 
@@ -80,29 +74,19 @@ class ReviewedStore:
             *files.html_report(reviewed.report, root, subjects, write=write),
         ]
 
-    def find(self, subjects: Sequence[Subject]) -> list[Held]:
-        return self._run(subjects, write=False)
-
-    def erase(self, subjects: Sequence[Subject]) -> list[Held]:
-        return self._run(subjects, write=True)
-
 
 @dataclass(frozen=True)
-class AnnotationsStore:
+class AnnotationsStore(Scanned):
     artifacts: Path
     name: str = "annotations"
 
-    def find(self, subjects: Sequence[Subject]) -> list[Held]:
+    def _run(self, subjects: Sequence[Subject], write: bool) -> list[Held]:
         coco = StagePaths(self.artifacts).annotations.coco
-        return files.coco_file(coco, self.artifacts, subjects, write=False)
-
-    def erase(self, subjects: Sequence[Subject]) -> list[Held]:
-        coco = StagePaths(self.artifacts).annotations.coco
-        return files.coco_file(coco, self.artifacts, subjects, write=True)
+        return files.coco_file(coco, self.artifacts, subjects, write=write)
 
 
 @dataclass(frozen=True)
-class PreparedStore:
+class PreparedStore(Scanned):
     artifacts: Path
     name: str = "prepared"
 
@@ -116,15 +100,9 @@ class PreparedStore:
         held += files.named_files(named, self.artifacts, "tiles", write=write)
         return held
 
-    def find(self, subjects: Sequence[Subject]) -> list[Held]:
-        return self._run(subjects, write=False)
-
-    def erase(self, subjects: Sequence[Subject]) -> list[Held]:
-        return self._run(subjects, write=True)
-
 
 @dataclass(frozen=True)
-class BlurredStore:
+class BlurredStore(Scanned):
     """`blurred/`: where the demo writes `anonlab blur` outputs. An anonymized copy still holds
     what the models missed, and its metadata (GPS) is kept as the original's."""
 
@@ -147,15 +125,9 @@ class BlurredStore:
         held += files.named_files(named, self.artifacts, "anonymized copy or sidecar", write=write)
         return held
 
-    def find(self, subjects: Sequence[Subject]) -> list[Held]:
-        return self._run(subjects, write=False)
-
-    def erase(self, subjects: Sequence[Subject]) -> list[Held]:
-        return self._run(subjects, write=True)
-
 
 @dataclass(frozen=True)
-class TempStore:
+class TempStore(Scanned):
     """Leftovers of interrupted atomic writes (data.atomic): a temp file beside its final name,
     a staging or old copy of a stage's folder. Only those that hold something of the images
     are erased: the next run of their stage removes the others."""
@@ -197,11 +169,8 @@ class TempStore:
                 ]
         return found
 
-    def find(self, subjects: Sequence[Subject]) -> list[Held]:
-        return files.named_files(self._debris(subjects), self.artifacts, "leftover", write=False)
-
-    def erase(self, subjects: Sequence[Subject]) -> list[Held]:
-        return files.named_files(self._debris(subjects), self.artifacts, "leftover", write=True)
+    def _run(self, subjects: Sequence[Subject], write: bool) -> list[Held]:
+        return files.named_files(self._debris(subjects), self.artifacts, "leftover", write=write)
 
 
 def artifact_stores(artifacts: Path) -> list[Store]:

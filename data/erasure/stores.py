@@ -46,5 +46,19 @@ class Store(Protocol):
         ...
 
 
+class Scanned:
+    """A store whose `find` and `erase` are one scan: `_run(subjects, write)` lists what it
+    holds of them, and removes it when `write`."""
+
+    def _run(self, subjects: Sequence[Subject], write: bool) -> list[Held]:
+        raise NotImplementedError
+
+    def find(self, subjects: Sequence[Subject]) -> list[Held]:
+        return self._run(subjects, write=False)
+
+    def erase(self, subjects: Sequence[Subject]) -> list[Held]:
+        return self._run(subjects, write=True)
+
+
 def total(held: Sequence[Held]) -> int:
     return sum(h.count for h in held)
