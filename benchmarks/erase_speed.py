@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/erase_speed.py [--images 10000] [--rounds 3] [--dir DIR] [--json]
 
 Generates (once, cached; not timed) a git + DVC repository the way the pipeline leaves one, for
-`--images` images of 320x240: the raw store (JPEGs under `raw/images/<sha[:2]>/`, the manifest,
-duplicates and quarantine rows), review's manifest, the annotations' COCO file, and prepare's
-output: `train.json`, `val.json` and two 160x160 tiles per image named as prepare names them
+`--images` images of `--size` (320x240, or 640x480 as the synthetic source's frames): the raw
+store (JPEGs under `raw/images/<sha[:2]>/`, the manifest, duplicates and quarantine rows),
+review's manifest, the annotations' COCO file, and prepare's output: `train.json`, `val.json`
+and two square tiles of half the width per image named as prepare names them
 (`tiles/<sha256>-<x>-<y>.jpg`). A minimal dvc.yaml has prepare's three outputs cached (the tiles
 as a `.dir`-tracked directory), as a project did before its per-image outputs left the cache;
 they are committed to the cache (`dvc commit`), to git, and pushed to a local remote
@@ -66,8 +67,15 @@ from data.erasure.stores import Held, Store, total  # noqa: E402
 from data.erasure.subjects import By, Known, Subject  # noqa: E402
 from data.stage_paths import StagePaths  # noqa: E402
 
-WIDTH, HEIGHT, TILE = 320, 240, 160
-TILES = ((0, 0), (160, 80))  # two tiles per image, as prepare's planner places them
+SIZES = {"320x240": (320, 240), "640x480": (640, 480)}  # the second: the synthetic frame
+
+
+def tiles_of(width: int, height: int) -> tuple[int, tuple[tuple[int, int], ...]]:
+    """Two square tiles of half the width per image, as prepare's planner places them."""
+    tile = width // 2
+    return tile, ((0, 0), (tile, height - tile))
+
+
 GENERATOR_VERSION = 1  # bump when the generator changes, so cached repositories are remade
 TARGET_RATIO = 0.10
 DVC_YAML = """stages:
@@ -99,16 +107,18 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def generate(folder: Path, images: int, seed: int = 0) -> list[str]:
-    """The repository under `folder/repo` (its remote and DVC's site cache beside it); the
-    images' sha256s."""
+def generate(folder: Path, images: int, size: tuple[int, int], seed: int = 0) -> list[str]:
+    """The repository under `folder/repo` (its remote and DVC's site cache beside it), of
+    `images` images of `size`; the images' sha256s."""
+    width, height = size
+    tile_size, tiles = tiles_of(width, height)
     rng = np.random.default_rng(seed)
     repo, artifacts = folder / "repo", folder / "repo" / "artifacts"
     paths = StagePaths(artifacts)
     collected = datetime(2026, 12, 1, tzinfo=UTC)
     rows, coco_images, splits = [], [], {"train": ([], []), "val": ([], [])}
     for i in range(images):
-        data = jpeg(rng, WIDTH, HEIGHT)
+        data = jpeg(rng, width, height)
         sha = hashlib.sha256(data).hexdigest()
         path = f"images/{sha[:2]}/{sha}.jpg"
         (paths.raw.folder / path).parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +128,7 @@ def generate(folder: Path, images: int, seed: int = 0) -> list[str]:
             {
                 "sha256": sha, "path": path, "source": "bench", "session": session,
                 "source_path": f"/mnt/campaign/{session}/{i:06d}.jpg",
-                "width": WIDTH, "height": HEIGHT, "format": "JPEG", "bit_depth": 8,
+                "width": width, "height": height, "format": "JPEG", "bit_depth": 8,
                 "channels": 3, "size": len(data), "source_version": f"{len(data)}-0",
                 "collected_at": collected.isoformat(),
                 "delete_after": (collected + timedelta(days=182)).isoformat(),
@@ -126,18 +136,19 @@ def generate(folder: Path, images: int, seed: int = 0) -> list[str]:
         )  # fmt: skip
         box = [40.0, 30.0, 24.0, 30.0]
         coco_images.append(
-            {"id": i + 1, "file_name": f"raw/{path}", "width": WIDTH, "height": HEIGHT,
+            {"id": i + 1, "file_name": f"raw/{path}", "width": width, "height": height,
              "sha256": sha}
         )  # fmt: skip
         split_images, split_anns = splits["val" if i % 10 == 0 else "train"]
-        for x, y in TILES:
+        for x, y in tiles:
             tile = f"tiles/{sha}-{x}-{y}.jpg"
             (paths.prepared.folder / tile).parent.mkdir(parents=True, exist_ok=True)
-            (paths.prepared.folder / tile).write_bytes(jpeg(rng, TILE, TILE))
+            (paths.prepared.folder / tile).write_bytes(jpeg(rng, tile_size, tile_size))
             tile_id = len(split_images) + 1
             split_images.append(
-                {"id": tile_id, "file_name": tile, "width": TILE, "height": TILE, "sha256": sha,
-                 "source_file_name": f"raw/{path}", "tile": [x, y, TILE, TILE]}
+                {"id": tile_id, "file_name": tile, "width": tile_size, "height": tile_size,
+                 "sha256": sha, "source_file_name": f"raw/{path}",
+                 "tile": [x, y, tile_size, tile_size]}
             )  # fmt: skip
             split_anns.append(
                 {"id": len(split_anns) + 1, "image_id": tile_id, "category_id": 1, "bbox": box,
@@ -180,14 +191,14 @@ def generate(folder: Path, images: int, seed: int = 0) -> list[str]:
     return [r["sha256"] for r in rows]
 
 
-def prepare(folder: Path, images: int) -> list[str]:
+def prepare(folder: Path, images: int, size: tuple[int, int]) -> list[str]:
     """The cached repository, generated when missing or made by another generator."""
     stamp = folder / "template" / "generator.json"
     if stamp.is_file() and json.loads(stamp.read_text()).get("version") == GENERATOR_VERSION:
         return json.loads(stamp.read_text())["images"]
     print(f"generating a repository of {images} images in {folder} (not timed) ...", flush=True)
     shutil.rmtree(folder, ignore_errors=True)
-    shas = generate(folder / "run", images)
+    shas = generate(folder / "run", images, size)
     shutil.copytree(folder / "run", folder / "template", symlinks=True)
     stamp.write_text(json.dumps({"version": GENERATOR_VERSION, "images": shas}))
     return shas
@@ -289,13 +300,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=10_000, help="images (default 10000)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds, median (default 3)")
     parser.add_argument("--dir", type=Path, help="where to cache the repository (default: temp)")
+    parser.add_argument(
+        "--size",
+        choices=sorted(SIZES),
+        default="320x240",
+        help="image size (default 320x240; 640x480 is the synthetic source's frame)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
     logging.disable(logging.WARNING)
     os.environ["ANONLAB_PROGRESS"] = "0"
 
-    folder = args.dir or Path(tempfile.gettempdir()) / f"anonlab-erase-bench-{args.images}"
-    shas = prepare(folder, args.images)
+    name = f"anonlab-erase-bench-{args.images}-{args.size}"
+    folder = args.dir or Path(tempfile.gettempdir()) / name
+    shas = prepare(folder, args.images, SIZES[args.size])
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
 
