@@ -26,12 +26,6 @@ def figure(inner: str, images: Iterable[str]) -> str:
     return f'<figure data-images="{html.escape(names)}">{inner.replace(chr(10), " ")}</figure>'
 
 
-def showing(text: str, shas: Iterable[str]) -> int:
-    """How many marked figures of `text` show one of `shas`."""
-    wanted = set(shas)
-    return sum(1 for m in _MARKED.finditer(text) if wanted & set(m.group(1).split()))
-
-
 def redact(text: str, shas: Iterable[str]) -> tuple[str, int]:
     """`text` without the marked figures that show one of `shas`, and how many were removed."""
     wanted = set(shas)

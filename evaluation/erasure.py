@@ -32,12 +32,10 @@ class EvalStore(Scanned):
         prepared = StagePaths(self.artifacts).prepared
         # evaluate's sets: val, and each reference set by its name.
         path = prepared.val if set_name == prepared.val.stem else prepared.ref(set_name)
-        if files.read_if_holding(path, subjects) is None:
+        data = files.read_if_holding(path, subjects)
+        if data is None:
             return set()
-        _, gone, _ = redact.coco(
-            json.loads(path.read_text(encoding="utf-8")), files.shas(subjects), [], scrub_rest=False
-        )
-        return gone
+        return redact.image_ids(json.loads(data), files.shas(subjects))
 
     def _predictions(self, subjects: Sequence[Subject], write: bool) -> list[Held]:
         folder = StagePaths(self.artifacts).eval.predictions

@@ -115,15 +115,13 @@ class BlurredStore(Scanned):
             return []
         shas = files.shas(subjects)
         named: list[Path] = []
-        held: list[Held] = []
         for folder, _, names in os.walk(root):
             for name in names:
                 path = Path(folder, name)
                 by_name = any(s in name for s in shas)
                 if by_name or (name.endswith(".json") and files.read_if_holding(path, subjects)):
                     named.append(path)
-        held += files.named_files(named, self.artifacts, "anonymized copy or sidecar", write=write)
-        return held
+        return files.named_files(named, self.artifacts, "anonymized copy or sidecar", write=write)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from data.erasure import redact
 from data.erasure.stores import Held
 from data.erasure.subjects import Subject
 from data.report_figures import redact as redact_figures
-from data.report_figures import showing, unmarked
+from data.report_figures import unmarked
 
 
 def shas(subjects: Sequence[Subject]) -> set[str]:
@@ -86,7 +86,7 @@ def coco_file(path: Path, root: Path, subjects: Sequence[Subject], *, write: boo
     if data is None:
         return []
     dataset = json.loads(data)
-    new, _, n = redact.coco(dataset, shas(subjects), (), scrub_rest=False)
+    new, _, n = redact.coco(dataset, shas(subjects))
     out = json.dumps(new, ensure_ascii=False).encode("utf-8")
     if redact.holds(out, (x.encode() for x in needles(subjects))):
         new, scrubbed = redact.scrub(new, needles(subjects))
@@ -118,7 +118,7 @@ def html_report(path: Path, root: Path, subjects: Sequence[Subject], *, write: b
             write_keeping_mode(path, kept.encode("utf-8"))
     if whole:
         return [Held(relative(path, root), "report (deleted whole: run its stage again)")]
-    return [Held(relative(path, root), "figures", showing(text, shas(subjects)) or n)]
+    return [Held(relative(path, root), "figures", n)]
 
 
 def named_files(paths: Sequence[Path], root: Path, what: str, *, write: bool) -> list[Held]:

@@ -1,4 +1,4 @@
-"""Pure rewrites of derived files without some images: JSON lines, COCO datasets, COCO results.
+"""Pure rewrites of derived files without some images: JSON lines and COCO datasets.
 
 A row or image that belongs to an erased image is removed. A row of another image that merely
 names an erased one (a near-duplicate's `duplicate_of`) keeps its place, with each string that
@@ -7,7 +7,6 @@ names the erased image replaced by `ERASED`, so counts elsewhere still add up.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Iterable
 from typing import Any
 
@@ -48,29 +47,22 @@ def rows(
     return kept, changed
 
 
-def coco(
-    dataset: dict[str, Any],
-    shas: Collection[str],
-    needles: Collection[str],
-    *,
-    scrub_rest: bool = True,
-) -> tuple[dict[str, Any], set[int], int]:
-    """A COCO dataset without the images of `shas` (by `sha256`, or a `file_name` naming it:
-    a tile) and their annotations; the removed image ids and the count of entries removed or
-    changed. With `scrub_rest`, what is left is scrubbed of `needles` when it still names one
-    (a caller that serialises the result anyway checks that itself)."""
-    gone = {
+def image_ids(dataset: dict[str, Any], shas: Collection[str]) -> set[int]:
+    """The ids of a COCO dataset's images of `shas` (by `sha256`, or a `file_name` naming one:
+    a tile)."""
+    return {
         img["id"]
         for img in dataset.get("images", [])
         if img.get("sha256") in shas or any(s in str(img.get("file_name", "")) for s in shas)
     }
+
+
+def coco(dataset: dict[str, Any], shas: Collection[str]) -> tuple[dict[str, Any], set[int], int]:
+    """A COCO dataset without the images of `shas` (image_ids) and their annotations; the
+    removed image ids and the count of entries removed. What is left may still name an image
+    elsewhere (a caller serialising it checks, and scrubs only then)."""
+    gone = image_ids(dataset, shas)
     images = [i for i in dataset.get("images", []) if i["id"] not in gone]
     anns = [a for a in dataset.get("annotations", []) if a.get("image_id") not in gone]
     removed = len(gone) + len(dataset.get("annotations", [])) - len(anns)
-    new = {**dataset, "images": images, "annotations": anns}
-    if scrub_rest and holds(
-        json.dumps(new, ensure_ascii=False).encode(), (n.encode() for n in needles)
-    ):
-        new, n = scrub(new, needles)
-        removed += n
-    return new, gone, removed
+    return {**dataset, "images": images, "annotations": anns}, gone, removed

@@ -243,3 +243,26 @@ def test_the_runtime_runs_blur_and_serve_without_the_platform() -> None:
         assert shown.returncode == 0
         # The same description as `anonlab <command> --help` (wrapped to another width).
         assert "".join(COMMANDS[command].description.split()) in "".join(shown.stdout.split())
+
+
+def test_erase_without_a_key_or_with_an_unknown_session_says_so_and_writes_nothing(
+    params_text: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(params_text)
+    manifest = tmp_path / "artifacts" / "raw" / "manifest.jsonl"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text("")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ANONLAB_AUDIT_KEY", raising=False)
+    argv = ["--params", str(params_file), "erase", "--session", "drive-9", "--reason", "t-1"]
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and not out and "ANONLAB_AUDIT_KEY is not set" in err
+    monkeypatch.setenv("ANONLAB_AUDIT_KEY", "k" * 40)
+    code, out, err = run(capsys, *argv)
+    assert code == 2 and "has session drive-9, and none was erased before" in err
+    assert "Traceback" not in err
+    assert manifest.read_text() == "" and not (tmp_path / "artifacts" / "audit").exists()
