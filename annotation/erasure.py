@@ -73,10 +73,6 @@ FREE_PAGES = (
 )
 
 
-def holding(path: Path, subjects: Sequence[Subject]) -> bool:
-    return files.read_if_holding(path, subjects) is not None
-
-
 def names_image(task: Any, shas: set[str], needles: Sequence[bytes]) -> bool:
     """Whether an exported task is one of the images': its image URL names one's sha256, or
     its data holds a needle."""
@@ -280,7 +276,7 @@ class LabelStudioServer:
 
     def _holds(self, database: Path, subjects: Sequence[Subject]) -> bool:
         side = [database.with_name(database.name + s) for s in DATABASE_SIDE_FILES]
-        return any(holding(p, subjects) for p in (database, *side))
+        return any(files.holding(p, subjects) for p in (database, *side))
 
     def _database_state(self, database: Path, subjects: Sequence[Subject]) -> str:
         """What the database holds of the images: live rows, or deleted rows' bytes only."""
@@ -308,7 +304,7 @@ class LabelStudioServer:
             if not folder.is_dir():
                 continue
             for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-                if any(n in path.name for n in needles) or holding(path, subjects):
+                if any(n in path.name for n in needles) or files.holding(path, subjects):
                     found.append(path)
         return found
 

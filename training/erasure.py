@@ -231,7 +231,7 @@ def _holds(path: Path, subjects: Sequence[Subject]) -> bool:
         return True
     if _is_image(path) and file_sha256(path) in files.shas(subjects):
         return True
-    return files.read_if_holding(path, subjects) is not None
+    return files.holding(path, subjects)
 
 
 def _is_image(path: Path) -> bool:

@@ -35,6 +35,11 @@ def read_if_holding(path: Path, subjects: Sequence[Subject]) -> bytes | None:
     return data if redact.holds(data, (n.encode() for n in needles(subjects))) else None
 
 
+def holding(path: Path, subjects: Sequence[Subject]) -> bool:
+    """Whether the file exists and holds a needle of `subjects`."""
+    return read_if_holding(path, subjects) is not None
+
+
 def write_keeping_mode(path: Path, data: bytes) -> None:
     """Replace `path` atomically with `data`, keeping its permission bits (a read-only file
     stays read-only)."""
