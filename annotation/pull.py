@@ -6,13 +6,13 @@ and content hash; a snapshot is never overwritten, and pulling unchanged content
 snapshot it already has. Erasure (`anonlab erase`, `anonlab retention`; annotation.erasure) is
 the one exception: it may redact a snapshot, rewriting it without an erased image's tasks under
 the same name (whose hash is then that of the export before) and read-only as before. The
-export is then converted to `annotations/coco.json` for the images review kept, in the frame
-annotators drew in: the image upright (EXIF orientation applied), whose size is the manifest's
-`width` and `height`. Everything that was not converted as-is is listed
-in `annotations/pull_report.json` with task ids: skipped, cancelled or conflicting tasks,
-degenerate geometry, keypoints that fit no person, tasks whose image review rejected. A pull
-that fails (server gone mid-export, malformed export) writes nothing: the previous snapshot and
-COCO file stay as they were.
+export is then converted to `annotations/coco.json` (one entry per line: data.coco.layout) for
+the images review kept, in the frame annotators drew in: the image upright (EXIF orientation
+applied), whose size is the manifest's `width` and `height`. Everything that was not converted
+as-is is listed in `annotations/pull_report.json` with task ids: skipped, cancelled or
+conflicting tasks, degenerate geometry, keypoints that fit no person, tasks whose image review
+rejected. A pull that fails (server gone mid-export, malformed export) writes nothing: the
+previous snapshot and COCO file stay as they were.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from annotation.config import AnnotationConfig
 from annotation.convert import ImageRef, to_coco
 from annotation.convert.tasks import check_export
 from data import atomic
+from data.coco import layout as coco_layout
 from data.config import TaxonomyConfig
 from data.errors import AnonlabError
 from data.manifest import read_reviewed
@@ -112,7 +113,7 @@ def run_pull(
         not_reviewed=[t.get("id") for t in not_reviewed],
         issues=dict(Counter(i["kind"] for i in issues)),
     )
-    atomic.write_json(out.coco, conversion.coco)
+    coco_layout.write(out.coco, conversion.coco)
     atomic.write_json(out.pull_report, {"source": origin, "issues": issues})
     atomic.write_json(
         out.metrics,

@@ -6,12 +6,12 @@ Generates (once, cached; not timed) a git + DVC repository the way the pipeline 
 `--images` images of `--size` (320x240, or 640x480 as the synthetic source's frames): the raw
 store (JPEGs under `raw/images/<sha[:2]>/`, the manifest, duplicates and quarantine rows),
 review's manifest, the annotations' COCO file, and prepare's output: `train.json`, `val.json`
-and two square tiles of half the width per image named as prepare names them
-(`tiles/<sha256>-<x>-<y>.jpg`). A minimal dvc.yaml has prepare's three outputs cached (the tiles
-as a `.dir`-tracked directory), as a project did before its per-image outputs left the cache;
-they are committed to the cache (`dvc commit`), to git, and pushed to a local remote
-(`dvc push`). Each round starts from a fresh copy of that repository (not timed). Then, in one
-process pinned to one CPU:
+(COCO files in the layout pull and prepare write: data.coco.layout) and two square tiles of
+half the width per image named as prepare names them (`tiles/<sha256>-<x>-<y>.jpg`). A minimal
+dvc.yaml has prepare's three outputs cached (the tiles as a `.dir`-tracked directory), as a
+project did before its per-image outputs left the cache; they are committed to the cache (`dvc
+commit`), to git, and pushed to a local remote (`dvc push`). Each round starts from a fresh copy
+of that repository (not timed). Then, in one process pinned to one CPU:
 
   (b) a full scan, what finding one image costs without knowing where it can be: every file
       under artifacts/, in the DVC cache and in the remote is read and searched for the image's
@@ -59,6 +59,7 @@ import numpy as np  # noqa: E402
 from dvc.repo import Repo  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from data.coco import layout as coco_layout  # noqa: E402
 from data.erasure.artifact_stores import artifact_stores  # noqa: E402
 from data.erasure.dvc_cache import Versions, dvc_stores  # noqa: E402
 from data.erasure.erase import Request, erase  # noqa: E402
@@ -76,7 +77,7 @@ def tiles_of(width: int, height: int) -> tuple[int, tuple[tuple[int, int], ...]]
     return tile, ((0, 0), (tile, height - tile))
 
 
-GENERATOR_VERSION = 1  # bump when the generator changes, so cached repositories are remade
+GENERATOR_VERSION = 2  # bump when the generator changes, so cached repositories are remade
 TARGET_RATIO = 0.10
 DVC_YAML = """stages:
   prepare:
@@ -167,10 +168,10 @@ def generate(folder: Path, images: int, size: tuple[int, int], seed: int = 0) ->
     ]  # fmt: skip
     coco = {"images": coco_images, "annotations": anns, "categories": categories}
     paths.annotations.folder.mkdir(parents=True, exist_ok=True)
-    paths.annotations.coco.write_text(json.dumps(coco))
+    coco_layout.write(paths.annotations.coco, coco)
     for split, (split_images, split_anns) in splits.items():
         dataset = {"info": {}, "images": split_images, "annotations": split_anns}
-        paths.prepared.dataset(split).write_text(json.dumps({**dataset, "categories": categories}))
+        coco_layout.write(paths.prepared.dataset(split), {**dataset, "categories": categories})
 
     (repo / "dvc.yaml").write_text(DVC_YAML)
     (repo / ".gitignore").write_text(

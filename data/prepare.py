@@ -27,9 +27,10 @@ reference set made of collected images expires with them: when some expire withi
 says how many and the earliest date.
 
 Outputs in `artifacts/prepared/` (replaced as a whole only on success): `train.json`,
-`val.json`, `refs/<name>.json` (COCO; every `file_name` is relative to `prepared/` itself;
-categories and keypoint names from the taxonomy), `tiles/`, `stats.json` (images and objects
-per class and size bucket per split) and `sizes.json` (the same as rows, for `dvc plots`).
+`val.json`, `refs/<name>.json` (COCO, one entry per line: data.coco.layout; every `file_name`
+is relative to `prepared/` itself; categories and keypoint names from the taxonomy), `tiles/`,
+`stats.json` (images and objects per class and size bucket per split) and `sizes.json` (the
+same as rows, for `dvc plots`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from PIL import Image
 
 from data import atomic, retention
 from data.coco import categories as coco_categories
+from data.coco import layout as coco_layout
 from data.config import PrepareConfig, ReferenceSetConfig, TaxonomyConfig
 from data.errors import AnonlabError
 from data.image_info import read_upright_sized
@@ -182,7 +184,7 @@ def run_prepare(
         }
         datasets.update({f"ref-{name}": ds for name, ds in refsets.items()})
         for name, ds in datasets.items():
-            atomic.write_json(out.dataset(name), ds)
+            coco_layout.write(out.dataset(name), ds)
         stats = {name: _stats(ds, name_of) for name, ds in datasets.items()}
         horizon = timedelta(days=cfg.reference_expiry_warning_days)
         for name in refsets:

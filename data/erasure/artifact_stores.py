@@ -95,10 +95,18 @@ class PreparedStore(Scanned):
         held: list[Held] = []
         for split in prepared.splits():
             held += files.coco_file(prepared.dataset(split), self.artifacts, subjects, write=write)
-        tiles = prepared.tiles
-        named = [p for s in subjects for p in sorted(tiles.glob(f"{s.sha256}-*"))]
-        held += files.named_files(named, self.artifacts, "tiles", write=write)
+        held += files.named_files(
+            _tiles(prepared.tiles, subjects), self.artifacts, "tiles", write=write
+        )
         return held
+
+
+def _tiles(folder: Path, subjects: Sequence[Subject]) -> list[Path]:
+    """The tile files of the images (`<sha256>-<x>-<y>.<ext>`), in one listing of the folder."""
+    if not folder.is_dir():
+        return []
+    prefixes = tuple(f"{s.sha256}-" for s in subjects)
+    return sorted(Path(e.path) for e in os.scandir(folder) if e.name.startswith(prefixes))
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from data import atomic
+from data.coco import layout
 from data.erasure import redact
 from data.erasure.stores import Held
 from data.erasure.subjects import Subject
@@ -66,37 +67,39 @@ def jsonl_rows(
     data = read_if_holding(path, subjects)
     if data is None:
         return []
-    marks = [n.encode() for n in needles(subjects)]
-    lines = data.splitlines(keepends=True)
-    holding = [i for i, line in enumerate(lines) if redact.holds(line, marks)]
+    spans = redact.line_spans(data, [n.encode() for n in needles(subjects)])
     rows, n = redact.rows(
-        [json.loads(lines[i]) for i in holding], shas(subjects), needles(subjects)
+        [json.loads(data[start:end]) for start, end in spans], shas(subjects), needles(subjects)
     )
     if not n:
         return []
     if write:
-        kept = {i for i in range(len(lines))} - set(holding)
-        out = [lines[i] for i in sorted(kept)]
+        kept = redact.without_spans(data, spans)
+        kept += b"\n" if kept and not kept.endswith(b"\n") else b""
         # Rows that only name an image (scrubbed) keep their place at the end: order in these
         # files carries no meaning.
-        out += [(json.dumps(r, sort_keys=True) + "\n").encode() for r in rows]
-        write_keeping_mode(path, b"".join(out))
+        scrubbed = b"".join((json.dumps(r, sort_keys=True) + "\n").encode() for r in rows)
+        write_keeping_mode(path, kept + scrubbed)
     return [Held(relative(path, root), what, n)]
 
 
 def coco_file(path: Path, root: Path, subjects: Sequence[Subject], *, write: bool) -> list[Held]:
-    """The images (and their annotations) of a COCO dataset. The rest is serialised once and
-    scrubbed (data.erasure.redact.scrub) only when it still names an image."""
+    """The images (and their annotations) of a COCO dataset. A file in data.coco.layout (what
+    anonlab writes) is edited line by line (redact.coco_lines); another is parsed whole, written
+    back in that layout, and scrubbed (redact.scrub) only when it still names an image."""
     data = read_if_holding(path, subjects)
     if data is None:
         return []
-    dataset = json.loads(data)
-    new, _, n = redact.coco(dataset, shas(subjects))
-    out = json.dumps(new, ensure_ascii=False).encode("utf-8")
-    if redact.holds(out, (x.encode() for x in needles(subjects))):
-        new, scrubbed = redact.scrub(new, needles(subjects))
-        n += scrubbed
-        out = json.dumps(new, ensure_ascii=False).encode("utf-8")
+    edited = redact.coco_lines(data, shas(subjects), needles(subjects))
+    if edited is None:
+        new, _, n = redact.coco(json.loads(data), shas(subjects))
+        out = layout.dumps(new)
+        if redact.holds(out, (x.encode() for x in needles(subjects))):
+            new, scrubbed = redact.scrub(new, needles(subjects))
+            n += scrubbed
+            out = layout.dumps(new)
+    else:
+        out, n = edited
     if not n:
         return []
     if write:

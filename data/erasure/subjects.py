@@ -15,6 +15,7 @@ from datetime import datetime
 from enum import Enum
 from pathlib import Path
 
+from data.erasure import redact
 from data.manifest import DuplicateRecord, ManifestRecord, from_row, manifest_record
 from data.retention import parse_time
 from data.stage_paths import StagePaths
@@ -65,11 +66,13 @@ class Known:
         name, are parsed: a request does not read the whole store."""
         paths = StagePaths(artifacts)
         manifests = [paths.reviewed.manifest, paths.raw.manifest, paths.raw.duplicates]
-        lines = [_lines(p) for p in manifests]
-        if naming is not None:
-            first = _holding(lines, [json.dumps(v)[1:-1] for v in naming])
+        data = [p.read_bytes() if p.is_file() else b"" for p in manifests]
+        if naming is None:
+            lines = [[x for x in d.splitlines() if x.strip()] for d in data]
+        else:
+            first = _holding(data, [json.dumps(v)[1:-1] for v in naming])
             shas = {json.loads(x)["sha256"] for part in first for x in part}
-            lines = _holding(lines, sorted(shas))
+            lines = _holding(data, sorted(shas))
         records: dict[str, ManifestRecord] = {}
         for part in lines[:2]:
             records.update({r.sha256: r for r in (manifest_record(json.loads(x)) for x in part)})
@@ -114,11 +117,7 @@ def describe(subjects: Sequence[Subject]) -> str:
     return f"{len(subjects)} image{'s' if len(subjects) != 1 else ''}"
 
 
-def _lines(path: Path) -> list[str]:
-    if not path.is_file():
-        return []
-    return [x for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-
-
-def _holding(parts: list[list[str]], values: Sequence[str]) -> list[list[str]]:
-    return [[x for x in part if any(v and v in x for v in values)] for part in parts]
+def _holding(data: list[bytes], values: Sequence[str]) -> list[list[bytes]]:
+    """The lines of each file's bytes that hold one of `values`."""
+    marks = [v.encode() for v in values]
+    return [[d[start:end] for start, end in redact.line_spans(d, marks)] for d in data]

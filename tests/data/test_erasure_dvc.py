@@ -6,6 +6,7 @@ and the remote, while everything else stays as it was."""
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 from pathlib import Path
 
@@ -171,3 +172,30 @@ def test_erasing_the_canary_purges_cache_and_remote_and_keeps_the_rest(
     again = dvc_stores(repo)
     assert [s.erase(canary) for s in again] == [[], []]
     assert [s.find(canary) for s in again] == [[], []]
+
+
+@pytest.mark.parametrize("odd", ["", "{", "}", '{"md5": "x", "relpath": "y"}'])
+def test_a_listing_gives_the_same_entries_cut_out_as_parsed_whole(odd: str) -> None:
+    """A `.dir` listing as DVC writes it: the entries around a match are cut out and parsed, and
+    a relpath holding a brace sends the search back to the whole listing; either way, the same
+    entries as filtering every entry."""
+    from data.erasure.dvc_cache import _TEXT_ENDS, Needles, _entries, _entries_around
+
+    rows = [
+        {"md5": f"{i:032x}", "relpath": name}
+        for i, name in enumerate(
+            [f"{OTHER}-0-0.jpg", f"{CANARY}-0-0.jpg", "index.JSON", f"a/{odd}{CANARY}-512-0.jpg",
+             f"{odd}b.json", "notes.txt.bak", f"{OTHER}-512-0.jpg"]
+        )
+    ]  # fmt: skip
+    listing = json.dumps(rows, sort_keys=True).encode()
+    needles = Needles([Subject(CANARY)])
+    every = list(_entries(listing))
+    naming = {(r, m) for r, m in every if needles.in_name(r)}
+    text = {(r, m) for r, m in every if r.lower().endswith((".json", ".txt"))}
+    assert len(naming) == 2 and len(text) == 2
+    assert naming <= set(_entries_around(listing, needles.marks))
+    assert text <= set(_entries_around(listing, _TEXT_ENDS, fold_case=True))
+    if not odd:  # nothing else was parsed
+        assert set(_entries_around(listing, needles.marks)) == naming
+        assert set(_entries_around(listing, _TEXT_ENDS, fold_case=True)) == text
