@@ -1,20 +1,26 @@
-"""`anonlab blur`: anonymize many image files into an output folder, failing closed per image.
+"""`anonlab blur`: anonymize many image files into an output folder, failing closed per image,
+with a ledger of what became of each input.
 
 What is taken, failed or skipped of the files given is `inputs`' decision; the summary's counts
-add up: found = written + failed + skipped. Refused before anything is written: two inputs that
-would be written to one output (`inputs.check_output_names`), an output that would overwrite an
-input, an output folder that cannot be created or written to.
+add up: found = written + failed + skipped + resumed. Refused before anything is written: two
+inputs that would be written to one output (`inputs.check_output_names`), an output that would
+overwrite an input, an output folder or a ledger that cannot be created or written to.
 
-Fail closed: an output image exists only when its image was decoded, searched, anonymized,
-written in full and checked (`imagefile.check`). Everything for one image (the image, and the
-optional `<name>.json` sidecar and `<name>.mask.png`) is written under temporary names in its
-final folder and renamed into place at the end; on any error the temporaries are removed, any
-output left for that image by an earlier run is deleted too, and the reason is recorded. A
-failure to write (a full disk) is that image's failure and the run goes on. After the last
-image, `failures.jsonl` in the output folder lists every failure (input, step, error) and
-`skipped.jsonl` every skipped file (input, reason); a run without any removes a stale one. A
-list that cannot be written is not an exception: its file and the reason are in
-`BatchReport.unwritten` (the command prints its rows to stderr and exits 1).
+One path per image, fail closed: read, decode, detect, anonymize, encode, write. An output image
+exists only when its image was decoded, searched, anonymized, written in full and checked
+(`imagefile.check`). Everything for one image (the image, and the optional `<name>.json`
+sidecar and `<name>.mask.png`) is written under temporary names in its final folder and renamed
+into place at the end; on any error the temporaries are removed, any output left for that
+image by an earlier run is deleted too, and the failed step is recorded. A failure to write (a
+full disk) is that image's failure and the run goes on.
+
+The ledger (serving.runtime.ledger) gets one row per input as the run goes: `ok` (with the
+input's sha256, the regions hidden and the output), `failed` (the step and the error) or
+`skipped` (hidden files, files that are not images: the reason). Nothing about the outcome is
+held back to the end of the run: a killed run leaves the rows of every input it finished. With
+`resume`, inputs whose last row is `ok` are not done again (counted as `resumed`). A ledger that
+cannot be written stops the run (ServingError): a run whose outcome is not recorded cannot be
+resumed.
 
 Speed: decoding and encoding run in `workers` threads (Pillow and OpenCV release the GIL) while
 the detector runs on the previous image; at most `workers + 1` images are in memory at once
@@ -23,6 +29,8 @@ the detector runs on the previous image; at most `workers + 1` images are in mem
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -31,7 +39,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -39,43 +47,31 @@ import numpy as np
 
 from serving.runtime.detections import Detections
 from serving.runtime.errors import ServingError
-from serving.runtime.inputs import Inputs, Job, Skipped, check_output_names, output_jobs
+from serving.runtime.inputs import Inputs, Job, check_output_names, output_jobs
+from serving.runtime.ledger import FAILED, OK, SKIPPED, Ledger, Row
 from serving.runtime.pipeline import Anonymized, Decoded, Runtime
 from serving.runtime.progress import bar
 
-__all__ = ["FAILURES", "SKIPPED", "BatchReport", "Failure", "blur_batch"]
+__all__ = ["DEFAULT_LEDGER", "BatchReport", "blur_batch"]
 
 log = logging.getLogger(__name__)
 
-FAILURES = "failures.jsonl"
-SKIPPED = "skipped.jsonl"
+DEFAULT_LEDGER = ".anonlab-ledger"  # in --out: hidden, so never an image's output name
 STEPS = ("find", "read", "decode", "detect", "anonymize", "write")
-
-
-@dataclass(frozen=True)
-class Failure:
-    input: str
-    step: str  # one of STEPS
-    error: str
-
-    def json_line(self) -> str:
-        """Its line of failures.jsonl."""
-        return json.dumps(
-            {"input": self.input, "step": self.step, "error": self.error}, sort_keys=True
-        )
+SHOWN = 20  # failures kept for the summary; every one is in the ledger
 
 
 @dataclass
 class BatchReport:
-    found: int = 0  # written + failures + skipped once the run is done
+    found: int = 0  # written + failed + skipped + resumed once the run is done
     written: int = 0
-    failures: list[Failure] = field(default_factory=list)
-    skipped: list[Skipped] = field(default_factory=list)
+    failed: int = 0
+    skipped: int = 0
+    resumed: int = 0  # `ok` in the ledger before this run (resume): not done again
+    failures: list[Row] = field(default_factory=list)  # the first SHOWN of this run
     detections: int = 0
     megapixels: float = 0.0
     seconds: float = 0.0
-    # FAILURES or SKIPPED -> why that file could not be written (or, stale, removed).
-    unwritten: dict[str, str] = field(default_factory=dict)
 
     def summary(self) -> str:
         rate = self.written / self.seconds if self.seconds else 0.0
@@ -84,17 +80,28 @@ class BatchReport:
             f"found {self.found} items: anonymized {self.written} images ({self.detections} "
             f"regions hidden) in {self.seconds:.1f} s: {rate:.2f} images/s, {mp:.1f} MP/s"
         )
-        if self.failures:
-            text += f"; {len(self.failures)} FAILED, no output written for them"
+        if self.resumed:
+            text += f"; {self.resumed} already anonymized (ok in the ledger), not done again"
+        if self.failed:
+            text += f"; {self.failed} FAILED, no output written for them"
         if self.skipped:
-            text += f"; {len(self.skipped)} skipped (hidden, or not images)"
+            text += f"; {self.skipped} skipped (hidden, or not images)"
         return text
+
+    def record(self, ledger: Ledger, row: Row) -> None:
+        ledger.append(row)
+        if row.status == FAILED:
+            self.failed += 1
+            if len(self.failures) < SHOWN:
+                self.failures.append(row)
+        elif row.status == SKIPPED:
+            self.skipped += 1
 
 
 class _StepError(Exception):
-    def __init__(self, step: str, cause: BaseException) -> None:
+    def __init__(self, step: str, cause: BaseException, sha256: str | None = None) -> None:
         super().__init__(f"{step}: {cause}")
-        self.step, self.cause = step, cause
+        self.step, self.cause, self.sha256 = step, cause, sha256
 
 
 def blur_batch(
@@ -102,13 +109,16 @@ def blur_batch(
     inputs: Inputs,
     out_dir: Path,
     *,
+    ledger: Ledger | None = None,
+    resume: bool = False,
     workers: int = 2,
     sidecar: bool = False,
     masks: bool = False,
 ) -> BatchReport:
-    """Anonymize every job of `inputs` into `out_dir` and record its refused and skipped files
-    (see the module docstring); the report. ServingError, before anything is written, when the
-    outputs would collide or overwrite an input, or `out_dir` cannot be written to."""
+    """Anonymize every job of `inputs` into `out_dir`, recording each input in `ledger` (by
+    default `<out_dir>/.anonlab-ledger`; see the module docstring); the report. ServingError,
+    before anything is written, when the outputs would collide or overwrite an input, or
+    `out_dir` or the ledger cannot be written to; during the run, when the ledger cannot."""
     out_dir = Path(out_dir)
     outputs = output_jobs(inputs)
     check_output_names(outputs, [f for f, on in ((_sidecar, sidecar), (_mask_path, masks)) if on])
@@ -119,17 +129,45 @@ def blur_batch(
                 f"--out {out_dir} would overwrite the input {job.source}; choose another folder"
             )
     _check_out(out_dir)
+    ledger = ledger or Ledger(out_dir / DEFAULT_LEDGER)
+    ledger.check_writable()
     jobs = inputs.jobs
-    report = BatchReport(
-        found=len(jobs) + len(inputs.refused) + len(inputs.skipped), skipped=list(inputs.skipped)
-    )
+    report = BatchReport(found=len(jobs) + len(inputs.refused) + len(inputs.skipped))
+    if resume:
+        done = {key for key, row in ledger.read().items() if row.status == OK}
+        jobs = [job for job in jobs if _key(job.source) not in done]
+        report.resumed = len(inputs.jobs) - len(jobs)
+    for skipped in inputs.skipped:
+        row = Row(_key(Path(skipped.input)), SKIPPED, step="find", error=skipped.reason)
+        report.record(ledger, row)
     for refused in inputs.refused:
-        _fail(report, out_dir, refused.source, refused.relative, refused.step, refused.error)
+        row = Row(_key(refused.source), FAILED, step=refused.step, error=refused.error)
+        report.record(ledger, _failed(out_dir, refused.relative, row))
+    try:
+        _run(runtime, jobs, out_dir, ledger, report, workers, sidecar, masks)
+    except BaseException:
+        with contextlib.suppress(ServingError):  # the first error is the one to tell
+            ledger.close()
+        raise
+    ledger.close()
+    return report
+
+
+def _run(
+    runtime: Runtime,
+    jobs: Sequence[Job],
+    out_dir: Path,
+    ledger: Ledger,
+    report: BatchReport,
+    workers: int,
+    sidecar: bool,
+    masks: bool,
+) -> None:
     start = time.perf_counter()
     progress = bar(total=len(jobs), desc="blur", unit="img")
     with ThreadPoolExecutor(max(workers, 1), thread_name_prefix="blur-io") as pool:
-        decoding: deque[tuple[Job, Future[Decoded]]] = deque()
-        writing: deque[tuple[Job, Future[Anonymized]]] = deque()
+        decoding: deque[tuple[Job, Future[tuple[Decoded, str]]]] = deque()
+        writing: deque[tuple[Job, str, Future[Anonymized]]] = deque()
         pending = iter(jobs)
 
         def feed() -> None:
@@ -137,14 +175,19 @@ def blur_batch(
             if job is not None:
                 decoding.append((job, pool.submit(_decode, runtime, job)))
 
-        def settle(job: Job, future: Future[Anonymized]) -> None:
+        def settle(job: Job, sha256: str, future: Future[Anonymized]) -> None:
             try:
                 done = future.result()
             except _StepError as exc:
-                _fail_job(report, out_dir, job, exc)
+                exc.sha256 = sha256
+                report.record(ledger, _failed_job(out_dir, job, exc))
             else:
+                output = str(out_dir / job.relative)
+                regions = len(done.detections)
+                row = Row(_key(job.source), OK, sha256, regions=regions, output=output)
+                report.record(ledger, row)
                 report.written += 1
-                report.detections += len(done.detections)
+                report.detections += regions
                 report.megapixels += done.width * done.height / 1e6
             progress.update(1)
             elapsed = time.perf_counter() - start
@@ -156,32 +199,35 @@ def blur_batch(
             job, future = decoding.popleft()
             feed()
             try:
-                decoded = future.result()
+                decoded, sha256 = future.result()
                 try:
                     dets = runtime.detect(decoded.rgb)
                 except Exception as exc:
-                    raise _StepError("detect", exc) from exc
+                    raise _StepError("detect", exc, sha256) from exc
             except _StepError as exc:
-                _fail_job(report, out_dir, job, exc)
+                report.record(ledger, _failed_job(out_dir, job, exc))
                 progress.update(1)
                 continue
             del decoded.rgb  # only the detector needs it; keep memory to one copy per image
             writing.append(
-                (job, pool.submit(_finish, runtime, decoded, dets, out_dir, job, sidecar, masks))
+                (
+                    job,
+                    sha256,
+                    pool.submit(_finish, runtime, decoded, dets, out_dir, job, sidecar, masks),
+                )
             )
-            while len(writing) > max(workers, 1) or (writing and writing[0][1].done()):
+            while len(writing) > max(workers, 1) or (writing and writing[0][2].done()):
                 settle(*writing.popleft())
         while writing:
             settle(*writing.popleft())
     progress.close()
     report.seconds = time.perf_counter() - start
-    for name, rows in ((FAILURES, report.failures), (SKIPPED, report.skipped)):
-        try:
-            _write_rows(out_dir / name, rows)
-        except OSError as exc:
-            doing = "written" if rows else "removed (it is stale)"
-            report.unwritten[name] = f"could not be {doing}: {_describe(exc)}"
-    return report
+
+
+def _key(source: Path) -> str:
+    """An input's key in the ledger: its absolute path as found (links not resolved), the same
+    from whichever folder the command runs."""
+    return os.path.abspath(source)
 
 
 def _check_out(out_dir: Path) -> None:
@@ -200,15 +246,17 @@ def _check_out(out_dir: Path) -> None:
         ) from None
 
 
-def _decode(runtime: Runtime, job: Job) -> Decoded:
+def _decode(runtime: Runtime, job: Job) -> tuple[Decoded, str]:
+    """The image decoded, and the sha256 of the bytes read."""
     try:
         data = job.source.read_bytes()
     except OSError as exc:
         raise _StepError("read", exc) from exc
+    sha256 = hashlib.sha256(data).hexdigest()
     try:
-        return runtime.decode(data)
+        return runtime.decode(data), sha256
     except Exception as exc:
-        raise _StepError("decode", exc) from exc
+        raise _StepError("decode", exc, sha256) from exc
 
 
 def _finish(
@@ -255,37 +303,24 @@ def _write_together(files: Sequence[tuple[Path, Callable[[], bytes]]]) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _fail_job(report: BatchReport, out_dir: Path, job: Job, exc: _StepError) -> None:
-    _fail(report, out_dir, job.source, job.relative, exc.step, _describe(exc.cause))
+def _failed_job(out_dir: Path, job: Job, exc: _StepError) -> Row:
+    row = Row(_key(job.source), FAILED, exc.sha256, step=exc.step, error=_describe(exc.cause))
+    return _failed(out_dir, job.relative, row)
 
 
-def _fail(
-    report: BatchReport,
-    out_dir: Path,
-    source: Path,
-    relative: Path | None,
-    step: str,
-    error: str,
-) -> None:
-    """Record a failure and remove every output of that input (an earlier run's too)."""
+def _failed(out_dir: Path, relative: Path | None, row: Row) -> Row:
+    """Remove every output of a failed input (an earlier run's too); its row, whose error says
+    which output could not be removed."""
     target = None if relative is None else out_dir / relative
+    error = row.error or ""
     for path in () if target is None else (target, _sidecar(target), _mask_path(target)):
         try:
             if path.is_file() or path.is_symlink():  # not a folder someone put in the way
                 path.unlink()
         except OSError as exc:
             error += f"; its earlier output {path} could not be removed ({exc}): delete it"
-    log.warning("%s: %s failed (%s); no output written", source, step, error)
-    report.failures.append(Failure(str(source), step, error))
-
-
-def _write_rows(path: Path, rows: Sequence[Failure | Skipped]) -> None:
-    """Write `rows` as JSON lines to `path`, or remove a stale `path` when there are none."""
-    if not rows:
-        path.unlink(missing_ok=True)
-        return
-    data = "".join(row.json_line() + "\n" for row in rows).encode("utf-8")
-    _write_together([(path, lambda: data)])
+    log.warning("%s: %s failed (%s); no output written", row.input, row.step, error)
+    return replace(row, error=error)
 
 
 def _describe(exc: BaseException) -> str:

@@ -30,7 +30,6 @@ outputs are often copied.
 from __future__ import annotations
 
 import glob
-import json
 import os
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -95,10 +94,6 @@ class Skipped:
 
     input: str
     reason: str
-
-    def json_line(self) -> str:
-        """Its line of skipped.jsonl."""
-        return json.dumps({"input": self.input, "reason": self.reason}, sort_keys=True)
 
 
 @dataclass(frozen=True)

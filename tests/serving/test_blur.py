@@ -1,10 +1,12 @@
 """`anonlab blur` on a real (tiny, random-weight) exported artifact: anonymized copies that keep
 their files' metadata, and failing closed: a failure at any step (a full disk included) leaves no
-output for that image, is recorded, and makes the command exit non-zero after the others are
-done; every file found is accounted for, and outputs that would collide are refused."""
+output for that image, gets its row in the ledger, and makes the command exit non-zero after the
+others are done; every file found has a row, `--resume` does only what is not ok, and outputs
+that would collide are refused."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -21,10 +23,11 @@ from PIL import Image
 from serving.cli import main as cli_main
 from serving.runtime import pipeline
 from serving.runtime.artifact_set import artifact_folders
-from serving.runtime.batch import FAILURES, SKIPPED, blur_batch
+from serving.runtime.batch import DEFAULT_LEDGER, blur_batch
 from serving.runtime.detections import Detections
 from serving.runtime.errors import ServingError
 from serving.runtime.inputs import find_inputs
+from serving.runtime.ledger import OK, Ledger, Row
 from serving.runtime.pipeline import Runtime
 from tests.images import jpeg_bytes, texture, write
 
@@ -58,7 +61,21 @@ def _png(rgb: np.ndarray) -> bytes:
 
 
 def _leftovers(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if p.name.startswith(".")]
+    """Hidden files in an output folder, but for the ledger: temporaries left behind."""
+    return [
+        p
+        for p in folder.rglob("*")
+        if p.name.startswith(".") and DEFAULT_LEDGER not in p.relative_to(folder).parts
+    ]
+
+
+def _ledger(out: Path) -> dict[str, Row]:
+    """The last row of each input (by file name) in --out's ledger."""
+    return {Path(k).name: row for k, row in Ledger(out / DEFAULT_LEDGER).read().items()}
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_blur_writes_anonymized_copies_that_keep_their_metadata(
@@ -69,7 +86,16 @@ def test_blur_writes_anonymized_copies_that_keep_their_metadata(
     argv = ["blur", str(tmp_path / "in"), "--model", str(artifact), "--out", str(out)]
     assert cli_main([*argv, "--sidecar", "--masks"]) == 0
     assert "anonymized 3 images" in capsys.readouterr().out
-    assert not (out / FAILURES).exists() and not _leftovers(out)
+    assert not _leftovers(out)
+    rows = _ledger(out)
+    assert {name: row.status for name, row in rows.items()} == dict.fromkeys(
+        ["phone.jpg", "still.png", "pano.jpg"], OK
+    )
+    for name, path in inputs.items():
+        row = rows[path.name]
+        assert row.input == str(path) and row.input_sha256 == _sha256(path)
+        assert row.output == str(out / path.relative_to(tmp_path / "in"))
+        assert isinstance(row.regions, int) and row.step is None and row.error is None, name
 
     # Same relative paths, names and formats; EXIF (GPS, orientation) and quality kept.
     phone_in, phone_out = Image.open(inputs["phone"]), Image.open(out / "day1" / "phone.jpg")
@@ -161,40 +187,52 @@ def test_a_failure_at_any_step_leaves_no_output_for_that_image_only(
     report = blur_batch(failing, jobs, out, sidecar=True)
 
     assert [(f.input, f.step) for f in report.failures] == [(str(inputs["pano"]), step)]
-    assert report.written == 2
+    assert report.written == 2 and report.failed == 1
     assert not victim.is_file() and not (out / "pano.jpg.json").exists()
     assert (out / "day1" / "phone.jpg").is_file() and (out / "day1" / "still.png").is_file()
-    rows = [json.loads(line) for line in (out / FAILURES).read_text().splitlines()]
-    assert rows == [{"input": str(inputs["pano"]), "step": step, "error": rows[0]["error"]}]
-    assert rows[0]["error"]
+    row = _ledger(out)["pano.jpg"]
+    assert (row.status, row.step, row.output) == ("failed", step, None) and row.error
+    assert row.input_sha256 == _sha256(inputs["pano"])  # the bytes this run read
     assert not _leftovers(out)
 
 
-def test_blur_exits_non_zero_after_finishing_the_others(
+def test_blur_exits_non_zero_after_finishing_the_others_and_resume_does_only_those(
     artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     inputs = _inputs(tmp_path)
     inputs["png"].write_bytes(b"this is not an image")
     out = tmp_path / "out"
-    assert (
-        cli_main(["blur", str(tmp_path / "in"), "--model", str(artifact), "--out", str(out)]) == 1
-    )
+    argv = ["blur", str(tmp_path / "in"), "--model", str(artifact), "--out", str(out)]
+    assert cli_main(argv) == 1
     captured = capsys.readouterr()
-    assert "1 FAILED" in captured.out and FAILURES in captured.err
+    assert "1 FAILED" in captured.out and f"ledger: {out / DEFAULT_LEDGER} (3 rows" in captured.out
+    assert f"failed: {inputs['png']}: decode: " in captured.err
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg")) == [
         "day1/phone.jpg",
         "pano.jpg",
     ]
     assert not (out / "day1" / "still.png").exists()
-    row = json.loads((out / FAILURES).read_text())
-    assert row["step"] == "decode" and "still.png" in row["input"]
-    # A later run where everything succeeds removes the stale failures file.
+    first = _ledger(out)
+    assert first["still.png"].status == "failed" and first["still.png"].step == "decode"
+
+    # Once the file is fixed, --resume does it alone: the others keep their first run's rows.
     inputs["png"].write_bytes(_png(texture(150, 110, seed=2)))
-    assert (
-        cli_main(["blur", str(tmp_path / "in"), "--model", str(artifact), "--out", str(out)]) == 0
-    )
-    assert not (out / FAILURES).exists()
+    done_before = {p: p.stat().st_mtime_ns for p in out.rglob("*.jpg")}
+    assert cli_main([*argv, "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert "anonymized 1 images" in captured.out and "2 already anonymized" in captured.out
+    assert "(1 rows" in captured.out
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.jpg")} == done_before
     assert Image.open(io.BytesIO((out / "day1" / "still.png").read_bytes())).format == "PNG"
+    rows = _ledger(out)
+    assert all(row.status == OK for row in rows.values())
+    assert rows["still.png"].input_sha256 == _sha256(inputs["png"])
+    files = sorted((out / DEFAULT_LEDGER).glob("*.jsonl"))  # one file per run
+    assert len(files) == 2 and sum(len(f.read_text().splitlines()) for f in files) == 4
+
+    # Nothing left to do: a third --resume anonymizes nothing and succeeds.
+    assert cli_main([*argv, "--resume"]) == 0
+    assert "anonymized 0 images" in capsys.readouterr().out
 
 
 def test_inputs_that_would_share_an_output_are_refused_before_anything_is_written(
@@ -237,10 +275,6 @@ def _gif() -> bytes:
     return buf.getvalue()
 
 
-def _rows(path: Path) -> list[dict[str, str]]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 def test_every_file_found_is_anonymized_or_failed_or_skipped_with_its_reason(
     artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -266,12 +300,13 @@ def test_every_file_found_is_anonymized_or_failed_or_skipped_with_its_reason(
 
     assert cli_main(["blur", str(folder), "--model", str(artifact), "--out", str(out)]) == 1
     captured = capsys.readouterr()
-    failures = {Path(r["input"]).name: (r["step"], r["error"]) for r in _rows(out / FAILURES)}
-    skipped = {Path(r["input"]).name: r["reason"] for r in _rows(out / SKIPPED)}
+    rows = _ledger(out)
+    failures = {n: (r.step, r.error or "") for n, r in rows.items() if r.status == "failed"}
+    skipped = {n: r.error for n, r in rows.items() if r.status == "skipped"}
     written = sorted(
         p.relative_to(out).as_posix()
         for p in out.rglob("*")
-        if p.is_file() and p.name not in (FAILURES, SKIPPED)
+        if p.is_file() and DEFAULT_LEDGER not in p.parts
     )
     assert written == ["day1/phone.jpg", "day1/still.png", "noext", "pano.jpg", "scan.jfif"]
     assert Image.open(out / "noext").format == "JPEG"
@@ -286,13 +321,14 @@ def test_every_file_found_is_anonymized_or_failed_or_skipped_with_its_reason(
     assert "not followed" in failures["linked"][1]
     assert skipped.keys() == {".hidden.jpg", "notes.txt", "README", ".git"}
     assert skipped[".hidden.jpg"] == "hidden: its name starts with '.'"
-    assert skipped[".git"].startswith("hidden folder")
-    assert skipped["notes.txt"].startswith("not an image: neither its extension (.txt) nor")
+    assert str(skipped[".git"]).startswith("hidden folder")
+    assert str(skipped["notes.txt"]).startswith("not an image: neither its extension (.txt) nor")
+    assert sum(r.status == OK for r in rows.values()) == len(written)
 
-    assert len(entries) + 1 == 15 == len(written) + len(failures) + len(skipped)
+    assert len(entries) + 1 == 15 == len(rows) == len(written) + len(failures) + len(skipped)
     assert "found 15 items: anonymized 5 images" in captured.out
     assert "6 FAILED" in captured.out and "4 skipped" in captured.out
-    assert str(out / FAILURES) in captured.err and str(out / SKIPPED) in captured.err
+    assert captured.err.count("failed: ") == 6
 
 
 @contextmanager
@@ -324,17 +360,18 @@ def test_a_full_disk_fails_the_images_that_do_not_fit_and_the_run_goes_on(
     with _tmpfs(tmp_path / "disk", "size=128k") as disk:
         out = disk / "out"
         # One worker: the images are written one after the other, so what fits is known.
-        report = blur_batch(runtime, find_inputs([str(tmp_path / "in")]), out, workers=1)
+        ledger = Ledger(tmp_path / "ledger")
+        found = find_inputs([str(tmp_path / "in")])
+        report = blur_batch(runtime, found, out, ledger=ledger, workers=1)
         assert [(f.input, f.step) for f in report.failures] == [(str(big), "write")]
-        assert "No space left on device" in report.failures[0].error
+        assert "No space left on device" in (report.failures[0].error or "")
         assert (report.found, report.written) == (4, 3)
         assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.*")) == [
             "day1/phone.jpg",
             "day1/still.png",
-            FAILURES,
             "pano.jpg",
         ]
-        assert _rows(out / FAILURES)[0]["error"] == report.failures[0].error
+        assert Ledger(tmp_path / "ledger").read()[str(big)].error == report.failures[0].error
         assert not _leftovers(out)
 
 
@@ -345,43 +382,46 @@ def _fill(disk: Path) -> None:
             f.write(bytes(1 << 16))
 
 
-def test_when_the_disk_is_full_the_failures_go_to_stderr_and_the_command_exits_1(
+def test_when_the_disk_is_full_every_image_fails_and_a_ledger_there_stops_the_run(
     artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     inputs = _inputs(tmp_path)
     with _tmpfs(tmp_path / "disk", "size=64k") as disk:
         _fill(disk)
         out = disk / "out"
-        code = cli_main(["blur", str(tmp_path / "in"), "--model", str(artifact), "--out", str(out)])
+        argv = ["blur", str(tmp_path / "in"), "--model", str(artifact), "--out", str(out)]
+        code = cli_main([*argv, "--ledger", str(tmp_path / "ledger")])
         captured = capsys.readouterr()
         assert code == 1
         assert "found 3 items: anonymized 0 images" in captured.out and "3 FAILED" in captured.out
-        rows = [json.loads(line) for line in captured.err.splitlines() if line.startswith("{")]
-        assert sorted(r["input"] for r in rows) == sorted(str(p) for p in inputs.values())
-        assert all(r["step"] == "write" for r in rows)
-        assert all("No space left on device" in r["error"] for r in rows)
-        assert f"error: {out / FAILURES} could not be written: OSError" in captured.err
+        rows = Ledger(tmp_path / "ledger").read()
+        assert sorted(rows) == sorted(str(p) for p in inputs.values())
+        assert all(r.step == "write" for r in rows.values())
+        assert all("No space left on device" in (r.error or "") for r in rows.values())
         assert "Traceback" not in captured.err
         assert not [p for p in out.rglob("*") if p.is_file()]
 
+        # With the ledger on the full disk, the first row cannot be written: the run stops
+        # there, says so, and can be resumed.
+        assert cli_main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"--ledger {out / DEFAULT_LEDGER}: cannot write to it" in err
+        assert "No space left on device" in err and "--resume" in err
+        assert "Traceback" not in err
+        assert not [p for p in out.rglob("*") if p.is_file() and p.stat().st_size]
 
-def test_when_failures_jsonl_cannot_be_written_the_failures_go_to_stderr(
+
+def test_a_ledger_that_cannot_be_created_is_refused_before_any_image(
     artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    inputs = _inputs(tmp_path)
-    inputs["png"].write_bytes(b"this is not an image")
+    _inputs(tmp_path)
     out = tmp_path / "out"
-    (out / FAILURES).mkdir(parents=True)  # its name is taken by a folder: it cannot be written
-    code = cli_main(["blur", str(tmp_path / "in"), "--model", str(artifact), "--out", str(out)])
-    captured = capsys.readouterr()
-    assert code == 1
-    assert "anonymized 2 images" in captured.out and "1 FAILED" in captured.out
-    assert f"error: {out / FAILURES} could not be written: IsADirectoryError" in captured.err
-    lines = captured.err.splitlines()
-    row = json.loads(lines[lines.index(next(x for x in lines if x.startswith("error:"))) + 1])
-    assert (row["input"], row["step"]) == (str(inputs["png"]), "decode")
-    assert "Traceback" not in captured.err
-    assert (out / "pano.jpg").is_file() and not (out / "day1" / "still.png").exists()
+    taken = write(tmp_path / "taken", b"a file, not a folder")
+    argv = ["blur", str(tmp_path / "in"), "--model", str(artifact), "--out", str(out)]
+    assert cli_main([*argv, "--ledger", str(taken)]) == 2
+    err = capsys.readouterr().err
+    assert f"--ledger {taken}: cannot write there" in err and "Traceback" not in err
+    assert not list(out.rglob("*.jpg")) and taken.read_bytes() == b"a file, not a folder"
 
 
 @pytest.mark.parametrize("where", ["under a file", "on a read-only disk"])

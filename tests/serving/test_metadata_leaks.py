@@ -25,13 +25,14 @@ import numpy as np
 import pytest
 from PIL import Image, PngImagePlugin
 
-from serving.runtime.batch import FAILURES, blur_batch
+from serving.runtime.batch import DEFAULT_LEDGER, blur_batch
 from serving.runtime.errors import ImageError
 from serving.runtime.imagefile import read_image, write_image
 from serving.runtime.imagefile.check import check_output
 from serving.runtime.imagefile.embedded import find_pictures
 from serving.runtime.imagefile.metadata import rebuild_exif
 from serving.runtime.inputs import find_inputs
+from serving.runtime.ledger import Ledger
 from serving.runtime.pipeline import Runtime
 from serving.runtime.service import ANONYMIZE, AnonymizeServer, ServiceConfig, start_server
 from tests.images import texture, write
@@ -246,8 +247,8 @@ def test_a_truncated_jpeg_with_an_end_marker_is_refused(
     write(tmp_path / "in" / "cut.jpg", cut)
     report = blur_batch(runtime, find_inputs([str(tmp_path / "in")]), tmp_path / "out")
     assert report.written == 0 and not (tmp_path / "out" / "cut.jpg").exists()
-    failure = json.loads((tmp_path / "out" / FAILURES).read_text())
-    assert failure["step"] == "decode" and "truncated" in failure["error"]
+    (failure,) = Ledger(tmp_path / "out" / DEFAULT_LEDGER).read().values()
+    assert failure.step == "decode" and "truncated" in (failure.error or "")
 
 
 def test_exif_keeps_orientation_time_gps_and_camera_and_nothing_else() -> None:

@@ -11,26 +11,32 @@ from serving.runtime.commands.options import add_runtime_args, load_runtime
 
 
 def run(args: argparse.Namespace) -> int:
-    from serving.runtime.batch import FAILURES, SKIPPED, blur_batch
+    from serving.runtime.batch import DEFAULT_LEDGER, blur_batch
     from serving.runtime.inputs import find_inputs
+    from serving.runtime.ledger import Ledger
 
     found = find_inputs(args.inputs)
     runtime = load_runtime(args)
     out = Path(args.out)
+    ledger = Ledger(args.ledger or out / DEFAULT_LEDGER)
     report = blur_batch(
-        runtime, found, out, workers=args.workers, sidecar=args.sidecar, masks=args.masks
+        runtime,
+        found,
+        out,
+        ledger=ledger,
+        resume=args.resume,
+        workers=args.workers,
+        sidecar=args.sidecar,
+        masks=args.masks,
     )
     print(report.summary())
-    for name, rows in ((FAILURES, report.failures), (SKIPPED, report.skipped)):
-        if name in report.unwritten:
-            # Its file could not be written: stderr is then the only record of these rows.
-            follow = f"; its {len(rows)} lines follow" if rows else ""
-            print(f"error: {out / name} {report.unwritten[name]}{follow}", file=sys.stderr)
-            for row in rows:
-                print(row.json_line(), file=sys.stderr)
-        elif rows:
-            print(f"{name.removesuffix('.jsonl')}: {out / name}", file=sys.stderr)
-    return 1 if report.failures or report.unwritten else 0
+    print(f"ledger: {ledger.location} ({ledger.written} rows, run {ledger.run})")
+    for row in report.failures:
+        print(f"failed: {row.input}: {row.step}: {row.error}", file=sys.stderr)
+    if report.failed > len(report.failures):
+        more = report.failed - len(report.failures)
+        print(f"... and {more} more: the ledger's rows with status failed", file=sys.stderr)
+    return 1 if report.failed else 0
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -39,15 +45,28 @@ def add_args(p: argparse.ArgumentParser) -> None:
         nargs="+",
         metavar="INPUT",
         help="image files, folders (searched recursively) and glob patterns ('**/*.jpg'). Every "
-        "file found is accounted for: anonymized; failed (an image format that cannot be "
-        "anonymized, a broken link: failures.jsonl); or skipped (hidden, or not an image: "
-        "skipped.jsonl). Two inputs with the same output name are refused",
+        "file found gets a row in the ledger: ok (anonymized); failed (an image format that "
+        "cannot be anonymized, a broken link, a step that failed); or skipped (hidden, or not "
+        "an image). Two inputs with the same output name are refused",
     )
     p.add_argument(
         "--out",
         required=True,
         help="output folder (must not hold the inputs); each output keeps its input's path "
         "below the folder or glob it was found through",
+    )
+    p.add_argument(
+        "--ledger",
+        help="folder (or fsspec URL: s3://bucket/ledger/) of JSON Lines files with one row per "
+        "input, written as the run goes: input, input_sha256, status (ok, failed, skipped), "
+        "step, error, regions, output (default: --out's .anonlab-ledger/)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="do only the inputs whose last row in the ledger is not ok (after a killed or "
+        "partly failed run); an input changed since its ok row is not done again: run without "
+        "--resume for that",
     )
     add_runtime_args(p, max_pixels_default=150_000_000)
     p.add_argument(
@@ -77,12 +96,13 @@ COMMAND = Command(
     "by allowlist: EXIF only for orientation, capture time, GPS, camera and exposure tags; "
     "XMP without its picture properties; the ICC profile; short PNG text and JPEG comments; "
     "any that holds a picture, thumbnails, previews, maker notes and all else are left out "
-    "(--sidecar names what was left out and why). Every file found is accounted for: "
-    "anonymized, failed (failures.jsonl in --out says at which step and why; exit status 1) "
-    "or skipped (hidden files and folders, files that are not images: skipped.jsonl); an "
-    "image that fails gets no output at all (an earlier run's is removed). Inputs that would "
-    "share an output name, or names differing only by case, are refused before anything is "
-    "written. Reads no params.yaml and takes no key=value overrides.",
+    "(--sidecar names what was left out and why). Every file found gets a row in the ledger "
+    "as soon as it is done: ok, failed (at which step and why) or skipped (hidden files and "
+    "folders, files that are not images); an image that fails gets no output at all (an "
+    "earlier run's is removed). Exit status 1 when any image failed (the first failures are "
+    "printed); 0 when every image has an ok row, --resume's earlier ones included. Inputs "
+    "that would share an output name, or names differing only by case, are refused before "
+    "anything is written. Reads no params.yaml and takes no key=value overrides.",
     add_args,
     run,
 )
