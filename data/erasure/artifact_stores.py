@@ -10,7 +10,8 @@ What each looks at, so that erasing one image reads no more than the files that 
 - `annotations`: the image and its objects in `coco.json`.
 - `prepared`: the image and its objects (or its tiles and theirs) in `train.json`, `val.json`
   and `refs/*.json`; the tile files `tiles/<sha>-*`.
-- `blurred`: files under `blurred/` whose name holds the sha256, and sidecars (JSON) naming it.
+- `blurred`: files under `blurred/` whose name holds the sha256; sidecars (JSON) and blur ledger
+  rows (JSON lines) naming it, and the copies they describe.
 - `temp`: leftovers of interrupted writes (`.<name>.*.tmp`, `.<name>.*.staging/`,
   `.<name>.old/`) in the stage folders and the image's shard of the raw store, that are named by
   the image or hold one of its needles.
@@ -112,7 +113,10 @@ def _tiles(folder: Path, subjects: Sequence[Subject]) -> list[Path]:
 @dataclass(frozen=True)
 class BlurredStore(Scanned):
     """`blurred/`: where the demo writes `anonlab blur` outputs. An anonymized copy still holds
-    what the models missed, and its metadata (GPS) is kept as the original's."""
+    what the models missed, and its metadata (GPS) is kept as the original's. An image's copy is
+    found by its name (the sha256), by its sidecar (`<name>.json`, naming the input), or by its
+    row in a blur ledger (`*.jsonl`: the input, its sha256 and the output); the copy goes with
+    its sidecar and mask (`<name>.mask.png`), and the ledger rows after them."""
 
     artifacts: Path
     name: str = "blurred"
@@ -123,13 +127,30 @@ class BlurredStore(Scanned):
             return []
         shas = files.shas(subjects)
         named: list[Path] = []
+        ledgers: list[Path] = []
         for folder, _, names in os.walk(root):
             for name in names:
                 path = Path(folder, name)
-                by_name = any(s in name for s in shas)
-                if by_name or (name.endswith(".json") and files.read_if_holding(path, subjects)):
+                if any(s in name for s in shas):
                     named.append(path)
-        return files.named_files(named, self.artifacts, "anonymized copy or sidecar", write=write)
+                elif name.endswith(".json") and files.holding(path, subjects):
+                    named += _copy(path.with_name(name.removesuffix(".json")))
+                elif name.endswith(".jsonl") and files.holding(path, subjects):
+                    ledgers.append(path)
+                    outputs = [r.get("output") for r in files.rows_holding(path, subjects)]
+                    named += [
+                        x for o in outputs if o for x in _copy(Path(o)) if x.is_relative_to(root)
+                    ]
+        unique = sorted(set(named))
+        held = files.named_files(unique, self.artifacts, "anonymized copy or sidecar", write=write)
+        for ledger in ledgers:  # after the copies its rows point to
+            held += files.jsonl_rows(ledger, self.artifacts, subjects, "ledger rows", write=write)
+        return held
+
+
+def _copy(image: Path) -> list[Path]:
+    """An anonymized copy and what `anonlab blur` writes beside it: its sidecar and mask."""
+    return [image, image.with_name(image.name + ".json"), image.with_name(image.name + ".mask.png")]
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,15 @@ def relative(path: Path, root: Path) -> str:
         return str(path)
 
 
+def rows_holding(path: Path, subjects: Sequence[Subject]) -> list[dict]:
+    """The rows of a JSON-lines file that hold a needle of `subjects`, parsed."""
+    data = read_if_holding(path, subjects)
+    if data is None:
+        return []
+    spans = redact.line_spans(data, [n.encode() for n in needles(subjects)])
+    return [json.loads(data[start:end]) for start, end in spans]
+
+
 def jsonl_rows(
     path: Path, root: Path, subjects: Sequence[Subject], what: str, *, write: bool
 ) -> list[Held]:

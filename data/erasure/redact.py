@@ -37,11 +37,13 @@ def scrub(value: Any, needles: Collection[str]) -> tuple[Any, int]:
 def rows(
     records: list[dict[str, Any]], shas: Collection[str], needles: Collection[str]
 ) -> tuple[list[dict[str, Any]], int]:
-    """JSON-lines rows without those of `shas` (by `sha256`, or by a needle in `source_path`);
-    the other rows scrubbed. The count of rows removed or changed."""
+    """JSON-lines rows without those of `shas` (by `sha256`, or `input_sha256` in a blur ledger,
+    or by a needle in `source_path`); the other rows scrubbed. The count of rows removed or
+    changed."""
     kept, changed = [], 0
     for row in records:
-        if row.get("sha256") in shas or any(n == row.get("source_path") for n in needles):
+        own = row.get("sha256") in shas or row.get("input_sha256") in shas
+        if own or any(n == row.get("source_path") for n in needles):
             changed += 1
             continue
         clean, n = scrub(row, needles)

@@ -16,21 +16,38 @@ A, B = "a" * 64, "b" * 64
 SUBJECT = Subject(A, f"images/aa/{A}.jpg", ("drive-1",), ("/data/drive-1/a.jpg",))
 
 
-def test_blurred_copies_and_sidecars_naming_the_image_go_the_others_stay(tmp_path: Path) -> None:
+def test_blurred_copies_and_what_names_the_image_go_the_others_stay(tmp_path: Path) -> None:
+    """Copies named by the image, or described by a sidecar or a blur ledger row that names it,
+    go with their sidecars and masks; the ledger keeps the other images' rows."""
     blurred = tmp_path / "blurred" / "holdout"
     blurred.mkdir(parents=True)
-    (blurred / f"{A}.jpg").write_bytes(b"jpeg")
-    (blurred / "frame-7.jpg").write_bytes(b"jpeg")
+    for name in (f"{A}.jpg", "frame-7.jpg", "frame-9.jpg", "frame-9.jpg.mask.png", f"{B}.jpg"):
+        (blurred / name).write_bytes(b"jpeg")
     (blurred / "frame-7.jpg.json").write_text(json.dumps({"input": "/data/drive-1/a.jpg"}))
-    (blurred / f"{B}.jpg").write_bytes(b"jpeg")
     (blurred / f"{B}.jpg.json").write_text(json.dumps({"input": "/data/drive-2/b.jpg"}))
+    ledger = blurred / ".anonlab-ledger" / "20261207T010203000000Z-7.jsonl"
+    ledger.parent.mkdir()
+    rows = [
+        {"input": "/data/drive-3/x.jpg", "input_sha256": A, "status": "ok",
+         "output": str(blurred / "frame-9.jpg")},
+        {"input": "/data/drive-2/b.jpg", "input_sha256": B, "status": "ok",
+         "output": str(blurred / f"{B}.jpg")},
+    ]  # fmt: skip
+    ledger.write_text("".join(json.dumps(r) + "\n" for r in rows))
     store = BlurredStore(tmp_path)
     assert sorted(h.where for h in store.find([SUBJECT])) == [
+        f"blurred/holdout/.anonlab-ledger/{ledger.name}",
         f"blurred/holdout/{A}.jpg",
+        "blurred/holdout/frame-7.jpg",
         "blurred/holdout/frame-7.jpg.json",
+        "blurred/holdout/frame-9.jpg",
+        "blurred/holdout/frame-9.jpg.mask.png",
     ]
-    assert len(store.erase([SUBJECT])) == 2 and store.find([SUBJECT]) == []
-    assert sorted(p.name for p in blurred.iterdir()) == [f"{B}.jpg", f"{B}.jpg.json", "frame-7.jpg"]
+    assert len(store.erase([SUBJECT])) == 6 and store.find([SUBJECT]) == []
+    assert sorted(p.name for p in blurred.iterdir()) == [
+        ".anonlab-ledger", f"{B}.jpg", f"{B}.jpg.json"
+    ]  # fmt: skip
+    assert [json.loads(x) for x in ledger.read_text().splitlines()] == rows[1:]
 
 
 def test_leftovers_of_interrupted_writes_that_hold_the_image_are_swept(tmp_path: Path) -> None:
