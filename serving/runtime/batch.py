@@ -30,25 +30,30 @@ the detector runs on the previous image; at most `workers + 1` images are in mem
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
-import numpy as np
-
-from serving.runtime.detections import Detections
 from serving.runtime.errors import ServingError
-from serving.runtime.inputs import Inputs, Job, check_output_names, output_jobs
+from serving.runtime.inputs import Inputs, Job, Refused, check_output_names, output_jobs
 from serving.runtime.ledger import FAILED, OK, SKIPPED, Ledger, Row
+from serving.runtime.one_image import (
+    StepError,
+    Work,
+    companions,
+    describe,
+    detect,
+    failed_row,
+    finish_write,
+    ok_row,
+    read_decode,
+)
 from serving.runtime.pipeline import Anonymized, Decoded, Runtime
 from serving.runtime.progress import bar
 
@@ -98,12 +103,6 @@ class BatchReport:
             self.skipped += 1
 
 
-class _StepError(Exception):
-    def __init__(self, step: str, cause: BaseException, sha256: str | None = None) -> None:
-        super().__init__(f"{step}: {cause}")
-        self.step, self.cause, self.sha256 = step, cause, sha256
-
-
 def blur_batch(
     runtime: Runtime,
     inputs: Inputs,
@@ -121,7 +120,10 @@ def blur_batch(
     `out_dir` or the ledger cannot be written to; during the run, when the ledger cannot."""
     out_dir = Path(out_dir)
     outputs = output_jobs(inputs)
-    check_output_names(outputs, [f for f, on in ((_sidecar, sidecar), (_mask_path, masks)) if on])
+    beside = [
+        lambda p, i=i: Path(companions(str(p))[i]) for i, on in enumerate((sidecar, masks)) if on
+    ]
+    check_output_names(outputs, beside)
     sources = {os.path.realpath(job.source) for job in outputs}
     for job in outputs:
         if os.path.realpath(out_dir / job.relative) in sources:
@@ -141,10 +143,12 @@ def blur_batch(
         row = Row(_key(Path(skipped.input)), SKIPPED, step="find", error=skipped.reason)
         report.record(ledger, row)
     for refused in inputs.refused:
-        row = Row(_key(refused.source), FAILED, step=refused.step, error=refused.error)
-        report.record(ledger, _failed(out_dir, refused.relative, row))
+        work = None if refused.relative is None else _work(refused, out_dir, sidecar, masks)
+        key = _key(refused.source)
+        report.record(ledger, failed_row(work, key, refused.step, refused.error))
     try:
-        _run(runtime, jobs, out_dir, ledger, report, workers, sidecar, masks)
+        works = [_work(job, out_dir, sidecar, masks) for job in jobs]
+        _run(runtime, works, ledger, report, workers)
     except BaseException:
         with contextlib.suppress(ServingError):  # the first error is the one to tell
             ledger.close()
@@ -154,40 +158,37 @@ def blur_batch(
 
 
 def _run(
-    runtime: Runtime,
-    jobs: Sequence[Job],
-    out_dir: Path,
-    ledger: Ledger,
-    report: BatchReport,
-    workers: int,
-    sidecar: bool,
-    masks: bool,
+    runtime: Runtime, works: Sequence[Work], ledger: Ledger, report: BatchReport, workers: int
 ) -> None:
+    """The images through one_image's steps: reading and decoding, and anonymizing and writing,
+    on `workers` threads; detecting on this one."""
     start = time.perf_counter()
-    progress = bar(total=len(jobs), desc="blur", unit="img")
+    progress = bar(total=len(works), desc="blur", unit="img")
     with ThreadPoolExecutor(max(workers, 1), thread_name_prefix="blur-io") as pool:
-        decoding: deque[tuple[Job, Future[tuple[Decoded, str]]]] = deque()
-        writing: deque[tuple[Job, str, Future[Anonymized]]] = deque()
-        pending = iter(jobs)
+        decoding: deque[tuple[Work, Future[tuple[Decoded, str]]]] = deque()
+        writing: deque[tuple[Work, str, Future[Anonymized]]] = deque()
+        pending = iter(works)
 
         def feed() -> None:
-            job = next(pending, None)
-            if job is not None:
-                decoding.append((job, pool.submit(_decode, runtime, job)))
+            work = next(pending, None)
+            if work is not None:
+                decoding.append((work, pool.submit(read_decode, runtime, work)))
 
-        def settle(job: Job, sha256: str, future: Future[Anonymized]) -> None:
+        def fail(work: Work, exc: StepError, sha256: str | None = None) -> None:
+            error = describe(exc.cause)
+            report.record(
+                ledger, failed_row(work, work.input, exc.step, error, exc.sha256 or sha256)
+            )
+
+        def settle(work: Work, sha256: str, future: Future[Anonymized]) -> None:
             try:
                 done = future.result()
-            except _StepError as exc:
-                exc.sha256 = sha256
-                report.record(ledger, _failed_job(out_dir, job, exc))
+            except StepError as exc:
+                fail(work, exc, sha256)
             else:
-                output = str(out_dir / job.relative)
-                regions = len(done.detections)
-                row = Row(_key(job.source), OK, sha256, regions=regions, output=output)
-                report.record(ledger, row)
+                report.record(ledger, ok_row(work, sha256, done))
                 report.written += 1
-                report.detections += regions
+                report.detections += len(done.detections)
                 report.megapixels += done.width * done.height / 1e6
             progress.update(1)
             elapsed = time.perf_counter() - start
@@ -196,32 +197,37 @@ def _run(
         for _ in range(max(workers, 1)):
             feed()
         while decoding:
-            job, future = decoding.popleft()
+            work, future = decoding.popleft()
             feed()
             try:
                 decoded, sha256 = future.result()
-                try:
-                    dets = runtime.detect(decoded.rgb)
-                except Exception as exc:
-                    raise _StepError("detect", exc, sha256) from exc
-            except _StepError as exc:
-                report.record(ledger, _failed_job(out_dir, job, exc))
+                dets = detect(runtime, decoded, sha256)
+            except StepError as exc:
+                fail(work, exc)
                 progress.update(1)
                 continue
             del decoded.rgb  # only the detector needs it; keep memory to one copy per image
-            writing.append(
-                (
-                    job,
-                    sha256,
-                    pool.submit(_finish, runtime, decoded, dets, out_dir, job, sidecar, masks),
-                )
-            )
+            finishing = pool.submit(finish_write, runtime, decoded, dets, work)
+            writing.append((work, sha256, finishing))
             while len(writing) > max(workers, 1) or (writing and writing[0][2].done()):
                 settle(*writing.popleft())
         while writing:
             settle(*writing.popleft())
     progress.close()
     report.seconds = time.perf_counter() - start
+
+
+def _sidecar(target: Path) -> Path:
+    return Path(companions(str(target))[0])
+
+
+def _mask(target: Path) -> Path:
+    return Path(companions(str(target))[1])
+
+
+def _work(job: Job | Refused, out_dir: Path, sidecar: bool, masks: bool) -> Work:
+    assert job.relative is not None
+    return Work(_key(job.source), str(out_dir / job.relative), sidecar, masks)
 
 
 def _key(source: Path) -> str:
@@ -244,105 +250,3 @@ def _check_out(out_dir: Path) -> None:
             f"--out {out_dir}: cannot write there: {exc.strerror or exc}{where}; choose a "
             "folder that can be created and written to"
         ) from None
-
-
-def _decode(runtime: Runtime, job: Job) -> tuple[Decoded, str]:
-    """The image decoded, and the sha256 of the bytes read."""
-    try:
-        data = job.source.read_bytes()
-    except OSError as exc:
-        raise _StepError("read", exc) from exc
-    sha256 = hashlib.sha256(data).hexdigest()
-    try:
-        return runtime.decode(data), sha256
-    except Exception as exc:
-        raise _StepError("decode", exc, sha256) from exc
-
-
-def _finish(
-    runtime: Runtime,
-    decoded: Decoded,
-    dets: Detections,
-    out_dir: Path,
-    job: Job,
-    sidecar: bool,
-    masks: bool,
-) -> Anonymized:
-    try:
-        done = runtime.finish(decoded, dets)
-    except Exception as exc:
-        raise _StepError("anonymize", exc) from exc
-    target = out_dir / job.relative
-    files: list[tuple[Path, Callable[[], bytes]]] = [(target, lambda: done.data)]
-    if sidecar:
-        files.append((_sidecar(target), lambda: _sidecar_bytes(job, done)))
-    if masks:
-        files.append((_mask_path(target), lambda: _mask_png(runtime, done)))
-    try:
-        _write_together(files)
-    except Exception as exc:
-        raise _StepError("write", exc) from exc
-    return done
-
-
-def _write_together(files: Sequence[tuple[Path, Callable[[], bytes]]]) -> None:
-    """Write every file under a temporary name beside its target, then rename them all; on any
-    error remove the temporaries (nothing appears under a final name)."""
-    temporaries: list[tuple[Path, Path]] = []
-    try:
-        for target, content in files:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-            temporaries.append((Path(name), target))
-            with os.fdopen(fd, "wb") as f:
-                f.write(content())
-        for tmp, target in temporaries:
-            os.replace(tmp, target)
-    finally:
-        for tmp, _ in temporaries:
-            tmp.unlink(missing_ok=True)
-
-
-def _failed_job(out_dir: Path, job: Job, exc: _StepError) -> Row:
-    row = Row(_key(job.source), FAILED, exc.sha256, step=exc.step, error=_describe(exc.cause))
-    return _failed(out_dir, job.relative, row)
-
-
-def _failed(out_dir: Path, relative: Path | None, row: Row) -> Row:
-    """Remove every output of a failed input (an earlier run's too); its row, whose error says
-    which output could not be removed."""
-    target = None if relative is None else out_dir / relative
-    error = row.error or ""
-    for path in () if target is None else (target, _sidecar(target), _mask_path(target)):
-        try:
-            if path.is_file() or path.is_symlink():  # not a folder someone put in the way
-                path.unlink()
-        except OSError as exc:
-            error += f"; its earlier output {path} could not be removed ({exc}): delete it"
-    log.warning("%s: %s failed (%s); no output written", row.input, row.step, error)
-    return replace(row, error=error)
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, ServingError) else f"{type(exc).__name__}: {exc}"
-
-
-def _sidecar(target: Path) -> Path:
-    return target.with_name(target.name + ".json")
-
-
-def _mask_path(target: Path) -> Path:
-    return target.with_name(target.name + ".mask.png")
-
-
-def _sidecar_bytes(job: Job, done: Anonymized) -> bytes:
-    body = {"input": str(job.source), **done.report()}
-    return (json.dumps(body, indent=1) + "\n").encode("utf-8")
-
-
-def _mask_png(runtime: Runtime, done: Anonymized) -> bytes:
-    """What was hidden, upright: 255 where anonymizing changed pixels, 0 elsewhere."""
-    ok, buf = cv2.imencode(".png", runtime.hidden_mask(done).astype(np.uint8) * 255)
-    if not ok:
-        raise ServingError("the mask PNG could not be encoded")
-    return buf.tobytes()

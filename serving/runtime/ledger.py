@@ -38,8 +38,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from serving.runtime.errors import ServingError
+from serving.runtime.storage import filesystem, is_url
 
-__all__ = ["COLUMNS", "FAILED", "OK", "SKIPPED", "Ledger", "Row", "is_url"]
+__all__ = ["COLUMNS", "FAILED", "OK", "SKIPPED", "Ledger", "Row"]
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +66,6 @@ class Row:
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> Row:
         return cls(**{k: row.get(k) for k in COLUMNS})
-
-
-def is_url(location: str) -> bool:
-    """Whether `location` names a filesystem by protocol (`s3://...`, `gs://...`)."""
-    return "://" in location and not location.startswith("file://")
 
 
 class Ledger:
@@ -200,17 +196,7 @@ def _filesystem(location: str) -> tuple[Any, str]:
     """(None, a local path) or (an fsspec filesystem, its path) for a ledger location."""
     if not is_url(location):
         return None, location.removeprefix("file://")
-    try:
-        from fsspec.core import url_to_fs
-    except ImportError:
-        raise ServingError(
-            f"--ledger {location}: a URL needs fsspec and the filesystem's package (s3fs for "
-            "s3://): pip install fsspec s3fs"
-        ) from None
-    try:
-        return url_to_fs(location)
-    except (ImportError, ValueError) as exc:
-        raise ServingError(f"--ledger {location}: cannot open it ({exc})") from None
+    return filesystem(location)
 
 
 def _now() -> str:
