@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from data.config import compose
+from tests.servers import ray_cluster, s3_server  # noqa: F401 (one of each per session)
 
 REPO = Path(__file__).resolve().parent.parent
 

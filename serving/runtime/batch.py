@@ -29,7 +29,6 @@ the detector runs on the previous image; at most `workers + 1` images are in mem
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import tempfile
@@ -41,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from serving.runtime.errors import ServingError
-from serving.runtime.inputs import Inputs, Job, Refused, check_output_names, output_jobs
+from serving.runtime.inputs import Inputs, check_output_names, output_jobs
 from serving.runtime.ledger import FAILED, OK, SKIPPED, Ledger, Row
 from serving.runtime.one_image import (
     StepError,
@@ -56,8 +55,10 @@ from serving.runtime.one_image import (
 )
 from serving.runtime.pipeline import Anonymized, Decoded, Runtime
 from serving.runtime.progress import bar
+from serving.runtime.storage import join
+from serving.runtime.url_inputs import Found, from_local
 
-__all__ = ["DEFAULT_LEDGER", "BatchReport", "blur_batch"]
+__all__ = ["DEFAULT_LEDGER", "BatchReport", "begin", "blur_batch", "check_out"]
 
 log = logging.getLogger(__name__)
 
@@ -130,31 +131,34 @@ def blur_batch(
             raise ServingError(
                 f"--out {out_dir} would overwrite the input {job.source}; choose another folder"
             )
-    _check_out(out_dir)
+    check_out(out_dir)
     ledger = ledger or Ledger(out_dir / DEFAULT_LEDGER)
     ledger.check_writable()
-    jobs = inputs.jobs
-    report = BatchReport(found=len(jobs) + len(inputs.refused) + len(inputs.skipped))
+    found = from_local(inputs)
+    with ledger:  # closed however the run ends: the rows written so far are kept
+        report, works = begin(found, str(out_dir), ledger, resume, sidecar, masks)
+        _run(runtime, works, ledger, report, workers)
+    return report
+
+
+def begin(
+    found: Found, out: str, ledger: Ledger, resume: bool, sidecar: bool, masks: bool
+) -> tuple[BatchReport, list[Work]]:
+    """What every engine does before the first image: the rows of the inputs that were sorted
+    out (skipped; failed, with any earlier output removed), and with `resume`, the inputs whose
+    last row is `ok` left out. The report so far, and the work left to do."""
+    report = BatchReport(found=len(found.taken) + len(found.failed) + len(found.skipped))
+    works = [Work(key, join(out, relative), sidecar, masks) for key, relative in found.taken]
     if resume:
         done = {key for key, row in ledger.read().items() if row.status == OK}
-        jobs = [job for job in jobs if _key(job.source) not in done]
-        report.resumed = len(inputs.jobs) - len(jobs)
-    for skipped in inputs.skipped:
-        row = Row(_key(Path(skipped.input)), SKIPPED, step="find", error=skipped.reason)
-        report.record(ledger, row)
-    for refused in inputs.refused:
-        work = None if refused.relative is None else _work(refused, out_dir, sidecar, masks)
-        key = _key(refused.source)
-        report.record(ledger, failed_row(work, key, refused.step, refused.error))
-    try:
-        works = [_work(job, out_dir, sidecar, masks) for job in jobs]
-        _run(runtime, works, ledger, report, workers)
-    except BaseException:
-        with contextlib.suppress(ServingError):  # the first error is the one to tell
-            ledger.close()
-        raise
-    ledger.close()
-    return report
+        works = [work for work in works if work.input not in done]
+        report.resumed = len(found.taken) - len(works)
+    for key, reason in found.skipped:
+        report.record(ledger, Row(key, SKIPPED, step="find", error=reason))
+    for key, relative, step, error in found.failed:
+        work = None if relative is None else Work(key, join(out, relative), sidecar, masks)
+        report.record(ledger, failed_row(work, key, step, error))
+    return report, works
 
 
 def _run(
@@ -225,18 +229,7 @@ def _mask(target: Path) -> Path:
     return Path(companions(str(target))[1])
 
 
-def _work(job: Job | Refused, out_dir: Path, sidecar: bool, masks: bool) -> Work:
-    assert job.relative is not None
-    return Work(_key(job.source), str(out_dir / job.relative), sidecar, masks)
-
-
-def _key(source: Path) -> str:
-    """An input's key in the ledger: its absolute path as found (links not resolved), the same
-    from whichever folder the command runs."""
-    return os.path.abspath(source)
-
-
-def _check_out(out_dir: Path) -> None:
+def check_out(out_dir: Path) -> None:
     """ServingError when `out_dir` cannot be created or written to: said once, up front, not
     once for each image."""
     try:

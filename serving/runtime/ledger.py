@@ -27,6 +27,7 @@ state.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -88,8 +89,12 @@ class Ledger:
     def __enter__(self) -> Ledger:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        with contextlib.suppress(ServingError):  # the error being raised is the one to tell
+            self.close()
 
     def read(self) -> dict[str, Row]:
         """Every input's last row, over every run recorded so far (this one's included)."""

@@ -129,15 +129,17 @@ def failed_row(
     return Row(key, FAILED, sha256, step=step, error=error)
 
 
-def process(runtime: Runtime, work: Work) -> Row:
-    """Every step of one image in a row; its ledger row (never raises for the image's sake)."""
+def process(runtime: Runtime, work: Work) -> tuple[Row, float]:
+    """Every step of one image in a row; its ledger row and megapixels (0 when it failed).
+    Never raises for the image's sake."""
     sha256 = None
     try:
         decoded, sha256 = read_decode(runtime, work)
         done = finish_write(runtime, decoded, detect(runtime, decoded, sha256), work)
     except StepError as exc:
-        return failed_row(work, work.input, exc.step, describe(exc.cause), exc.sha256 or sha256)
-    return ok_row(work, sha256, done)
+        row = failed_row(work, work.input, exc.step, describe(exc.cause), exc.sha256 or sha256)
+        return row, 0.0
+    return ok_row(work, sha256, done), done.width * done.height / 1e6
 
 
 def describe(exc: BaseException) -> str:

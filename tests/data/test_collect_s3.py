@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from data.collect import run_collect
 from data.manifest import read_manifest
@@ -18,15 +15,10 @@ from tests.images import jpeg_bytes, pil_bytes, texture
 BUCKET = "campaign-7"
 
 
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
+@pytest.fixture
+def s3_endpoint(s3_server: str) -> str:
+    """The session's S3 server on loopback (tests.servers)."""
+    return s3_server
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import pytest
 
 from serving.runtime.errors import ServingError
 from serving.runtime.ledger import COLUMNS, FAILED, OK, SKIPPED, Ledger, Row
-from tests.data.test_collect_s3 import s3_endpoint  # noqa: F401 (a local S3 server)
 
 
 def _rows() -> list[Row]:
@@ -64,14 +63,13 @@ def test_a_row_cut_short_by_a_killed_run_is_ignored_anything_else_is_refused(
 
 
 def test_a_ledger_in_a_bucket_is_written_in_parts_and_read_back(
-    s3_endpoint: str,  # noqa: F811
-    monkeypatch: pytest.MonkeyPatch,
+    s3_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for var, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
         monkeypatch.setenv(var, value)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)  # how s3fs finds a MinIO or a test server
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)  # how s3fs finds a MinIO or a test server
+    client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
     client.create_bucket(Bucket="ledgers")
 
     ledger = Ledger("s3://ledgers/run-a/", flush_rows=2)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from pathlib import Path
+from typing import Any
 
 from serving.runtime.commands.command import Command
 from serving.runtime.commands.options import add_runtime_args, load_runtime
@@ -12,23 +14,34 @@ from serving.runtime.commands.options import add_runtime_args, load_runtime
 
 def run(args: argparse.Namespace) -> int:
     from serving.runtime.batch import DEFAULT_LEDGER, blur_batch
+    from serving.runtime.errors import ServingError
     from serving.runtime.inputs import find_inputs
     from serving.runtime.ledger import Ledger
+    from serving.runtime.storage import is_url, join
 
-    found = find_inputs(args.inputs)
-    runtime = load_runtime(args)
-    out = Path(args.out)
-    ledger = Ledger(args.ledger or out / DEFAULT_LEDGER)
-    report = blur_batch(
-        runtime,
-        found,
-        out,
-        ledger=ledger,
-        resume=args.resume,
-        workers=args.workers,
-        sidecar=args.sidecar,
-        masks=args.masks,
-    )
+    urls = [i for i in args.inputs if is_url(i)]
+    local = [i for i in args.inputs if not is_url(i)]
+    if not args.inputs and not args.inventory:
+        raise ServingError("give the images to anonymize: files, folders, globs, or --inventory")
+    if args.engine == "local" and (urls or args.inventory or is_url(args.out)):
+        raise ServingError(
+            "URLs (s3://...) and --inventory need --engine ray (pip install 'anonlab[ray]'); "
+            "the local engine reads and writes local files"
+        )
+    ledger = Ledger(args.ledger or join(args.out, DEFAULT_LEDGER))
+    if args.engine == "ray":
+        report = _blur_on_ray(args, local, urls, ledger)
+    else:
+        report = blur_batch(
+            load_runtime(args),
+            find_inputs(local),
+            Path(args.out),
+            ledger=ledger,
+            resume=args.resume,
+            workers=args.workers,
+            sidecar=args.sidecar,
+            masks=args.masks,
+        )
     print(report.summary())
     print(f"ledger: {ledger.location} ({ledger.written} rows, run {ledger.run})")
     for row in report.failures:
@@ -39,10 +52,33 @@ def run(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def _blur_on_ray(args: argparse.Namespace, local: list[str], urls: list[str], ledger: Any) -> Any:
+    from serving.runtime.inputs import find_inputs
+    from serving.runtime.ray_engine import blur_found, ray_module
+    from serving.runtime.url_inputs import find_inventory, find_urls, from_local, merge
+
+    ray_module()  # says how to install Ray before anything else is done
+    parts = [from_local(find_inputs(local))] if local else []
+    parts += [find_urls(urls)] if urls else []
+    parts += [find_inventory(Path(args.inventory))] if args.inventory else []
+    return blur_found(
+        functools.partial(load_runtime, args),
+        merge(parts),
+        args.out,
+        ledger,
+        resume=args.resume,
+        sidecar=args.sidecar,
+        masks=args.masks,
+        actors=args.actors,
+        cpus_per_actor=args.cpus_per_actor,
+        gpus_per_actor=args.gpus_per_actor,
+    )
+
+
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "inputs",
-        nargs="+",
+        nargs="*",
         metavar="INPUT",
         help="image files, folders (searched recursively) and glob patterns ('**/*.jpg'). Every "
         "file found gets a row in the ledger: ok (anonymized); failed (an image format that "
@@ -54,6 +90,35 @@ def add_args(p: argparse.ArgumentParser) -> None:
         required=True,
         help="output folder (must not hold the inputs); each output keeps its input's path "
         "below the folder or glob it was found through",
+    )
+    p.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="local: this machine, local files (default); ray: Ray Data actors on a Ray cluster "
+        "($RAY_ADDRESS, else a local one on every CPU), inputs and --out also fsspec URLs "
+        "(s3://bucket/prefix/, s3://bucket/**/*.jpg) and --inventory (needs anonlab[ray])",
+    )
+    p.add_argument(
+        "--inventory",
+        metavar="FILE",
+        help="(--engine ray) a file listing one path or URL per line to anonymize, besides any "
+        "INPUT; outputs keep their paths below the lines' common folder",
+    )
+    p.add_argument(
+        "--actors",
+        type=int,
+        help="(--engine ray) actors, each with the models loaded (default: one per GPU with "
+        "--gpus-per-actor, else one per --cpus-per-actor CPUs of the cluster, one CPU left over)",
+    )
+    p.add_argument(
+        "--cpus-per-actor", type=float, default=1.0, help="(--engine ray) default: %(default)s"
+    )
+    p.add_argument(
+        "--gpus-per-actor",
+        type=float,
+        default=0.0,
+        help="(--engine ray) GPUs each actor takes, with --device cuda (default: %(default)s)",
     )
     p.add_argument(
         "--ledger",
