@@ -284,6 +284,7 @@ def test_every_file_found_is_anonymized_or_failed_or_skipped_with_its_reason(
     write(folder / "scan.jfif", jpeg)  # a JPEG extension
     write(folder / "noext", jpeg)  # a JPEG by its content: anonymized under its own name
     write(folder / "cut", b"II*\0" + bytes(8))  # a TIFF by its signature, damaged: a failure
+    write(folder / "empty.jpg", b"")  # an upload that never arrived: a failure
     write(folder / "anim.gif", _gif())  # formats the runtime cannot anonymize: failures
     write(folder / "anim", _gif())
     write(folder / "clip.heic", b"\0\0\0\x18ftypheic" + bytes(64))
@@ -313,7 +314,8 @@ def test_every_file_found_is_anonymized_or_failed_or_skipped_with_its_reason(
     assert not earlier.exists()  # its input failed: no output, an earlier run's neither
 
     steps = dict.fromkeys(["anim", "anim.gif", "clip.heic", "dangling.jpg", "linked"], "find")
-    assert {name: step for name, (step, _) in failures.items()} == {**steps, "cut": "decode"}
+    decode = {"cut": "decode", "empty.jpg": "decode"}
+    assert {name: step for name, (step, _) in failures.items()} == {**steps, **decode}
     assert failures["anim.gif"][1].startswith("a GIF image by its extension; only JPEG, PNG")
     assert failures["anim"][1].startswith("a GIF image by its content")
     assert "convert it to one of them" in failures["clip.heic"][1]
@@ -325,10 +327,10 @@ def test_every_file_found_is_anonymized_or_failed_or_skipped_with_its_reason(
     assert str(skipped["notes.txt"]).startswith("not an image: neither its extension (.txt) nor")
     assert sum(r.status == OK for r in rows.values()) == len(written)
 
-    assert len(entries) + 1 == 15 == len(rows) == len(written) + len(failures) + len(skipped)
-    assert "found 15 items: anonymized 5 images" in captured.out
-    assert "6 FAILED" in captured.out and "4 skipped" in captured.out
-    assert captured.err.count("failed: ") == 6
+    assert len(entries) + 1 == 16 == len(rows) == len(written) + len(failures) + len(skipped)
+    assert "found 16 items: anonymized 5 images" in captured.out
+    assert "7 FAILED" in captured.out and "4 skipped" in captured.out
+    assert captured.err.count("failed: ") == 7
 
 
 @contextmanager
