@@ -175,6 +175,34 @@ class Runtime:
         """
         if backend not in BACKENDS:
             raise ArtifactError(f"backend {backend!r}: use one of {', '.join(BACKENDS)}")
+        artifacts, composite = cls.verify(
+            paths, require=require, pins=pins, environ=environ, allow_demo=allow_demo
+        )
+        detectors = [_detector(a, backend, device, threads) for a in artifacts]
+        runtime = cls(artifacts, detectors, max_pixels=max_pixels, composite=composite)
+        for a in artifacts:
+            log.info(
+                "loaded %s version %s (weights sha256 %s..., manifest_sha256 %s...) from %s",
+                a.manifest.name,
+                a.manifest.version,
+                a.manifest.weights_sha256[:12],
+                a.manifest_sha256[:12],
+                a.path,
+            )
+        return runtime
+
+    @staticmethod
+    def verify(
+        paths: Sequence[str | Path],
+        *,
+        require: Sequence[str] | None = None,
+        pins: Sequence[str] | None = None,
+        environ: Mapping[str, str] | None = None,
+        allow_demo: bool = False,
+    ) -> tuple[list[Artifact], Any]:
+        """The artifacts at `paths` verified as `load` verifies them (and the anonymizer, or
+        None), without loading a network: what an engine checks before it starts workers that
+        load them."""
         composite = None
         if any(is_composite(p) for p in paths):
             composite = load_composite_set(
@@ -192,18 +220,7 @@ class Runtime:
             artifacts = load_artifacts(
                 paths, require=require, pins=pins, environ=environ, allow_demo=allow_demo
             )
-        detectors = [_detector(a, backend, device, threads) for a in artifacts]
-        runtime = cls(artifacts, detectors, max_pixels=max_pixels, composite=composite)
-        for a in artifacts:
-            log.info(
-                "loaded %s version %s (weights sha256 %s..., manifest_sha256 %s...) from %s",
-                a.manifest.name,
-                a.manifest.version,
-                a.manifest.weights_sha256[:12],
-                a.manifest_sha256[:12],
-                a.path,
-            )
-        return runtime
+        return artifacts, composite
 
     def detect(self, rgb: np.ndarray) -> Detections:
         """What every artifact finds in an upright (H, W, 3) uint8 RGB image at or above its

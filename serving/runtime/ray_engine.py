@@ -130,7 +130,7 @@ def _run(
         )
         start = time.perf_counter()
         progress = bar(total=len(works), desc="blur (ray)", unit="img")
-        for out in rows.iter_rows():
+        for out in _streamed(rows):
             data = json.loads(out["row"])
             megapixels = data.pop("megapixels")
             row = Row.from_dict(data)
@@ -145,6 +145,19 @@ def _run(
     finally:
         if started:
             ray.shutdown()
+
+
+def _streamed(rows: Any) -> Any:
+    """The dataset's rows as they come; a failure of Ray itself (an actor that cannot start or
+    died, a lost node) as a ServingError: the ledger keeps the rows that arrived, and
+    `--resume` does the rest."""
+    try:
+        yield from rows.iter_rows()
+    except Exception as exc:  # Ray raises its own kinds (RayTaskError, ActorDiedError, ...)
+        raise ServingError(
+            f"the Ray job stopped: {type(exc).__name__}: {str(exc).splitlines()[0][:500]}; the "
+            "ledger keeps the images done so far: fix the cause and run again with --resume"
+        ) from None
 
 
 def _check_names(found: Found, out: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import boto3
@@ -122,4 +123,21 @@ def test_urls_need_the_ray_engine_and_nothing_is_written(
     code = cli_main(["blur", "s3://bucket/in/", "--model", str(shared_artifact), "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2 and "need --engine ray" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_a_bad_model_is_refused_by_the_driver_before_any_actor(
+    shared_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken = tmp_path / "model"
+    shutil.copytree(shared_artifact, broken)
+    weights = next(p for p in broken.iterdir() if p.suffix in (".onnx", ".safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")  # one byte changed
+    write(tmp_path / "in" / "x.jpg", jpeg_bytes(texture(64, 48, seed=1)))
+    out = tmp_path / "out"
+    argv = ["blur", str(tmp_path / "in"), "--engine", "ray", "--model", str(broken), "--out",
+            str(out)]  # fmt: skip
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert weights.name in err and "sha256" in err and "Traceback" not in err
     assert not out.exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.runtime.commands.command import Command
-from serving.runtime.commands.options import add_runtime_args, load_runtime
+from serving.runtime.commands.options import add_runtime_args, load_runtime, verify_runtime
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,6 +58,7 @@ def _blur_on_ray(args: argparse.Namespace, local: list[str], urls: list[str], le
     from serving.runtime.url_inputs import find_inventory, find_urls, from_local, merge
 
     ray_module()  # says how to install Ray before anything else is done
+    verify_runtime(args)  # a bad model set is said here, not by every actor
     parts = [from_local(find_inputs(local))] if local else []
     parts += [find_urls(urls)] if urls else []
     parts += [find_inventory(Path(args.inventory))] if args.inventory else []
@@ -135,7 +136,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     )
     add_runtime_args(p, max_pixels_default=150_000_000)
     p.add_argument(
-        "--workers", type=int, default=2, help="threads decoding and encoding beside inference"
+        "--workers",
+        type=int,
+        default=2,
+        help="(--engine local) threads decoding and encoding beside inference (default: 2)",
     )
     p.add_argument(
         "--sidecar", action="store_true", help="write <name>.json beside each image: detections"

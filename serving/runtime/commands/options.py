@@ -93,3 +93,17 @@ def load_runtime(args: argparse.Namespace) -> Runtime:
         environ=os.environ,
         allow_demo=args.allow_demo,
     )
+
+
+def verify_runtime(args: argparse.Namespace) -> None:
+    """The model set the options name, verified as `load_runtime` verifies it, without loading
+    a network (`Runtime.verify`): what the Ray engine checks before starting its actors."""
+    from serving.runtime.pipeline import Runtime
+
+    Runtime.verify(
+        args.model,
+        require=args.require,
+        pins=args.pin,
+        environ=os.environ,
+        allow_demo=args.allow_demo,
+    )
