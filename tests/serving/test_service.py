@@ -365,8 +365,9 @@ def test_content_length_is_required(server: AnonymizeServer) -> None:
 
 def test_malformed_requests_get_json_errors(server: AnonymizeServer) -> None:
     for data, status in [
-        (b"GET /a b HTTP/1.1\r\n\r\n", 400),
-        (b"BREW /healthz HTTP/1.1\r\n\r\n", 501),
+        (b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET /healthz HTTP/1.1\r\n\r\n", 400),  # HTTP/1.1 without a Host header
+        (b"BREW /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 501),
     ]:
         reply, _ = raw(server, data)
         got, text, payload = split(reply)
@@ -803,7 +804,6 @@ def test_logs_hold_no_query_address_or_client_error_trace(
             time.sleep(0.2)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.close()
-        wait_for_log(caplog, "a connection ended with ConnectionResetError")
         for status in (200, 404, 422, 413, 411):
             wait_for_log(caplog, f" {status} ")
         deadline = time.monotonic() + 5  # the ?key= request's line and the reset body's

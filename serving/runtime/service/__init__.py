@@ -75,7 +75,8 @@ from serving.runtime.service.config import FLAGS, ServiceConfig
 from serving.runtime.service.limits import check_header, check_image
 from serving.runtime.service.metrics import Metrics
 from serving.runtime.service.protocol import ANONYMIZE, CONTENT_TYPES, HttpError
-from serving.runtime.service.server import AnonymizeServer, start_server
+from serving.runtime.service.server import AnonymizeServer, listen, start_server
+from serving.runtime.service.workers import run_workers
 
 __all__ = [
     "ANONYMIZE",
@@ -87,5 +88,7 @@ __all__ = [
     "ServiceConfig",
     "check_header",
     "check_image",
+    "listen",
+    "run_workers",
     "start_server",
 ]
