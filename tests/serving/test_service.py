@@ -39,6 +39,7 @@ from serving.runtime.heads import HEAD
 from serving.runtime.pipeline import Runtime
 from serving.runtime.service import (
     ANONYMIZE,
+    ENDPOINTS,
     AnonymizeServer,
     HttpError,
     ServiceConfig,
@@ -496,6 +497,85 @@ def test_over_capacity_gets_503_with_retry_after(
         srv.stop(grace=5)
 
 
+def test_a_request_over_its_timeout_gets_504_and_its_inference_keeps_the_slot(
+    runtime: Runtime, photo: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = ServiceConfig(max_concurrency=1, request_timeout=1.0)
+    srv = start_server(runtime, "127.0.0.1", 0, config)
+    srv.wait_ready(30)
+    release = threading.Event()
+    detect = runtime.detect
+
+    def slow_detect(rgb: np.ndarray) -> Any:
+        release.wait(30)
+        return detect(rgb)
+
+    monkeypatch.setattr(srv.runtime, "detect", slow_detect)
+    try:
+        started = time.monotonic()
+        status, headers, body = call(srv, "POST", ANONYMIZE, photo)
+        assert status == 504 and time.monotonic() - started < 3
+        message = assert_json_error(status, headers, body)
+        assert "over 1 s (--request-timeout)" in message
+        # The inference it started still runs, in the only slot: nothing more runs at once.
+        assert metric(srv, "anonlab_inferences_in_flight") == 1
+        assert metric(srv, "anonlab_failures_total", kind="timeout") == 1
+        release.set()
+        monkeypatch.undo()
+        deadline = time.monotonic() + 10
+        while metric(srv, "anonlab_inferences_in_flight"):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert call(srv, "POST", ANONYMIZE, photo)[0] == 200
+    finally:
+        release.set()
+        srv.stop(grace=5)
+
+
+def test_stop_lets_an_admitted_image_finish(
+    runtime: Runtime, photo: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    srv = start_server(runtime, "127.0.0.1", 0, CONFIG)
+    srv.wait_ready(30)
+    running = threading.Event()
+    detect = runtime.detect
+
+    def slow_detect(rgb: np.ndarray) -> Any:
+        running.set()
+        time.sleep(1.0)
+        return detect(rgb)
+
+    monkeypatch.setattr(srv.runtime, "detect", slow_detect)
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(call, srv, "POST", ANONYMIZE, photo)
+        assert running.wait(10)
+        srv.stop(grace=10)
+        status, headers, _ = pending.result(10)
+    assert status == 200 and headers["Content-Type"] == "image/jpeg"
+    assert not srv.ready
+    with pytest.raises(OSError):
+        call(srv, "GET", "/healthz")  # the socket is closed
+
+
+def test_openapi_document_and_offline_docs(server: AnonymizeServer) -> None:
+    status, headers, body = call(server, "GET", "/openapi.json")
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    document = json.loads(body)
+    assert document["openapi"].startswith("3.")
+    assert set(document["paths"]) == set(ENDPOINTS)
+    anonymize = document["paths"][ANONYMIZE]["post"]
+    statuses = {"200", "400", "408", "411", "413", "422", "500", "503", "504"}
+    assert set(anonymize["responses"]) == statuses
+    assert [p["name"] for p in anonymize["parameters"]] == ["detections"]
+    status, headers, body = call(server, "GET", "/docs")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    page = body.decode()
+    for path in ENDPOINTS:
+        assert f"{path}</h2>" in page
+    # Offline: nothing is fetched from elsewhere (no script, stylesheet or absolute URL).
+    assert "<script" not in page and "<link" not in page and "http" not in page
+
+
 @pytest.mark.parametrize(
     ("field", "value", "says"),
     [
@@ -633,6 +713,28 @@ def test_a_silent_body_is_cut_by_the_read_timeout(server: AnonymizeServer) -> No
         status, _, payload = split(reply)
         assert status == 408 and "no part of the body arrived for 0.5 s" in payload["error"]
         assert seconds < 3
+    finally:
+        srv.stop(grace=1)
+
+
+def test_a_connection_without_a_whole_request_head_is_closed(server: AnonymizeServer) -> None:
+    config = ServiceConfig(read_timeout=0.5, keep_alive=30)
+    srv = start_server(server.runtime, "127.0.0.1", 0, config)
+    srv.wait_ready(30)
+    try:
+        for data in [b"", f"POST {ANONYMIZE} HTTP/1.1\r\nHost: x\r\n".encode()]:
+            reply, seconds = raw(srv, data)
+            assert reply == b"" and seconds < 3
+        # After a response too: the next head must come within the read timeout.
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            started = time.monotonic()
+            reply = b""
+            while not reply.endswith(b'{"status": "alive"}'):
+                reply += sock.recv(65536)
+            assert reply.startswith(b"HTTP/1.1 200 ")
+            sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+            assert sock.recv(65536) == b"" and time.monotonic() - started < 3
     finally:
         srv.stop(grace=1)
 
@@ -905,6 +1007,41 @@ def test_anonlab_serve_stops_on_sigterm(artifact: Path, photo: bytes) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
         wait_for_line(lines, "stopped", 5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_anonlab_serve_workers_share_the_port_and_stop_on_sigterm(
+    artifact: Path, photo: bytes
+) -> None:
+    command = [sys.executable, "-m", "serving.cli", "serve", "--model", str(artifact)]
+    proc = subprocess.Popen(
+        [*command, "--port", "0", "--workers", "2"],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr], daemon=True).start()
+    try:
+        url = wait_for_line(lines, r"listening on (http://\S+) with 2 workers", 60)
+        port = int(url.rsplit(":", 1)[1])
+        pids = wait_for_line(lines, r"2 worker processes: (\d+, \d+)", 30)
+        workers = [int(pid) for pid in pids.split(", ")]
+        for _ in range(2):
+            wait_for_line(lines, "ready on ", 60)
+        # Each request on a new connection, taken by whichever worker accepts it first.
+        assert {call(port, "POST", ANONYMIZE, photo)[0] for _ in range(8)} == {200}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        for pid in workers:
+            assert (
+                not Path(f"/proc/{pid}").exists()
+                or "zombie" in Path(f"/proc/{pid}/status").read_text()
+            )
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -153,8 +153,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "--read-timeout",
         type=number,
         default=60,
-        help="seconds of client silence within a body before 408 and the connection closed "
-        "(default 60)",
+        help="seconds of client silence within a body before 408 and the connection closed; "
+        "also the time a request's line and headers have to arrive once its connection opened "
+        "or its previous response was sent, else the connection is closed (default 60)",
     )
     p.add_argument(
         "--request-timeout",
@@ -176,24 +177,29 @@ def add_args(p: argparse.ArgumentParser) -> None:
         default=1,
         help="processes serving the one port (default 1); each loads its own copy of the "
         "models and has its own limits and /metrics, so memory and the bounds above are per "
-        "worker: N workers take about N times one's memory (the tiny test model: about 130 MB "
-        "each; see the RSS in /metrics) and anonymize up to N x --max-concurrency images at once",
+        "worker: N workers take about N times one's memory (the tiny test model: about 115 MB "
+        "each; /metrics shows the answering worker's) and anonymize up to N x "
+        "--max-concurrency images at once",
     )
     p.add_argument(
         "--grace",
         type=number,
         default=10,
-        help="on SIGTERM or Ctrl-C, seconds to let uploads and admitted images finish (default 10)",
+        help="on SIGTERM or Ctrl-C, seconds to let uploads and admitted images finish; requests "
+        "still under way then are cancelled (default 10)",
     )
 
 
 COMMAND = Command(
     "HTTP service: POST an image to /v1/anonymize, get it back anonymized",
     "Load the --model artifacts (the model set verified as for blur), warm up with one "
-    "inference, and serve on --host:--port: POST /v1/anonymize with an image file as the "
+    "inference, and serve on --host:--port with uvicorn (HTTP/1.1, one event loop per "
+    "process, inference on --max-concurrency threads; --workers processes share the port, "
+    "each with its own models): POST /v1/anonymize with an image file as the "
     "body returns it anonymized in the same format (?detections=true: JSON with the image "
     "in base64, the detections and the metadata left out); GET /healthz, /readyz (200 once "
-    "warm) and /metrics (Prometheus). A body over --max-body-mb gets 413 before it is read; "
+    "warm), /metrics (Prometheus), /openapi.json and /docs (the API, a page that needs no "
+    "internet). A body over --max-body-mb gets 413 before it is read; "
     "it must arrive at --min-upload-rate on average after --upload-grace, else 408. Its "
     "header is read before any pixel is decoded: a body that is not a JPEG, PNG, TIFF or "
     "WebP, a damaged header, an image over --max-pixels (default 64 MP) or one the "
@@ -201,7 +207,8 @@ COMMAND = Command(
     "waiting for a slot. Bad images get a 4xx with a JSON error, any other failure a 500 "
     "without image bytes. At most --max-uploads bodies are received at once, "
     "--max-concurrency images run at once and --max-queue more wait (up to "
-    "--queue-timeout); beyond that 503 with Retry-After. Nothing is written to disk; logs "
+    "--queue-timeout); beyond that 503 with Retry-After. An image request gets 504 past "
+    "--request-timeout. Nothing is written to disk; logs "
     "hold no image content, query string or client address. SIGTERM or Ctrl-C stops it "
     "after admitted images finish. Reads no params.yaml and takes no key=value overrides.",
     add_args,

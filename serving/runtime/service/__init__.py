@@ -74,13 +74,14 @@ HTTP request handler), `server` (AnonymizeServer, warm-up, start_server).
 from serving.runtime.service.config import FLAGS, ServiceConfig
 from serving.runtime.service.limits import check_header, check_image
 from serving.runtime.service.metrics import Metrics
-from serving.runtime.service.protocol import ANONYMIZE, CONTENT_TYPES, HttpError
+from serving.runtime.service.protocol import ANONYMIZE, CONTENT_TYPES, ENDPOINTS, HttpError
 from serving.runtime.service.server import AnonymizeServer, listen, start_server
 from serving.runtime.service.workers import run_workers
 
 __all__ = [
     "ANONYMIZE",
     "CONTENT_TYPES",
+    "ENDPOINTS",
     "FLAGS",
     "AnonymizeServer",
     "HttpError",

@@ -4,6 +4,7 @@ that lets admitted images finish; `start_server` binds and starts one in backgro
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -63,7 +64,7 @@ class AnonymizeServer:
         self._uvicorn = uvicorn.Server(
             uvicorn.Config(
                 AnonymizeApp(self),
-                http=_protocol(self.metrics),
+                http=_protocol(self.metrics, config.read_timeout),
                 interface="asgi3",
                 lifespan="off",
                 loop="asyncio",
@@ -143,11 +144,34 @@ class AnonymizeServer:
         log.info("stopped")
 
 
-def _protocol(metrics: Metrics) -> type[H11Protocol]:
-    """uvicorn's HTTP/1.1 protocol, with a request it cannot parse answered like any refusal
-    of the app: JSON, counted, one log line without the request line (it can hold a query)."""
+def _protocol(metrics: Metrics, read_timeout: float) -> type[H11Protocol]:
+    """uvicorn's HTTP/1.1 protocol, with two changes: a request it cannot parse is answered
+    like any refusal of the app (JSON, counted, one log line without the request line: it can
+    hold a query), and a connection whose request head (line and headers) has not arrived
+    `read_timeout` seconds after it opened, or after its previous response, is closed (uvicorn
+    alone waits for a head forever once any byte of it came)."""
 
     class Protocol(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)  # type: ignore[arg-type]
+            self._await_head()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_waiting()
+            super().connection_lost(exc)
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self._in_request():
+                self._stop_waiting()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and not self._in_request():
+                self._await_head()
+
         def send_400_response(self, msg: str) -> None:
             rid = uuid.uuid4().hex[:16]
             body = json.dumps({"error": f"{msg} send a valid HTTP/1.1 request"}).encode()
@@ -167,6 +191,24 @@ def _protocol(metrics: Metrics) -> type[H11Protocol]:
             ):
                 self.transport.write(self.conn.send(event) or b"")
             self.transport.close()
+
+        def _in_request(self) -> bool:
+            return self.cycle is not None and not self.cycle.response_complete
+
+        def _await_head(self) -> None:
+            self._stop_waiting()
+            self._head_timer = self.loop.call_later(read_timeout, self._head_overdue)
+
+        def _stop_waiting(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_overdue(self) -> None:
+            self._head_timer = None
+            if not self._in_request() and not self.transport.is_closing():
+                log.debug("no request head within %g s: connection closed", read_timeout)
+                self.transport.close()
 
     return Protocol
 
