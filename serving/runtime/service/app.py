@@ -254,7 +254,10 @@ class Exchange:
                 # Admitted before the upload slot is given back, so that every body held is
                 # counted in one of the two (the memory bound).
                 admitted.enter_context(limits.admission())
-            return await limits.infer(lambda: _anonymized(runtime, body))
+            # Released when the inference is over, which may be after this request stopped
+            # waiting for it (504): its body is held until then.
+            held = admitted.pop_all()
+        return await limits.infer(lambda: _anonymized(runtime, body), held.close)
 
     def detections_flag(self) -> bool:
         query = parse_qs(self.query, keep_blank_values=True)

@@ -70,16 +70,9 @@ class Limits:
         self.metrics = metrics
         self._slots = asyncio.Semaphore(config.max_concurrency)
         self._threads = ThreadPoolExecutor(config.max_concurrency, "anonlab-inference")
-        self._running = 0
         self._uploads = 0
         self._admitted = 0
         self._lock = threading.Lock()
-
-    @property
-    def idle(self) -> bool:
-        """Whether no body is being received and no request is admitted."""
-        with self._lock:
-            return not self._uploads and not self._admitted and not self._running
 
     @contextmanager
     def upload(self) -> Iterator[None]:
@@ -118,30 +111,33 @@ class Limits:
             with self._lock:
                 self._admitted -= 1
 
-    async def infer(self, work: Callable[[], T]) -> T:
+    async def infer(self, work: Callable[[], T], done: Callable[[], None]) -> T:
         """`work()` on one of `max_concurrency` inference threads, the slot waited for up to
-        `queue_timeout` s (503 past it). The slot is held until `work` returns, even when the
-        request stops waiting for it (its --request-timeout), so no more than
-        `max_concurrency` images are ever anonymized at once."""
-        if self._slots.locked():
-            try:
-                await asyncio.wait_for(self._slots.acquire(), self.config.queue_timeout)
-            except TimeoutError:
-                raise self.unavailable(
-                    f"no inference slot within {self.config.queue_timeout:g} s: retry shortly",
-                    "overloaded",
-                ) from None
-        else:
-            await self._slots.acquire()  # free: taken at once, even with a queue_timeout of 0
+        `queue_timeout` s (503 past it); `done()` once `work` has returned, or once this gives
+        up before starting it. The slot (and what `done` releases) is held until `work`
+        returns, even when the request stops waiting for it (its --request-timeout), so no
+        more than `max_concurrency` images are ever anonymized at once, nor more bodies held
+        than the admission counts."""
+        try:
+            if self._slots.locked():
+                try:
+                    await asyncio.wait_for(self._slots.acquire(), self.config.queue_timeout)
+                except TimeoutError:
+                    raise self.unavailable(
+                        f"no inference slot within {self.config.queue_timeout:g} s: retry shortly",
+                        "overloaded",
+                    ) from None
+            else:
+                await self._slots.acquire()  # free: taken at once, even with a timeout of 0
+        except BaseException:
+            done()
+            raise
         self.metrics.add_inferring(1)
-        with self._lock:
-            self._running += 1
 
         def release(_: object = None) -> None:
-            with self._lock:
-                self._running -= 1
             self.metrics.add_inferring(-1)
             self._slots.release()
+            done()
 
         try:
             future = asyncio.get_running_loop().run_in_executor(self._threads, work)
