@@ -177,7 +177,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
         default=1,
         help="processes serving the one port (default 1); each loads its own copy of the "
         "models and has its own limits and /metrics, so memory and the bounds above are per "
-        "worker: N workers take about N times one's memory (the tiny test model: about 115 MB "
+        "worker: N workers take about N times one's memory (the tiny test model: about 110 MB "
         "each; /metrics shows the answering worker's) and anonymize up to N x "
         "--max-concurrency images at once",
     )
