@@ -1,16 +1,24 @@
 """Load on `anonlab serve`: latency, throughput and server memory under concurrent clients.
 
     .venv/bin/python benchmarks/serve_load.py [--requests 3000] [--clients 4] [--model DIR]
-        [--image FILE | --size 128x96] [--max-concurrency 2] [--threads 0] [--json]
+        [--image FILE | --size 128x96] [--max-concurrency 2] [--threads 0] [--workers 1]
+        [--code DIR] [--json]
     .venv/bin/python benchmarks/serve_load.py --url http://127.0.0.1:8080 [...]
 
 Starts `anonlab serve` in a subprocess on a free port against the --model artifact folders (by
 default the tests' tiny random-weight Mask R-CNN, exported into a temp dir first; not timed)
-and waits for /readyz; or, with --url, loads a server that is already running. Then --clients
+and waits for /readyz; or, with --url, loads a server that is already running. --code DIR runs
+the `anonlab serve` of another source tree on the same model and flags, to compare servers:
+
+    mkdir /tmp/old-serve && git archive 396d468 | tar -x -C /tmp/old-serve   # the stdlib server
+    .venv/bin/python benchmarks/serve_load.py --code /tmp/old-serve
+
+Then --clients
 threads, each on one keep-alive connection, POST the same image to /v1/anonymize: --warmup
 requests first (not measured), then --requests measured ones. Reports p50/p90/p99/max latency,
 requests/s, status counts, and the server's resident memory (process_resident_memory_bytes from
-/metrics) after warm-up and at the end: growth there under a steady load means a leak.
+/metrics: with --workers, that of the worker that answered the scrape) at start, after warm-up
+and at the end: growth there under a steady load means a leak.
 """
 
 from __future__ import annotations
@@ -72,7 +80,11 @@ def serve(models: list[Path], args: argparse.Namespace) -> Iterator[tuple[str, i
         "--max-uploads",
         str(max(args.clients, 16)),
     ]
-    proc = subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True)
+    if args.workers != 1:  # the flag is the new server's: one worker runs without it
+        command += ["--workers", str(args.workers)]
+    code = args.code or REPO
+    env = {**os.environ, "PYTHONPATH": str(code)}
+    proc = subprocess.Popen(command, cwd=code, env=env, stderr=subprocess.PIPE, text=True)
     lines: queue.Queue[str] = queue.Queue()
 
     def pump() -> None:
@@ -221,10 +233,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-concurrency", type=int, default=2, help="server's images at once (default 2)"
     )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="server's worker processes (default 1)"
+    )
+    parser.add_argument(
+        "--code",
+        type=Path,
+        help="run the `anonlab serve` of this source tree (default: this checkout's)",
+    )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args(argv)
-    if args.url and args.model:
-        parser.error("--url loads a running server: --model is for the one this starts")
+    if args.url and (args.model or args.code):
+        parser.error("--url loads a running server: --model and --code are for one this starts")
 
     if args.image:
         data = args.image.read_bytes()
@@ -242,8 +262,10 @@ def main(argv: list[str] | None = None) -> int:
             with serve(models, args) as (host, port):
                 results = run(host, port, data, args)
             results["server"] = f"anonlab serve --model {' --model '.join(map(str, models))}"
+            results["code"] = str(args.code or REPO)
             results["max_concurrency"] = args.max_concurrency
             results["threads"] = args.threads
+            results["workers"] = args.workers
     results["cpus"] = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
 
     if args.json:

@@ -5,6 +5,7 @@ without memory growth, and `anonlab serve` stopping cleanly on SIGTERM."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import gc
 import http.client
 import io
@@ -39,6 +40,7 @@ from serving.runtime.heads import HEAD
 from serving.runtime.pipeline import Runtime
 from serving.runtime.service import (
     ANONYMIZE,
+    ENDPOINTS,
     AnonymizeServer,
     HttpError,
     ServiceConfig,
@@ -365,8 +367,9 @@ def test_content_length_is_required(server: AnonymizeServer) -> None:
 
 def test_malformed_requests_get_json_errors(server: AnonymizeServer) -> None:
     for data, status in [
-        (b"GET /a b HTTP/1.1\r\n\r\n", 400),
-        (b"BREW /healthz HTTP/1.1\r\n\r\n", 501),
+        (b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+        (b"GET /healthz HTTP/1.1\r\n\r\n", 400),  # HTTP/1.1 without a Host header
+        (b"BREW /healthz HTTP/1.1\r\nHost: x\r\n\r\n", 501),
     ]:
         reply, _ = raw(server, data)
         got, text, payload = split(reply)
@@ -460,21 +463,41 @@ def test_internal_failure_returns_500_and_no_image(
     assert call(server, "POST", ANONYMIZE, photo)[0] == 200
 
 
+@contextlib.contextmanager
+def ready_server(runtime: Runtime, config: ServiceConfig) -> Iterator[AnonymizeServer]:
+    """A server of its own on `config`, ready; stopped at the end."""
+    srv = start_server(runtime, "127.0.0.1", 0, config)
+    try:
+        srv.wait_ready(30)
+        yield srv
+    finally:
+        srv.stop(grace=5)
+
+
+def hold_detection(
+    srv: AnonymizeServer, monkeypatch: pytest.MonkeyPatch
+) -> tuple[threading.Event, threading.Event]:
+    """Make `srv`'s detection wait: (running, release), set once one has begun, and what lets
+    it go on."""
+    running, release = threading.Event(), threading.Event()
+    detect = srv.runtime.detect
+
+    def held(rgb: np.ndarray) -> Any:
+        running.set()
+        release.wait(30)
+        return detect(rgb)
+
+    monkeypatch.setattr(srv.runtime, "detect", held)
+    return running, release
+
+
 def test_over_capacity_gets_503_with_retry_after(
     runtime: Runtime, photo: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = ServiceConfig(max_concurrency=1, max_queue=1, queue_timeout=2, read_timeout=5)
     srv = start_server(runtime, "127.0.0.1", 0, config)
     srv.wait_ready(30)
-    release, running = threading.Event(), threading.Event()
-    detect = runtime.detect
-
-    def slow_detect(rgb: np.ndarray) -> Any:
-        running.set()
-        release.wait(30)
-        return detect(rgb)
-
-    monkeypatch.setattr(srv.runtime, "detect", slow_detect)
+    running, release = hold_detection(srv, monkeypatch)
     try:
         with ThreadPoolExecutor(2) as pool:
             first = pool.submit(call, srv, "POST", ANONYMIZE, photo)
@@ -493,6 +516,65 @@ def test_over_capacity_gets_503_with_retry_after(
     finally:
         release.set()
         srv.stop(grace=5)
+
+
+def test_a_request_over_its_timeout_gets_504_and_its_inference_keeps_the_slot(
+    runtime: Runtime, photo: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with ready_server(runtime, ServiceConfig(max_concurrency=1, request_timeout=1.0)) as srv:
+        _, release = hold_detection(srv, monkeypatch)
+        started = time.monotonic()
+        status, headers, body = call(srv, "POST", ANONYMIZE, photo)
+        assert status == 504 and time.monotonic() - started < 3
+        message = assert_json_error(status, headers, body)
+        assert "over 1 s (--request-timeout)" in message
+        # The inference it started still runs, in the only slot: nothing more runs at once.
+        assert metric(srv, "anonlab_inferences_in_flight") == 1
+        assert metric(srv, "anonlab_failures_total", kind="timeout") == 1
+        release.set()
+        monkeypatch.undo()
+        deadline = time.monotonic() + 10
+        while metric(srv, "anonlab_inferences_in_flight"):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert call(srv, "POST", ANONYMIZE, photo)[0] == 200
+
+
+def test_stop_lets_an_admitted_image_finish(
+    runtime: Runtime, photo: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    srv = start_server(runtime, "127.0.0.1", 0, CONFIG)
+    srv.wait_ready(30)
+    running, release = hold_detection(srv, monkeypatch)
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(call, srv, "POST", ANONYMIZE, photo)
+        assert running.wait(10)
+        threading.Timer(1.0, release.set).start()  # while the server is stopping
+        srv.stop(grace=10)
+        status, headers, _ = pending.result(10)
+    assert status == 200 and headers["Content-Type"] == "image/jpeg"
+    assert not srv.ready
+    with pytest.raises(OSError):
+        call(srv, "GET", "/healthz")  # the socket is closed
+
+
+def test_openapi_document_and_offline_docs(server: AnonymizeServer) -> None:
+    status, headers, body = call(server, "GET", "/openapi.json")
+    assert status == 200 and headers["Content-Type"] == "application/json"
+    document = json.loads(body)
+    assert document["openapi"].startswith("3.")
+    assert set(document["paths"]) == set(ENDPOINTS)
+    anonymize = document["paths"][ANONYMIZE]["post"]
+    statuses = {"200", "400", "408", "411", "413", "422", "500", "503", "504"}
+    assert set(anonymize["responses"]) == statuses
+    assert [p["name"] for p in anonymize["parameters"]] == ["detections"]
+    status, headers, body = call(server, "GET", "/docs")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    page = body.decode()
+    for path in ENDPOINTS:
+        assert f"{path}</h2>" in page
+    # Offline: nothing is fetched from elsewhere (no script, stylesheet or absolute URL).
+    assert "<script" not in page and "<link" not in page and "http" not in page
 
 
 @pytest.mark.parametrize(
@@ -634,6 +716,23 @@ def test_a_silent_body_is_cut_by_the_read_timeout(server: AnonymizeServer) -> No
         assert seconds < 3
     finally:
         srv.stop(grace=1)
+
+
+def test_a_connection_without_a_whole_request_head_is_closed(server: AnonymizeServer) -> None:
+    with ready_server(server.runtime, ServiceConfig(read_timeout=0.5, keep_alive=30)) as srv:
+        for data in [b"", f"POST {ANONYMIZE} HTTP/1.1\r\nHost: x\r\n".encode()]:
+            reply, seconds = raw(srv, data)
+            assert reply == b"" and seconds < 3
+        # After a response too: the next head must come within the read timeout.
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            started = time.monotonic()
+            reply = b""
+            while not reply.endswith(b'{"status": "alive"}'):
+                reply += sock.recv(65536)
+            assert reply.startswith(b"HTTP/1.1 200 ")
+            sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+            assert sock.recv(65536) == b"" and time.monotonic() - started < 3
 
 
 def test_a_burst_of_posts_gets_responses_not_resets(runtime: Runtime, photo: bytes) -> None:
@@ -803,7 +902,6 @@ def test_logs_hold_no_query_address_or_client_error_trace(
             time.sleep(0.2)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.close()
-        wait_for_log(caplog, "a connection ended with ConnectionResetError")
         for status in (200, 404, 422, 413, 411):
             wait_for_log(caplog, f" {status} ")
         deadline = time.monotonic() + 5  # the ?key= request's line and the reset body's
@@ -882,9 +980,13 @@ def test_load_without_failures_or_memory_growth(server: AnonymizeServer) -> None
 # The command line
 
 
-def test_anonlab_serve_stops_on_sigterm(artifact: Path, photo: bytes) -> None:
+@contextlib.contextmanager
+def anonlab_serve(artifact: Path, *flags: str) -> Iterator[tuple[subprocess.Popen, queue.Queue]]:
+    """`anonlab serve --model artifact --port 0 *flags` in a subprocess, and its stderr lines;
+    killed at the end if it is still running."""
+    command = [sys.executable, "-m", "serving.cli", "serve", "--model", str(artifact)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "serving.cli", "serve", "--model", str(artifact), "--port", "0"],
+        [*command, "--port", "0", *flags],
         cwd=REPO,
         stderr=subprocess.PIPE,
         text=True,
@@ -893,6 +995,15 @@ def test_anonlab_serve_stops_on_sigterm(artifact: Path, photo: bytes) -> None:
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stderr], daemon=True).start()
     try:
+        yield proc, lines
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_anonlab_serve_stops_on_sigterm(artifact: Path, photo: bytes) -> None:
+    with anonlab_serve(artifact) as (proc, lines):
         url = wait_for_line(lines, r"listening on (http://\S+)", 60)
         port = int(url.rsplit(":", 1)[1])
         deadline = time.monotonic() + 60
@@ -905,10 +1016,24 @@ def test_anonlab_serve_stops_on_sigterm(artifact: Path, photo: bytes) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
         wait_for_line(lines, "stopped", 5)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+
+
+def test_anonlab_serve_workers_share_the_port_and_stop_on_sigterm(
+    artifact: Path, photo: bytes
+) -> None:
+    with anonlab_serve(artifact, "--workers", "2") as (proc, lines):
+        url = wait_for_line(lines, r"listening on (http://\S+) with 2 workers", 60)
+        port = int(url.rsplit(":", 1)[1])
+        pids = wait_for_line(lines, r"2 worker processes: (\d+, \d+)", 30)
+        workers = [int(pid) for pid in pids.split(", ")]
+        for _ in range(2):
+            wait_for_line(lines, "ready on ", 60)
+        # Each request on a new connection, taken by whichever worker accepts it first.
+        assert {call(port, "POST", ANONYMIZE, photo)[0] for _ in range(8)} == {200}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        for pid in workers:  # stopped and reaped, not left running
+            assert not Path(f"/proc/{pid}").exists()
 
 
 def test_max_pixels_is_one_flag_whose_default_is_the_commands(

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import socket
+import threading
+from typing import Any
 
 from serving.runtime.commands.command import Command
 from serving.runtime.commands.options import add_runtime_args, load_runtime
@@ -13,10 +17,7 @@ log = logging.getLogger("anonlab")
 
 
 def run(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
-    from serving.runtime.service import ServiceConfig, start_server
+    from serving.runtime.service import ServiceConfig, listen, run_workers
 
     config = ServiceConfig(
         max_body_bytes=int(args.max_body_mb * (1 << 20)),
@@ -30,7 +31,25 @@ def run(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         queue_timeout=args.queue_timeout,
         read_timeout=args.read_timeout,
+        request_timeout=args.request_timeout,
+        keep_alive=args.timeout_keep_alive,
     )
+    if args.workers == 1:
+        return serve(args, config, None)
+    sock = listen(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    log.info(
+        "listening on %s with %d workers (each ready once it has warmed up)", url, args.workers
+    )
+    return run_workers(args.workers, sock, lambda bound: serve(args, config, bound))
+
+
+def serve(args: argparse.Namespace, config: Any, sock: socket.socket | None) -> int:
+    """Serve on `sock` (or bind --host:--port) until SIGTERM or Ctrl-C, then stop after the
+    admitted images (up to --grace seconds); raise the failure if the models cannot be loaded."""
+    from serving.runtime import service
+
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -40,7 +59,11 @@ def run(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, on_signal)
 
-    server = start_server(lambda: load_runtime(args), args.host, args.port, config)
+    loader = lambda: load_runtime(args)  # noqa: E731
+    if sock is None:
+        server = service.start_server(loader, args.host, args.port, config)
+    else:
+        server = service.start_server(loader, config=config, sock=sock)
     try:
         while not stop.wait(0.25):
             if server.failure is not None:
@@ -55,6 +78,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
         value = float(text)
         if value != value or abs(value) == float("inf"):
             raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        return value
+
+    def positive_int(text: str) -> int:
+        value = int(text)
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{text!r} is not 1 or more")
         return value
 
     # Lower than blur's: each image the service takes holds a slot and its pixels while it runs.
@@ -124,24 +153,53 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "--read-timeout",
         type=number,
         default=60,
-        help="seconds of client silence (before a request, or within a body) before its "
-        "connection is dropped (default 60)",
+        help="seconds of client silence within a body before 408 and the connection closed; "
+        "also the time a request's line and headers have to arrive once its connection opened "
+        "or its previous response was sent, else the connection is closed (default 60)",
+    )
+    p.add_argument(
+        "--request-timeout",
+        type=number,
+        default=600,
+        help="seconds from an image request's headers to its response (upload, queue and "
+        "inference together) before 504; an inference under way still finishes, holding its "
+        "slot (default 600: a 5 MB photo from a 2G phone arrives in about 5 minutes)",
+    )
+    p.add_argument(
+        "--timeout-keep-alive",
+        type=number,
+        default=5,
+        help="seconds an idle keep-alive connection stays open for its next request (default 5)",
+    )
+    p.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        help="processes serving the one port (default 1); each loads its own copy of the "
+        "models and has its own limits and /metrics, so memory and the bounds above are per "
+        "worker: N workers take about N times one's memory (the tiny test model: about 110 MB "
+        "each; /metrics shows the answering worker's) and anonymize up to N x "
+        "--max-concurrency images at once",
     )
     p.add_argument(
         "--grace",
         type=number,
         default=10,
-        help="on SIGTERM or Ctrl-C, seconds to let uploads and admitted images finish (default 10)",
+        help="on SIGTERM or Ctrl-C, seconds to let uploads and admitted images finish; requests "
+        "still under way then are cancelled (default 10)",
     )
 
 
 COMMAND = Command(
     "HTTP service: POST an image to /v1/anonymize, get it back anonymized",
     "Load the --model artifacts (the model set verified as for blur), warm up with one "
-    "inference, and serve on --host:--port: POST /v1/anonymize with an image file as the "
+    "inference, and serve on --host:--port with uvicorn (HTTP/1.1, one event loop per "
+    "process, inference on --max-concurrency threads; --workers processes share the port, "
+    "each with its own models): POST /v1/anonymize with an image file as the "
     "body returns it anonymized in the same format (?detections=true: JSON with the image "
     "in base64, the detections and the metadata left out); GET /healthz, /readyz (200 once "
-    "warm) and /metrics (Prometheus). A body over --max-body-mb gets 413 before it is read; "
+    "warm), /metrics (Prometheus), /openapi.json and /docs (the API, a page that needs no "
+    "internet). A body over --max-body-mb gets 413 before it is read; "
     "it must arrive at --min-upload-rate on average after --upload-grace, else 408. Its "
     "header is read before any pixel is decoded: a body that is not a JPEG, PNG, TIFF or "
     "WebP, a damaged header, an image over --max-pixels (default 64 MP) or one the "
@@ -149,7 +207,8 @@ COMMAND = Command(
     "waiting for a slot. Bad images get a 4xx with a JSON error, any other failure a 500 "
     "without image bytes. At most --max-uploads bodies are received at once, "
     "--max-concurrency images run at once and --max-queue more wait (up to "
-    "--queue-timeout); beyond that 503 with Retry-After. Nothing is written to disk; logs "
+    "--queue-timeout); beyond that 503 with Retry-After. An image request gets 504 past "
+    "--request-timeout. Nothing is written to disk; logs "
     "hold no image content, query string or client address. SIGTERM or Ctrl-C stops it "
     "after admitted images finish. Reads no params.yaml and takes no key=value overrides.",
     add_args,

@@ -25,7 +25,9 @@ class ServiceConfig:
     max_concurrency: int = 2
     max_queue: int = 8
     queue_timeout: float = 30.0  # seconds an admitted request waits for a slot before 503
-    read_timeout: float = 60.0  # seconds of client silence before the connection is dropped
+    read_timeout: float = 60.0  # seconds of client silence within a body before 408
+    request_timeout: float = 600.0  # seconds from a request's headers to its response, else 504
+    keep_alive: float = 5.0  # seconds an idle keep-alive connection is kept open
     retry_after: int = 1  # seconds, in the Retry-After of every 503
 
     def __post_init__(self) -> None:
@@ -36,6 +38,8 @@ class ServiceConfig:
             "min_upload_rate",
             "max_concurrency",
             "read_timeout",
+            "request_timeout",
+            "keep_alive",
             "retry_after",
         )
         at_least_zero = (
@@ -66,4 +70,6 @@ FLAGS = {
     "max_queue": "--max-queue",
     "queue_timeout": "--queue-timeout",
     "read_timeout": "--read-timeout",
+    "request_timeout": "--request-timeout",
+    "keep_alive": "--timeout-keep-alive",
 }

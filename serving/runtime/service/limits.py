@@ -1,18 +1,23 @@
-"""What the service takes on: upload slots, admission to the queue and inference slots (each
-a 503 with Retry-After when full), and the per-image checks made from the file's header before
-any pixel is decoded (the pixel budget and the CPU-cost guard, 422)."""
+"""What the service takes on: upload slots, admission to the queue and inference slots on a
+thread pool (each a 503 with Retry-After when full), and the per-image checks made from the
+file's header before any pixel is decoded (the pixel budget and the CPU-cost guard, 422)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from typing import TypeVar
 
 from serving.runtime.errors import ImageError
 from serving.runtime.imagefile import ImageHeader, read_header
 from serving.runtime.service.config import MP, ServiceConfig
 from serving.runtime.service.metrics import Metrics
 from serving.runtime.service.protocol import HttpError
+
+T = TypeVar("T")
 
 
 def check_header(data: bytes, config: ServiceConfig) -> ImageHeader:
@@ -57,21 +62,17 @@ def check_image(width: int, height: int, size: int, config: ServiceConfig) -> No
 
 class Limits:
     """The counts of bodies being received, of requests admitted (received whole, waiting or
-    running) and of inference slots taken, held to `config`'s bounds."""
+    running) and of inference slots taken, held to `config`'s bounds. Inference runs on
+    `max_concurrency` threads, so the event loop that serves the connections never waits on it."""
 
     def __init__(self, config: ServiceConfig, metrics: Metrics) -> None:
         self.config = config
         self.metrics = metrics
-        self._slots = threading.BoundedSemaphore(config.max_concurrency)
+        self._slots = asyncio.Semaphore(config.max_concurrency)
+        self._threads = ThreadPoolExecutor(config.max_concurrency, "anonlab-inference")
         self._uploads = 0
         self._admitted = 0
         self._lock = threading.Lock()
-
-    @property
-    def idle(self) -> bool:
-        """Whether no body is being received and no request is admitted."""
-        with self._lock:
-            return not self._uploads and not self._admitted
 
     @contextmanager
     def upload(self) -> Iterator[None]:
@@ -110,20 +111,45 @@ class Limits:
             with self._lock:
                 self._admitted -= 1
 
-    @contextmanager
-    def slot(self) -> Iterator[None]:
-        """One of `max_concurrency` inference slots, waited for up to `queue_timeout` s."""
-        if not self._slots.acquire(timeout=self.config.queue_timeout):
-            raise self.unavailable(
-                f"no inference slot within {self.config.queue_timeout:g} s: retry shortly",
-                "overloaded",
-            )
-        self.metrics.add_inferring(1)
+    async def infer(self, work: Callable[[], T], done: Callable[[], None]) -> T:
+        """`work()` on one of `max_concurrency` inference threads, the slot waited for up to
+        `queue_timeout` s (503 past it); `done()` once `work` has returned, or once this gives
+        up before starting it. The slot (and what `done` releases) is held until `work`
+        returns, even when the request stops waiting for it (its --request-timeout), so no
+        more than `max_concurrency` images are ever anonymized at once, nor more bodies held
+        than the admission counts."""
         try:
-            yield
-        finally:
+            if self._slots.locked():
+                try:
+                    await asyncio.wait_for(self._slots.acquire(), self.config.queue_timeout)
+                except TimeoutError:
+                    raise self.unavailable(
+                        f"no inference slot within {self.config.queue_timeout:g} s: retry shortly",
+                        "overloaded",
+                    ) from None
+            else:
+                await self._slots.acquire()  # free: taken at once, even with a timeout of 0
+        except BaseException:
+            done()
+            raise
+        self.metrics.add_inferring(1)
+
+        def release(_: object = None) -> None:
             self.metrics.add_inferring(-1)
             self._slots.release()
+            done()
+
+        try:
+            future = asyncio.get_running_loop().run_in_executor(self._threads, work)
+        except BaseException:
+            release()
+            raise
+        future.add_done_callback(release)
+        return await asyncio.shield(future)
+
+    def close(self) -> None:
+        """End the inference threads once their images are done."""
+        self._threads.shutdown(wait=False)
 
     def unavailable(self, message: str, kind: str) -> HttpError:
         """A 503 with the Retry-After of every 503."""

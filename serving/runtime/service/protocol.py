@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ANONYMIZE = "/v1/anonymize"
-ENDPOINTS = (ANONYMIZE, "/healthz", "/readyz", "/metrics")
+ENDPOINTS = (ANONYMIZE, "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs")
 CONTENT_TYPES = {
     "JPEG": "image/jpeg",
     "PNG": "image/png",
@@ -16,6 +16,7 @@ CONTENT_TYPES = {
     "WEBP": "image/webp",
 }
 JSON = "application/json"
+HTML = "text/html; charset=utf-8"
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # The `kind` of every refusal and failure: the label values of anonlab_failures_total.
 FAILURE_KINDS = (
