@@ -53,6 +53,7 @@ benchmarks: setup
 	$(RUN) python benchmarks/train_step.py
 	$(RUN) python benchmarks/score_speed.py
 	$(RUN) python benchmarks/blur_speed.py
+	$(RUN) python benchmarks/blur_ray.py
 	$(RUN) python benchmarks/serve_load.py
 	$(RUN) python benchmarks/erase_speed.py
 
