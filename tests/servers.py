@@ -31,8 +31,9 @@ def s3_server() -> Iterator[str]:
 def ray_cluster(s3_server: str) -> Iterator[dict[str, str]]:
     """A local Ray cluster whose workers (and this process) reach `s3_server` with test
     credentials, as a real cluster's nodes would reach their bucket; the environment it set."""
-    import ray
+    from serving.runtime.ray_engine import ray_module
 
+    ray = ray_module()  # as the command imports it: without Ray's `uv run` hook
     env = {**S3_ENV, "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_server}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

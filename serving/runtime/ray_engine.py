@@ -44,8 +44,17 @@ __all__ = ["Anonymizer", "blur_found", "ray_module"]
 log = logging.getLogger(__name__)
 
 
+# Ray's default under `uv run` (RAY_ENABLE_UV_RUN_RUNTIME_ENV): every worker runs `uv run` in a
+# copy of the driver's working directory, which Ray zips and uploads to the cluster. A project
+# folder holds artifacts/ (raw images among them), which must never be copied into Ray's
+# storage, and the workers need anonlab installed anyway. Read by Ray when it is imported.
+UV_RUN_HOOK = "RAY_ENABLE_UV_RUN_RUNTIME_ENV"
+
+
 def ray_module() -> Any:
-    """Ray, or a ServingError that says how to install it."""
+    """Ray (with its `uv run` hook off unless the environment says otherwise), or a
+    ServingError that says how to install it."""
+    os.environ.setdefault(UV_RUN_HOOK, "0")
     try:
         import ray
         import ray.data
