@@ -28,7 +28,7 @@ from pathlib import Path
 
 from serving.runtime.errors import ServingError
 from serving.runtime.imagefile import IMAGE_EXTENSIONS
-from serving.runtime.inputs import UNSUPPORTED_EXTENSIONS, Inputs
+from serving.runtime.inputs import UNSUPPORTED_EXTENSIONS, Inputs, fixed_prefix
 from serving.runtime.storage import filesystem, is_url
 
 __all__ = ["Found", "find_inventory", "find_urls", "from_local", "merge"]
@@ -101,7 +101,7 @@ def find_urls(urls: Sequence[str], found: Found | None = None) -> Found:
         fs, path = filesystem(url)
         try:
             if glob.has_magic(path):
-                base = _fixed(path)
+                base = fixed_prefix(path)
                 keys, named = sorted(fs.glob(path)), False
             elif fs.isdir(path):
                 base, keys, named = path.rstrip("/"), sorted(fs.find(path)), False
@@ -133,13 +133,3 @@ def find_inventory(inventory: Path) -> Found:
     for key, name in zip(full, names, strict=True):
         found.sort(key, name[len(base) :].lstrip("/"), named=True)
     return found
-
-
-def _fixed(pattern: str) -> str:
-    """The part of a glob pattern before the first part with a wildcard."""
-    parts = []
-    for part in pattern.split("/"):
-        if glob.has_magic(part):
-            break
-        parts.append(part)
-    return "/".join(parts)
