@@ -135,9 +135,9 @@ class BlurredStore(Scanned):
                     named.append(path)
                 elif name.endswith(".json") and files.holding(path, subjects):
                     named += _copy(path.with_name(name.removesuffix(".json")))
-                elif name.endswith(".jsonl") and files.holding(path, subjects):
+                elif name.endswith(".jsonl") and (rows := files.rows_holding(path, subjects)):
                     ledgers.append(path)
-                    outputs = [r.get("output") for r in files.rows_holding(path, subjects)]
+                    outputs = [r.get("output") for r in rows]
                     named += [
                         x for o in outputs if o for x in _copy(Path(o)) if x.is_relative_to(root)
                     ]

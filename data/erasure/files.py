@@ -59,12 +59,23 @@ def relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-def rows_holding(path: Path, subjects: Sequence[Subject]) -> list[dict]:
-    """The rows of a JSON-lines file that hold a needle of `subjects`, parsed."""
+def _lines_holding(
+    path: Path, subjects: Sequence[Subject]
+) -> tuple[bytes, list[tuple[int, int]]] | None:
+    """A JSON-lines file's bytes and where its lines that hold a needle are; None when it does
+    not exist or holds none."""
     data = read_if_holding(path, subjects)
     if data is None:
+        return None
+    return data, redact.line_spans(data, [n.encode() for n in needles(subjects)])
+
+
+def rows_holding(path: Path, subjects: Sequence[Subject]) -> list[dict]:
+    """The rows of a JSON-lines file that hold a needle of `subjects`, parsed."""
+    found = _lines_holding(path, subjects)
+    if found is None:
         return []
-    spans = redact.line_spans(data, [n.encode() for n in needles(subjects)])
+    data, spans = found
     return [json.loads(data[start:end]) for start, end in spans]
 
 
@@ -73,10 +84,10 @@ def jsonl_rows(
 ) -> list[Held]:
     """Rows of a JSON-lines file that belong to or name the images. Only the lines that hold
     a needle are parsed; the others are kept byte for byte."""
-    data = read_if_holding(path, subjects)
-    if data is None:
+    found = _lines_holding(path, subjects)
+    if found is None:
         return []
-    spans = redact.line_spans(data, [n.encode() for n in needles(subjects)])
+    data, spans = found
     rows, n = redact.rows(
         [json.loads(data[start:end]) for start, end in spans], shas(subjects), needles(subjects)
     )
