@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/blur_speed.py [--images 3] [--rounds 5] [--quality 90]
         [--dir DIR] [--json]
         [--model artifacts/serving/anonymizer-<versions> [--backend onnx|torch] [--device D]]
+        [--model DIR --batches 1,4 [--backend onnx|torch] [--device D] [--precision bf16]]
 
 Generates (once, cached; not timed) street-like equirectangular JPEGs: sky, facades with rows
 of windows, road, vehicles, poles, texture, optical blur and sensor noise, so the files are the
@@ -29,6 +30,16 @@ With `--model` (an artifact folder, or a folder of them), the end-to-end runtime
 (a) and (b), on every core and unpinned: `Runtime.anonymize_bytes` on each panorama (decode,
 tiled detection at the artifact's tiling, anonymize, encode), reported as images/s and MP/s with
 the detection share. On a GPU machine, pass `--device cuda` (torch) or let onnxruntime pick CUDA.
+
+With `--model` and `--batches`, detection instead runs batched against unbatched on the same
+panoramas and model, taking turns image by image, every core, end to end (decode, detection,
+anonymize, encode) as `Runtime.anonymize_bytes` does it: (u) unbatched, one window per network
+call and everything on the calling thread (the runtime before batching); then for each batch
+size N, N windows per call with the windows cut and prepared on one background thread and the
+masks pasted on another (`backends._Tiles.stream`). For --backend onnx, the batch-N graph is
+exported from the artifact's weights into a temporary folder (`serving.export.export_onnx`; an
+artifact's own graph has the batch it was exported at); the batch-1 graph is the artifact's,
+exported with the same code. Reported: seconds and images/s, MP/s, and the speed-up over (u).
 """
 
 from __future__ import annotations
@@ -60,11 +71,14 @@ from serving.runtime.imagefile import (  # noqa: E402
     write_image,
 )
 from serving.runtime.imagefile.check import check_output  # noqa: E402
+from serving.runtime.tiles import plan_windows  # noqa: E402
 
 WIDTH, HEIGHT = 8000, 4000
 CLASSES = ["face", "person", "license_plate", "vehicle"]
 GENERATOR_VERSION = 1  # bump when `panorama` changes, so cached images are remade
 TARGET_OVERHEAD = 0.25
+# Batched detection against unbatched, end to end with the light model on CPUs (the issue's).
+TARGET_SPEEDUP = 1.3
 
 Detect = Callable[[np.ndarray], Detections]
 
@@ -195,6 +209,89 @@ def end_to_end(files: list[bytes], model: Path, backend: str, device: str) -> di
     }
 
 
+def batching(
+    files: list[bytes],
+    model: Path,
+    *,
+    backend: str,
+    device: str,
+    batches: list[int],
+    precision: str,
+    rounds: int,
+) -> dict[str, object]:
+    """Batched against unbatched detection end to end (see the module docstring): seconds per
+    image per setting, the median over rounds, and each batched setting's speed-up."""
+    from serving.export import export_onnx
+    from serving.runtime.backends import OnnxDetector
+    from serving.runtime.pipeline import Runtime, _detector
+
+    runtime = Runtime.load([model], backend=backend, device=device, batch=None)
+    artifact = runtime.artifacts[0]
+    m = artifact.manifest
+    torch_device = "cpu" if device == "auto" and backend == "onnx" else device
+    folder = Path(tempfile.mkdtemp(prefix="anonlab-batch-"))
+
+    def detector(batch: int) -> object:
+        if backend == "torch":
+            return _detector(artifact, "torch", device, 0, batch=batch, precision=precision)
+        if batch == m.batch:
+            return _detector(artifact, "onnx", device, 0)
+        core = _detector(artifact, "torch", torch_device, 0).core.cpu()  # type: ignore[attr-defined]
+        path = folder / f"batch{batch}.onnx"
+        export_onnx(core, m.input_size, path, opset=17, batch=batch)
+        first = runtime.detectors[0]
+        return OnnxDetector(
+            path,
+            kind=m.kind,
+            size=first._tiles.size,  # type: ignore[attr-defined]
+            mask_threshold=m.mask_threshold,
+            batch=batch,
+            providers=None if device != "cpu" else ["CPUExecutionProvider"],
+        )
+
+    unbatched = detector(1)
+    settings: dict[str, object] = {
+        # A plain callable: detect_tiled hands it one window per call, on this thread.
+        "unbatched": lambda tiles: [unbatched(tiles[i : i + 1])[0] for i in range(len(tiles))]
+    }
+    for batch in batches:
+        settings[f"batch {batch}"] = detector(batch)
+    small = cv2.imencode(".jpg", np.zeros((256, 256, 3), np.uint8))[1].tobytes()
+    times: dict[str, list[float]] = {name: [] for name in settings}
+    for found in settings.values():
+        runtime.detectors = [found]  # type: ignore[list-item]
+        runtime.anonymize_bytes(small)  # warm-up: sessions, allocators
+    for _ in range(rounds):
+        sums = dict.fromkeys(settings, 0.0)
+        for data in files:
+            for name, found in settings.items():
+                runtime.detectors = [found]  # type: ignore[list-item]
+                t0 = time.perf_counter()
+                runtime.anonymize_bytes(data)
+                sums[name] += (time.perf_counter() - t0) / len(files)
+        for name, seconds in sums.items():
+            times[name].append(seconds)
+    base = statistics.median(times["unbatched"])
+    rows = {}
+    for name, rounds_s in times.items():
+        seconds = statistics.median(rounds_s)
+        rows[name] = {
+            "seconds_per_image": seconds,
+            "images_per_s": 1 / seconds,
+            "mp_per_s": WIDTH * HEIGHT / 1e6 / seconds,
+            "speedup": base / seconds,
+        }
+    return {
+        "model": m.name,
+        "backend": backend,
+        "device": device,
+        "precision": precision,
+        "windows_per_image": len(plan_windows(WIDTH, HEIGHT, m.tiling_spec)),
+        "settings": rows,
+        "target_speedup": TARGET_SPEEDUP,
+    }
+
+
 def prepare(folder: Path, images: int, quality: int) -> list[Path]:
     """The benchmark JPEGs, each made once per settings (image i is the same for any count)."""
     settings = {"quality": quality, "generator": GENERATOR_VERSION}
@@ -268,7 +365,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, help="also run the runtime end to end with this")
     parser.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda (default auto)")
+    parser.add_argument(
+        "--batches",
+        help="with --model: compare batched detection (these batch sizes, comma-separated) "
+        "with unbatched, instead of the decode/encode comparison",
+    )
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     args = parser.parse_args(argv)
+    if args.batches:
+        if args.model is None:
+            parser.error("--batches needs --model")
+        return main_batching(args)
 
     folder = args.dir or Path(tempfile.gettempdir()) / "anonlab-blur-bench"
     paths = prepare(folder, args.images, args.quality)
@@ -364,6 +471,40 @@ def main(argv: list[str] | None = None) -> int:
             f"{e2e['seconds_per_image']:.1f} s per image, {e2e['images_per_s']:.3f} images/s, "
             f"{e2e['mp_per_s']:.2f} MP/s; detection {e2e['detect_share']:.0%} of it"
         )
+    return 0
+
+
+def main_batching(args: argparse.Namespace) -> int:
+    import torch
+
+    cv2.setNumThreads(-1)  # the runtime as deployed: every core
+    torch.set_num_threads(os.cpu_count() or 1)
+    folder = args.dir or Path(tempfile.gettempdir()) / "anonlab-blur-bench"
+    files = [p.read_bytes() for p in prepare(folder, args.images, args.quality)]
+    result = batching(
+        files,
+        args.model,
+        backend=args.backend,
+        device=args.device,
+        batches=[int(b) for b in args.batches.split(",")],
+        precision=args.precision,
+        rounds=args.rounds,
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(
+        f"{args.images} panoramas {WIDTH}x{HEIGHT} ({result['windows_per_image']} windows each), "
+        f"{result['model']}, {result['backend']} on {result['device']} ({result['precision']}), "
+        f"every core, median of {args.rounds} rounds, end to end"
+    )
+    print(f"  {'setting':<12}{'s/image':>10}{'images/s':>10}{'MP/s':>8}{'speed-up':>10}")
+    for name, row in result["settings"].items():  # type: ignore[union-attr]
+        print(
+            f"  {name:<12}{row['seconds_per_image']:10.2f}{row['images_per_s']:10.3f}"
+            f"{row['mp_per_s']:8.2f}{row['speedup']:9.2f}x"
+        )
+    print(f"target: batched at least {TARGET_SPEEDUP}x faster than unbatched")
     return 0
 
 

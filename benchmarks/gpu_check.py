@@ -17,8 +17,9 @@ needs no download):
    together over the same steps, from the timestamps of the losses rank 0 logs to MLflow; the
    run must end with weights written (it proves the collectives work, not only their speed);
 3. the runtime's torch detector (`TorchDetector`, the backend `anonlab blur --backend torch`
-   runs) on a generated 8000x4000 panorama with the model's tiling: seconds per panorama and
-   windows/s.
+   runs) on a generated 8000x4000 panorama with the model's tiling, one window per call on the
+   calling thread (unbatched) and 8 per call streamed (batched, fp32 and bf16 autocast):
+   seconds per panorama, windows/s, MP/s, and GPU-hours per million such panoramas.
 
 Results print as a table (or JSON) to paste into BENCHMARKS.md with the GPU's name.
 """
@@ -147,28 +148,47 @@ def runtime(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(0)
     model = build_model(config, keypoint_names=[])
     spec = tiling_spec(params.evaluate)
-    detector = TorchDetector(
-        DetectorCore(model, score_threshold=params.evaluate.min_threshold, keypoints=False),
-        size=InputSize.of(config.min_size, config.max_size, spec.tile),
-        mask_threshold=params.evaluate.mask_threshold,
-        device=torch.device(args.device),
-    )
+    core = DetectorCore(model, score_threshold=params.evaluate.min_threshold, keypoints=False)
+    size = InputSize.of(config.min_size, config.max_size, spec.tile)
+
+    def detector(batch: int, precision: str) -> Any:
+        return TorchDetector(
+            core,
+            size=size,
+            mask_threshold=params.evaluate.mask_threshold,
+            device=torch.device(args.device),
+            batch=batch,
+            precision=precision,
+        )
+
+    one = detector(1, "fp32")
+    settings = {
+        # A plain callable: one window per call, everything on this thread.
+        "unbatched fp32": lambda tiles: [one(tiles[i : i + 1])[0] for i in range(len(tiles))],
+        "batch 8 fp32": detector(8, "fp32"),
+        "batch 8 bf16": detector(8, "bf16"),
+    }
     rng = np.random.default_rng(0)
     height, width = PANORAMA if args.device != "cpu" else (512, 1024)
     image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
     windows = len(plan_windows(width, height, spec))
-    detect_tiled(image, detector, spec)  # warm-up: kernels, allocator
-    rounds = 3
-    started = time.perf_counter()
-    for _ in range(rounds):
-        detect_tiled(image, detector, spec)
-    seconds = (time.perf_counter() - started) / rounds
-    return {
-        "image": f"{width}x{height}",
-        "windows": windows,
-        "s_per_image": seconds,
-        "windows_per_s": windows / seconds,
-    }
+    out: dict[str, Any] = {"image": f"{width}x{height}", "windows": windows}
+    for name, found in settings.items():
+        detect_tiled(image, found, spec)  # warm-up: kernels, allocator
+        rounds = 3
+        started = time.perf_counter()
+        for _ in range(rounds):
+            detect_tiled(image, found, spec)
+        if args.device != "cpu":
+            torch.cuda.synchronize()
+        seconds = (time.perf_counter() - started) / rounds
+        out[name] = {
+            "s_per_image": seconds,
+            "windows_per_s": windows / seconds,
+            "mp_per_s": width * height / 1e6 / seconds,
+            "gpu_hours_per_million": seconds * 1e6 / 3600,
+        }
+    return out
 
 
 def main() -> None:
@@ -222,10 +242,13 @@ def main() -> None:
     label = f"torchrun x{ddp['processes']}, {ddp['precision']}"
     print(f"{label:<28}{ddp['images_per_s']:>15.2f}{'':>12}  weights: {ddp['weights_written']}")
     rt = results["runtime"]
-    print(
-        f"runtime (torch, fp32): {rt['s_per_image']:.2f} s per {rt['image']} panorama, "
-        f"{rt['windows_per_s']:.1f} windows/s"
-    )
+    print(f"runtime (torch) on a {rt['image']} panorama, {rt['windows']} windows:")
+    for name, r in rt.items():
+        if isinstance(r, dict):
+            print(
+                f"  {name:<16}{r['s_per_image']:8.2f} s{r['windows_per_s']:8.1f} windows/s"
+                f"{r['mp_per_s']:8.1f} MP/s{r['gpu_hours_per_million']:10.0f} GPU-h per 1M"
+            )
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ class ExportConfig(Section):
     styles: dict[str, dict[str, Any]]
     # ONNX opset of the exported graph (torchvision's detection models: 11 or later).
     opset: int = Field(ge=11)
+    # Windows per call of the exported ONNX graph (its batch is fixed at export).
+    batch: int = Field(default=1, ge=1, le=64)
     parity: ParityConfig
 
     @field_validator("styles")

@@ -6,8 +6,11 @@ For every model of `train.models`, after a passing `validate`, writes
 challenger, else `sha-<12 hex of the weights>` for a model trained without a registry):
 
 - `model.onnx`: the network as `architecture.DetectorCore` runs it, traced by torch's
-  TorchScript-based ONNX exporter at the fixed input size (torchvision's detection models do not
-  export with dynamic shapes). Before anything is written, onnxruntime and PyTorch run the
+  TorchScript-based ONNX exporter at the fixed input size and a fixed batch of `export.batch`
+  windows (torchvision's detection models do not export with dynamic shapes: the tracer unrolls
+  their loops over a batch's images; the manifest records the batch, and the runtime pads a
+  short last batch). Before anything is written, onnxruntime (at that batch) and PyTorch (one
+  window at a time) run the
   same val tiles and must agree within `export.parity` (every detection at or above the lowest
   operating threshold has a partner: boxes within `box_px`, scores within `score`, masks at
   IoU `mask_iou` or more, a keypoint model's keypoints scoring `keypoint_score` or more within
@@ -77,14 +80,21 @@ from serving.runtime.tiles import TilingSpec, Window, cut, plan_windows
 from training.models import load_model_files, model_architecture
 from training.tracking import run_tags
 
-__all__ = ["ExportSetup", "ParitySample", "export_model", "run_export", "sample_tiles"]
+__all__ = [
+    "ExportSetup",
+    "ParitySample",
+    "export_model",
+    "export_onnx",
+    "run_export",
+    "sample_tiles",
+]
 
 log = logging.getLogger(__name__)
 
 ARTIFACT_FILES = ("model.onnx", "weights.safetensors", "MODEL_CARD.md")
 ONNX_OUTPUTS = {
-    "maskrcnn": ["boxes", "scores", "labels", "masks"],
-    "keypointrcnn": ["boxes", "scores", "labels", "keypoints"],
+    "maskrcnn": ["boxes", "scores", "labels", "masks", "image"],
+    "keypointrcnn": ["boxes", "scores", "labels", "keypoints", "image"],
 }
 
 
@@ -256,7 +266,8 @@ def export_model(
     core = DetectorCore(model, score_threshold=floor)
     spec = tiling_spec(setup.evaluate)
     size = InputSize.of(arch.min_size, arch.max_size, spec.tile)
-    _export_onnx(core, size.canvas, arch.kind, folder / "model.onnx", setup.export.opset)
+    batch = setup.export.batch
+    export_onnx(core, size.canvas, folder / "model.onnx", opset=setup.export.opset, batch=batch)
     lowest = min(thresholds.values())
     parity = _check_parity(core, arch, size, folder / "model.onnx", spec, setup, lowest)
     shutil.copyfile(weights, folder / "weights.safetensors")
@@ -287,6 +298,7 @@ def export_model(
         thresholds=thresholds,
         styles=styles,
         input_size=size.canvas,
+        batch=batch,
         score_floor=floor,
         mask_threshold=setup.evaluate.mask_threshold,
         tiling=setup.evaluate.tiling.model_dump(),
@@ -331,8 +343,11 @@ def _styles(name: str, arch: Architecture, export: ExportConfig) -> dict[str, di
     return {c: dict(export.styles[c]) for c in arch.classes}
 
 
-def _export_onnx(core: DetectorCore, canvas: int, kind: str, path: Path, opset: int) -> None:
-    sample = torch.zeros(3, canvas, canvas)
+def export_onnx(core: DetectorCore, canvas: int, path: Path, *, opset: int, batch: int) -> None:
+    """Trace `core` into an ONNX graph at `path` taking (batch, 3, canvas, canvas) inputs, with
+    the outputs `ONNX_OUTPUTS` names (the number of detections dynamic)."""
+    sample = torch.zeros(batch, 3, canvas, canvas)
+    names = ONNX_OUTPUTS[core.kind]
     with warnings.catch_warnings():
         # The tracer warns about every Python-side shape computation of torchvision's detectors;
         # they are constants at the fixed input size, which the parity check then confirms.
@@ -343,9 +358,9 @@ def _export_onnx(core: DetectorCore, canvas: int, kind: str, path: Path, opset: 
             str(path),
             opset_version=opset,
             dynamo=False,
-            input_names=["image"],
-            output_names=ONNX_OUTPUTS[kind],
-            dynamic_axes={n: {0: "detections"} for n in ONNX_OUTPUTS[kind]},
+            input_names=["images"],
+            output_names=names,
+            dynamic_axes={n: {0: "detections"} for n in names},
         )
 
 
@@ -371,7 +386,7 @@ def _check_parity(
         "size": size,
         "mask_threshold": setup.evaluate.mask_threshold,
     }
-    onnx_found = OnnxDetector(onnx_path, kind=arch.kind, **options)(tiles)
+    onnx_found = OnnxDetector(onnx_path, kind=arch.kind, batch=setup.export.batch, **options)(tiles)
     torch_found = TorchDetector(core, **options)(tiles)
     parity = compare(
         onnx_found,

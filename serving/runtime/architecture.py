@@ -14,9 +14,10 @@ stride-32 maps with anchors from 32 px, so a face or plate under 32 px (most of 
 imagery) has no anchor and no feature map fine enough to be found. Here the finest map is stride
 8 with 16 px anchors.
 
-`DetectorCore` is the network as the runtime runs it and as ONNX exports it: one image in,
-detections out, without torchvision's resize and mask pasting (the runtime resizes tiles itself
-and pastes each mask only over its own box, see `serving.runtime.backends`).
+`DetectorCore` is the network as the runtime runs it and as ONNX exports it: a batch of windows
+in, the detections of all of them out, each with the index of its window, without torchvision's
+resize and mask pasting (the runtime resizes tiles itself and pastes each mask only over its own
+box, see `serving.runtime.backends`).
 
 This module needs torch and torchvision; the runtime imports it only for the PyTorch backend
 and for export, so an onnxruntime deployment runs without them.
@@ -150,15 +151,22 @@ def build(arch: Architecture, *, backbone_weights: WeightsEnum | None = None) ->
 
 
 class DetectorCore(nn.Module):
-    """A built network as the runtime runs it: one (3, S, S) float image in [0, 1] in (S the
-    artifact's input size: the runtime has resized and padded the tile), detections out.
+    """A built network as the runtime runs it: a batch (B, 3, S, S) of float images in [0, 1]
+    (S the artifact's input size: the runtime has resized and padded the windows) in, the
+    detections of every image of the batch out, image after image.
 
-    Outputs, in input pixels: boxes (N, 4), scores (N,), labels (N,) int64, and for a maskrcnn
-    the mask probabilities (N, M, M) over each box (M = 28, torchvision's mask resolution), for
-    a keypointrcnn keypoints (N, K, 3): x, y and the keypoint's score (with keypoints=False the
-    keypoint branch does not run and no keypoints come out). torchvision's own
+    Outputs, in input pixels: boxes (N, 4), scores (N,), labels (N,) int64, for a maskrcnn the
+    mask probabilities (N, M, M) over each box (M = 28, torchvision's mask resolution), for a
+    keypointrcnn keypoints (N, K, 3): x, y and the keypoint's score (with keypoints=False the
+    keypoint branch does not run and (N, 0, 3) comes out); last, image (N,) int64: the position
+    in the batch of the image each detection was found in. Every image is handled as it would
+    be alone (its own proposals, its own non-maximum suppression and detection cap), so a batch
+    finds what its images one at a time find, to float rounding. torchvision's own
     postprocessing is left out: there is no resize to undo, and pasting every mask over the
     whole input costs more than the network on a CPU.
+
+    Traced for ONNX, torchvision's loops over the images of a batch unroll: the graph takes
+    exactly the batch size it was traced at (`serving.export`).
     """
 
     def __init__(self, model: nn.Module, *, score_threshold: float, keypoints: bool = True) -> None:
@@ -172,25 +180,33 @@ class DetectorCore(nn.Module):
             # has a keypoint RoI pooler; evaluation scores boxes and does not need it.
             self.model.roi_heads.keypoint_roi_pool = None
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected a (B, 3, S, S) batch, got {tuple(images.shape)}")
         transform = self.model.transform
-        mean = torch.as_tensor(transform.image_mean, dtype=image.dtype, device=image.device)
-        std = torch.as_tensor(transform.image_std, dtype=image.dtype, device=image.device)
-        batch = ((image - mean[:, None, None]) / std[:, None, None])[None]
-        size = (int(image.shape[-2]), int(image.shape[-1]))
-        images = ImageList(batch, [size])
+        mean = torch.as_tensor(transform.image_mean, dtype=images.dtype, device=images.device)
+        std = torch.as_tensor(transform.image_std, dtype=images.dtype, device=images.device)
+        batch = (images - mean[:, None, None]) / std[:, None, None]
+        sizes = [(int(images.shape[-2]), int(images.shape[-1]))] * int(images.shape[0])
         features = self.model.backbone(batch)
-        proposals, _ = self.model.rpn(images, features)
-        found, _ = self.model.roi_heads(features, proposals, images.image_sizes)
-        out = found[0]
+        proposals, _ = self.model.rpn(ImageList(batch, sizes), features)
+        found, _ = self.model.roi_heads(features, proposals, sizes)
+        boxes = torch.cat([out["boxes"] for out in found])
+        image = torch.cat([torch.full_like(out["labels"], i) for i, out in enumerate(found)])
         if self.kind == "keypointrcnn" and not self.keypoints:
-            return out["boxes"], out["scores"], out["labels"], out["boxes"].new_zeros(0, 0, 3)
-        if self.kind == "keypointrcnn":
-            keypoints = torch.cat(
-                [out["keypoints"][..., :2], out["keypoints_scores"][..., None]], dim=-1
+            extra = boxes.new_zeros(boxes.shape[0], 0, 3)
+        elif self.kind == "keypointrcnn":
+            extra = torch.cat(
+                [
+                    torch.cat([out["keypoints"][..., :2], out["keypoints_scores"][..., None]], -1)
+                    for out in found
+                ]
             )
-            return out["boxes"], out["scores"], out["labels"], keypoints
-        return out["boxes"], out["scores"], out["labels"], out["masks"][:, 0]
+        else:
+            extra = torch.cat([out["masks"][:, 0] for out in found])
+        scores = torch.cat([out["scores"] for out in found])
+        labels = torch.cat([out["labels"] for out in found])
+        return boxes, scores, labels, extra, image
 
 
 def _norm_layer(arch: Architecture) -> Callable[[int], nn.Module]:

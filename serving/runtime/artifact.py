@@ -49,7 +49,7 @@ __all__ = [
 
 # 2: the manifest records the gate its model passed (`gate`, `notice`). 1 (no gate) still loads,
 # as a model that passed no known gate (`--allow-demo` only).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MANIFEST = "manifest.json"
 # `architecture.Architecture.kind` (that module needs torch, which an onnx deployment lacks).
 KINDS = ("maskrcnn", "keypointrcnn")
@@ -60,6 +60,8 @@ TILING_KEYS = tuple(f.name for f in fields(TilingSpec))
 # runtime crawl or run out of memory (a scale of 100 cuts a panorama into millions of windows).
 MAX_INPUT_SIZE = 8192
 MIN_TILE = 32
+# The most windows per call of an exported graph (export.batch's bound).
+MAX_BATCH = 64
 MAX_SCALE = 8.0
 # A sha256 as manifests write it.
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -73,6 +75,9 @@ class Manifest:
     `architecture.Architecture` as a dict. thresholds: per class, the lowest score that counts
     (chosen on val for the target recall). styles: per class, an `anonymize.Style` as a dict.
     input_size: the side of the network's fixed square input (`backends.InputSize.canvas`).
+    batch: the windows model.onnx takes per call, the fixed batch it was exported at (schema 3:
+    input (batch, 3, S, S), and a fifth output, the window of each detection; schemas 1 and 2:
+    one (3, S, S) window, four outputs, batch 1).
     score_floor: the score below which the network itself drops detections (no threshold may be
     lower). mask_threshold: mask probability from which a pixel belongs to the object.
     tiling: a `TilingSpec` as a dict. recall: headline recall per reference set and class.
@@ -93,6 +98,7 @@ class Manifest:
     score_floor: float
     mask_threshold: float
     tiling: dict[str, Any]
+    batch: int = 1
     recall: dict[str, Any] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
@@ -187,6 +193,10 @@ def manifest_problems(m: Manifest) -> list[str]:
     out += _architecture_problems(m.architecture, classes)
     out += _tiling_problems(m.tiling)
     out += _input_size_problems(m)
+    if not (_is_int(m.batch) and 1 <= m.batch <= MAX_BATCH):
+        out.append(_bad("batch", m.batch, f"must be a whole number 1 to {MAX_BATCH}"))
+    elif m.batch != 1 and _is_int(m.schema_version) and m.schema_version < 3:
+        out.append(_bad("batch", m.batch, "must be 1 before schema 3 (one window per call)"))
     for name in RUNTIME_FILES:
         if name not in m.files:
             out.append(f"files: lists no {name}, which the runtime loads")

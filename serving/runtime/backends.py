@@ -15,14 +15,24 @@ tile, and each mask probability map (28 x 28 over its box) resampled over the bo
 `mask_window` only and thresholded; pasting every mask over the whole input, as torchvision
 does, would cost more than the network on a CPU.
 
+Tiles go through the network in batches (`batch` canvases per call; the ONNX graph takes the
+fixed batch it was exported at, a short last batch is padded with blank canvases). Called with
+an iterable (`stream`), a backend cuts and prepares the next batch on one background thread and
+pastes the masks of the last one on another while the network runs, so the device does not sit
+idle waiting for the CPU work around it.
+
 `OnnxDetector` needs only onnxruntime and numpy. `TorchDetector` needs torch and torchvision
 and builds the network from the artifact's `Architecture` (see `architecture.py`).
 """
 
 from __future__ import annotations
 
+import collections
 import math
-from collections.abc import Mapping, Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +44,7 @@ from serving.runtime.detections import Detections, mask_windows
 from serving.runtime.errors import ArtifactError
 
 __all__ = [
+    "PRECISIONS",
     "InputSize",
     "OnnxDetector",
     "Parity",
@@ -47,6 +58,9 @@ __all__ = [
 # on each side, and its box by the same proportion, so that mask edges fade out past the box.
 _MASK_PAD = 1
 
+
+# What `TorchDetector` computes in: float32, or bfloat16 autocast.
+PRECISIONS = ("fp32", "bf16")
 
 # torchvision's default normalisation mean (every model here uses it): padding with it is padding
 # with zeros after normalisation, as torchvision's batching does.
@@ -156,35 +170,139 @@ def _paste(prob: np.ndarray, box: np.ndarray, window: np.ndarray, threshold: flo
     return sampled >= threshold
 
 
+# What the network runs on: a (batch, 3, S, S) input to its outputs as numpy arrays.
+Forward = Callable[[np.ndarray], Sequence[np.ndarray]]
+# Per tile of a batch: the scale it was resized by, its width and its height.
+Shapes = list[tuple[float, int, int]]
+
+
 @dataclass
 class _Tiles:
-    """Shared tile handling of both backends."""
+    """What both backends share: tiles to a batch of canvases, the network's outputs of a batch
+    back to `Detections` per tile, and the pipeline that overlaps the two with the network."""
 
     kind: str
     size: InputSize
     mask_threshold: float
+    batch: int
 
-    def run(self, tiles: list[np.ndarray], forward: Any) -> list[Detections]:
-        out = []
-        for tile in tiles:
-            canvas, scale = to_canvas(tile, self.size)
-            out.append(
+    def prepare(self, tiles: Sequence[np.ndarray]) -> tuple[np.ndarray, Shapes]:
+        """The (batch, 3, S, S) input of up to `batch` tiles, padded with blank canvases (the mean
+        colour, nothing to find) to the full batch; and per tile its scale, width and height."""
+        if not 1 <= len(tiles) <= self.batch:
+            raise ValueError(f"a batch holds 1 to {self.batch} tiles, got {len(tiles)}")
+        side = self.size.canvas
+        canvases = np.empty((self.batch, 3, side, side), np.float32)
+        shapes = []
+        for i, tile in enumerate(tiles):
+            canvases[i], scale = to_canvas(tile, self.size)
+            shapes.append((scale, tile.shape[1], tile.shape[0]))
+        canvases[len(tiles) :] = _PAD_RGB[:, None, None]
+        return canvases, shapes
+
+    def finish(self, outputs: Sequence[np.ndarray], shapes: Shapes) -> list[Detections]:
+        """`Detections` per tile from the outputs of one batch (boxes, scores, labels, masks or
+        keypoints, and the image index of each detection; a graph of one image has no index)."""
+        image = np.asarray(outputs[4]) if len(outputs) > 4 else None
+        found = []
+        for i, (scale, width, height) in enumerate(shapes):
+            own = outputs[:4] if image is None else [np.asarray(o)[image == i] for o in outputs[:4]]
+            found.append(
                 to_detections(
-                    forward(canvas),
+                    own,
                     kind=self.kind,
                     scale=scale,
-                    width=tile.shape[1],
-                    height=tile.shape[0],
+                    width=width,
+                    height=height,
                     mask_threshold=self.mask_threshold,
                 )
             )
+        return found
+
+    def run(self, tiles: Sequence[np.ndarray], forward: Forward) -> list[Detections]:
+        """Every tile, `batch` at a time, all on the calling thread."""
+        out: list[Detections] = []
+        for start in range(0, len(tiles), self.batch):
+            canvases, shapes = self.prepare(tiles[start : start + self.batch])
+            out += self.finish(forward(canvases), shapes)
         return out
+
+    def stream(self, tiles: Iterable[np.ndarray], forward: Forward) -> Iterator[Detections]:
+        """`Detections` per tile, in order, as they come. Tiles are taken from `tiles` (cut
+        there, lazily) and prepared on one background thread, and the outputs turned into
+        `Detections` (masks pasted) on another, while this thread runs the network: the device
+        does not wait on the CPU work around it. At most two prepared batches wait, so memory
+        stays that of a few batches whatever the number of tiles. An error on either thread is
+        raised here; closing the iterator early stops both threads."""
+        ready: queue.Queue[Any] = queue.Queue(maxsize=2)
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                chunk: list[np.ndarray] = []
+                for tile in tiles:
+                    chunk.append(tile)
+                    if len(chunk) == self.batch:
+                        if not _put(ready, self.prepare(chunk), stop):
+                            return
+                        chunk = []
+                if chunk and not _put(ready, self.prepare(chunk), stop):
+                    return
+                _put(ready, _DONE, stop)
+            except BaseException as exc:  # handed to the consuming thread, which raises it
+                _put(ready, _Failed(exc), stop)
+
+        producer = threading.Thread(target=produce, name="anonlab-tiles", daemon=True)
+        producer.start()
+        pending: collections.deque[Future[list[Detections]]] = collections.deque()
+        try:
+            with ThreadPoolExecutor(1, thread_name_prefix="anonlab-masks") as pasting:
+                while True:
+                    item = ready.get()
+                    if item is _DONE:
+                        break
+                    if isinstance(item, _Failed):
+                        raise item.error
+                    canvases, shapes = item
+                    pending.append(pasting.submit(self.finish, forward(canvases), shapes))
+                    while len(pending) > 1 or (pending and pending[0].done()):
+                        yield from pending.popleft().result()
+                while pending:
+                    yield from pending.popleft().result()
+        finally:
+            stop.set()
+            for future in pending:
+                future.cancel()
+            producer.join()
+
+
+_DONE = object()
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
+
+
+def _put(ready: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
+    """Put `item` on the queue; False (and the item dropped) once the consumer has stopped."""
+    while not stop.is_set():
+        try:
+            ready.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 class OnnxDetector:
     """An exported `model.onnx` under onnxruntime: tiles in, `Detections` per tile out.
 
-    providers: onnxruntime execution providers; default CUDA where onnxruntime has it, else CPU.
+    The graph takes the fixed batch it was exported at (`Manifest.batch`; a graph of schema 1 or
+    2 takes one (3, S, S) tile): tiles go through it that many at a time, the last batch padded.
+    `batch`: what the manifest says, checked against the graph. providers: onnxruntime
+    execution providers; default CUDA where the installed onnxruntime has it (the
+    onnxruntime-gpu build), else CPU.
     """
 
     def __init__(
@@ -194,6 +312,7 @@ class OnnxDetector:
         kind: str,
         size: InputSize,
         mask_threshold: float,
+        batch: int = 1,
         providers: Sequence[str] | None = None,
         threads: int = 0,
     ) -> None:
@@ -210,17 +329,39 @@ class OnnxDetector:
             self.session = ort.InferenceSession(str(path), options, providers=list(providers))
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ArtifactError(f"{path}: onnxruntime cannot load it ({exc})") from None
-        self.input_name = self.session.get_inputs()[0].name
-        self._tiles = _Tiles(kind, size, mask_threshold)
+        graph_input = self.session.get_inputs()[0]
+        self.input_name = graph_input.name
+        shape = graph_input.shape
+        # Schemas 1 and 2: one (3, S, S) tile per call, no image index among the outputs.
+        self.single = len(shape) == 3
+        graph_batch = 1 if self.single else shape[0]
+        if graph_batch != batch:
+            raise ArtifactError(
+                f"{path}: the graph takes batches of {graph_batch} windows (input "
+                f"{graph_input.name} {shape}), the manifest says {batch}; export the model again"
+            )
+        self._tiles = _Tiles(kind, size, mask_threshold, batch)
 
-    def __call__(self, tiles: list[np.ndarray]) -> list[Detections]:
-        return self._tiles.run(
-            tiles, lambda canvas: self.session.run(None, {self.input_name: canvas})
-        )
+    def _forward(self, canvases: np.ndarray) -> Sequence[np.ndarray]:
+        feed = canvases[0] if self.single else canvases
+        return self.session.run(None, {self.input_name: feed})
+
+    def __call__(self, tiles: Sequence[np.ndarray]) -> list[Detections]:
+        return self._tiles.run(tiles, self._forward)
+
+    def stream(self, tiles: Iterable[np.ndarray]) -> Iterator[Detections]:
+        """As `__call__`, with tile preparation and mask pasting on background threads."""
+        return self._tiles.stream(tiles, self._forward)
 
 
 class TorchDetector:
-    """The same network in PyTorch (a `DetectorCore`), on `device`: tiles in, `Detections` out."""
+    """The same network in PyTorch (a `DetectorCore`), on `device`: tiles in, `Detections` out.
+
+    batch: tiles per call of the network (any number: the eager network has no fixed batch).
+    precision: "fp32", or "bf16" to run it under bfloat16 autocast (for GPUs with bfloat16
+    units; the operating thresholds were chosen on fp32 scores, so bf16 is an opt-in). On a
+    CUDA device the input goes over from pinned memory without blocking.
+    """
 
     def __init__(
         self,
@@ -229,26 +370,45 @@ class TorchDetector:
         size: InputSize,
         mask_threshold: float,
         device: Any = "cpu",
+        batch: int = 1,
+        precision: str = "fp32",
     ) -> None:
         import torch
 
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, got {batch}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
         self.torch = torch
         self.device = torch.device(device)
         self.core = core.to(self.device).eval()
-        self._tiles = _Tiles(core.kind, size, mask_threshold)
+        self.precision = precision
+        self._tiles = _Tiles(core.kind, size, mask_threshold, batch)
 
-    def __call__(self, tiles: list[np.ndarray]) -> list[Detections]:
+    def _forward(self, canvases: np.ndarray) -> list[np.ndarray]:
         torch = self.torch
+        images = torch.from_numpy(canvases)
+        if self.device.type == "cuda":
+            images = images.pin_memory().to(self.device, non_blocking=True)
+        else:
+            images = images.to(self.device)
+        with (
+            torch.inference_mode(),
+            torch.autocast(
+                self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"
+            ),
+        ):
+            outputs = self.core(images)
+        return [
+            o.float().cpu().numpy() if o.is_floating_point() else o.cpu().numpy() for o in outputs
+        ]
 
-        def forward(canvas: np.ndarray) -> list[np.ndarray]:
-            with torch.inference_mode():
-                outputs = self.core(torch.from_numpy(canvas).to(self.device))
-            return [
-                o.float().cpu().numpy() if o.is_floating_point() else o.cpu().numpy()
-                for o in outputs
-            ]
+    def __call__(self, tiles: Sequence[np.ndarray]) -> list[Detections]:
+        return self._tiles.run(tiles, self._forward)
 
-        return self._tiles.run(tiles, forward)
+    def stream(self, tiles: Iterable[np.ndarray]) -> Iterator[Detections]:
+        """As `__call__`, with tile preparation and mask pasting on background threads."""
+        return self._tiles.stream(tiles, self._forward)
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,10 @@ class Anonymized:
         return out
 
 
+# The torch backend's windows per call on a GPU, unless told otherwise.
+GPU_BATCH = 8
+
+
 class Runtime:
     """Loaded artifacts and their detectors; `anonymize_bytes` does one image."""
 
@@ -154,6 +158,8 @@ class Runtime:
         backend: str = "onnx",
         device: str = "auto",
         threads: int = 0,
+        batch: int | None = None,
+        precision: str = "fp32",
         max_pixels: int | None = None,
         require: Sequence[str] | None = None,
         pins: Sequence[str] | None = None,
@@ -162,6 +168,11 @@ class Runtime:
     ) -> Runtime:
         """Verify and load the artifacts at `paths` with `backend` (onnx: onnxruntime, CUDA
         where it has it; torch: PyTorch from weights.safetensors on `device`).
+
+        batch: windows per call of a network. With onnx, each graph takes the batch it was
+        exported at (its manifest's `batch`), and another value is refused; with torch, any
+        (default: 8 on a GPU, 1 on the CPU, where batching did not pay on the demo's models:
+        BENCHMARKS.md). precision: fp32, or bf16 (torch only: bfloat16 autocast).
 
         The model set loads whole or not at all (`artifact_set.load_artifacts`): `require`, the
         classes its models must detect between them (default: `environ`'s
@@ -178,7 +189,15 @@ class Runtime:
         artifacts, composite = cls.verify(
             paths, require=require, pins=pins, environ=environ, allow_demo=allow_demo
         )
-        detectors = [_detector(a, backend, device, threads) for a in artifacts]
+        if backend == "onnx" and precision != "fp32":
+            raise ArtifactError(
+                f"precision {precision}: the onnx backend runs the exported fp32 graph; "
+                "use --backend torch for bf16"
+            )
+        detectors = [
+            _detector(a, backend, device, threads, batch=batch, precision=precision)
+            for a in artifacts
+        ]
         runtime = cls(artifacts, detectors, max_pixels=max_pixels, composite=composite)
         for a in artifacts:
             log.info(
@@ -323,15 +342,30 @@ def _no_keypoints(dets: Detections) -> Detections:
     return Detections(dets.boxes, dets.scores, dets.labels, masks=dets.masks)
 
 
-def _detector(artifact: Artifact, backend: str, device: str, threads: int) -> Detector:
+def _detector(
+    artifact: Artifact,
+    backend: str,
+    device: str,
+    threads: int,
+    *,
+    batch: int | None = None,
+    precision: str = "fp32",
+) -> Detector:
     m = artifact.manifest
     size = InputSize(m.input_size, int(m.architecture["min_size"]), int(m.architecture["max_size"]))
     options = {"size": size, "mask_threshold": m.mask_threshold}
     if backend == "onnx":
+        if batch is not None and batch != m.batch:
+            raise ArtifactError(
+                f"{artifact.path}: its ONNX graph takes batches of {m.batch} windows "
+                f"(manifest batch), not {batch}: export it again with export.batch={batch}, "
+                "or use --backend torch, which takes any batch"
+            )
         providers = ["CPUExecutionProvider"] if device == "cpu" else None
         return OnnxDetector(
             artifact.file("model.onnx"),
             kind=m.kind,
+            batch=m.batch,
             providers=providers,
             threads=threads,
             **options,
@@ -353,5 +387,7 @@ def _detector(artifact: Artifact, backend: str, device: str, threads: int) -> De
         torch.set_num_threads(threads)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    if batch is None:
+        batch = GPU_BATCH if torch.device(device).type == "cuda" else 1
     core = DetectorCore(model, score_threshold=m.score_floor)
-    return TorchDetector(core, device=device, **options)
+    return TorchDetector(core, device=device, batch=batch, precision=precision, **options)

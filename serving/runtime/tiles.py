@@ -194,11 +194,13 @@ def cut(image: np.ndarray, window: Window) -> np.ndarray:
 def detect_tiled(
     image: np.ndarray, detector: Detector, spec: TilingSpec, batch: int = 4
 ) -> Detections:
-    """Run `detector` over the windows of `image`, `batch` windows per call, and merge.
+    """Run `detector` over the windows of `image` and merge.
 
     `detector` takes a list of window images and returns one `Detections` per window, in that
-    window's pixel coordinates. When the plan is the whole image at scale 1 as one window, its
-    result is returned as it is.
+    window's pixel coordinates; it is called with `batch` windows at a time. A detector with a
+    `stream` method (the runtime's backends) is given every window instead, as an iterator that
+    cuts each one when it is taken, and batches them itself. When the plan is the whole image
+    at scale 1 as one window, its result is returned as it is.
     """
     if image.ndim not in (2, 3) or image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"expected an (H, W) or (H, W, C) image, got shape {image.shape}")
@@ -206,16 +208,19 @@ def detect_tiled(
         raise ValueError(f"batch must be at least 1, got {batch}")
     height, width = image.shape[:2]
     windows = plan_windows(width, height, spec)
-    parts: list[tuple[Window, Detections]] = []
-    for start in range(0, len(windows), batch):
-        chunk = windows[start : start + batch]
-        found = detector([cut(image, window) for window in chunk])
-        if len(found) != len(chunk):
-            raise ValueError(f"the detector returned {len(found)} results for {len(chunk)} tiles")
-        parts += zip(chunk, found, strict=True)
+    stream = getattr(detector, "stream", None)
+    if stream is not None and len(windows) > 1:
+        found = list(stream(cut(image, window) for window in windows))
+    else:
+        found = []
+        for start in range(0, len(windows), batch):
+            chunk = [cut(image, window) for window in windows[start : start + batch]]
+            found += detector(chunk)
+    if len(found) != len(windows):
+        raise ValueError(f"the detector returned {len(found)} results for {len(windows)} tiles")
     if windows == [Window(1.0, 0, 0, width, height)]:
-        return parts[0][1]
-    return merge(parts, width, height, spec)
+        return found[0]
+    return merge(list(zip(windows, found, strict=True)), width, height, spec)
 
 
 def merge(

@@ -253,10 +253,12 @@ def write_validated(
     ).write(setup.artifacts / "validation" / "verdict.json")
 
 
-def tiny_artifact(root: Path, gate: Gate = RELEASE_GATE) -> Path:
-    """Export the tiny model from a fresh project in `root`, as passed under `gate`; the
-    artifact folder."""
-    setup = export_setup(root)
+def tiny_artifact(
+    root: Path, gate: Gate = RELEASE_GATE, overrides: list[str] | None = None
+) -> Path:
+    """Export the tiny model from a fresh project in `root` (conf/ with `overrides`), as passed
+    under `gate`; the artifact folder."""
+    setup = export_setup(root, overrides)
     model_dir = tiny_model_dir(setup.artifacts)
     return export_model(
         NAME,

@@ -198,7 +198,11 @@ def _rewrite_manifest(folder: Path, **changes: object) -> None:
         ("weights", "weights.safetensors was altered or corrupted"),
         ("onnx_missing", "model.onnx is missing"),
         ("threshold", "the manifest was altered after export"),
-        ("schema", r"schema_version 3 is newer than this runtime reads \(2\)"),
+        (
+            "schema",
+            rf"schema_version {SCHEMA_VERSION + 1} is newer than this runtime reads "
+            rf"\({SCHEMA_VERSION}\)",
+        ),
         ("not_json", "not readable JSON"),
     ],
 )

@@ -6,6 +6,10 @@ import argparse
 import os
 from typing import TYPE_CHECKING
 
+# The torch backend's precisions (serving.runtime.backends.PRECISIONS, which imports cv2: not
+# worth it for --help).
+PRECISIONS = ("fp32", "bf16")
+
 if TYPE_CHECKING:
     from serving.runtime.pipeline import Runtime
 
@@ -69,6 +73,21 @@ def add_runtime_args(p: argparse.ArgumentParser, *, max_pixels_default: int) -> 
         "--threads", type=int, default=0, help="inference threads (0: the library's default)"
     )
     p.add_argument(
+        "--batch",
+        type=positive_int,
+        metavar="N",
+        help="windows per call of the network. onnx: the batch the graph was exported at "
+        "(manifest.json's batch; export.batch), which is the default, and another value is "
+        "refused. torch: any; default 8 on a GPU, 1 on the CPU",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="fp32 (default), or bf16: bfloat16 autocast, --backend torch only, for GPUs with "
+        "bfloat16 units. The operating thresholds were chosen on fp32 scores",
+    )
+    p.add_argument(
         "--max-pixels",
         type=positive_int,
         default=max_pixels_default,
@@ -87,6 +106,8 @@ def load_runtime(args: argparse.Namespace) -> Runtime:
         backend=args.backend,
         device=args.device,
         threads=args.threads,
+        batch=args.batch,
+        precision=args.precision,
         max_pixels=args.max_pixels,
         require=args.require,
         pins=args.pin,
