@@ -36,7 +36,8 @@ panoramas and model, taking turns image by image, every core, end to end (decode
 anonymize, encode) as `Runtime.anonymize_bytes` does it: (u) unbatched, one window per network
 call and everything on the calling thread (the runtime before batching); then for each batch
 size N, N windows per call with the windows cut and prepared on one background thread and the
-masks pasted on another (`backends._Tiles.stream`). For --backend onnx, the batch-N graph is
+masks pasted on another (`backends._Tiles.stream`), and with `--concurrent C` also C such calls
+at once (each onnx call on its share of the cores). For --backend onnx, the batch-N graph is
 exported from the artifact's weights into a temporary folder (`serving.export.export_onnx`; an
 artifact's own graph has the batch it was exported at); the batch-1 graph is the artifact's,
 exported with the same code. Reported: seconds and images/s, MP/s, and the speed-up over (u).
@@ -185,7 +186,7 @@ def end_to_end(files: list[bytes], model: Path, backend: str, device: str) -> di
     """The runtime on every image: seconds per image in all and in detection, images/s, MP/s."""
     from serving.runtime.pipeline import Runtime
 
-    runtime = Runtime.load([model], backend=backend, device=device)
+    runtime = Runtime.load([model], backend=backend, device=device, allow_demo=True)
     runtime.anonymize_bytes(files[0])  # warm-up: sessions, allocators
     total = detect = 0.0
     for data in files:
@@ -218,6 +219,7 @@ def batching(
     batches: list[int],
     precision: str,
     rounds: int,
+    concurrent: int = 1,
 ) -> dict[str, object]:
     """Batched against unbatched detection end to end (see the module docstring): seconds per
     image per setting, the median over rounds, and each batched setting's speed-up."""
@@ -225,17 +227,25 @@ def batching(
     from serving.runtime.backends import OnnxDetector
     from serving.runtime.pipeline import Runtime, _detector
 
-    runtime = Runtime.load([model], backend=backend, device=device, batch=None)
+    runtime = Runtime.load([model], backend=backend, device=device, allow_demo=True)
     artifact = runtime.artifacts[0]
     m = artifact.manifest
     torch_device = "cpu" if device == "auto" and backend == "onnx" else device
     folder = Path(tempfile.mkdtemp(prefix="anonlab-batch-"))
 
-    def detector(batch: int) -> object:
+    def detector(batch: int, concurrent: int = 1) -> object:
         if backend == "torch":
-            return _detector(artifact, "torch", device, 0, batch=batch, precision=precision)
+            return _detector(
+                artifact,
+                "torch",
+                device,
+                0,
+                batch=batch,
+                precision=precision,
+                concurrent=concurrent,
+            )
         if batch == m.batch:
-            return _detector(artifact, "onnx", device, 0)
+            return _detector(artifact, "onnx", device, 0, concurrent=concurrent)
         core = _detector(artifact, "torch", torch_device, 0).core.cpu()  # type: ignore[attr-defined]
         path = folder / f"batch{batch}.onnx"
         export_onnx(core, m.input_size, path, opset=17, batch=batch)
@@ -247,6 +257,7 @@ def batching(
             mask_threshold=m.mask_threshold,
             batch=batch,
             providers=None if device != "cpu" else ["CPUExecutionProvider"],
+            concurrent=concurrent,
         )
 
     unbatched = detector(1)
@@ -256,6 +267,8 @@ def batching(
     }
     for batch in batches:
         settings[f"batch {batch}"] = detector(batch)
+        if concurrent > 1:
+            settings[f"batch {batch} x{concurrent}"] = detector(batch, concurrent)
     small = cv2.imencode(".jpg", np.zeros((256, 256, 3), np.uint8))[1].tobytes()
     times: dict[str, list[float]] = {name: [] for name in settings}
     for found in settings.values():
@@ -371,6 +384,12 @@ def main(argv: list[str] | None = None) -> int:
         "with unbatched, instead of the decode/encode comparison",
     )
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument(
+        "--concurrent",
+        type=int,
+        default=1,
+        help="with --batches: also run each batch size with this many network calls at once",
+    )
     args = parser.parse_args(argv)
     if args.batches:
         if args.model is None:
@@ -489,6 +508,7 @@ def main_batching(args: argparse.Namespace) -> int:
         batches=[int(b) for b in args.batches.split(",")],
         precision=args.precision,
         rounds=args.rounds,
+        concurrent=args.concurrent,
     )
     if args.json:
         print(json.dumps(result, indent=2))
@@ -498,10 +518,10 @@ def main_batching(args: argparse.Namespace) -> int:
         f"{result['model']}, {result['backend']} on {result['device']} ({result['precision']}), "
         f"every core, median of {args.rounds} rounds, end to end"
     )
-    print(f"  {'setting':<12}{'s/image':>10}{'images/s':>10}{'MP/s':>8}{'speed-up':>10}")
+    print(f"  {'setting':<14}{'s/image':>10}{'images/s':>10}{'MP/s':>8}{'speed-up':>10}")
     for name, row in result["settings"].items():  # type: ignore[union-attr]
         print(
-            f"  {name:<12}{row['seconds_per_image']:10.2f}{row['images_per_s']:10.3f}"
+            f"  {name:<14}{row['seconds_per_image']:10.2f}{row['images_per_s']:10.3f}"
             f"{row['mp_per_s']:8.2f}{row['speedup']:9.2f}x"
         )
     print(f"target: batched at least {TARGET_SPEEDUP}x faster than unbatched")

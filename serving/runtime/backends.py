@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import math
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -227,13 +228,15 @@ class _Tiles:
             out += self.finish(forward(canvases), shapes)
         return out
 
-    def stream(self, tiles: Iterable[np.ndarray], forward: Forward) -> Iterator[Detections]:
+    def stream(
+        self, tiles: Iterable[np.ndarray], forward: Forward, concurrent: int = 1
+    ) -> Iterator[Detections]:
         """`Detections` per tile, in order, as they come. Tiles are taken from `tiles` (cut
-        there, lazily) and prepared on one background thread, and the outputs turned into
-        `Detections` (masks pasted) on another, while this thread runs the network: the device
-        does not wait on the CPU work around it. At most two prepared batches wait, so memory
-        stays that of a few batches whatever the number of tiles. An error on either thread is
-        raised here; closing the iterator early stops both threads."""
+        there, lazily) and prepared on one background thread, the network runs `concurrent`
+        batches at once on as many threads, and its outputs are turned into `Detections` (masks
+        pasted) on one more, so the device does not wait on the CPU work around it. At most two
+        prepared batches wait, so memory stays that of a few batches whatever the number of
+        tiles. An error on any thread is raised here; closing the iterator early stops them."""
         ready: queue.Queue[Any] = queue.Queue(maxsize=2)
         stop = threading.Event()
 
@@ -254,24 +257,37 @@ class _Tiles:
 
         producer = threading.Thread(target=produce, name="anonlab-tiles", daemon=True)
         producer.start()
-        pending: collections.deque[Future[list[Detections]]] = collections.deque()
+        running: collections.deque[tuple[Future[Sequence[np.ndarray]], Shapes]] = (
+            collections.deque()
+        )
+        pasted: collections.deque[Future[list[Detections]]] = collections.deque()
         try:
-            with ThreadPoolExecutor(1, thread_name_prefix="anonlab-masks") as pasting:
+            with (
+                ThreadPoolExecutor(concurrent, thread_name_prefix="anonlab-network") as network,
+                ThreadPoolExecutor(1, thread_name_prefix="anonlab-masks") as pasting,
+            ):
+                read_all = False
                 while True:
-                    item = ready.get()
-                    if item is _DONE:
+                    while not read_all and len(running) < concurrent:
+                        item = ready.get()
+                        if item is _DONE:
+                            read_all = True
+                        elif isinstance(item, _Failed):
+                            raise item.error
+                        else:
+                            canvases, shapes = item
+                            running.append((network.submit(forward, canvases), shapes))
+                    if not running:
                         break
-                    if isinstance(item, _Failed):
-                        raise item.error
-                    canvases, shapes = item
-                    pending.append(pasting.submit(self.finish, forward(canvases), shapes))
-                    while len(pending) > 1 or (pending and pending[0].done()):
-                        yield from pending.popleft().result()
-                while pending:
-                    yield from pending.popleft().result()
+                    outputs, shapes = running.popleft()
+                    pasted.append(pasting.submit(self.finish, outputs.result(), shapes))
+                    while len(pasted) > 1 or (pasted and pasted[0].done()):
+                        yield from pasted.popleft().result()
+                while pasted:
+                    yield from pasted.popleft().result()
         finally:
             stop.set()
-            for future in pending:
+            for future in [*(f for f, _ in running), *pasted]:
                 future.cancel()
             producer.join()
 
@@ -282,6 +298,13 @@ _DONE = object()
 @dataclass(frozen=True)
 class _Failed:
     error: BaseException
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def _put(ready: queue.Queue[Any], item: Any, stop: threading.Event) -> bool:
@@ -302,7 +325,8 @@ class OnnxDetector:
     2 takes one (3, S, S) tile): tiles go through it that many at a time, the last batch padded.
     `batch`: what the manifest says, checked against the graph. providers: onnxruntime
     execution providers; default CUDA where the installed onnxruntime has it (the
-    onnxruntime-gpu build), else CPU.
+    onnxruntime-gpu build), else CPU. concurrent: batches run at once when streaming (`stream`);
+    with threads 0, each call then gets an equal share of the CPUs (at least one thread).
     """
 
     def __init__(
@@ -315,8 +339,15 @@ class OnnxDetector:
         batch: int = 1,
         providers: Sequence[str] | None = None,
         threads: int = 0,
+        concurrent: int = 1,
     ) -> None:
         import onnxruntime as ort
+
+        if concurrent < 1:
+            raise ValueError(f"concurrent must be at least 1, got {concurrent}")
+        self.concurrent = concurrent
+        if threads == 0 and concurrent > 1:
+            threads = max(1, usable_cpus() // concurrent)
 
         if providers is None:
             available = ort.get_available_providers()
@@ -350,8 +381,9 @@ class OnnxDetector:
         return self._tiles.run(tiles, self._forward)
 
     def stream(self, tiles: Iterable[np.ndarray]) -> Iterator[Detections]:
-        """As `__call__`, with tile preparation and mask pasting on background threads."""
-        return self._tiles.stream(tiles, self._forward)
+        """As `__call__`, with tile preparation and mask pasting on background threads and
+        `concurrent` batches in the network at once."""
+        return self._tiles.stream(tiles, self._forward, self.concurrent)
 
 
 class TorchDetector:
@@ -360,7 +392,9 @@ class TorchDetector:
     batch: tiles per call of the network (any number: the eager network has no fixed batch).
     precision: "fp32", or "bf16" to run it under bfloat16 autocast (for GPUs with bfloat16
     units; the operating thresholds were chosen on fp32 scores, so bf16 is an opt-in). On a
-    CUDA device the input goes over from pinned memory without blocking.
+    CUDA device the input goes over from pinned memory without blocking. concurrent: batches
+    run at once when streaming (PyTorch's CPU threads are shared by them: set them with
+    `torch.set_num_threads`).
     """
 
     def __init__(
@@ -372,9 +406,13 @@ class TorchDetector:
         device: Any = "cpu",
         batch: int = 1,
         precision: str = "fp32",
+        concurrent: int = 1,
     ) -> None:
         import torch
 
+        if concurrent < 1:
+            raise ValueError(f"concurrent must be at least 1, got {concurrent}")
+        self.concurrent = concurrent
         if batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch}")
         if precision not in PRECISIONS:
@@ -407,8 +445,9 @@ class TorchDetector:
         return self._tiles.run(tiles, self._forward)
 
     def stream(self, tiles: Iterable[np.ndarray]) -> Iterator[Detections]:
-        """As `__call__`, with tile preparation and mask pasting on background threads."""
-        return self._tiles.stream(tiles, self._forward)
+        """As `__call__`, with tile preparation and mask pasting on background threads and
+        `concurrent` batches in the network at once."""
+        return self._tiles.stream(tiles, self._forward, self.concurrent)
 
 
 @dataclass(frozen=True)

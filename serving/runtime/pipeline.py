@@ -160,6 +160,7 @@ class Runtime:
         threads: int = 0,
         batch: int | None = None,
         precision: str = "fp32",
+        concurrent: int = 1,
         max_pixels: int | None = None,
         require: Sequence[str] | None = None,
         pins: Sequence[str] | None = None,
@@ -172,7 +173,9 @@ class Runtime:
         batch: windows per call of a network. With onnx, each graph takes the batch it was
         exported at (its manifest's `batch`), and another value is refused; with torch, any
         (default: 8 on a GPU, 1 on the CPU, where batching did not pay on the demo's models:
-        BENCHMARKS.md). precision: fp32, or bf16 (torch only: bfloat16 autocast).
+        BENCHMARKS.md). precision: fp32, or bf16 (torch only: bfloat16 autocast). concurrent:
+        batches of an image's windows in the network at once (on CPUs, with threads 0, each
+        onnx call then gets an equal share of the cores).
 
         The model set loads whole or not at all (`artifact_set.load_artifacts`): `require`, the
         classes its models must detect between them (default: `environ`'s
@@ -195,7 +198,9 @@ class Runtime:
                 "use --backend torch for bf16"
             )
         detectors = [
-            _detector(a, backend, device, threads, batch=batch, precision=precision)
+            _detector(
+                a, backend, device, threads, batch=batch, precision=precision, concurrent=concurrent
+            )
             for a in artifacts
         ]
         runtime = cls(artifacts, detectors, max_pixels=max_pixels, composite=composite)
@@ -350,6 +355,7 @@ def _detector(
     *,
     batch: int | None = None,
     precision: str = "fp32",
+    concurrent: int = 1,
 ) -> Detector:
     m = artifact.manifest
     size = InputSize(m.input_size, int(m.architecture["min_size"]), int(m.architecture["max_size"]))
@@ -368,6 +374,7 @@ def _detector(
             batch=m.batch,
             providers=providers,
             threads=threads,
+            concurrent=concurrent,
             **options,
         )
     import torch
@@ -390,4 +397,6 @@ def _detector(
     if batch is None:
         batch = GPU_BATCH if torch.device(device).type == "cuda" else 1
     core = DetectorCore(model, score_threshold=m.score_floor)
-    return TorchDetector(core, device=device, batch=batch, precision=precision, **options)
+    return TorchDetector(
+        core, device=device, batch=batch, precision=precision, concurrent=concurrent, **options
+    )

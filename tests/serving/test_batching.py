@@ -90,8 +90,10 @@ def test_torch_in_batches_and_streamed_finds_what_one_window_at_a_time_finds(
     tiles = _tiles(7)
     size = InputSize.of(96, 96, TILE)
     one = TorchDetector(core, size=size, mask_threshold=0.5)(tiles)
-    for batch in (2, 4, 7, 9):
-        detector = TorchDetector(core, size=size, mask_threshold=0.5, batch=batch)
+    for batch, concurrent in ((2, 1), (4, 1), (7, 1), (9, 1), (1, 3), (2, 2)):
+        detector = TorchDetector(
+            core, size=size, mask_threshold=0.5, batch=batch, concurrent=concurrent
+        )
         _same(one, detector(tiles))
         _same(one, list(detector.stream(iter(tiles))))
 
@@ -140,6 +142,8 @@ def test_a_graph_of_one_window_exported_before_batching_still_runs(
     new = OnnxDetector(batched_artifact / "model.onnx", batch=3, **options)
     _same(old(tiles), new(tiles))
     _same(old(tiles), list(old.stream(iter(tiles))))
+    side_by_side = OnnxDetector(path, concurrent=2, **options)
+    _same(old(tiles), list(side_by_side.stream(iter(tiles))))
     with pytest.raises(ArtifactError, match=r"takes batches of 1 windows .* the manifest says 2"):
         OnnxDetector(path, batch=2, **options)
 
@@ -150,7 +154,7 @@ def _threads() -> set[str]:
 
 def test_the_stream_raises_what_went_wrong_and_stops_its_threads(core: DetectorCore) -> None:
     size = InputSize.of(96, 96, TILE)
-    detector = TorchDetector(core, size=size, mask_threshold=0.5, batch=2)
+    detector = TorchDetector(core, size=size, mask_threshold=0.5, batch=2, concurrent=2)
     before = _threads()
 
     def failing_cut() -> Iterator[np.ndarray]:

@@ -81,6 +81,16 @@ def add_runtime_args(p: argparse.ArgumentParser, *, max_pixels_default: int) -> 
         "refused. torch: any; default 8 on a GPU, 1 on the CPU",
     )
     p.add_argument(
+        "--concurrent",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="batches of an image's windows in the network at once (default: %(default)s). On "
+        "CPUs, 2 or more lets each network call run on its own cores, which can pay for a model "
+        "whose time goes into many small operations (BENCHMARKS.md); with --threads 0 each "
+        "onnx call gets an equal share of the cores",
+    )
+    p.add_argument(
         "--precision",
         choices=PRECISIONS,
         default="fp32",
@@ -108,6 +118,7 @@ def load_runtime(args: argparse.Namespace) -> Runtime:
         threads=args.threads,
         batch=args.batch,
         precision=args.precision,
+        concurrent=args.concurrent,
         max_pixels=args.max_pixels,
         require=args.require,
         pins=args.pin,
