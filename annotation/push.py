@@ -37,7 +37,6 @@ default sequential queue hands annotators the least certain images first. Each p
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +57,7 @@ from data.retention import refuse_overdue
 from data.stage_paths import RELATIVE, StagePaths
 from serving.runtime.errors import ImageError
 from serving.runtime.imagefile import read_upright
+from serving.runtime.independent.haar import confidence
 from serving.runtime.progress import bar, progress
 from serving.runtime.tiles import detect_tiled
 
@@ -68,7 +68,6 @@ STATE_FILE = RELATIVE.annotations.label_studio_state
 STORAGE_TITLE = "anonlab raw store"
 
 WORK_SIZE = 800  # long side of the image the cascades look at
-NEIGHBOUR_SCALE = 8.0  # c = n / (n + NEIGHBOUR_SCALE)
 MATCH_IOU = 0.3
 NO_DETECTION_UNCERTAINTY = 0.5
 # A Haar face box spans brows to mouth; the face to blur reaches from forehead to chin.
@@ -344,14 +343,7 @@ class HaarDetector:
     def __init__(self) -> None:
         import cv2
 
-        def load(name: str) -> Any:
-            cascade = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, name))
-            if cascade.empty():
-                raise AnonlabError(
-                    f"OpenCV's Haar cascade {name} is missing from {cv2.data.haarcascades}: "
-                    "reinstall opencv-python-headless"
-                )
-            return cascade
+        from serving.runtime.independent.haar import cascade as load
 
         self.model_version = f"haar-opencv-{cv2.__version__}"
         self._face = load("haarcascade_frontalface_default.xml")
@@ -404,15 +396,9 @@ def _run(
         luma, scaleFactor=scale, minNeighbors=neighbours, minSize=min_size
     )
     return [
-        Detection(label, float(x), float(y), float(w), float(h), neighbour_confidence(int(n)))
+        Detection(label, float(x), float(y), float(w), float(h), confidence(int(n)))
         for (x, y, w, h), n in zip(boxes, counts, strict=True)
     ]
-
-
-def neighbour_confidence(neighbours: int) -> float:
-    """A cascade detection's confidence from how many raw detections it merged."""
-    n = max(0, neighbours)
-    return n / (n + NEIGHBOUR_SCALE)
 
 
 def image_uncertainty(

@@ -27,7 +27,7 @@ from serving.cli import (
     train,
     validate,
 )
-from serving.runtime.commands import blur, serve
+from serving.runtime.commands import audit, blur, serve
 from serving.runtime.commands.command import Command, add_verbosity, run_command
 from serving.runtime.errors import ServingError
 
@@ -56,6 +56,7 @@ COMMANDS: dict[str, Command] = {
     "export": export.COMMAND,
     "blur": blur.COMMAND,
     "serve": serve.COMMAND,
+    "audit": audit.COMMAND,
     "score": score.COMMAND,
     "retention": retention.COMMAND,
     "erase": erase.COMMAND,
@@ -63,7 +64,7 @@ COMMANDS: dict[str, Command] = {
 
 # Commands that read no params.yaml (the runtime's read an artifact folder, score two COCO
 # files): their options are all their settings, so a key=value argument is an error there.
-NO_PARAMS_COMMANDS = frozenset({"blur", "serve", "score"})
+NO_PARAMS_COMMANDS = frozenset({"audit", "blur", "serve", "score"})
 
 GROUPS: dict[str, tuple[str, str]] = {"annotate": annotate.GROUP}
 
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="anonlab",
         description="Train, evaluate and ship image-anonymization models. "
-        "Every command but blur, serve and score reads params.yaml (written from conf/ by "
+        "Every command but audit, blur, serve and score reads params.yaml (written from conf/ by "
         "`anonlab config`) and takes key=value overrides after its options; an unknown key is "
         "an error.",
     )

@@ -1,4 +1,5 @@
-"""`python -m serving.runtime blur|serve ...`: the runtime's commands where only it is installed."""
+"""`python -m serving.runtime blur|serve|audit ...`: the runtime's commands, where only it is
+installed."""
 
 from __future__ import annotations
 
@@ -6,11 +7,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from serving.runtime.commands import blur, serve
+from serving.runtime.commands import audit, blur, serve
 from serving.runtime.commands.command import Command, add_verbosity, run_command
 from serving.runtime.errors import ServingError
 
-COMMANDS: dict[str, Command] = {"blur": blur.COMMAND, "serve": serve.COMMAND}
+COMMANDS: dict[str, Command] = {
+    "blur": blur.COMMAND,
+    "serve": serve.COMMAND,
+    "audit": audit.COMMAND,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
