@@ -75,6 +75,9 @@ class BatchReport:
     skipped: int = 0
     resumed: int = 0  # `ok` in the ledger before this run (resume): not done again
     failures: list[Row] = field(default_factory=list)  # the first SHOWN of this run
+    # With keep_outputs (blur --audit), the output of every image written by this run.
+    keep_outputs: bool = False
+    outputs: list[str] = field(default_factory=list)
     detections: int = 0
     megapixels: float = 0.0
     seconds: float = 0.0
@@ -96,7 +99,11 @@ class BatchReport:
 
     def record(self, ledger: Ledger, row: Row) -> None:
         ledger.append(row)
-        if row.status == FAILED:
+        if row.status == OK:
+            self.written += 1
+            if self.keep_outputs and row.output:
+                self.outputs.append(row.output)
+        elif row.status == FAILED:
             self.failed += 1
             if len(self.failures) < SHOWN:
                 self.failures.append(row)
@@ -114,6 +121,7 @@ def blur_batch(
     workers: int = 2,
     sidecar: bool = False,
     masks: bool = False,
+    keep_outputs: bool = False,
 ) -> BatchReport:
     """Anonymize every job of `inputs` into `out_dir`, recording each input in `ledger` (by
     default `<out_dir>/.anonlab-ledger`; see the module docstring); the report. ServingError,
@@ -137,6 +145,7 @@ def blur_batch(
     found = from_local(inputs)
     with ledger:  # closed however the run ends: the rows written so far are kept
         report, works = begin(found, str(out_dir), ledger, resume, sidecar, masks)
+        report.keep_outputs = keep_outputs  # blur --audit: what this run wrote
         _run(runtime, works, ledger, report, workers)
     return report
 
@@ -191,7 +200,6 @@ def _run(
                 fail(work, exc, sha256)
             else:
                 report.record(ledger, ok_row(work, sha256, done))
-                report.written += 1
                 report.detections += len(done.detections)
                 report.megapixels += done.width * done.height / 1e6
             progress.update(1)

@@ -92,6 +92,7 @@ def blur_found(
     actors: int | None = None,
     cpus_per_actor: float = 1.0,
     gpus_per_actor: float = 0.0,
+    keep_outputs: bool = False,
 ) -> BatchReport:
     """Anonymize what `found` took into `out` (a folder or a URL prefix) on Ray, recording every
     input in `ledger`; the report (counts as batch.blur_batch's). ServingError before any image
@@ -102,6 +103,7 @@ def blur_found(
     ledger.check_writable()
     with ledger:  # closed however the run ends: the rows written so far are kept
         report, works = begin(found, out, ledger, resume, sidecar, masks)
+        report.keep_outputs = keep_outputs  # blur --audit: what this run wrote
         _run(loader, works, ledger, report, actors, cpus_per_actor, gpus_per_actor)
     return report
 
@@ -145,7 +147,6 @@ def _run(
             row = Row.from_dict(data)
             report.record(ledger, row)
             if row.status == OK:
-                report.written += 1
                 report.detections += row.regions or 0
                 report.megapixels += megapixels
             progress.update(1)

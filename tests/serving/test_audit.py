@@ -192,3 +192,28 @@ def test_the_audit_command_fails_on_a_residual_and_passes_on_hidden_faces(
     assert "0 residuals" in capsys.readouterr().out
     assert main(["audit", str(hidden), "--detectors", "retinaface"]) == 2
     assert "give one or more of centerface, haar" in capsys.readouterr().err
+
+
+def test_blur_audit_checks_what_the_run_wrote(
+    tmp_path: Path, shared_artifact: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The tiny random-weight model misses real faces: blur --audit says so and exits 1; on a
+    photo without people the audit passes."""
+    faces, empty = tmp_path / "faces", tmp_path / "empty"
+    faces.mkdir()
+    empty.mkdir()
+    cv2.imwrite(str(faces / "grace.png"), cv2.cvtColor(photo("grace_hopper"), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(empty / "coffee.png"), cv2.cvtColor(photo("coffee"), cv2.COLOR_RGB2BGR))
+    out = tmp_path / "out"
+    args = ["--model", str(shared_artifact), "--audit"]
+    assert main(["blur", str(faces), "--out", str(out / "faces"), *args]) == 1
+    printed = capsys.readouterr()
+    assert "anonymized 1 images" in printed.out
+    assert "audited 1 images with centerface" in printed.out
+    assert "residual:" in printed.err and "grace.png: face by centerface" in printed.err
+    assert (out / "faces" / "grace.png.json").is_file()  # --audit turned the sidecar on
+    assert main(["blur", str(empty), "--out", str(out / "empty"), *args]) == 0
+    assert "0 residuals" in capsys.readouterr().out
+    assert main(["blur", str(empty), "--out", str(out / "x"), *args[:2], "--audit", "yolo"]) == 2
+    assert "give one or more of centerface, haar" in capsys.readouterr().err
+    assert not (out / "x").exists()  # refused before anything was written

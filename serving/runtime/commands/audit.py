@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from serving.runtime.commands.command import Command
 
@@ -15,18 +16,32 @@ SHOWN = 20
 
 def run(args: argparse.Namespace) -> int:
     from serving.runtime.audit import audit
-    from serving.runtime.errors import ServingError
-    from serving.runtime.independent import load_detector, parse_names
 
-    try:
-        names = parse_names(args.detectors)
-    except ValueError as exc:
-        raise ServingError(str(exc)) from None
-    detectors = [load_detector(name) for name in names]
+    names, detectors = load_detectors(args.detectors)
     report = audit(args.inputs, detectors, threshold=args.threshold, coverage=args.coverage)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report.to_json(), indent=1) + "\n", encoding="utf-8")
+    show(report, names)
+    return 0 if report.passed else 1
+
+
+def load_detectors(text: str) -> tuple[list[str], list[Any]]:
+    """The detectors `text` names (comma-separated), loaded and checked; ServingError naming a
+    wrong name or a detector that cannot load."""
+    from serving.runtime.errors import ServingError
+    from serving.runtime.independent import load_detector, parse_names
+
+    try:
+        names = parse_names(text)
+    except ValueError as exc:
+        raise ServingError(str(exc)) from None
+    return names, [load_detector(name) for name in names]
+
+
+def show(report: Any, names: list[str]) -> None:
+    """The audit's summary on stdout, and its first residuals, unauditable and failed images on
+    stderr."""
     above = report.above
     print(
         f"audited {report.audited} images with {', '.join(names)}: {len(above)} residuals "
@@ -47,7 +62,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"unauditable: {entry['image']}: {entry['reason']}", file=sys.stderr)
     for entry in report.failed[:SHOWN]:
         print(f"failed: {entry['image']}: {entry['error']}", file=sys.stderr)
-    return 0 if report.passed else 1
 
 
 def probability(text: str) -> float:

@@ -28,6 +28,17 @@ def run(args: argparse.Namespace) -> int:
             "URLs (s3://...) and --inventory need --engine ray (pip install 'anonlab[ray]'); "
             "the local engine reads and writes local files"
         )
+    auditors = None
+    if args.audit:
+        if is_url(args.out):
+            raise ServingError(
+                "--audit reads what was written from a local --out folder, not a URL; run "
+                "`anonlab audit` where the outputs can be read"
+            )
+        from serving.runtime.commands.audit import load_detectors
+
+        auditors = load_detectors(args.audit)  # a detector that cannot load stops us first
+        args.sidecar = True  # what was hidden, for the audit
     ledger = Ledger(args.ledger or join(args.out, DEFAULT_LEDGER))
     if args.engine == "ray":
         report = _blur_on_ray(args, local, urls, ledger)
@@ -41,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             sidecar=args.sidecar,
             masks=args.masks,
+            keep_outputs=auditors is not None,
         )
     print(report.summary())
     print(f"ledger: {ledger.location} ({ledger.written} rows, run {ledger.run})")
@@ -49,6 +61,15 @@ def run(args: argparse.Namespace) -> int:
     if report.failed > len(report.failures):
         more = report.failed - len(report.failures)
         print(f"... and {more} more: the ledger's rows with status failed", file=sys.stderr)
+    if auditors is not None and report.outputs:
+        from serving.runtime.audit import audit
+        from serving.runtime.commands.audit import show
+
+        names, detectors = auditors
+        audited = audit(report.outputs, detectors)
+        show(audited, names)
+        if not audited.passed:
+            return 1
     return 1 if report.failed else 0
 
 
@@ -70,6 +91,7 @@ def _blur_on_ray(args: argparse.Namespace, local: list[str], urls: list[str], le
         resume=args.resume,
         sidecar=args.sidecar,
         masks=args.masks,
+        keep_outputs=bool(args.audit),
         actors=args.actors,
         cpus_per_actor=args.cpus_per_actor,
         gpus_per_actor=args.gpus_per_actor,
@@ -143,6 +165,15 @@ def add_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--sidecar", action="store_true", help="write <name>.json beside each image: detections"
+    )
+    p.add_argument(
+        "--audit",
+        nargs="?",
+        const="centerface",
+        metavar="DETECTORS",
+        help="after anonymizing, audit what this run wrote (`anonlab audit`, its defaults) with "
+        "these independent detectors (comma-separated; centerface when none is given); turns "
+        "--sidecar on; exits 1 when a residual scores 0.5 or more. Local --out only",
     )
     p.add_argument(
         "--masks", action="store_true", help="write <name>.mask.png: the pixels that were hidden"
