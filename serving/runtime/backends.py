@@ -186,14 +186,17 @@ class _Tiles:
     size: InputSize
     mask_threshold: float
     batch: int
+    pad: bool  # whether the network takes exactly `batch` canvases (a traced ONNX graph)
 
     def prepare(self, tiles: Sequence[np.ndarray]) -> tuple[np.ndarray, Shapes]:
-        """The (batch, 3, S, S) input of up to `batch` tiles, padded with blank canvases (the mean
-        colour, nothing to find) to the full batch; and per tile its scale, width and height."""
+        """The (n, 3, S, S) input of up to `batch` tiles, with `pad` filled up with blank
+        canvases (the mean colour, nothing to find) to n = batch; and per tile its scale, width
+        and height."""
         if not 1 <= len(tiles) <= self.batch:
             raise ValueError(f"a batch holds 1 to {self.batch} tiles, got {len(tiles)}")
         side = self.size.canvas
-        canvases = np.empty((self.batch, 3, side, side), np.float32)
+        count = self.batch if self.pad else len(tiles)
+        canvases = np.empty((count, 3, side, side), np.float32)
         shapes = []
         for i, tile in enumerate(tiles):
             canvases[i], scale = to_canvas(tile, self.size)
@@ -371,7 +374,7 @@ class OnnxDetector:
                 f"{path}: the graph takes batches of {graph_batch} windows (input "
                 f"{graph_input.name} {shape}), the manifest says {batch}; export the model again"
             )
-        self._tiles = _Tiles(kind, size, mask_threshold, batch)
+        self._tiles = _Tiles(kind, size, mask_threshold, batch, pad=True)
 
     def _forward(self, canvases: np.ndarray) -> Sequence[np.ndarray]:
         feed = canvases[0] if self.single else canvases
@@ -421,7 +424,7 @@ class TorchDetector:
         self.device = torch.device(device)
         self.core = core.to(self.device).eval()
         self.precision = precision
-        self._tiles = _Tiles(core.kind, size, mask_threshold, batch)
+        self._tiles = _Tiles(core.kind, size, mask_threshold, batch, pad=False)
 
     def _forward(self, canvases: np.ndarray) -> list[np.ndarray]:
         torch = self.torch
