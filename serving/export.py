@@ -11,9 +11,10 @@ challenger, else `sha-<12 hex of the weights>` for a model trained without a reg
   their loops over a batch's images; the manifest records the batch, and the runtime pads a
   short last batch). Before anything is written, onnxruntime (at that batch) and PyTorch (one
   window at a time) run the same val tiles and must agree within `export.parity` (every
-  detection at or above the lowest operating threshold has a partner: boxes within `box_px`, scores within `score`, masks at
-  IoU `mask_iou` or more, a keypoint model's keypoints scoring `keypoint_score` or more within
-  `keypoint_px`), or the export fails and says by how much they differ;
+  detection at or above the lowest operating threshold has a partner: boxes within `box_px`,
+  scores within `score`, masks at IoU `mask_iou` or more, a keypoint model's keypoints scoring
+  `keypoint_score` or more within `keypoint_px`), or the export fails and says by how much
+  they differ;
 - `weights.safetensors`: the trained weights, for the PyTorch backend;
 - `MODEL_CARD.md`: intended use, data, recall per reference set and size bucket with 95%
   intervals, operating thresholds, known limits;
