@@ -22,12 +22,12 @@ setup: .venv/.synced
 ## committed composition), then the exported anonymizer (the Mask R-CNN and the Keypoint R-CNN
 ## run as one: classes from the Mask R-CNN, head regions from the Keypoint R-CNN's keypoints)
 ## anonymizes the holdout reference images into artifacts/blurred/holdout/ (--allow-demo: it
-## is not a release)
+## is not a release), and the independent detectors audit what it wrote (--audit)
 demo: setup
 	$(RUN) anonlab config evaluate=demo validate=demo
 	$(RUN) dvc repro
 	$(RUN) anonlab blur --allow-demo --model artifacts/serving/anonymizer-* \
-		--out artifacts/blurred/holdout --sidecar \
+		--out artifacts/blurred/holdout --sidecar --audit centerface,haar \
 		$$($(RUN) python -c 'import json; d = json.load(open("artifacts/prepared/refs/holdout.json")); print(" ".join("artifacts/prepared/" + i["file_name"] for i in d["images"]))')
 
 
