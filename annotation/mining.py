@@ -43,7 +43,8 @@ GRID = 16
 @dataclass(frozen=True)
 class Missed:
     """The second opinion on one image: its detector and the faces it found that the
-    pre-annotation does not cover (x0, y0, x1, y1 in the upright image's pixels, and scores)."""
+    pre-annotation does not cover (x0, y0, x1, y1 in the upright image's pixels, and scores),
+    best first. In a panorama a box may run past the right edge (across the seam)."""
 
     detector: str
     boxes: tuple[tuple[float, float, float, float], ...] = ()

@@ -48,7 +48,7 @@ class Prediction:
         }
 
     def meta(self, width: int, height: int) -> dict[str, Any]:
-        """The task's `meta`: why it is queued where it is (the module docstring)."""
+        """The task's `meta`: why it is queued where it is (`annotation.push`'s docstring)."""
         queued = "missed faces" if self.missed_faces else "uncertain"
         out: dict[str, Any] = {"queued": queued, "uncertainty": round(self.uncertainty, 4)}
         if self.missed is not None:

@@ -33,7 +33,8 @@ found. An image on which nothing is found gets U = 0.5, between the confident im
 (U -> 0) and the contested ones (U -> 1).
 
 Import order, missed faces first. The second opinion (`annotation.second_opinion`, CenterFace by
-default; `none` turns it off) runs on each image upright; its faces scoring at least
+default; `none` turns it off; a taxonomy without faces needs none) runs on each image upright,
+at full resolution, whichever pre-annotator ran; its faces scoring at least
 `annotation.second_opinion_min_score` that the pre-annotation's faces do not cover (less than
 half of the face's box inside them, `annotation.mining`) are the image's missed faces, n. Tasks
 are imported by decreasing n, then by decreasing U (ties in manifest order), so Label Studio's
@@ -104,7 +105,7 @@ class PushReport:
             lines.append(f"  pre-annotations: {self.model_version}")
             early = [n for n in self.missed_faces if n]
             if self.second_opinion is None:
-                lines.append("  no second opinion (annotation.second_opinion: none)")
+                lines.append("  no second opinion looked for missed faces")
             else:
                 lines.append(
                     f"  queued first: {len(early)} images with {sum(early)} faces that "
@@ -148,7 +149,7 @@ def run_push(
     xml = labeling_config(taxonomy.classes, taxonomy.keypoints)
     # Loaded (its weights checked) before the server is touched: a missing detector stops push
     # before it creates or changes anything.
-    opinion = second_opinion(cfg)
+    opinion = second_opinion(cfg) if FACE in taxonomy.classes else None
     client = connect(cfg)
     try:
         project_id, created, updated = ensure_project(client, cfg.project_title, xml, artifacts)
@@ -207,7 +208,7 @@ def run_push(
         model_version=model_version,
         uncertainty=[predictions[i].uncertainty for i in order],
         missed_faces=[predictions[i].missed_faces for i in order],
-        second_opinion=None if cfg.second_opinion == "none" else cfg.second_opinion,
+        second_opinion=opinion.name if opinion is not None else None,
     )
 
 
@@ -293,15 +294,12 @@ def preannotate(
     second_opinion: SecondOpinion | None = None,
 ) -> list[Prediction]:
     """One prediction per record: the `models`' (the champions) when there are any, else
-    Haar's; with the faces `second_opinion` finds that it does not cover (when the taxonomy has
-    faces)."""
+    Haar's; with the faces `second_opinion` finds that it does not cover."""
     if not records:
         return []
     detector: ChampionPreannotator | HaarDetector = (
         ChampionPreannotator(models, min_score) if models else HaarDetector()
     )
-    if FACE not in taxonomy.classes:
-        second_opinion = None
     log.info(
         "pre-annotating %d images with %s%s",
         len(records),

@@ -13,13 +13,13 @@ import pytest
 import requests
 import skimage.data
 from PIL import Image
-from pydantic import ValidationError
 
 from annotation.client import connect
 from annotation.mining import covered_share, face_boxes, queue_order, queue_score
 from annotation.push import image_url, run_push
 from data.errors import AnonlabError
 from data.manifest import ManifestRecord
+from serving.cli import main as cli_main
 from tests.annotation.conftest import LabelStudioUnderTest
 from tests.annotation.server_project import TAXONOMY, annotation_cfg, review
 from tests.images import jpeg_bytes, store_jpeg, texture
@@ -159,11 +159,23 @@ def test_a_detector_that_cannot_load_stops_push_before_the_server_is_touched(
     assert connect(cfg).find_project("push-no-detector") is None
 
 
-def test_second_opinion_setting_is_validated() -> None:
-    with pytest.raises(ValidationError, match="second_opinion"):
-        annotation_cfg("http://127.0.0.1:8080", "x", second_opinion="haar")
-    with pytest.raises(ValidationError, match="second_opinion_min_score"):
-        annotation_cfg("http://127.0.0.1:8080", "x", second_opinion_min_score=1.0)
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("annotation.second_opinion=haar", ["annotation.second_opinion = 'haar'", "'none'"]),
+        ("annotation.second_opinion_min_score=1", ["annotation.second_opinion_min_score = 1"]),
+    ],
+)
+def test_a_bad_second_opinion_setting_is_refused_before_push_starts(
+    params_file: Path, capsys: pytest.CaptureFixture[str], override: str, expected: list[str]
+) -> None:
+    argv = ["--params", str(params_file), "annotate", "push", "annotation.source=server", override]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    for text in expected:
+        assert text in err
+    assert "Traceback" not in err
+    assert not (params_file.parent / "artifacts").exists()
 
 
 def _ellipse(cx: float, cy: float, rx: float, ry: float, label: str = "face") -> dict:
