@@ -66,6 +66,11 @@ class AnnotationConfig(Section):
     # `annotate push`: the registry champion's detections at or above this score become
     # pre-annotations.
     champion_min_score: float = Field(ge=0, lt=1)
+    # `annotate push`: the independent detector whose faces the pre-annotation does not cover
+    # queue an image first (`annotation.mining`); `none` turns it off. Its faces below
+    # `second_opinion_min_score` are not counted.
+    second_opinion: Literal["centerface", "none"]
+    second_opinion_min_score: float = Field(gt=0, lt=1)
     serve: ServeConfig
 
     @field_validator("url")

@@ -1,4 +1,5 @@
-"""`anonlab annotate push`: reviewed images into Label Studio, pre-annotated, uncertain first.
+"""`anonlab annotate push`: reviewed images into Label Studio, pre-annotated, likely misses and
+uncertain images first.
 
 The project (found by `annotation.project_title`, created once) gets the labeling interface of
 the taxonomy, updated when the taxonomy changes, and a local-files storage on `artifacts/raw`
@@ -29,25 +30,36 @@ merged into it (more neighbours, surer), and an image's uncertainty is
 where D, the disagreement of two face cascades, is the share of faces found by only one of
 `frontalface_default` and `frontalface_alt2` (matched at IoU >= 0.3) among the faces either
 found. An image on which nothing is found gets U = 0.5, between the confident images
-(U -> 0) and the contested ones (U -> 1). Tasks are imported by decreasing U, so Label Studio's
-default sequential queue hands annotators the least certain images first. Each prediction's
-`score` is 1 - U, so the project's "uncertainty sampling" (lowest score first) agrees.
+(U -> 0) and the contested ones (U -> 1).
+
+Import order, missed faces first. The second opinion (`annotation.second_opinion`, CenterFace by
+default; `none` turns it off; a taxonomy without faces needs none) runs on each image upright,
+at full resolution, whichever pre-annotator ran; its faces scoring at least
+`annotation.second_opinion_min_score` that the pre-annotation's faces do not cover (less than
+half of the face's box inside them, `annotation.mining`) are the image's missed faces, n. Tasks
+are imported by decreasing n, then by decreasing U (ties in manifest order), so Label Studio's
+default sequential queue hands annotators the images where a face may be missing first, then
+the least certain. Each prediction's `score` is (1 - U/2) / 2^n: in [0.5, 1] without missed
+faces, halved by each one, so the project's "uncertainty sampling" (lowest score first) agrees.
+Each task's `meta` says why it was queued where it is: `queued` ("missed faces" or
+"uncertain"), `uncertainty` (U), and with a second opinion its name, `missed_faces` (n) and,
+when n > 0, `missed_score` and `missed_boxes` (percent of the image).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from annotation.client import LabelStudio, connect
 from annotation.config import AnnotationConfig
-from annotation.labeling_config import labels_by_control
-from annotation.predictions import ModelDetector, detection_regions, percent
+from annotation.haar_preannotation import HaarDetector
+from annotation.mining import FACE, Missed, SecondOpinion, queue_order
+from annotation.preannotation import ChampionPreannotator, Prediction
+from annotation.predictions import ModelDetector
 from data import atomic
 from data.collect import LABEL_STUDIO_LOCAL_FILES
 from data.config import TaxonomyConfig
@@ -55,54 +67,15 @@ from data.errors import AnonlabError
 from data.manifest import ManifestRecord, read_reviewed
 from data.retention import refuse_overdue
 from data.stage_paths import RELATIVE, StagePaths
-from serving.runtime.errors import ImageError
+from serving.runtime.errors import ArtifactError, ImageError
 from serving.runtime.imagefile import read_upright
-from serving.runtime.independent.haar import confidence
 from serving.runtime.progress import bar, progress
-from serving.runtime.tiles import detect_tiled
 
 log = logging.getLogger(__name__)
 
 # Where push records the Label Studio project, relative to the artifacts root.
 STATE_FILE = RELATIVE.annotations.label_studio_state
 STORAGE_TITLE = "anonlab raw store"
-
-WORK_SIZE = 800  # long side of the image the cascades look at
-MATCH_IOU = 0.3
-NO_DETECTION_UNCERTAINTY = 0.5
-# A Haar face box spans brows to mouth; the face to blur reaches from forehead to chin.
-FACE_HEIGHT_FACTOR = 1.25
-
-FACE = "face"
-PLATE = "license_plate"
-
-
-@dataclass(frozen=True)
-class Detection:
-    """A box found on the working image (pixels), with a confidence in [0, 1]."""
-
-    label: str
-    x: float
-    y: float
-    w: float
-    h: float
-    confidence: float
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """The pre-annotation of one image: Label Studio regions and how uncertain they are."""
-
-    result: list[dict[str, Any]]
-    uncertainty: float
-    model_version: str
-
-    def as_task_prediction(self) -> dict[str, Any]:
-        return {
-            "model_version": self.model_version,
-            "score": round(1.0 - self.uncertainty, 4),
-            "result": self.result,
-        }
 
 
 @dataclass
@@ -116,6 +89,8 @@ class PushReport:
     imported: int
     model_version: str | None  # of the new tasks' predictions
     uncertainty: list[float] = field(default_factory=list)  # of the new tasks, import order
+    missed_faces: list[int] = field(default_factory=list)  # of the new tasks, import order
+    second_opinion: str | None = None  # the independent detector that looked for misses
 
     def summary(self) -> str:
         state = "created" if self.project_created else "found"
@@ -127,10 +102,21 @@ class PushReport:
         if self.config_updated:
             lines.append("  labeling interface updated from the taxonomy")
         if self.imported:
-            lines.append(
-                f"  pre-annotations: {self.model_version}, most uncertain first "
-                f"(uncertainty {self.uncertainty[0]:.2f} .. {self.uncertainty[-1]:.2f})"
-            )
+            lines.append(f"  pre-annotations: {self.model_version}")
+            early = [n for n in self.missed_faces if n]
+            if self.second_opinion is None:
+                lines.append("  no second opinion looked for missed faces")
+            else:
+                lines.append(
+                    f"  queued first: {len(early)} images with {sum(early)} faces that "
+                    f"{self.second_opinion} finds and the pre-annotations miss"
+                )
+            rest = self.uncertainty[len(early) :]
+            if rest:
+                lines.append(
+                    f"  then {len(rest)} images, most uncertain first "
+                    f"(uncertainty {rest[0]:.2f} .. {rest[-1]:.2f})"
+                )
         return "\n".join(lines)
 
 
@@ -161,6 +147,9 @@ def run_push(
     from annotation.labeling_config import labeling_config
 
     xml = labeling_config(taxonomy.classes, taxonomy.keypoints)
+    # Loaded (its weights checked) before the server is touched: a missing detector stops push
+    # before it creates or changes anything.
+    opinion = second_opinion(cfg) if FACE in taxonomy.classes else None
     client = connect(cfg)
     try:
         project_id, created, updated = ensure_project(client, cfg.project_title, xml, artifacts)
@@ -180,8 +169,11 @@ def run_push(
             taxonomy,
             models,
             min_score=cfg.champion_min_score,
+            second_opinion=opinion,
         )
-        order = uncertain_first([p.uncertainty for p in predictions])
+        order = queue_order(
+            [p.uncertainty for p in predictions], [p.missed_faces for p in predictions]
+        )
         imported = 0
         with bar(total=len(new), desc="push", unit="task") as pbar:
             for start in range(0, len(order), cfg.batch_size):
@@ -190,6 +182,7 @@ def run_push(
                     {
                         "data": {"image": image_url(new[i])},
                         "predictions": [predictions[i].as_task_prediction()],
+                        "meta": predictions[i].meta(new[i].width, new[i].height),
                     }
                     for i in batch
                 ]
@@ -214,7 +207,22 @@ def run_push(
         imported=imported,
         model_version=model_version,
         uncertainty=[predictions[i].uncertainty for i in order],
+        missed_faces=[predictions[i].missed_faces for i in order],
+        second_opinion=opinion.name if opinion is not None else None,
     )
+
+
+def second_opinion(cfg: AnnotationConfig) -> SecondOpinion | None:
+    """The independent detector that looks for faces the pre-annotation misses, or None."""
+    if cfg.second_opinion == "none":
+        return None
+    try:
+        return SecondOpinion(cfg.second_opinion, cfg.second_opinion_min_score)
+    except ArtifactError as e:
+        raise AnonlabError(
+            f"annotation.second_opinion: {cfg.second_opinion}: {e}; or run `anonlab annotate "
+            "push annotation.second_opinion=none` to push without looking for missed faces"
+        ) from None
 
 
 def ensure_project(
@@ -283,216 +291,42 @@ def preannotate(
     models: Sequence[ModelDetector] = (),
     *,
     min_score: float = 0.0,
+    second_opinion: SecondOpinion | None = None,
 ) -> list[Prediction]:
     """One prediction per record: the `models`' (the champions) when there are any, else
-    Haar's."""
+    Haar's; with the faces `second_opinion` finds that it does not cover."""
     if not records:
         return []
     detector: ChampionPreannotator | HaarDetector = (
         ChampionPreannotator(models, min_score) if models else HaarDetector()
     )
-    log.info("pre-annotating %d images with %s", len(records), detector.model_version)
-    return [
-        detector.predict(r, raw_dir, taxonomy)
-        for r in progress(records, total=len(records), desc="pre-annotate")
-    ]
-
-
-class ChampionPreannotator:
-    """Trained models (the registry's champions) on the upright image, tiled as the runtime
-    tiles; their detections at or above `min_score` as regions (`annotation.predictions`)."""
-
-    def __init__(self, models: Sequence[ModelDetector], min_score: float) -> None:
-        self.models = list(models)
-        self.min_score = min_score
-        self.model_version = "+".join(m.model_version for m in self.models)
-
-    def predict(
-        self, record: ManifestRecord, raw_dir: Path, taxonomy: TaxonomyConfig
-    ) -> Prediction:
-        try:
-            rgb = read_upright(raw_dir / record.path)
-        except (OSError, ImageError) as e:
-            # As for Haar: the annotator sees the broken image and can skip it.
-            log.warning("%s: not readable for pre-annotation (%s)", record.path, e)
-            return Prediction([], NO_DETECTION_UNCERTAINTY, self.model_version)
-        height, width = rgb.shape[:2]
-        offered = labels_by_control(taxonomy.classes, taxonomy.keypoints)
-        result: list[dict[str, Any]] = []
-        scores: list[float] = []
-        for k, model in enumerate(self.models):
-            dets = detect_tiled(rgb, model.detector, model.spec)
-            known = [model.classes[int(label) - 1] in taxonomy.classes for label in dets.labels]
-            dets = dets.select((dets.scores >= self.min_score) & np.array(known, bool))
-            result += detection_regions(
-                dets,
-                classes=model.classes,
-                keypoint_names=model.keypoint_names,
-                offered=offered,
-                width=width,
-                height=height,
-                prefix=f"m{k}-",
-            )
-            scores += dets.scores.tolist()
-        return Prediction(result, score_uncertainty(scores), self.model_version)
-
-
-class HaarDetector:
-    """OpenCV's bundled Haar cascades: faces (two cascades, for disagreement) and plates."""
-
-    def __init__(self) -> None:
-        import cv2
-
-        from serving.runtime.independent.haar import cascade as load
-
-        self.model_version = f"haar-opencv-{cv2.__version__}"
-        self._face = load("haarcascade_frontalface_default.xml")
-        self._face_alt = load("haarcascade_frontalface_alt2.xml")
-        self._plate = load("haarcascade_russian_plate_number.xml")
-
-    def predict(
-        self, record: ManifestRecord, raw_dir: Path, taxonomy: TaxonomyConfig
-    ) -> Prediction:
-        from data.image_scores import decode_working
-
-        try:
-            work = decode_working(raw_dir / record.path, WORK_SIZE, record.orientation)
-        except (OSError, ValueError) as e:
-            # Review read this image; a file that broke since gets no pre-annotation, not a
-            # failed push: the annotator sees the broken image and can skip it.
-            log.warning("%s: not readable for pre-annotation (%s)", record.path, e)
-            return Prediction([], NO_DETECTION_UNCERTAINTY, self.model_version)
-        faces, faces_alt, plates = self.detect(work.luma)
-        if FACE not in taxonomy.classes:
-            faces, faces_alt = [], []
-        if PLATE not in taxonomy.classes:
-            plates = []
-        height, width = work.luma.shape[:2]
-        detections = faces + plates
-        return Prediction(
-            result=to_regions(detections, width, height, record.width, record.height),
-            uncertainty=image_uncertainty(detections, faces, faces_alt),
-            model_version=self.model_version,
-        )
-
-    def detect(self, luma: Any) -> tuple[list[Detection], list[Detection], list[Detection]]:
-        """Faces by the default cascade, faces by the second cascade, plates."""
-        import cv2
-
-        luma = cv2.equalizeHist(luma)
-        side = max(luma.shape[:2])
-        min_face = max(12, side // 100)
-        return (
-            _run(self._face, luma, FACE, 1.1, 3, (min_face, min_face)),
-            _run(self._face_alt, luma, FACE, 1.1, 3, (min_face, min_face)),
-            _run(self._plate, luma, PLATE, 1.1, 3, (24, 8)),
-        )
-
-
-def _run(
-    cascade: Any, luma: Any, label: str, scale: float, neighbours: int, min_size: tuple[int, int]
-) -> list[Detection]:
-    boxes, counts = cascade.detectMultiScale2(
-        luma, scaleFactor=scale, minNeighbors=neighbours, minSize=min_size
+    log.info(
+        "pre-annotating %d images with %s%s",
+        len(records),
+        detector.model_version,
+        f", missed faces by {second_opinion.name}" if second_opinion else "",
     )
-    return [
-        Detection(label, float(x), float(y), float(w), float(h), confidence(int(n)))
-        for (x, y, w, h), n in zip(boxes, counts, strict=True)
-    ]
-
-
-def image_uncertainty(
-    detections: Sequence[Detection],
-    faces: Sequence[Detection],
-    faces_other: Sequence[Detection],
-) -> float:
-    """U of the module docstring: confidence ambiguity and face-cascade disagreement, in [0, 1].
-
-    `detections` are what the image is pre-annotated with; `faces` and `faces_other` are the
-    faces of the two cascades that are compared.
-    """
-    if not detections and not faces_other:
-        return NO_DETECTION_UNCERTAINTY
-    ambiguity = score_uncertainty([d.confidence for d in detections])
-    return (ambiguity + disagreement(faces, faces_other)) / 2.0
-
-
-def score_uncertainty(confidences: Sequence[float]) -> float:
-    """The mean of 1 - |2c - 1| over the detections' confidences; 0.5 without detections."""
-    if not confidences:
-        return NO_DETECTION_UNCERTAINTY
-    return sum(1.0 - abs(2.0 * c - 1.0) for c in confidences) / len(confidences)
-
-
-def disagreement(a: Sequence[Detection], b: Sequence[Detection]) -> float:
-    """The share of objects found by only one of `a` and `b` (greedy IoU matching)."""
-    if not a and not b:
-        return 0.0
-    unmatched_b = list(b)
-    matched = 0
-    for det in sorted(a, key=lambda d: -d.confidence):
-        best = max(unmatched_b, key=lambda o: iou(det, o), default=None)
-        if best is not None and iou(det, best) >= MATCH_IOU:
-            unmatched_b.remove(best)
-            matched += 1
-    union = len(a) + len(b) - matched
-    return (union - matched) / union
-
-
-def iou(a: Detection, b: Detection) -> float:
-    ix = max(0.0, min(a.x + a.w, b.x + b.w) - max(a.x, b.x))
-    iy = max(0.0, min(a.y + a.h, b.y + b.h) - max(a.y, b.y))
-    inter = ix * iy
-    union = a.w * a.h + b.w * b.h - inter
-    return inter / union if union > 0 else 0.0
-
-
-def uncertain_first(uncertainties: Sequence[float]) -> list[int]:
-    """Indices by decreasing uncertainty; ties keep their order (the manifest's)."""
-    return sorted(range(len(uncertainties)), key=lambda i: -uncertainties[i])
-
-
-def to_regions(
-    detections: Sequence[Detection], width: int, height: int, full_w: int, full_h: int
-) -> list[dict[str, Any]]:
-    """Label Studio regions, in percent of the image: faces as ellipses, plates as rectangles.
-
-    `width`, `height`: the image the boxes were found on; `full_w`, `full_h`: the image as the
-    annotator sees it (upright, full resolution), recorded as `original_width/height`.
-    """
     out = []
-    for i, d in enumerate(detections):
-        common = {
-            "id": f"pre{i}",
-            "to_name": "image",
-            "original_width": full_w,
-            "original_height": full_h,
-            "image_rotation": 0,
-            "score": round(d.confidence, 4),
-        }
-        if d.label == FACE:
-            value = {
-                "x": percent(d.x + d.w / 2, width),
-                "y": percent(d.y + d.h / 2, height),
-                "radiusX": percent(d.w / 2, width),
-                "radiusY": percent(d.h / 2 * FACE_HEIGHT_FACTOR, height),
-                "rotation": 0,
-                "ellipselabels": [FACE],
-            }
-            out.append({**common, "from_name": "ellipse", "type": "ellipselabels", "value": value})
-        else:
-            value = {
-                "x": percent(d.x, width),
-                "y": percent(d.y, height),
-                "width": percent(d.w, width),
-                "height": percent(d.h, height),
-                "rotation": 0,
-                "rectanglelabels": [d.label],
-            }
-            out.append(
-                {**common, "from_name": "rectangle", "type": "rectanglelabels", "value": value}
+    for record in progress(records, total=len(records), desc="pre-annotate"):
+        prediction = detector.predict(record, raw_dir, taxonomy)
+        if second_opinion is not None:
+            prediction = replace(
+                prediction, missed=find_missed(second_opinion, record, raw_dir, prediction)
             )
+        out.append(prediction)
     return out
+
+
+def find_missed(
+    opinion: SecondOpinion, record: ManifestRecord, raw_dir: Path, prediction: Prediction
+) -> Missed | None:
+    """The faces `opinion` finds on the upright image that `prediction` misses; None when the
+    image cannot be read (the pre-annotator has logged why)."""
+    try:
+        rgb = read_upright(raw_dir / record.path)
+    except (OSError, ImageError):
+        return None
+    return opinion.missed(rgb, prediction.result)
 
 
 def _import(

@@ -16,8 +16,10 @@ import yaml
 from annotation.client import connect
 from annotation.convert import ImageRef, to_coco
 from annotation.convert.brush_rle import decode_brush_rle
+from annotation.mining import queue_score
+from annotation.preannotation import score_uncertainty
 from annotation.predictions import ModelDetector
-from annotation.push import image_url, score_uncertainty
+from annotation.push import image_url
 from data.manifest import ManifestRecord
 from evaluation.champion import load_champions
 from evaluation.config import EvaluateConfig
@@ -152,6 +154,7 @@ def test_annotate_push_predicts_with_the_champion_on_the_upright_image(
     project_id = client.find_project("push-champion")
     assert client.get_project(project_id)["model_version"] == f"{NAME}:1"
     tasks = {t["data"]["image"]: t["id"] for t in client.tasks(project_id)}
+    metas = {t["id"]: t["meta"] for t in client.export_tasks(project_id)}
     types: set[str] = set()
     scores = {}
     for record in records:
@@ -163,9 +166,15 @@ def test_annotate_push_predicts_with_the_champion_on_the_upright_image(
         dets = detect_tiled(upright, champion.detector, champion.spec)
         dets = dets.select(dets.scores >= MIN_SCORE)
         assert len(dets) > 0
-        assert prediction["score"] == pytest.approx(
-            1 - score_uncertainty(dets.scores.tolist()), abs=1e-4
-        )
+        # No face in these textures for the second opinion either: queued by uncertainty.
+        uncertainty = score_uncertainty(dets.scores.tolist())
+        assert metas[task_id] == {
+            "queued": "uncertain",
+            "uncertainty": pytest.approx(uncertainty, abs=1e-4),
+            "second_opinion": "centerface",
+            "missed_faces": 0,
+        }
+        assert prediction["score"] == pytest.approx(queue_score(uncertainty, 0), abs=1e-4)
         scores[task_id] = prediction["score"]
         result = prediction["result"]
         for region in result:

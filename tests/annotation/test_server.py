@@ -14,14 +14,9 @@ import requests
 
 from annotation.client import LabelStudio, connect, jwt_type
 from annotation.config import PASSWORD_ENV, TOKEN_ENV, USERNAME_ENV
-from annotation.push import (
-    STATE_FILE,
-    Detection,
-    image_uncertainty,
-    image_url,
-    run_push,
-    uncertain_first,
-)
+from annotation.haar_preannotation import Detection, image_uncertainty
+from annotation.mining import queue_order, queue_score
+from annotation.push import STATE_FILE, image_url, run_push
 from annotation.server import credentials_from_env, start_server
 from annotation.status import run_status
 from data.config import TaxonomyConfig
@@ -283,10 +278,10 @@ def test_uncertain_first_ordering() -> None:
     assert u["sure"] < u["nothing"] < u["contested"]
     assert u["sure"] < u["coin_flip"]
     names = list(u)
-    order = [names[i] for i in uncertain_first([u[n] for n in names])]
+    order = [names[i] for i in queue_order([u[n] for n in names], [0] * len(names))]
     assert order[0] == "contested" and order[-1] == "sure"
     # Ties keep manifest order.
-    assert uncertain_first([0.5, 0.5, 0.7]) == [2, 0, 1]
+    assert queue_order([0.5, 0.5, 0.7], [0, 0, 0]) == [2, 0, 1]
     # Agreement of both cascades leaves only the confidence term.
     assert image_uncertainty(sure, sure, sure) == pytest.approx((1 - abs(2 * 0.95 - 1)) / 2)
     assert np.isclose(image_uncertainty([], [], [face(0, 0.4)]), (0.5 + 1.0) / 2)
@@ -335,7 +330,7 @@ GRACE_HOPPER = Path(np.__file__).parents[1] / "matplotlib/mpl-data/sample_data/g
 
 @pytest.mark.skipif(not GRACE_HOPPER.exists(), reason="matplotlib's sample photo not installed")
 def test_haar_pre_annotates_a_real_face(tmp_path: Path) -> None:
-    from annotation.push import HaarDetector
+    from annotation.haar_preannotation import HaarDetector
 
     data = GRACE_HOPPER.read_bytes()
     (tmp_path / "images").mkdir()
@@ -353,5 +348,5 @@ def test_haar_pre_annotates_a_real_face(tmp_path: Path) -> None:
     assert all(f["original_width"] == 512 and f["original_height"] == 600 for f in faces)
     assert 0.0 < prediction.uncertainty < 1.0
     assert prediction.as_task_prediction()["score"] == pytest.approx(
-        1 - prediction.uncertainty, abs=1e-4
+        queue_score(prediction.uncertainty, 0), abs=1e-4
     )
