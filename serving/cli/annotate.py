@@ -73,7 +73,8 @@ SERVE = Command(
 )
 
 PUSH = Command(
-    "import reviewed images as tasks, with pre-annotations, least certain first",
+    "import reviewed images as tasks, with pre-annotations; likely misses first, then the "
+    "least certain",
     "Create the Label Studio project (annotation.project_title) once, keep its labeling "
     "interface in step with the taxonomy, and import the reviewed images that are not yet "
     "tasks, in batches of annotation.batch_size. Each task carries predictions: when a "
@@ -81,9 +82,11 @@ PUSH = Command(
     "detections (run with the runtime's detector and evaluate.tiling on the upright image, "
     "score at least annotation.champion_min_score; faces as ellipses, plates as rectangles, "
     "masks as brushes, keypoints), model_version <name>:<version>; otherwise OpenCV's Haar "
-    "face and plate cascades, and a log line says what the registry held. The least "
-    "certain images (by the champion's scores, or Haar's) are imported first. Re-running "
-    "never duplicates a task.",
+    "face and plate cascades, and a log line says what the registry held. Images where "
+    "annotation.second_opinion (CenterFace; none turns it off) finds a face the "
+    "pre-annotations do not cover are imported first, the most such faces first; then the "
+    "least certain (by the champion's scores, or Haar's). Each task's meta says why it was "
+    "queued where it is. Re-running never duplicates a task.",
     no_args,
     handle_push,
 )
