@@ -38,7 +38,7 @@ import datetime as dt
 import logging
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,13 +59,16 @@ from evaluation.anonymizer import (
     evaluate_anonymizer,
 )
 from evaluation.config import AnonymizerConfig, EvaluateConfig
-from evaluation.evaluate_runs import flat_recall, track_anonymizer, track_model
+from evaluation.evaluate_runs import flat_recall, peer_metrics, track_anonymizer, track_model
 from evaluation.gallery import caption, crops
+from evaluation.operating import only_classes, operating_thresholds
+from evaluation.peers import PeerResult, PeerSet, evaluate_peer, load_peer, peer_key
 from evaluation.predict import predict_set, torch_detector
 from evaluation.registry import CHAMPION, RegisteredModel, Registry
 from evaluation.report import (
     Miss,
     ModelReport,
+    PeerReport,
     SetReport,
     render_report,
 )
@@ -82,8 +85,6 @@ from training.device import resolve_device
 __all__ = [
     "EvalSetup",
     "category_id",
-    "only_classes",
-    "operating_thresholds",
     "run_evaluate",
     "score_options",
     "tiling_spec",
@@ -157,28 +158,6 @@ def score_options(
     )
 
 
-def operating_thresholds(
-    gt: dict[str, Any],
-    results: list[dict[str, Any]],
-    classes: Sequence[str],
-    options: ScoreOptions,
-) -> dict[str, dict[str, Any]]:
-    """Per class of `classes`, the highest score threshold whose recall (IoU) on these results
-    reaches the class's target (score's operating point, not below `options.min_threshold`):
-    `threshold`, `val_recall` (the recall there) and `reached`."""
-    floor = options.min_threshold
-    points = score(gt, results, replace(options, thresholds=floor, n_boot=0)).operating_points
-    chosen: dict[str, dict[str, Any]] = {}
-    for name in classes:
-        point = points.get(name)
-        chosen[name] = {
-            "threshold": point.threshold if point else floor,
-            "val_recall": point.recall if point else None,
-            "reached": point.reached if point else False,
-        }
-    return chosen
-
-
 def run_evaluate(setup: EvalSetup) -> dict[str, Any]:
     """Evaluate every model; the metrics.json content. Refuses before any work when a set holds
     an image past its `delete_after` (data.retention)."""
@@ -196,6 +175,8 @@ def run_evaluate(setup: EvalSetup) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     reports: list[ModelReport] = []
     runs: list[MemberRun] = []
+    peers = _peers(setup, sets, truths)
+    peer_flat = peer_metrics(peers)
     with staged_dir(paths.eval.folder) as out:
         for name in setup.models:
             model = paths.model(name)
@@ -220,6 +201,7 @@ def run_evaluate(setup: EvalSetup) -> dict[str, Any]:
             flat = flat_recall(mine.scores, mine.thresholds)
             if champion is not None:
                 flat.update(flat_recall(champion.scores, champion.thresholds, prefix="champion/"))
+            flat.update(peer_flat)
             track_model(
                 setup.root,
                 setup.evaluate,
@@ -241,7 +223,8 @@ def run_evaluate(setup: EvalSetup) -> dict[str, Any]:
             )
         anonymizer = _anonymizer(setup, runs, sets, truths)
         metrics[ANONYMIZER] = anonymizer.entry()
-        track_anonymizer(setup.root, setup.evaluate, setup.anonymizer, anonymizer)
+        metrics.update({peer_key(p.name): p.entry() for p in peers})
+        track_anonymizer(setup.root, setup.evaluate, setup.anonymizer, anonymizer, peer_flat)
         targets = {c: setup.evaluate.target(c) for c in setup.taxonomy.classes}
         write_json(EvalOutputs(out).metrics, metrics)
         html = render_report(
@@ -257,6 +240,7 @@ def run_evaluate(setup: EvalSetup) -> dict[str, Any]:
                 {name: path.parent.parent for name, path in sets.items()},
                 setup.evaluate.gallery,
             ),
+            peers=[PeerReport(p.name, p.licence, p.thresholds, p.scores) for p in peers],
         )
         write_text(EvalOutputs(out).report, html)
     return metrics
@@ -287,6 +271,29 @@ def _anonymizer(
     )
     gts = {name: only_classes(truths[name], classes) for name in sets}
     return evaluate_anonymizer(runs, gts, anonymizer_setup)
+
+
+def _peers(
+    setup: EvalSetup, sets: Mapping[str, Path], truths: Mapping[str, dict[str, Any]]
+) -> list[PeerResult]:
+    """Each detector of evaluate.peers scored on every set (`evaluation.peers`)."""
+    cfg = setup.evaluate
+    classes = setup.taxonomy.classes
+    options = score_options(
+        cfg, classes, cfg.min_threshold, seed=setup.seed, identifiable=setup.taxonomy.identifiable
+    )
+    peer_sets = {
+        name: PeerSet(
+            gt=only_classes(truths[name], classes),
+            images_root=path.parent if name == VAL else path.parent.parent,
+        )
+        for name, path in sets.items()
+    }
+    spec = tiling_spec(cfg)
+    return [
+        evaluate_peer(load_peer(name, spec, cfg.min_threshold), peer_sets, options, classes)
+        for name in cfg.peers
+    ]
 
 
 @dataclass
@@ -479,16 +486,6 @@ def _model_report(
         thresholds=mine.thresholds,
         sets=sets,
     )
-
-
-def only_classes(gt: dict[str, Any], classes: Sequence[str]) -> dict[str, Any]:
-    """The ground truth of the classes a model detects (a keypoint model detects persons)."""
-    keep = {c["id"] for c in gt["categories"] if c["name"] in classes}
-    return {
-        **gt,
-        "categories": [c for c in gt["categories"] if c["id"] in keep],
-        "annotations": [a for a in gt["annotations"] if a["category_id"] in keep],
-    }
 
 
 def category_id(gt: dict[str, Any], name: str, path: Path) -> int:
