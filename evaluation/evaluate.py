@@ -19,17 +19,22 @@ model's detector gave in 1 and 2 (each ran once per image; a keypoint model's wi
 the head threshold is chosen on val for the face target (`evaluation.head_threshold`). What it
 hides is what is scored: its coverage is measured on the pixels the runtime hides fully.
 
+And the peer baselines (`evaluation.peers`): each independent detector of evaluate.peers on
+every set, scored the same way on the classes it finds, its thresholds chosen on val as a
+model's are; shown beside our models, never gated.
+
 Outputs under `artifacts/eval/`: `metrics.json` (DVC metrics: per model the sha256 of the
 weights it scored, which validate and export check the weights against; per set, recall and
 coverage per class and bucket, thresholds, champion; and under `anonymizer` the anonymizer's
 entry: members and their weights sha256, which model supplies which class, head geometry,
 styles, thresholds with the head threshold, per set the same recall/coco/false positives as a
-model's, and per reference set the faces only its heads hide), `plots/<model>/<set>/`
+model's, and per reference set the faces only its heads hide; under `peer:<name>` each peer's
+entry), `plots/<model>/<set>/`
 (precision/recall points and recall by size bucket, for `dvc plots`),
 `predictions/<model>/<set>.json` (COCO results: `anonlab score` reads them), `report.html` (the
 anonymizer beside its members first). The folder is replaced as a whole, so a failed run leaves
 the previous outputs. Each model, and the anonymizer, also gets an MLflow run in the experiment
-`anonlab/evaluate` (`evaluation.evaluate_runs`).
+`anonlab/evaluate` (`evaluation.evaluate_runs`), each with the peers' numbers under `peer/`.
 """
 
 from __future__ import annotations
@@ -62,7 +67,14 @@ from evaluation.config import AnonymizerConfig, EvaluateConfig
 from evaluation.evaluate_runs import flat_recall, peer_metrics, track_anonymizer, track_model
 from evaluation.gallery import caption, crops
 from evaluation.operating import only_classes, operating_thresholds
-from evaluation.peers import PeerResult, PeerSet, evaluate_peer, load_peer, peer_key
+from evaluation.peers import (
+    PEER_PREFIX,
+    PeerResult,
+    PeerSet,
+    evaluate_peer,
+    load_peer,
+    peer_key,
+)
 from evaluation.predict import predict_set, torch_detector
 from evaluation.registry import CHAMPION, RegisteredModel, Registry
 from evaluation.report import (
@@ -74,7 +86,7 @@ from evaluation.report import (
 )
 from evaluation.score import score
 from evaluation.scoring.options import ScoreOptions
-from evaluation.scoring.result import ObjectOutcome, ScoreResult, recall_to_json
+from evaluation.scoring.result import ObjectOutcome, ScoreResult, sets_to_json
 from serving.runtime.anonymize import Style
 from serving.runtime.checksum import file_sha256
 from serving.runtime.composite import Member
@@ -277,6 +289,12 @@ def _peers(
     setup: EvalSetup, sets: Mapping[str, Path], truths: Mapping[str, dict[str, Any]]
 ) -> list[PeerResult]:
     """Each detector of evaluate.peers scored on every set (`evaluation.peers`)."""
+    taken = [m for m in setup.models if m.startswith(PEER_PREFIX)]
+    if taken:
+        raise AnonlabError(
+            f"models.{taken[0]}: names starting with {PEER_PREFIX!r} are the peer baselines' keys "
+            "in artifacts/eval/metrics.json; rename the model"
+        )
     cfg = setup.evaluate
     classes = setup.taxonomy.classes
     options = score_options(
@@ -444,14 +462,7 @@ def _metrics_entry(
         return {
             "weights_sha256": result.weights_sha256,
             "thresholds": result.thresholds,
-            "sets": {
-                name: {
-                    "recall": recall_to_json(s.recall),
-                    "coco": s.coco,
-                    "false_positives_per_image": s.false_positives_per_image,
-                }
-                for name, s in result.scores.items()
-            },
+            "sets": sets_to_json(result.scores),
         }
 
     entry = compact(mine)

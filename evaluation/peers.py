@@ -2,8 +2,9 @@
 train) scored on every set beside our models, so a user reads "our face recall 0.97, CenterFace
 0.88" per set and size.
 
-A peer predicts on the same images as our models (decoded upright by `evaluation.predict`),
-tiled by evaluate's tiling (`evaluate.tiling`), and is scored by the same scorer with the same
+A peer predicts on the same images as our models (decoded upright by `evaluation.predict`;
+CenterFace cut into windows by evaluate's tiling, `evaluate.tiling`; Haar on the whole image, as
+it runs), and is scored by the same scorer with the same
 coverage, targets, bootstrap and identifiable heights, on the classes it finds that the
 taxonomy has (CenterFace finds faces only: it is not scored on persons, plates or vehicles).
 
@@ -16,7 +17,7 @@ The entry it writes, `metrics.json["peer:<name>"]`: `peer` (its name), `licence`
 and origin), `classes` (those scored), `thresholds` (per class threshold, val_recall, reached),
 and `sets` (per set the same shape as a model's: recall, coco, false_positives_per_image).
 Nothing reads it as a model: validate, export and the registry read the entries of
-train.models and `anonymizer` by name, and `peer:` is no model name.
+train.models and `anonymizer` by name, and evaluate refuses a model whose name starts `peer:`.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from evaluation.operating import only_classes, operating_thresholds
 from evaluation.predict import predict_images
 from evaluation.score import score
 from evaluation.scoring.options import ScoreOptions
-from evaluation.scoring.result import ScoreResult, recall_to_json
+from evaluation.scoring.result import ScoreResult, sets_to_json
 from serving.runtime.detections import Detections
 from serving.runtime.errors import ServingError
 from serving.runtime.independent import IndependentDetector, load_detector
@@ -41,8 +42,7 @@ from serving.runtime.tiles import TilingSpec
 
 __all__ = ["PEER_PREFIX", "PeerResult", "PeerSet", "evaluate_peer", "load_peer", "peer_key"]
 
-# metrics.json keys of peers start with this (a model name never does: train.models are
-# identifiers, and validate and export read only those).
+# metrics.json keys of peers start with this (evaluate refuses a model name that does).
 PEER_PREFIX = "peer:"
 VAL = "val"
 # CenterFace keeps heatmap cells above its threshold, which must be above 0.
@@ -81,14 +81,7 @@ class PeerResult:
             "licence": self.licence,
             "classes": list(self.classes),
             "thresholds": self.thresholds,
-            "sets": {
-                name: {
-                    "recall": recall_to_json(s.recall),
-                    "coco": s.coco,
-                    "false_positives_per_image": s.false_positives_per_image,
-                }
-                for name, s in self.scores.items()
-            },
+            "sets": sets_to_json(self.scores),
         }
 
 

@@ -239,12 +239,12 @@ def _peers(peers: Sequence[PeerReport]) -> str:
     """The peers: what each is, and its thresholds (chosen on val as our models' are)."""
     out = [
         "<h2 id='peers'>Peer baselines: independent detectors</h2>",
-        "<p class='note'>Detectors anonlab did not train, scored on the same images (upright, "
-        "tiled as our models are) by the same scorer, for the classes they find; their rows "
-        "stand next to ours in every table, marked <b>peer</b>. A peer's operating threshold "
-        "is chosen on val as our models' are: per class the highest score whose IoU recall "
-        "still reaches the target, never below evaluate.min_threshold. Peers are shown, "
-        "never gated.</p>",
+        "<p class='note'>Detectors anonlab did not train, scored on the same upright images "
+        "(CenterFace cut into evaluate's windows) by the same scorer, for the classes they "
+        "find; their rows stand next to ours in every table, marked <b>peer</b>. A peer's "
+        "operating threshold is chosen on val as our models' are: per class the highest score "
+        "whose IoU recall still reaches the target, never below evaluate.min_threshold. Peers "
+        "are shown, never gated.</p>",
         "<table><tr><th>peer</th><th>licence and origin</th><th>class</th><th>threshold</th>"
         "<th>val recall (iou)</th></tr>",
     ]
