@@ -86,8 +86,9 @@ class PeerResult:
 
 
 def load_peer(name: str, spec: TilingSpec, min_threshold: float) -> IndependentDetector:
-    """Peer `name` predicting down to `min_threshold` where it takes a threshold, tiled by
-    `spec` where it tiles; an AnonlabError saying what to do when it cannot be loaded."""
+    """Peer `name` predicting down to `min_threshold` where it takes a threshold (CenterFace:
+    down to LOWEST_SCORE when min_threshold is 0), tiled by `spec` where it tiles (CenterFace);
+    an AnonlabError saying what to do when it cannot be loaded."""
     options: dict[str, Any] = {}
     if name == "centerface":
         options = {"threshold": max(min_threshold, LOWEST_SCORE), "tiling": spec}
