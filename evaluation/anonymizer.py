@@ -42,7 +42,7 @@ from evaluation.report import AnonymizerReport, AnonymizerSetReport
 from evaluation.score import score
 from evaluation.scoring.coverage import hidden_rle, judged_shapes
 from evaluation.scoring.options import ScoreOptions
-from evaluation.scoring.result import ScoreResult, recall_to_json
+from evaluation.scoring.result import ScoreResult, sets_to_json
 from serving.runtime.anonymize import Style, hidden_mask
 from serving.runtime.composite import Composition, Member, default_supplies
 from serving.runtime.detections import Detections
@@ -122,14 +122,7 @@ class AnonymizerResult:
             "heads": heads.to_dict() if heads is not None else {},
             "styles": {c: self.styles[c].to_dict() for c in self.composition.classes},
             "thresholds": self.thresholds,
-            "sets": {
-                name: {
-                    "recall": recall_to_json(s.recall),
-                    "coco": s.coco,
-                    "false_positives_per_image": s.false_positives_per_image,
-                }
-                for name, s in self.scores.items()
-            },
+            "sets": sets_to_json(self.scores),
             "heads_only": {name: len(faces) for name, faces in self.heads_only.items()},
         }
 

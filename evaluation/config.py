@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from data.config import Section
 from serving.runtime.heads import HeadSpec
+from serving.runtime.independent import NAMES as INDEPENDENT_DETECTORS
 
 __all__ = [
     "AnonymizerConfig",
@@ -69,6 +70,9 @@ class EvaluateConfig(Section):
     # Score threshold for the masks the model outputs (probabilities per pixel).
     mask_threshold: float = Field(gt=0, lt=1)
     gallery: GalleryConfig
+    # Independent detectors (serving.runtime.independent) scored on every set beside our
+    # models, as baselines (metrics.json `peer:<name>`); [] scores none.
+    peers: list[str]
 
     @model_validator(mode="after")
     def _targets_in_range(self) -> EvaluateConfig:
@@ -80,6 +84,19 @@ class EvaluateConfig(Section):
         if any(not 0 < t <= 1 for t in targets):
             raise ValueError(f"target_recall {self.target_recall}: each must be in (0, 1]")
         return self
+
+    @field_validator("peers")
+    @classmethod
+    def _known_peers(cls, peers: list[str]) -> list[str]:
+        unknown = [p for p in peers if p not in INDEPENDENT_DETECTORS]
+        if unknown:
+            raise ValueError(
+                f"{', '.join(map(repr, unknown))}: no such independent detector; use some of "
+                f"{', '.join(INDEPENDENT_DETECTORS)}, or [] for none"
+            )
+        if len(set(peers)) != len(peers):
+            raise ValueError("name each detector once")
+        return peers
 
     def target(self, name: str) -> float:
         """The target recall of class `name`."""

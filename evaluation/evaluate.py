@@ -19,17 +19,22 @@ model's detector gave in 1 and 2 (each ran once per image; a keypoint model's wi
 the head threshold is chosen on val for the face target (`evaluation.head_threshold`). What it
 hides is what is scored: its coverage is measured on the pixels the runtime hides fully.
 
+And the peer baselines (`evaluation.peers`): each independent detector of evaluate.peers on
+every set, scored the same way on the classes it finds, its thresholds chosen on val as a
+model's are; shown beside our models, never gated.
+
 Outputs under `artifacts/eval/`: `metrics.json` (DVC metrics: per model the sha256 of the
 weights it scored, which validate and export check the weights against; per set, recall and
 coverage per class and bucket, thresholds, champion; and under `anonymizer` the anonymizer's
 entry: members and their weights sha256, which model supplies which class, head geometry,
 styles, thresholds with the head threshold, per set the same recall/coco/false positives as a
-model's, and per reference set the faces only its heads hide), `plots/<model>/<set>/`
+model's, and per reference set the faces only its heads hide; under `peer:<name>` each peer's
+entry), `plots/<model>/<set>/`
 (precision/recall points and recall by size bucket, for `dvc plots`),
 `predictions/<model>/<set>.json` (COCO results: `anonlab score` reads them), `report.html` (the
 anonymizer beside its members first). The folder is replaced as a whole, so a failed run leaves
 the previous outputs. Each model, and the anonymizer, also gets an MLflow run in the experiment
-`anonlab/evaluate` (`evaluation.evaluate_runs`).
+`anonlab/evaluate` (`evaluation.evaluate_runs`), each with the peers' numbers under `peer/`.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import datetime as dt
 import logging
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,19 +64,29 @@ from evaluation.anonymizer import (
     evaluate_anonymizer,
 )
 from evaluation.config import AnonymizerConfig, EvaluateConfig
-from evaluation.evaluate_runs import flat_recall, track_anonymizer, track_model
+from evaluation.evaluate_runs import flat_recall, peer_metrics, track_anonymizer, track_model
 from evaluation.gallery import caption, crops
+from evaluation.operating import only_classes, operating_thresholds
+from evaluation.peers import (
+    PEER_PREFIX,
+    PeerResult,
+    PeerSet,
+    evaluate_peer,
+    load_peer,
+    peer_key,
+)
 from evaluation.predict import predict_set, torch_detector
 from evaluation.registry import CHAMPION, RegisteredModel, Registry
 from evaluation.report import (
     Miss,
     ModelReport,
+    PeerReport,
     SetReport,
     render_report,
 )
 from evaluation.score import score
 from evaluation.scoring.options import ScoreOptions
-from evaluation.scoring.result import ObjectOutcome, ScoreResult, recall_to_json
+from evaluation.scoring.result import ObjectOutcome, ScoreResult, sets_to_json
 from serving.runtime.anonymize import Style
 from serving.runtime.checksum import file_sha256
 from serving.runtime.composite import Member
@@ -82,8 +97,6 @@ from training.device import resolve_device
 __all__ = [
     "EvalSetup",
     "category_id",
-    "only_classes",
-    "operating_thresholds",
     "run_evaluate",
     "score_options",
     "tiling_spec",
@@ -157,28 +170,6 @@ def score_options(
     )
 
 
-def operating_thresholds(
-    gt: dict[str, Any],
-    results: list[dict[str, Any]],
-    classes: Sequence[str],
-    options: ScoreOptions,
-) -> dict[str, dict[str, Any]]:
-    """Per class of `classes`, the highest score threshold whose recall (IoU) on these results
-    reaches the class's target (score's operating point, not below `options.min_threshold`):
-    `threshold`, `val_recall` (the recall there) and `reached`."""
-    floor = options.min_threshold
-    points = score(gt, results, replace(options, thresholds=floor, n_boot=0)).operating_points
-    chosen: dict[str, dict[str, Any]] = {}
-    for name in classes:
-        point = points.get(name)
-        chosen[name] = {
-            "threshold": point.threshold if point else floor,
-            "val_recall": point.recall if point else None,
-            "reached": point.reached if point else False,
-        }
-    return chosen
-
-
 def run_evaluate(setup: EvalSetup) -> dict[str, Any]:
     """Evaluate every model; the metrics.json content. Refuses before any work when a set holds
     an image past its `delete_after` (data.retention)."""
@@ -196,6 +187,8 @@ def run_evaluate(setup: EvalSetup) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     reports: list[ModelReport] = []
     runs: list[MemberRun] = []
+    peers = _peers(setup, sets, truths)
+    peer_flat = peer_metrics(peers)
     with staged_dir(paths.eval.folder) as out:
         for name in setup.models:
             model = paths.model(name)
@@ -220,6 +213,7 @@ def run_evaluate(setup: EvalSetup) -> dict[str, Any]:
             flat = flat_recall(mine.scores, mine.thresholds)
             if champion is not None:
                 flat.update(flat_recall(champion.scores, champion.thresholds, prefix="champion/"))
+            flat.update(peer_flat)
             track_model(
                 setup.root,
                 setup.evaluate,
@@ -241,7 +235,8 @@ def run_evaluate(setup: EvalSetup) -> dict[str, Any]:
             )
         anonymizer = _anonymizer(setup, runs, sets, truths)
         metrics[ANONYMIZER] = anonymizer.entry()
-        track_anonymizer(setup.root, setup.evaluate, setup.anonymizer, anonymizer)
+        metrics.update({peer_key(p.name): p.entry() for p in peers})
+        track_anonymizer(setup.root, setup.evaluate, setup.anonymizer, anonymizer, peer_flat)
         targets = {c: setup.evaluate.target(c) for c in setup.taxonomy.classes}
         write_json(EvalOutputs(out).metrics, metrics)
         html = render_report(
@@ -257,6 +252,7 @@ def run_evaluate(setup: EvalSetup) -> dict[str, Any]:
                 {name: path.parent.parent for name, path in sets.items()},
                 setup.evaluate.gallery,
             ),
+            peers=[PeerReport(p.name, p.licence, p.thresholds, p.scores) for p in peers],
         )
         write_text(EvalOutputs(out).report, html)
     return metrics
@@ -287,6 +283,35 @@ def _anonymizer(
     )
     gts = {name: only_classes(truths[name], classes) for name in sets}
     return evaluate_anonymizer(runs, gts, anonymizer_setup)
+
+
+def _peers(
+    setup: EvalSetup, sets: Mapping[str, Path], truths: Mapping[str, dict[str, Any]]
+) -> list[PeerResult]:
+    """Each detector of evaluate.peers scored on every set (`evaluation.peers`)."""
+    taken = [m for m in setup.models if m.startswith(PEER_PREFIX)]
+    if taken:
+        raise AnonlabError(
+            f"models.{taken[0]}: names starting with {PEER_PREFIX!r} are the peer baselines' keys "
+            "in artifacts/eval/metrics.json; rename the model"
+        )
+    cfg = setup.evaluate
+    classes = setup.taxonomy.classes
+    options = score_options(
+        cfg, classes, cfg.min_threshold, seed=setup.seed, identifiable=setup.taxonomy.identifiable
+    )
+    peer_sets = {
+        name: PeerSet(
+            gt=only_classes(truths[name], classes),
+            images_root=path.parent if name == VAL else path.parent.parent,
+        )
+        for name, path in sets.items()
+    }
+    spec = tiling_spec(cfg)
+    return [
+        evaluate_peer(load_peer(name, spec, cfg.min_threshold), peer_sets, options, classes)
+        for name in cfg.peers
+    ]
 
 
 @dataclass
@@ -437,14 +462,7 @@ def _metrics_entry(
         return {
             "weights_sha256": result.weights_sha256,
             "thresholds": result.thresholds,
-            "sets": {
-                name: {
-                    "recall": recall_to_json(s.recall),
-                    "coco": s.coco,
-                    "false_positives_per_image": s.false_positives_per_image,
-                }
-                for name, s in result.scores.items()
-            },
+            "sets": sets_to_json(result.scores),
         }
 
     entry = compact(mine)
@@ -479,16 +497,6 @@ def _model_report(
         thresholds=mine.thresholds,
         sets=sets,
     )
-
-
-def only_classes(gt: dict[str, Any], classes: Sequence[str]) -> dict[str, Any]:
-    """The ground truth of the classes a model detects (a keypoint model detects persons)."""
-    keep = {c["id"] for c in gt["categories"] if c["name"] in classes}
-    return {
-        **gt,
-        "categories": [c for c in gt["categories"] if c["id"] in keep],
-        "annotations": [a for a in gt["annotations"] if a["category_id"] in keep],
-    }
 
 
 def category_id(gt: dict[str, Any], name: str, path: Path) -> int:

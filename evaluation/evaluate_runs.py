@@ -1,20 +1,24 @@
 """The evaluate stage's MLflow runs, in the experiment `anonlab/evaluate`: one per model (named
 after it, tagged `anonlab.weights_sha256`) and one for the anonymizer (named `anonymizer`,
 tagged with each member's weights sha256), with `recall/<set>/<class>/<bucket>` (IoU),
-`coverage/...`, `threshold/<class>`, and the anonymizer's `heads_only/<set>`."""
+`coverage/...`, `threshold/<class>`, and the anonymizer's `heads_only/<set>`. Each run also
+carries the peer baselines (`evaluation.peers`) under the same names prefixed
+`peer/<name>/` (`peer/centerface/coverage/holdout/face/all`), so a run shows ours and theirs
+side by side."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from evaluation.anonymizer import ANONYMIZER, AnonymizerResult
 from evaluation.config import AnonymizerConfig, EvaluateConfig
+from evaluation.peers import PeerResult
 from evaluation.scoring.result import ScoreResult
 from training.tracking import WEIGHTS_SHA256_TAG, Tracker, run_tags
 
-__all__ = ["flat_recall", "track_anonymizer", "track_model"]
+__all__ = ["flat_recall", "peer_metrics", "track_anonymizer", "track_model"]
 
 
 def flat_recall(
@@ -33,6 +37,14 @@ def flat_recall(
                         out[f"{prefix}{key}/{set_name}/{name}/{bucket}"] = value
     for name, t in thresholds.items():
         out[f"{prefix}threshold/{name}"] = t["threshold"]
+    return out
+
+
+def peer_metrics(peers: Sequence[PeerResult]) -> dict[str, float]:
+    """The peers' MLflow metrics: `flat_recall`'s names prefixed `peer/<name>/`."""
+    out: dict[str, float] = {}
+    for peer in peers:
+        out.update(flat_recall(peer.scores, peer.thresholds, prefix=f"peer/{peer.name}/"))
     return out
 
 
@@ -62,10 +74,15 @@ def track_model(
 
 
 def track_anonymizer(
-    root: Path, cfg: EvaluateConfig, config: AnonymizerConfig, anonymizer: AnonymizerResult
+    root: Path,
+    cfg: EvaluateConfig,
+    config: AnonymizerConfig,
+    anonymizer: AnonymizerResult,
+    peers: Mapping[str, float],
 ) -> None:
     """The anonymizer's run (named `anonymizer`): a model's metric names, `heads_only/<set>`,
-    and each member's weights sha256 as tag `anonlab.member.<model>.weights_sha256`."""
+    the peers' metrics (`peer_metrics`), and each member's weights sha256 as tag
+    `anonlab.member.<model>.weights_sha256`."""
     tags = {
         **run_tags(root, stage="evaluate"),
         "anonlab.anonymizer": config.name,
@@ -81,6 +98,7 @@ def track_anonymizer(
     }
     metrics = flat_recall(anonymizer.scores, anonymizer.thresholds)
     metrics.update({f"heads_only/{s}": len(f) for s, f in anonymizer.heads_only.items()})
+    metrics.update(peers)
     _log_run(root, ANONYMIZER, params, tags, metrics)
 
 

@@ -5,12 +5,13 @@
 image of a COCO file, so it cuts, runs and merges exactly as the runtime will, and returns the
 results in COCO's format (what `anonlab score` reads) plus the `Detections` per image. Images are
 decoded upright by the runtime's reader (`serving.runtime.imagefile.read_upright`), the frame of
-the ground truth and of the runtime's detections.
+the ground truth and of the runtime's detections. `predict_images` does the same for a detector
+that takes a whole image (the independent detectors evaluate scores as peers).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from serving.runtime.progress import bar
 from serving.runtime.tiles import Detector, TilingSpec, detect_tiled
 from training.models import load_model_files
 
-__all__ = ["predict_set", "to_results", "torch_detector"]
+__all__ = ["predict_images", "predict_set", "to_results", "torch_detector"]
 
 
 def torch_detector(
@@ -72,6 +73,26 @@ def predict_set(
     relative to `images_root` (prepare writes every file's paths relative to `prepared/`, the
     reference sets' in `prepared/refs/` too).
     """
+
+    def detect(rgb: np.ndarray) -> Detections:
+        return detect_tiled(rgb, detector, spec)
+
+    return predict_images(
+        images, detect, images_root=images_root, category_ids=category_ids, desc=desc
+    )
+
+
+def predict_images(
+    images: Sequence[dict[str, Any]],
+    detect: Callable[[np.ndarray], Detections],
+    *,
+    images_root: Path,
+    category_ids: Sequence[int],
+    desc: str,
+) -> tuple[list[dict[str, Any]], dict[int, Detections]]:
+    """`predict_set` for any whole-image detector: `detect` takes an upright (H, W, 3) uint8
+    RGB image and returns its detections in its pixels (an independent detector's `detect`,
+    which tiles by itself)."""
     results: list[dict[str, Any]] = []
     per_image: dict[int, Detections] = {}
     for image in bar(images, desc=desc, unit="img"):
@@ -88,7 +109,7 @@ def predict_set(
                 f"{desc}: image {image['id']} ({path}) is {rgb.shape[1]}x{rgb.shape[0]} upright, "
                 f"its ground truth says {image['width']}x{image['height']}"
             )
-        dets = detect_tiled(rgb, detector, spec)
+        dets = detect(rgb)
         per_image[image["id"]] = dets
         results.extend(to_results(dets, image["id"], rgb.shape[1], rgb.shape[0], category_ids))
     return results, per_image

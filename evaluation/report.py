@@ -1,7 +1,9 @@
 """report.html of the evaluate stage: first the anonymizer (the models run as one, what the gate
-judges) beside each member, with the faces only its heads caught; then per model recall per
-class and size with intervals, the plots, the champion beside the new model, and a gallery of
-the objects each model misses.
+judges) beside each member, with the faces only its heads caught; then the peer baselines
+(independent detectors, `evaluation.peers`); then per model recall per class and size with
+intervals, the plots, the champion beside the new model, and a gallery of the objects each
+model misses. Each peer's rows stand next to ours in every recall table, for the classes it
+finds, marked as a peer.
 
 One self-contained page (plots and crops embedded as data URIs) a person reads to see what a
 model misses before it is released. It takes the scorer's results (`ScoreResult`) and
@@ -75,6 +77,17 @@ class AnonymizerReport:
     sets: Sequence[AnonymizerSetReport]
 
 
+@dataclass(frozen=True)
+class PeerReport:
+    """A peer baseline: its name, licence and origin, thresholds chosen on val (class ->
+    {threshold, val_recall, reached}) and its scores per set."""
+
+    name: str
+    licence: str
+    thresholds: Mapping[str, Mapping[str, Any]]
+    scores: Mapping[str, ScoreResult]
+
+
 _CSS = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; max-width: 1200px; }
 h1 { font-size: 1.4em; } h2 { font-size: 1.2em; margin-top: 2em; } h3 { font-size: 1.05em; }
@@ -101,6 +114,7 @@ def render_report(
     identifiable: Mapping[str, float],
     generated: str,
     anonymizer: AnonymizerReport | None = None,
+    peers: Sequence[PeerReport] = (),
 ) -> str:
     """The whole page as a string, the anonymizer's section first. Under targets or a coverage
     share weaker than the release gate's (`release.target_problems`), its first line is an HTML
@@ -129,14 +143,21 @@ def render_report(
         f"Generated {_e(generated)}.</p>",
     ]
     if anonymizer is not None:
-        parts.append(_anonymizer(anonymizer, targets, coverage))
+        parts.append(_anonymizer(anonymizer, targets, coverage, peers))
+    if peers:
+        parts.append(_peers(peers))
     for model in models:
-        parts.append(_model(model, targets))
+        parts.append(_model(model, targets, peers))
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def _anonymizer(a: AnonymizerReport, targets: Mapping[str, float], coverage: float) -> str:
+def _anonymizer(
+    a: AnonymizerReport,
+    targets: Mapping[str, float],
+    coverage: float,
+    peers: Sequence[PeerReport],
+) -> str:
     head = a.thresholds.get("head")
     if head is not None:
         reached = (
@@ -162,18 +183,22 @@ def _anonymizer(a: AnonymizerReport, targets: Mapping[str, float], coverage: flo
         f"shown beside it, not gated. {heads}</p>",
     ]
     for s in a.sets:
-        out.append(_anonymizer_set(a, s, targets))
+        out.append(_anonymizer_set(a, s, targets, peers))
     return "\n".join(out)
 
 
 def _anonymizer_set(
-    a: AnonymizerReport, s: AnonymizerSetReport, targets: Mapping[str, float]
+    a: AnonymizerReport,
+    s: AnonymizerSetReport,
+    targets: Mapping[str, float],
+    peers: Sequence[PeerReport],
 ) -> str:
     empty = RecallCell(n=0)
     rows = []
     for name in s.metrics.recall:
         who = [(m, r) for m, r in s.members.items() if name in r.recall]
         who.append(("anonymizer", s.metrics))
+        who += [(f"peer {p}", r) for p, r in _peer_scores(peers, s.name, name)]
         for label, result in who:
             cell = result.recall[name].get("all", empty)
             cells = []
@@ -210,7 +235,40 @@ def _anonymizer_set(
     )
 
 
-def _model(model: ModelReport, targets: Mapping[str, float]) -> str:
+def _peers(peers: Sequence[PeerReport]) -> str:
+    """The peers: what each is, and its thresholds (chosen on val as our models' are)."""
+    out = [
+        "<h2 id='peers'>Peer baselines: independent detectors</h2>",
+        "<p class='note'>Detectors anonlab did not train, scored on the same upright images "
+        "(CenterFace cut into evaluate's windows) by the same scorer, for the classes they "
+        "find; their rows stand next to ours in every table, marked <b>peer</b>. A peer's "
+        "operating threshold is chosen on val as our models' are: per class the highest score "
+        "whose IoU recall still reaches the target, never below evaluate.min_threshold. Peers "
+        "are shown, never gated.</p>",
+        "<table><tr><th>peer</th><th>licence and origin</th><th>class</th><th>threshold</th>"
+        "<th>val recall (iou)</th></tr>",
+    ]
+    for p in peers:
+        for name, t in p.thresholds.items():
+            reached = "" if t.get("reached") else " <span class='worse'>target not reached</span>"
+            out.append(
+                f"<tr><td>{_e(p.name)}</td><td>{_e(p.licence)}</td><td>{_e(name)}</td>"
+                f"<td>{_num(t.get('threshold'))}</td><td>{_num(t.get('val_recall'))}{reached}"
+                "</td></tr>"
+            )
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def _peer_scores(
+    peers: Sequence[PeerReport], set_name: str, name: str
+) -> list[tuple[str, ScoreResult]]:
+    """(peer name, its scores on `set_name`) of each peer scored on class `name` there."""
+    scores = [(p.name, p.scores.get(set_name)) for p in peers]
+    return [(p, r) for p, r in scores if r is not None and name in r.recall]
+
+
+def _model(model: ModelReport, targets: Mapping[str, float], peers: Sequence[PeerReport]) -> str:
     version = f" (registered version {model.version})" if model.version else ""
     champion = (
         f"Champion: version {_e(model.champion_version)}, scored on the same sets."
@@ -233,11 +291,13 @@ def _model(model: ModelReport, targets: Mapping[str, float]) -> str:
         "</table>",
     ]
     for s in model.sets:
-        out.append(_set(model, s, targets))
+        out.append(_set(model, s, targets, peers))
     return "\n".join(out)
 
 
-def _set(model: ModelReport, s: SetReport, targets: Mapping[str, float]) -> str:
+def _set(
+    model: ModelReport, s: SetReport, targets: Mapping[str, float], peers: Sequence[PeerReport]
+) -> str:
     recall = s.metrics.recall
     old_recall = s.champion.recall if s.champion else {}
     empty = RecallCell(n=0)
@@ -259,6 +319,8 @@ def _set(model: ModelReport, s: SetReport, targets: Mapping[str, float]) -> str:
                     f"<br><span class='ci'>n={cell.n}</span></td>"
                 )
         rows.append(f"<tr><td>{_e(name)}</td>{''.join(cells)}</tr>")
+        for peer, result in _peer_scores(peers, s.name, name):
+            rows.append(_peer_row(peer, name, result.recall[name]))
     coco = s.metrics.coco
     coco_line = " &middot; ".join(
         f"{kind} AP {_num((coco.get(kind) or {}).get('AP'))}" for kind in ("bbox", "segm")
@@ -283,6 +345,21 @@ def _set(model: ModelReport, s: SetReport, targets: Mapping[str, float]) -> str:
             f"<div class='grid'>{gallery}</div>",
         ]
     )
+
+
+def _peer_row(peer: str, name: str, buckets: Mapping[str, RecallCell]) -> str:
+    """A peer's row of a model's table: class `name` by size bucket, marked as a peer."""
+    empty = RecallCell(n=0)
+    cells = []
+    for bucket in BUCKET_ORDER:
+        cell = buckets.get(bucket, empty)
+        for metric in ("iou", "coverage"):
+            cells.append(
+                f"<td>{_num(cell.value(metric))}{_ci(cell.interval(metric))}"
+                f"<br><span class='ci'>n={cell.n}</span></td>"
+            )
+    label = f"{_e(name)} <span class='note'>peer {_e(peer)}</span>"
+    return f"<tr class='peer'><td>{label}</td>{''.join(cells)}</tr>"
 
 
 def pr_figure(metrics: ScoreResult, thresholds: Mapping[str, Mapping[str, Any]]) -> bytes:

@@ -8,7 +8,7 @@ What `best` maximises, at each validation:
 1. The model predicts on `val.json` (the prepared val tiles, as evaluate's val) with the
    runtime's detector and evaluate's tiling, down to `evaluate.min_threshold`.
 2. Per class, the operating threshold is the one evaluate would choose on these predictions
-   (`evaluation.evaluate.operating_thresholds`): the highest score whose IoU recall reaches
+   (`evaluation.operating.operating_thresholds`): the highest score whose IoU recall reaches
    `evaluate.target_recall`, never below `evaluate.min_threshold`.
 3. At those thresholds, `evaluation.score.score` gives the IoU recall and pixel coverage per
    class and size bucket. The cells judged are the gate's: each class with objects on val, each
@@ -33,13 +33,8 @@ from data.coco.files import load_ground_truth
 from data.errors import AnonlabError
 from data.stage_paths import StagePaths
 from evaluation.config import EvaluateConfig
-from evaluation.evaluate import (
-    category_id,
-    only_classes,
-    operating_thresholds,
-    score_options,
-    tiling_spec,
-)
+from evaluation.evaluate import category_id, score_options, tiling_spec
+from evaluation.operating import only_classes, operating_thresholds
 from evaluation.predict import predict_set
 from evaluation.score import score
 from evaluation.scoring.recall import ALL, BELOW

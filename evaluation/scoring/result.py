@@ -241,3 +241,16 @@ class ScoreResult:
                 "score result: operating_thresholds do not follow from operating_points"
             )
         return result
+
+
+def sets_to_json(scores: Mapping[str, ScoreResult]) -> dict[str, Any]:
+    """The `sets` of an evaluate entry in metrics.json (a model's, the anonymizer's, a peer's):
+    per set its recall, COCO summary and false positives per image."""
+    return {
+        name: {
+            "recall": recall_to_json(s.recall),
+            "coco": s.coco,
+            "false_positives_per_image": s.false_positives_per_image,
+        }
+        for name, s in scores.items()
+    }

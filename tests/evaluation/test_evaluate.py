@@ -140,6 +140,51 @@ def test_evaluate_writes_metrics_report_and_mlflow_consistent_with_score(
             anonymizer["sets"]["holdout"]["recall"]["face"]["all"]["coverage"]
         )
     assert tracked.data.metrics["heads_only/holdout"] == 0
+    _check_peer(metrics, report, runs, project)
+
+
+def _check_peer(metrics: dict, report: str, runs: dict, project: Project) -> None:
+    """CenterFace (evaluate.peers' default) scored beside the model on every set, for faces
+    only, at a threshold chosen on val; in metrics.json, the report's tables and MLflow."""
+    peer = metrics["peer:centerface"]
+    assert set(peer) == {"peer", "licence", "classes", "thresholds", "sets"}
+    assert peer["peer"] == "centerface" and peer["licence"].startswith("MIT")
+    assert peer["classes"] == ["face"]  # not scored on persons, plates or vehicles
+    assert set(peer["sets"]) == {"val", "holdout"}
+    face = peer["thresholds"]["face"]
+    assert project.params.evaluate.min_threshold <= face["threshold"] <= 1
+    for s in peer["sets"].values():
+        assert set(s) == {"recall", "coco", "false_positives_per_image"}
+        assert set(s["recall"]) == {"face"}
+    holdout = peer["sets"]["holdout"]["recall"]["face"]
+    ours = metrics[MODEL]["sets"]["holdout"]["recall"]["face"]
+    assert holdout["all"]["n"] == ours["all"]["n"] > 0  # the same faces
+    assert holdout["all"]["iou"] is not None and holdout["all"]["coverage"] is not None
+
+    assert "id='peers'" in report and "peer centerface" in report
+    model_section = report[report.index(f"id='{MODEL}'") :]
+    assert "<tr class='peer'><td>face <span class='note'>peer centerface</span>" in model_section
+    assert "<td>peer centerface</td>" in report[: report.index("id='peers'")]  # anonymizer's
+
+    for run in (runs[MODEL], runs["anonymizer"]):
+        logged = run.data.metrics
+        for metric, key in (("iou", "recall"), ("coverage", "coverage")):
+            name = f"peer/centerface/{key}/holdout/face/all"
+            assert logged[name] == pytest.approx(holdout["all"][metric])
+        assert logged["peer/centerface/threshold/face"] == pytest.approx(face["threshold"])
+        assert not any(k.startswith("peer/centerface/recall/holdout/person") for k in logged)
+
+
+def test_evaluate_refuses_an_unknown_peer_and_keeps_its_outputs(
+    project: Project, capsys: pytest.CaptureFixture[str]
+) -> None:
+    metrics = project.artifacts / "eval" / "metrics.json"
+    before = metrics.read_bytes() if metrics.is_file() else None
+    assert _cli(project, "evaluate", "evaluate.peers=[centerface,retinaface]") == 2
+    err = capsys.readouterr().err
+    assert "evaluate.peers = ['centerface', 'retinaface']: 'retinaface': no such " in err
+    assert "use some of centerface, haar, or [] for none" in err
+    assert (metrics.read_bytes() if metrics.is_file() else None) == before
 
 
 KEYPOINT = "keypointrcnn_mobilenet_v3_fpn"
@@ -348,6 +393,8 @@ def test_validate_fails_the_gate_then_passes_sets_challenger_and_promotes(
         assert text.splitlines()[0].startswith('{"notice": "RELEASE GATE: recall of every class')
         verdict = json.loads(text)
         assert verdict["passed"] is True and verdict["challengers"] == {MODEL: "1"}
+        # The peer (recall 0 in every cell) is a baseline, never judged or taken for a model.
+        assert not any("peer" in c["name"] for c in verdict["checks"])
         assert verdict["release"] is True and verdict["gate"]["estimate"] == "lower"
         judged = next(c for c in verdict["checks"] if c["name"].endswith("target.iou"))
         face = judged["details"]["face/all"]
@@ -372,8 +419,14 @@ def test_validate_fails_the_gate_then_passes_sets_challenger_and_promotes(
 
 def _reaching_targets(metrics_json: str) -> str:
     """evaluate's metrics.json with every recall 1.0 (the model's and the anonymizer's): the
-    gate passes on the numbers."""
+    gate passes on the numbers; and every recall of the peer 0.0, which would fail any gate
+    that judged it."""
     metrics = json.loads(metrics_json)
+    for s in metrics["peer:centerface"]["sets"].values():
+        for buckets in s["recall"].values():
+            for cell in buckets.values():
+                cell["iou"] = cell["coverage"] = 0.0 if cell["n"] else None
+                cell["iou_ci"] = cell["coverage_ci"] = [0.0, 0.0] if cell["n"] else None
     for s in [*metrics[MODEL]["sets"].values(), *metrics["anonymizer"]["sets"].values()]:
         for buckets in s["recall"].values():
             for cell in buckets.values():
