@@ -41,7 +41,10 @@ COMMAND = Command(
     "model that supplies it, plus the head regions of the keypoint model's persons, the "
     "head threshold chosen on val for the face target) is scored the same way, its coverage "
     "measured on the pixels the runtime hides; it is metrics.json's `anonymizer` entry, "
-    "which the release gate judges. "
+    "which the release gate judges. Each independent detector of evaluate.peers "
+    "(default CenterFace) is scored the same way on the classes it finds, as a baseline "
+    "beside ours (metrics.json's peer:<name>, MLflow's peer/<name>/...); the gate never "
+    "judges it. "
     "Writes artifacts/eval/: metrics.json, plots/, predictions/, report.html (with a "
     "gallery of the missed objects); logs recall/<set>/<class>/<bucket> to MLflow.",
     no_args,
