@@ -105,8 +105,11 @@ def test_exp_run_with_a_hydra_override_runs_the_pipeline(repo: Path) -> None:
         trained = json.loads((repo / f"artifacts/models/{model}/metrics.json").read_text())
         assert trained["steps"] == 1 and (repo / f"artifacts/models/{model}").is_dir()
     evaluated = json.loads((repo / "artifacts/eval/metrics.json").read_text())
-    # Each model's entry, and the anonymizer's: the models run as one, which the gate judged.
-    assert set(evaluated) == {*params["train"]["models"], "anonymizer"}
+    # Each model's entry, the anonymizer's (the models run as one, which the gate judged), and
+    # each peer's (a baseline, never gated).
+    peers = {f"peer:{name}" for name in params["evaluate"]["peers"]}
+    assert peers == {"peer:centerface"}
+    assert set(evaluated) == {*params["train"]["models"], "anonymizer", *peers}
     assert (repo / "artifacts/eval/report.html").is_file()
     metrics = sh(repo, "dvc", "metrics", "show", "--json")
     assert "artifacts/reviewed/metrics.json" in metrics and "artifacts/eval/metrics.json" in metrics
