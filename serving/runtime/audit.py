@@ -35,7 +35,7 @@ from serving.runtime.errors import ServingError
 from serving.runtime.imagefile import read_upright
 from serving.runtime.independent import IndependentDetector
 from serving.runtime.inputs import find_inputs
-from serving.runtime.one_image import companions
+from serving.runtime.one_image import MASK_SUFFIX, companions
 from serving.runtime.progress import progress
 
 __all__ = ["AuditReport", "Residual", "audit", "audit_image", "hidden_region"]
@@ -205,4 +205,4 @@ def _is_mask_of_another(path: Path) -> bool:
     """Whether `path` is the `<image>.mask.png` that `anonlab blur --masks` wrote for an image
     beside it."""
     name = path.name
-    return name.endswith(".mask.png") and (path.parent / name[: -len(".mask.png")]).is_file()
+    return name.endswith(MASK_SUFFIX) and (path.parent / name[: -len(MASK_SUFFIX)]).is_file()

@@ -58,9 +58,13 @@ class Work:
         return asdict(self)
 
 
+# What `anonlab blur` appends to an output image's name for its sidecar and its mask.
+SIDECAR_SUFFIX, MASK_SUFFIX = ".json", ".mask.png"
+
+
 def companions(output: str) -> tuple[str, str]:
     """The sidecar and mask `anonlab blur` may write beside an output image."""
-    return f"{output}.json", f"{output}.mask.png"
+    return f"{output}{SIDECAR_SUFFIX}", f"{output}{MASK_SUFFIX}"
 
 
 class StepError(Exception):
