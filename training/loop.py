@@ -60,6 +60,7 @@ from training.optimizer import build_optimizer, lr_factor
 from training.sampling import BatchPlan, SeededSamples, StepBatches
 from training.stop import StopRequest, ignore_sigint, signal_name
 from training.tracking import Tracker, flatten, run_tags
+from training.tracking_ui import run_name
 from training.validator import Validator, better
 
 __all__ = ["TrainResult", "TrainSetup", "TrainingDiverged", "TrainingInterrupted", "run_train"]
@@ -258,12 +259,13 @@ class _Trainer:
             # which a resumed run restored, and shift every random draw after it.
             generator=torch.Generator().manual_seed(self.setup.seed),
         )
+        tags = {**run_tags(self.setup.root, stage="train"), "anonlab.model": self.name}
         tracker = Tracker(
             self.setup.root,
             experiment="anonlab/train",
-            run_name=self.name,
+            run_name=run_name(self.name, "train", tags),
             params=flatten(self._config_record()),
-            tags={**run_tags(self.setup.root, stage="train"), "anonlab.model": self.name},
+            tags=tags,
             enabled=self.dist.main,
             resume_run_id=self.run_id,
         )

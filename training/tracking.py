@@ -37,6 +37,15 @@ from data.errors import AnonlabError
 
 # The one definition of "looks like a credential", shared with the config validation.
 from serving.runtime.checksum import file_sha256
+from training.tracking_ui import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    VIEW_TAG,
+    link_version,
+    run_path,
+    saved_view,
+    ui_url,
+)
 
 __all__ = [
     "TRUNCATED",
@@ -265,6 +274,7 @@ class Tracker:
         self.system_metrics = system_metrics
         self.resume_run_id = resume_run_id
         self._run_id: str | None = None
+        self._run_experiment_id: str | None = None
         self._client: mlflow.MlflowClient | None = None
         self._monitor: SystemMetricsMonitor | None = None
         self._warned: set[str] = set()
@@ -273,6 +283,11 @@ class Tracker:
     def run_id(self) -> str | None:
         """The MLflow run id while the run is open (and after); None when not tracking."""
         return self._run_id
+
+    @property
+    def experiment_id(self) -> str | None:
+        """The MLflow experiment id of the open run; None when not tracking."""
+        return self._run_experiment_id
 
     def __enter__(self) -> Tracker:
         if not self.enabled:
@@ -289,6 +304,7 @@ class Tracker:
             else:
                 params, tags = self._resume(client, run), self.tags
             self._run_id = run.info.run_id
+            self._run_experiment_id = run.info.experiment_id
             _log_batch(client, self._run_id, params=params, tags=tags)
         except Exception as exc:
             if self._run_id is not None:
@@ -303,7 +319,8 @@ class Tracker:
         self._client = client
         if self.system_metrics:
             self._start_monitor(resumed=run.info.run_id == self.resume_run_id)
-        logger.info("MLflow run %s (%s) at %s", self._run_id, self.run_name, self.uri)
+        page = ui_url(self.uri, run_path(run.info.experiment_id, run.info.run_id))
+        logger.info("MLflow run %s (%s) at %s", self._run_id, self.run_name, page or self.uri)
         return self
 
     def _resumable_run(self, client: mlflow.MlflowClient) -> Run | None:
@@ -347,12 +364,18 @@ class Tracker:
         return {k: v for k, v in self.params.items() if k not in old}
 
     def _experiment_id(self, client: mlflow.MlflowClient) -> str:
+        """The id of the experiment named `experiment`, created (or restored) when needed, and
+        tagged as a model-training experiment (`tracking_ui.EXPERIMENT_KIND`)."""
         found = client.get_experiment_by_name(self.experiment)
         if found is None:
             root = _local_artifact_root(self.uri)
             location = str(root / _key(self.experiment)) if root else None
             try:
-                return client.create_experiment(self.experiment, artifact_location=location)
+                return client.create_experiment(
+                    self.experiment,
+                    artifact_location=location,
+                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+                )
             except mlflow.MlflowException:
                 # Another process (a parallel DVC experiment) created it first.
                 found = client.get_experiment_by_name(self.experiment)
@@ -362,6 +385,9 @@ class Tracker:
             # Deleted in the UI: its name stays taken, so it is restored rather than recreated.
             logger.warning("MLflow experiment %r was deleted; restoring it", self.experiment)
             client.restore_experiment(found.experiment_id)
+        if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+            # Made by an older anonlab, or switched in the UI: runs are what this one holds.
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return found.experiment_id
 
     def _start_monitor(self, *, resumed: bool) -> None:
@@ -409,6 +435,16 @@ class Tracker:
         with self._guard("metrics"):
             for i in range(0, len(entries), MAX_METRICS_PER_BATCH):
                 self._client.log_batch(self._run_id, metrics=entries[i : i + MAX_METRICS_PER_BATCH])
+
+    def save_view(self, metrics: Sequence[str], tags: Sequence[str] = ()) -> None:
+        """Make the experiment's saved view `tracking_ui.VIEW_NAME` show these tag columns and
+        these metric columns beside those it showed."""
+        if self._client is None or self._run_experiment_id is None:
+            return
+        with self._guard("view"):
+            experiment = self._client.get_experiment(self._run_experiment_id)
+            key, value = saved_view(metrics, tags, experiment.tags.get(VIEW_TAG))
+            self._client.set_experiment_tag(self._run_experiment_id, key, value)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Upload a file (or a folder's contents) into the run's artifacts."""
@@ -475,6 +511,11 @@ class Tracker:
             # Validate and export find the version of a weights file by its content.
             self._client.set_model_version_tag(
                 registered_name, str(version), WEIGHTS_SHA256_TAG, file_sha256(weights)
+            )
+            link_version(
+                self._client,
+                run=(run.info.experiment_id, self._run_id, self.run_name),
+                model=(registered_name, str(version)),
             )
             return str(version)
         return None

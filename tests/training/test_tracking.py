@@ -24,8 +24,10 @@ import torch
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
 
 from data.errors import AnonlabError
+from tests.training.test_tracking_ui import view_state
 from tests.training.tiny_models import TINY, save_tiny_model
 from training.tracking import TRUNCATED, Tracker, flatten, run_tags, tracking_uri
+from training.tracking_ui import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, NOTE_TAG, VIEW_TAG
 
 SERVER_START_TIMEOUT = 180  # seconds; mlflow imports twice (CLI, then uvicorn) before it answers
 
@@ -400,6 +402,13 @@ def test_run_round_trip(backend: Path, tiny_model: Any, monkeypatch: pytest.Monk
     mv = client.get_model_version("face", "1")
     assert mv.run_id == tracker.run_id
     assert not mv.aliases  # aliases are validate's to set
+    # The run and the version it registered link each other's page in the UI.
+    assert run.data.tags[NOTE_TAG] == (
+        "Registered as [face version 1](#/models/face/versions/1?workflowType=machine_learning)."
+    )
+    page = f"#/experiments/{run.info.experiment_id}/runs/{tracker.run_id}?"
+    assert mv.description.startswith(f"Trained in run [face]({page}")
+    assert "not evaluated yet" in mv.description
     assert mv.tags["anonlab.weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     model_id = mv.source.removeprefix("models:/")
     files = _artifact_files(client, model_id)
@@ -466,3 +475,27 @@ def test_exception_ends_run_failed_or_killed(
         raise error("stop")
     run = mlflow.MlflowClient(tracker.uri).get_run(tracker.run_id)
     assert run.info.status == status
+
+
+def test_experiments_are_tagged_for_model_training_and_keep_a_view(
+    sqlite_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    client = mlflow.MlflowClient(tracking_uri(sqlite_root))
+    older = client.create_experiment("anonlab/older")  # as an older anonlab made it
+    for experiment in ("anonlab/new", "anonlab/older"):
+        with Tracker(
+            sqlite_root,
+            experiment=experiment,
+            run_name="r",
+            params={},
+            tags={},
+            system_metrics=False,
+        ) as tracker:
+            tracker.log_metrics({"holdout/face/iou": 0.5}, 0)
+            tracker.save_view(["holdout/face/iou"])
+        tags = client.get_experiment(tracker.experiment_id).tags
+        assert tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+        assert view_state(tags[VIEW_TAG])["selectedColumns"] == ["metrics.`holdout/face/iou`"]
+    assert tracker.experiment_id == older
