@@ -86,7 +86,8 @@ def saved_view(
     widths[_RUN_NAME_COLUMN] = _RUN_NAME_WIDTH
     state = {
         "selectedColumns": columns,
-        "columnOrder": columns,
+        # The grid sizes only the columns it is given an order for.
+        "columnOrder": [_RUN_NAME_COLUMN, *columns],
         "columnWidths": widths,
         "orderByKey": "attributes.start_time",
         "orderByAsc": False,

@@ -48,6 +48,7 @@ def test_saved_view_keeps_the_columns_of_other_models() -> None:
     widths = state["columnWidths"]
     assert widths["metrics.`holdout/face/coverage`"] > widths["metrics.`holdout/face/iou`"]
     assert widths["attributes.`Run Name`"] >= 300  # names carry model, experiment and stage
+    assert state["columnOrder"] == ["attributes.`Run Name`", *state["selectedColumns"]]
     # Anything else in the tag (edited by hand, another MLflow's format) is replaced.
     _, fresh = saved_view(["a"], previous="not json")
     assert view_state(fresh)["selectedColumns"] == ["metrics.`a`"]
