@@ -12,7 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mlflow
@@ -46,6 +47,7 @@ class RegisteredModel:
     run_id: str | None
     weights_sha256: str | None
     aliases: tuple[str, ...] = ()
+    tags: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     @classmethod
     def of(cls, mv: ModelVersion) -> RegisteredModel:
@@ -55,6 +57,7 @@ class RegisteredModel:
             run_id=mv.run_id,
             weights_sha256=mv.tags.get(WEIGHTS_SHA256_TAG),
             aliases=tuple(mv.aliases or ()),
+            tags=dict(mv.tags or {}),
         )
 
     def __str__(self) -> str:
@@ -97,6 +100,13 @@ class Registry:
 
     def set_alias(self, model: RegisteredModel, alias: str) -> None:
         self.client.set_registered_model_alias(model.name, alias, model.version)
+
+    def describe(self, model: RegisteredModel, text: str) -> None:
+        """Set the version's description (markdown, shown on its page in the MLflow UI)."""
+        self.client.update_model_version(model.name, model.version, description=text)
+
+    def tag(self, model: RegisteredModel, key: str, value: str) -> None:
+        self.client.set_model_version_tag(model.name, model.version, key, value)
 
     def promote(
         self, name: str, *, user: str | None = None

@@ -1,5 +1,6 @@
 """The validate stage: the data checks and the release gate, one verdict, a non-zero exit when
-it fails (so `dvc repro` stops before export), and the `challenger` alias for a passing model.
+it fails (so `dvc repro` stops before export), the `challenger` alias for a passing model, and
+the verdict in the description of each registered version it checked (`version_notes`).
 
 The gate judges what ships: the anonymizer, the models of `train.models` run as one
 (`serving.runtime.composite`), whose entry `anonymizer` of metrics.json evaluate writes beside
@@ -60,6 +61,7 @@ from evaluation.data_checks.checks import ERROR, WARNING, Check
 from evaluation.registry import CHALLENGER, RegisteredModel, Registry
 from evaluation.scoring.result import RecallCell, RecallTable, recall_from_json
 from evaluation.verdict import ValidatedModel, Verdict
+from evaluation.version_notes import describe_verdicts
 from serving.runtime.checksum import file_sha256
 from serving.runtime.release import Gate, release_notice, release_problems
 from training.tracking import WEIGHTS_SHA256_TAG
@@ -411,6 +413,8 @@ def run_validate(setup: ValidateSetup) -> Verdict:
     if not failed:
         challengers = _set_challengers(registry, registered)
         verdict = dataclasses.replace(verdict, challengers=challengers)
+    if registry is not None:
+        describe_verdicts(registry, registered, verdict, metrics)
     verdict.write(out.verdict)
     if data_ok:
         stats = paths.prepared.stats

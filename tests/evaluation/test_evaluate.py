@@ -114,11 +114,12 @@ def test_evaluate_writes_metrics_report_and_mlflow_consistent_with_score(
 
     client = _client(project)
     experiment = client.get_experiment_by_name("anonlab/evaluate")
-    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    runs = {_subject(r): r for r in client.search_runs([experiment.experiment_id])}
     assert set(runs) == {MODEL, "anonymizer"}
     run = runs[MODEL]
     assert run.data.tags["anonlab.model"] == MODEL
     assert run.data.tags["anonlab.weights_sha256"] == sha
+    _check_links(client, run, entry)
     key = "recall/holdout/face/all"
     if holdout["face"]["all"]["iou"] is not None:
         assert run.data.metrics[key] == pytest.approx(holdout["face"]["all"]["iou"])
@@ -141,6 +142,35 @@ def test_evaluate_writes_metrics_report_and_mlflow_consistent_with_score(
         )
     assert tracked.data.metrics["heads_only/holdout"] == 0
     _check_peer(metrics, report, runs, project)
+
+
+def _subject(run: mlflow.entities.Run) -> str:
+    """The model an evaluate run scored, or `anonymizer`."""
+    return run.data.tags.get("anonlab.model") or run.data.tags["anonlab.anonymizer"]
+
+
+def _check_links(client: mlflow.MlflowClient, run: mlflow.entities.Run, entry: dict) -> None:
+    """The run is named after the model, the commit and the stage; it names and links the
+    version it scored and that version's training run, and logs the headline recall under
+    short names; the version links the run back and carries its headline recall."""
+    assert run.info.run_name.startswith(f"{MODEL} · ") and run.info.run_name.endswith(" · evaluate")
+    version = client.get_model_version(MODEL, entry["version"])
+    tags, note = run.data.tags, run.data.tags["mlflow.note.content"]
+    assert tags["anonlab.registered_model"] == MODEL and tags["anonlab.model_version"] == "1"
+    assert tags["anonlab.train_run_id"] == version.run_id
+    train = client.get_run(version.run_id)
+    assert f"[version 1](#/models/{MODEL}/versions/1?" in note
+    assert f"[{train.info.run_name}](#/experiments/{train.info.experiment_id}/runs/" in note
+    holdout = entry["sets"]["holdout"]["recall"]
+    for name, cells in holdout.items():
+        for metric in ("iou", "coverage"):
+            if cells["all"][metric] is not None:
+                logged = run.data.metrics[f"holdout/{name}/{metric}"]
+                assert logged == pytest.approx(cells["all"][metric])
+    experiment, run_id = run.info.experiment_id, run.info.run_id
+    assert version.tags["anonlab.evaluate_run"] == f"{experiment}/{run_id}"
+    assert f"(#/experiments/{experiment}/runs/{run_id}?" in version.description
+    assert "| holdout | face |" in version.description
 
 
 def _check_peer(metrics: dict, report: str, runs: dict, project: Project) -> None:
@@ -301,7 +331,7 @@ def test_evaluate_scores_the_anonymizer_with_the_heads_of_a_keypoint_model(
         client = _client(project)
         experiment = client.get_experiment_by_name("anonlab/evaluate")
         runs = client.search_runs([experiment.experiment_id], order_by=["start_time DESC"])
-        latest = next(r for r in runs if r.info.run_name == "anonymizer")
+        latest = next(r for r in runs if _subject(r) == "anonymizer")
         for name in (MODEL, KEYPOINT):
             sha = anonymizer["members"][name]["weights_sha256"]
             assert latest.data.tags[f"anonlab.member.{name}.weights_sha256"] == sha
@@ -384,6 +414,8 @@ def test_validate_fails_the_gate_then_passes_sets_challenger_and_promotes(
         assert any(name.endswith("target.iou") for name in verdict["failed"])
         registry = Registry(project.root)
         assert registry.by_alias(MODEL, "challenger") is None
+        description = _client(project).get_model_version(MODEL, "1").description
+        assert description.startswith("**Gate: failed**") and "target.iou`" in description
 
         # The same weights with recall at the target (as a good model's metrics would be).
         metrics_path.write_text(_reaching_targets(saved))
@@ -405,6 +437,9 @@ def test_validate_fails_the_gate_then_passes_sets_challenger_and_promotes(
         assert verdict["metrics_sha256"] == file_sha256(metrics_path)
         assert registry.by_alias(MODEL, "challenger").version == "1"
         assert registry.by_alias(MODEL, "champion") is None  # promotion is explicit
+        description = _client(project).get_model_version(MODEL, "1").description
+        assert description.startswith("**Gate: passed**") and "`challenger`" in description
+        assert "| holdout | face |" in description and "NOT A RELEASE" not in description
 
         assert _cli(project, "validate", "promote", "--user", "ana") == 0
         champion = _client(project).get_model_version_by_alias(MODEL, "champion")
@@ -531,7 +566,7 @@ def test_evaluate_scores_the_champion_beside_new_weights(project: Project) -> No
         assert "Champion: version 1" in report
         experiment = client.get_experiment_by_name("anonlab/evaluate")
         runs = client.search_runs([experiment.experiment_id], order_by=["start_time DESC"])
-        latest = next(r for r in runs if r.info.run_name == MODEL)
+        latest = next(r for r in runs if _subject(r) == MODEL)
         assert any(k.startswith("champion/recall/holdout/") for k in latest.data.metrics)
     finally:
         client.delete_registered_model_alias(MODEL, "champion")
