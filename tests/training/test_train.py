@@ -157,6 +157,7 @@ def test_training_is_tracked_in_mlflow(prepared: Path, tmp_path: Path) -> None:
     assert run.data.params["train.optimizer.lr"] == str(project.params.train.optimizer.lr)
     assert run.data.params["model.backbone"] == "resnet18"
     assert run.data.tags["anonlab.model"] == MODEL
+    assert run.info.run_name.startswith(f"{MODEL} · ") and run.info.run_name.endswith(" · train")
     history = client.get_metric_history(run.info.run_id, "val/score")
     assert [m.step for m in history] == [0, 3]  # the untrained model, then after training
     # The validator's own metrics, under val/.
