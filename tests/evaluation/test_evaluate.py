@@ -136,10 +136,13 @@ def test_evaluate_writes_metrics_report_and_mlflow_consistent_with_score(
     assert "the release gate judges" in report
     tracked = runs["anonymizer"]
     assert tracked.data.tags[f"anonlab.member.{MODEL}.weights_sha256"] == sha
+    assert tracked.data.tags[f"anonlab.member.{MODEL}.version"] == "1"
+    assert tracked.info.run_name.startswith("anonymizer · ")
     if anonymizer["sets"]["holdout"]["recall"]["face"]["all"]["coverage"] is not None:
-        assert tracked.data.metrics["coverage/holdout/face/all"] == pytest.approx(
-            anonymizer["sets"]["holdout"]["recall"]["face"]["all"]["coverage"]
-        )
+        for name in ("coverage/holdout/face/all", "holdout/face/coverage"):  # headline: both
+            assert tracked.data.metrics[name] == pytest.approx(
+                anonymizer["sets"]["holdout"]["recall"]["face"]["all"]["coverage"]
+            )
     assert tracked.data.metrics["heads_only/holdout"] == 0
     _check_peer(metrics, report, runs, project)
 
