@@ -388,6 +388,10 @@ def test_serve_runs_label_studio_with_the_project_folders(
     assert (started["host"], started["port"]) == ("127.0.0.1", 8080)
     assert started["secrets"] == ("admin@anonlab.test", "pw-Secret-serve", "c0ffee" * 6)
     assert "pw-Secret-serve" not in caplog.text and "c0ffee" * 6 not in caplog.text
+    # The fake listens elsewhere than annotation.url, which is set: push would miss it.
+    assert "annotation.url is http://127.0.0.1:8080: push, pull and status talk to it" in (
+        caplog.text
+    )
 
 
 GRACE_HOPPER = Path(np.__file__).parents[1] / "matplotlib/mpl-data/sample_data/grace_hopper.jpg"
