@@ -59,7 +59,7 @@ def load_champions(
             for name, model in challengers.items()
         )
         todo = (
-            "promote it with `anonlab validate promote`"
+            "promote with `anonlab validate promote`"
             if any(challengers.values())
             else f"`anonlab validate` makes a model that passes the gate the {CHALLENGER}"
         )
@@ -96,7 +96,8 @@ def load_champions(
         )
         log.info("pre-annotations from the champion %s of %s", model, where)
     named = ", ".join(str(model) for model in champions)
-    return Champions(out, f"the {CHAMPION} {named} of {where}")
+    plural = "s" if len(champions) > 1 else ""
+    return Champions(out, f"the {CHAMPION}{plural} {named} of {where}")
 
 
 def _haar(why: str) -> Champions:

@@ -98,8 +98,7 @@ def test_without_a_champion_push_says_why_it_uses_haar(
     assert challenger.models == []
     assert challenger.why == (
         f"Haar cascades, because the MLflow registry at sqlite:///{registry}/mlflow.db has no "
-        f"champion ({NAME}: only a challenger (version 1)); promote it with `anonlab validate "
-        "promote`"
+        f"champion ({NAME}: only a challenger (version 1)); promote with `anonlab validate promote`"
     )
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1
