@@ -14,7 +14,7 @@ synthetic ground truth (`data.synthetic.labelstudio_task`) all refer to regions 
 
 Label Studio shows one row of labels per control, so a class drawn with several tools appears in
 several rows. Each label therefore shows its class and the tool it draws with ("person
-(polygon)", "person (brush)"; `label_text`), and hovering it says how to draw; its `alias` is the
+(polygon)", "person (brush)"; `label_names`), and hovering it says how to draw; its `alias` is the
 bare class name, which is what Label Studio writes into annotations and exports and what it
 matches predictions against. Exports of the earlier interface (labels without a tool) and the
 synthetic export carry the same class names, so the converter reads them all alike.
@@ -52,14 +52,6 @@ CLASS_CONTROLS: dict[str, tuple[str, ...]] = {
 }
 UNKNOWN_CLASS_CONTROLS = ("polygon", "brush", "rectangle")
 KEYPOINT_CONTROL = "keypoint"
-# Control name -> the tool its labels draw with, as Label Studio's toolbar names it.
-CONTROL_TOOLS = {
-    "ellipse": "ellipse",
-    "polygon": "polygon",
-    "brush": "brush",
-    "rectangle": "rectangle",
-    "keypoint": "keypoint",
-}
 # Control name -> how to draw with it: the tooltip of each of its labels.
 CONTROL_HINTS = {
     "ellipse": "Ellipse: drag over the face, brows to chin",
@@ -117,9 +109,9 @@ def labeling_config(classes: Sequence[str], keypoints: Sequence[str]) -> str:
             attrs["canRotate"] = "true"
         tag = ET.SubElement(view, CONTROL_TAGS[control], attrs)
         for label in labels:
-            shown = {"value": label} if control == KEYPOINT_CONTROL else label_text(label, control)
+            names = {"value": label} if control == KEYPOINT_CONTROL else label_names(label, control)
             ET.SubElement(
-                tag, "Label", shown, background=colours[label], hint=CONTROL_HINTS[control]
+                tag, "Label", names, background=colours[label], hint=CONTROL_HINTS[control]
             )
     relations = ET.SubElement(view, "Relations")
     ET.SubElement(relations, "Relation", value=SAME_OBJECT)
@@ -127,10 +119,11 @@ def labeling_config(classes: Sequence[str], keypoints: Sequence[str]) -> str:
     return ET.tostring(view, encoding="unicode") + "\n"
 
 
-def label_text(label: str, control: str) -> dict[str, str]:
-    """The `Label` attributes of class `label` in `control`: the text shown, "<class> (<tool>)",
-    and the alias that annotations and exports carry, the class name."""
-    return {"value": f"{label} ({CONTROL_TOOLS[control]})", "alias": label}
+def label_names(label: str, control: str) -> dict[str, str]:
+    """The `Label` attributes of class `label` in `control`: the text shown, "<class> (<tool>)"
+    (a control is named after the Label Studio tool it draws with), and the alias that
+    annotations and exports carry, the class name."""
+    return {"value": f"{label} ({control})", "alias": label}
 
 
 def label_colours(labels: Sequence[str]) -> dict[str, str]:
