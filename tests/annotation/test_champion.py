@@ -1,6 +1,7 @@
 """`annotate push` with a champion in a real MLflow registry (SQLite) and the session's real Label
 Studio: the predictions the server holds are the champion's detections on the upright image, and
-convert reads them back as the same objects; without a champion, one log line says why Haar."""
+convert reads them back as the same objects; push's summary names the champion, and without one
+says why Haar (no registry, only a challenger, neither), as one log line does."""
 
 from __future__ import annotations
 
