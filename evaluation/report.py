@@ -380,8 +380,8 @@ def _gallery_note(s: SetReport, thresholds: Mapping[str, Mapping[str, Any]]) -> 
         f"<p class='note'>Missed: not covered by the coverage rule above. Showing "
         f"{len(s.misses)} of {s.missed_total}, identifiable objects first, smallest first. "
         "Red: the missed object's box. Cyan: the model's own detections at its operating "
-        f"thresholds ({at}), each with its mask's outline, its box and its score; none drawn: "
-        "the model found nothing there at those thresholds.</p>"
+        f"thresholds ({at}), each with its box, its score and its mask's outline where it has "
+        "one; none drawn: the model found nothing there at those thresholds.</p>"
     )
 
 
