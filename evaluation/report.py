@@ -319,9 +319,9 @@ def _set(
     recall = s.metrics.recall
     old_recall = s.champion.recall if s.champion else {}
     empty = RecallCell(n=0)
-    kind = iou_name(s.metrics)
+    iou = iou_name(s.metrics)
     head = "".join(f"<th colspan='2'>{b.replace('_', ' ')}</th>" for b in BUCKET_ORDER)
-    sub = "".join(f"<th>{kind}</th><th>coverage</th>" for _ in BUCKET_ORDER)
+    sub = "".join(f"<th>{iou}</th><th>coverage</th>" for _ in BUCKET_ORDER)
     rows = []
     for name, buckets in recall.items():
         cells = [f"<td>{_num(s.metrics.false_positives_per_image.get(name))}</td>"]
@@ -339,7 +339,7 @@ def _set(
                 )
         rows.append(f"<tr><td>{_e(name)}</td>{''.join(cells)}</tr>")
         for peer, result in _peer_scores(peers, s.name, name):
-            rows.append(_peer_row(peer, name, result, kind))
+            rows.append(_peer_row(peer, name, result, iou))
     coco = s.metrics.coco
     coco_line = " &middot; ".join(
         f"{kind} AP {_num((coco.get(kind) or {}).get('AP'))}" for kind in ("bbox", "segm")
