@@ -118,7 +118,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "--engine",
         choices=("local", "ray"),
         default="local",
-        help="local: this machine, local files (default); ray: Ray Data actors on a Ray cluster "
+        help="local: this machine, local files; ray: Ray Data actors on a Ray cluster "
         "($RAY_ADDRESS, else a local one on every CPU), inputs and --out also fsspec URLs "
         "(s3://bucket/prefix/, s3://bucket/**/*.jpg) and --inventory (needs anonlab[ray])",
     )
@@ -135,13 +135,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "--gpus-per-actor, else one per --cpus-per-actor CPUs of the cluster, one CPU left over)",
     )
     p.add_argument(
-        "--cpus-per-actor", type=float, default=1.0, help="(--engine ray) default: %(default)s"
+        "--cpus-per-actor", type=float, default=1.0, help="(--engine ray) CPUs each actor takes"
     )
     p.add_argument(
         "--gpus-per-actor",
         type=float,
         default=0.0,
-        help="(--engine ray) GPUs each actor takes, with --device cuda (default: %(default)s)",
+        help="(--engine ray) GPUs each actor takes, with --device cuda",
     )
     p.add_argument(
         "--ledger",
@@ -161,7 +161,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=2,
-        help="(--engine local) threads decoding and encoding beside inference (default: 2)",
+        help="(--engine local) threads decoding and encoding beside inference",
     )
     p.add_argument(
         "--sidecar", action="store_true", help="write <name>.json beside each image: detections"
