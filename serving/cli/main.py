@@ -124,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
                 help=CONFIG_OVERRIDES_HELP if name == "config" else OVERRIDES_HELP,
             )
         p.set_defaults(handler=handler, command_name=name)
+        if group in parents:
+            # The command alone, then each sub-command: argparse would show one positional.
+            g = sub.choices[group]
+            own = p.format_usage().removeprefix("usage: ").rstrip()
+            g.usage = f"{g.usage or '%(prog)s [-h] [key=value ...]'}\n       {own}"
     return parser
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import glob
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
             "URLs (s3://...) and --inventory need --engine ray (pip install 'anonlab[ray]'); "
             "the local engine reads and writes local files"
         )
+    check_out_apart(local, args.out)
     auditors = None
     if args.audit:
         if is_url(args.out):
@@ -73,6 +77,44 @@ def run(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def check_out_apart(inputs: Sequence[str], out: str) -> None:
+    """ServingError, before anything is read or written, when the local --out folder is a folder
+    that blur searches for inputs (one given, or a glob's fixed part) or lies inside one, or
+    holds one: the outputs of one run would be the inputs of the next."""
+    from serving.runtime.errors import ServingError
+    from serving.runtime.inputs import fixed_prefix
+    from serving.runtime.storage import is_url
+
+    if is_url(out):
+        return
+    out_real = os.path.realpath(out)
+    for given in inputs:
+        if glob.has_magic(given):
+            folder = fixed_prefix(given)
+        elif os.path.isdir(given):
+            folder = given
+        else:
+            continue
+        named = folder if folder == given else f"{folder} (of {given})"
+        real = os.path.realpath(folder)
+        if out_real == real:
+            raise ServingError(
+                f"--out {out} is the input folder {named}: the outputs would replace the "
+                f"inputs. Give an --out outside {folder}; nothing was read or written"
+            )
+        if os.path.commonpath([out_real, real]) == real:
+            raise ServingError(
+                f"--out {out} is inside the input folder {named}: the next run would take "
+                f"this run's outputs for inputs. Give an --out outside {folder}; nothing was "
+                "read or written"
+            )
+        if os.path.commonpath([out_real, real]) == out_real:
+            raise ServingError(
+                f"the input folder {named} is inside --out {out}: outputs would be written "
+                f"among the inputs. Give an --out outside {folder}; nothing was read or written"
+            )
+
+
 def _blur_on_ray(args: argparse.Namespace, local: list[str], urls: list[str], ledger: Any) -> Any:
     from serving.runtime.inputs import find_inputs
     from serving.runtime.ray_engine import blur_found, ray_module
@@ -111,7 +153,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out",
         required=True,
-        help="output folder (must not hold the inputs); each output keeps its input's path "
+        help="output folder: neither an input folder, nor inside one, nor holding one (refused "
+        "before anything is read); each output keeps its input's path "
         "below the folder or glob it was found through",
     )
     p.add_argument(

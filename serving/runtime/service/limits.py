@@ -27,7 +27,7 @@ def check_header(data: bytes, config: ServiceConfig) -> ImageHeader:
     try:
         header = read_header(data)
     except ImageError as exc:
-        raise HttpError(422, str(exc), "bad_image") from None
+        raise HttpError(422, exc.for_upload(), "bad_image") from None
     check_image(header.width, header.height, len(data), config)
     return header
 
