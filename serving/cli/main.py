@@ -109,9 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
         )
         add_args(p)
         if name in parents:
+            subcommands = [c.partition(" ")[2] for c in COMMANDS if c.startswith(f"{name} ")]
             groups[name] = p.add_subparsers(
                 dest="subcommand",
-                metavar="[promote | key=value]",
+                metavar=f"[{' | '.join(subcommands)} | key=value]",
                 action=SubcommandOrOverrides,
                 help=f"a sub-command, or {OVERRIDES_HELP}",
             )
