@@ -103,7 +103,7 @@ def add_runtime_args(p: argparse.ArgumentParser, *, max_pixels_default: int) -> 
         default=max_pixels_default,
         help="refuse images with more pixels than this, from the file's header before decoding "
         "(decompression bombs, and detection time, which grows with the pixels; an 8000x4000 "
-        f"panorama is 32 MP) (default: %(default)s, {max_pixels_default / 1e6:g} MP)",
+        f"panorama is 32 MP); default %(default)s ({max_pixels_default / 1e6:g} MP)",
     )
 
 
