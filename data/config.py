@@ -9,6 +9,7 @@ pydantic models before any work starts. This module holds that mechanism and the
 
 from __future__ import annotations
 
+import difflib
 import re
 import types
 import typing
@@ -217,7 +218,10 @@ def compose(conf_dir: str | Path, overrides: Sequence[str] = (), name: str = "co
             raise ConfigError(
                 f"invalid configuration:\n  {unknown}\nCorrect the key=value override."
             ) from None
-        raise ConfigError(f"cannot compose {conf_dir}: {e}") from None
+        # Hydra's advice to append (+key) would add a key no stage reads, or a model through a
+        # defaults entry conf/config.yaml does not have: not what a mistyped name wants.
+        said = "\n".join(line for line in str(e).splitlines() if "use +" not in line)
+        raise ConfigError(f"cannot compose {conf_dir}: {said}") from None
 
 
 def _unknown_override(error: Exception, overrides: Sequence[str]) -> str | None:
@@ -235,13 +239,23 @@ def _unknown_override(error: Exception, overrides: Sequence[str]) -> str | None:
     for text in overrides:
         key, eq, value = text.partition("=")
         if eq and (key == missing or key.startswith(f"{missing}.")):
-            where, _, _ = missing.rpartition(".")
+            where, _, leaf = missing.rpartition(".")
             allowed = [str(k) for k in parent if where or k != "hydra"]
+            close = closest_key(leaf, allowed)
+            meant = f"{where}.{close}" if where else close
+            rest = key[len(missing) :]  # what the override names below the unknown key
+            hint = f"; did you mean '{meant}{rest}'? The allowed" if close else "; allowed"
             return (
-                f"{key} = {value}: unknown key '{missing}'; allowed keys "
+                f"{key} = {value}: unknown key '{missing}'{hint} keys "
                 f"{f'under {where}' if where else 'at the top'}: {', '.join(allowed)}"
             )
     return None
+
+
+def closest_key(name: str, keys: Sequence[str]) -> str | None:
+    """The key of `keys` that `name` most likely misspells (difflib), or None."""
+    close = difflib.get_close_matches(name, keys, n=1, cutoff=0.75)
+    return close[0] if close else None
 
 
 def read_params(path: str | Path) -> dict[str, Any]:
@@ -327,8 +341,16 @@ def _describe(err: Any, model: type[BaseModel]) -> str:
     shown = key if secret else f"{key} = {err.get('input')!r}"
     if err["type"] == "extra_forbidden":
         allowed = _fields_at(model, loc[:-1])
-        hint = f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
-        return f"{shown}: unknown key{hint}"
+        close = closest_key(str(loc[-1]), allowed)
+        below = ""
+        value = err.get("input")
+        while isinstance(value, dict) and len(value) == 1:  # a.b=1 read as a = {'b': 1}
+            ((part, value),) = value.items()
+            below += f".{part}"
+        meant = f"; did you mean '{_dotted((*loc[:-1], close))}{below}'?" if close else ""
+        listed = f"keys here: {', '.join(allowed)}"
+        hint = (" The allowed " if close else "; allowed ") + listed if allowed else ""
+        return f"{shown}: unknown key{meant}{hint}"
     if err["type"] == "missing":
         return f"{key}: required key is missing"
     msg = err["msg"]

@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--conf", default="conf", help="the Hydra config folder (default: conf)")
+    p.add_argument("--conf", default="conf", help="the Hydra config folder")
     p.add_argument(
         "--check",
         action="store_true",

@@ -23,7 +23,7 @@ COMMAND = Command(
     "COCO file), split the remaining capture sessions into train and val (stratified by "
     "class and object size), refuse any train image that equals or nearly equals a "
     "reference image, and cut large images and panoramas into overlapping tiles (the "
-    "seam wraps). Writes artifacts/prepared/: train.json, val.json, ref-<name>.json, "
+    "seam wraps). Writes artifacts/prepared/: train.json, val.json, refs/<name>.json, "
     "tiles/, stats.json, sizes.json.",
     no_args,
     run,

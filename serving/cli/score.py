@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from serving.runtime.commands.command import Command
+from serving.runtime.commands.command import Command, probability, share
 
 
 def run(args: argparse.Namespace) -> int:
@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
         target_recall=args.target_recall,
         n_boot=args.n_boot,
         seed=args.seed,
-        min_identifiable=parse_heights(args.identifiable, classes),
+        min_identifiable=parse_heights(args.identifiable or "", classes),
     )
     metrics = score(gt, predictions, options)
     print(format_table(metrics))
@@ -35,30 +35,45 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def thresholds(text: str) -> str:
+    """--thresholds as given, once every number in it is from 0 to 1; its class names are
+    checked against the ground truth's (`parse_thresholds`)."""
+    for part in text.split(","):
+        value = part.rpartition("=")[2].strip()
+        if value:
+            try:
+                probability(value)
+            except argparse.ArgumentTypeError as exc:
+                where = "" if value == text.strip() else f"{text!r}: "
+                raise argparse.ArgumentTypeError(f"{where}{exc}") from None
+    return text
+
+
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gt", required=True, help="COCO ground truth (instances) JSON")
     p.add_argument("--pred", required=True, help="COCO results JSON (a list of detections)")
     p.add_argument(
         "--thresholds",
+        type=thresholds,
         default="0.5",
-        help="operating score threshold: one for all classes (0.5) or per class "
+        help="operating score thresholds, from 0 to 1: one for all classes (0.5) or per class "
         "(face=0.6,license_plate=0.4; others 0.5)",
     )
     p.add_argument(
         "--coverage",
-        type=float,
+        type=share,
         default=0.9,
-        help="share of an object's pixels that must be covered for it to count as anonymized",
+        help="share of an object's pixels that must be covered for it to count as "
+        "anonymized, above 0 and at most 1",
     )
     p.add_argument(
         "--target-recall",
-        type=float,
+        type=share,
         default=0.95,
-        help="recall the reported operating thresholds must reach",
+        help="recall the reported operating thresholds must reach, above 0 and at most 1",
     )
     p.add_argument(
         "--identifiable",
-        default="",
         metavar="CLASS=PX,...",
         help="per class, the box height in pixels from which an object can identify someone "
         "(e.g. face=6,license_plate=5, the project's taxonomy.identifiable); smaller objects "

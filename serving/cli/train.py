@@ -20,13 +20,15 @@ def train_overrides(overrides: Sequence[str]) -> list[str]:
     from serving.params import Params
     from training.config import TrainConfig
 
+    # As params.yaml spells them (`validate`, not the attribute `validation`).
+    roots = {field.alias or name for name, field in Params.model_fields.items()}
     out = []
     for item in overrides:
         key, eq, value = item.partition("=")
         bare = key.lstrip("+~")
         first = bare.partition(".")[0]
         in_train = "." not in bare or first in TrainConfig.model_fields
-        if eq and in_train and first not in Params.model_fields:
+        if eq and in_train and first not in roots:
             item = f"{key[: len(key) - len(bare)]}train.{bare}={value}"
         out.append(item)
     return out

@@ -1,27 +1,16 @@
-"""`anonlab validate`: data checks and the release gate; `promote` crowns the challenger."""
+"""`anonlab validate`: data checks and the release gate; `anonlab validate promote` crowns the
+challenger."""
 
 from __future__ import annotations
 
 import argparse
 
 from serving.cli.project import load
-from serving.runtime.commands.command import Command
+from serving.runtime.commands.command import Command, no_args
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = list(args.overrides)
-    promote = bool(overrides) and overrides[0] == "promote"
-    project = load(args, overrides[1:] if promote else overrides)
-    if promote:
-        from evaluation.registry import Registry
-
-        names = [args.model] if args.model else list(project.params.train.models)
-        registry = Registry(project.root)
-        for name in names:
-            previous, champion = registry.promote(name, user=args.user)
-            was = f" (was version {previous.version})" if previous else ""
-            print(f"{name}: champion is now version {champion.version}{was}")
-        return 0
+    project = load(args)
     from evaluation.validate import ValidateSetup, run_validate
 
     verdict = run_validate(
@@ -39,11 +28,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="promote: this model only (default: every train.models)")
-    p.add_argument(
-        "--user", help="promote: who promotes (default: $ANONLAB_USER, else the login name)"
-    )
+def promote(args: argparse.Namespace) -> int:
+    project = load(args)
+    from evaluation.registry import Registry
+
+    names = [args.model] if args.model else list(project.params.train.models)
+    registry = Registry(project.root)
+    for name in names:
+        previous, champion = registry.promote(name, user=args.user)
+        was = f" (was version {previous.version})" if previous else ""
+        print(f"{name}: champion is now version {champion.version}{was}")
+    return 0
+
+
+def add_promote_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="this model only (default: every model of train.models)")
+    p.add_argument("--user", help="who promotes (default: $ANONLAB_USER, else the login name)")
 
 
 COMMAND = Command(
@@ -59,8 +59,18 @@ COMMAND = Command(
     "artifacts/validation/verdict.json (naming each model's weights by sha256) and exits "
     "non-zero when any check but a warning fails; a passing "
     "model's registered version gets the MLflow alias challenger. `anonlab validate "
-    "promote [--model NAME]` moves the alias champion to the challenger and records who "
-    "and when.",
-    add_args,
+    "promote` (its own --help) moves the alias champion to the challenger.",
+    no_args,
     run,
+)
+
+PROMOTE = Command(
+    "make each model's challenger its champion",
+    "Move the MLflow alias champion of each model (train.models, or --model) to the version "
+    "that holds the alias challenger (set by a passing `anonlab validate`), and tag that "
+    "version with who promoted it (anonlab.promoted_by) and when (anonlab.promoted_at). A "
+    "model without a challenger is an error. Later `anonlab validate` runs hold each model to "
+    "its champion, and `anonlab annotate push` pre-annotates with the champions.",
+    add_promote_args,
+    promote,
 )

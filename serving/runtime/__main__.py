@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from serving.runtime.commands import audit, blur, serve
-from serving.runtime.commands.command import Command, add_verbosity, run_command
+from serving.runtime.commands.command import Command, HelpFormatter, add_verbosity, run_command
 from serving.runtime.errors import ServingError
 
 COMMANDS: dict[str, Command] = {
@@ -22,11 +22,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m serving.runtime",
         description="Anonymize images with exported models: files (blur) or over HTTP (serve).",
+        formatter_class=HelpFormatter,
     )
     add_verbosity(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (short, description, add_args, handler) in COMMANDS.items():
-        p = sub.add_parser(name, help=short, description=description)
+        p = sub.add_parser(name, help=short, description=description, formatter_class=HelpFormatter)
         add_args(p)
         p.set_defaults(handler=handler)
     return parser

@@ -16,5 +16,27 @@ class ArtifactError(ServingError):
 class ImageError(ServingError):
     """An input image cannot be anonymized: not decodable, unsupported, or over a size limit.
 
-    The HTTP service answers these with a 4xx status; every other failure is a 5xx.
+    The message is written for the command line, which reads files; where what to do differs
+    for a client of the HTTP service, who sends the image as a request body, `upload` says it
+    in the service's words. The service answers these with a 4xx status and `for_upload()`;
+    every other failure is a 5xx.
     """
+
+    def __init__(self, message: str, *, upload: str | None = None) -> None:
+        super().__init__(message)
+        self.upload = upload
+
+    def for_upload(self) -> str:
+        """The message for a client of the HTTP service."""
+        return self.upload or str(self)
+
+
+class IncompleteImageError(ImageError):
+    """An image file that ends before its data does, or whose data is cut up: a copy, download
+    or upload that did not finish. `what` says what is wrong; the message adds what to do."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"{what}; copy the whole file again from its source",
+            upload=f"{what}; upload the whole file again",
+        )

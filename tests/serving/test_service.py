@@ -840,8 +840,9 @@ def test_the_cost_guard_can_be_turned_off() -> None:
 def test_a_damaged_header_is_refused_before_admission(
     server: AnonymizeServer, photo: bytes, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
-    # The runtime's own header reader refuses it, with the message the decode would give; the
-    # body waits for no slot and nothing is decoded (a decode here would be a 500).
+    # The runtime's own header reader refuses it, with the message the decode would give (in
+    # the service's words: upload, not copy); the body waits for no slot and nothing is decoded
+    # (a decode here would be a 500).
     data = {
         "png": b"\x89PNG\r\n\x1a\n" + bytes(40),
         "jpeg": photo[:40],  # cut inside its EXIF segment
@@ -859,7 +860,7 @@ def test_a_damaged_header_is_refused_before_admission(
     bad_image = metric(server, "anonlab_failures_total", kind="bad_image")
     status, headers, body = call(server, "POST", ANONYMIZE, data)
     assert status == 422
-    assert assert_json_error(status, headers, body) == str(decoded.value)
+    assert assert_json_error(status, headers, body) == decoded.value.for_upload()
     assert metric(server, "anonlab_failures_total", kind="bad_image") == bad_image + 1
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from serving.runtime.commands.command import Command
+from serving.runtime.commands.command import Command, probability
 
 # Residuals printed at most; the report (--out) holds all.
 SHOWN = 20
@@ -64,13 +64,6 @@ def show(report: Any, names: list[str]) -> None:
         print(f"failed: {entry['image']}: {entry['error']}", file=sys.stderr)
 
 
-def probability(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not from 0 to 1")
-    return value
-
-
 def add_args(p: argparse.ArgumentParser) -> None:
     from serving.runtime.audit import DEFAULT_COVERAGE, DEFAULT_THRESHOLD
 
@@ -84,20 +77,19 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "--detectors",
         default="centerface",
         help="independent detectors, comma-separated: centerface (faces; needs the audit "
-        "extra), haar (faces and plates, OpenCV's cascades). Default: %(default)s",
+        "extra), haar (faces and plates, OpenCV's cascades)",
     )
     p.add_argument(
         "--threshold",
         type=probability,
         default=DEFAULT_THRESHOLD,
-        help="a residual scoring this or more fails the audit (default: %(default)s)",
+        help="a residual scoring this or more fails the audit, from 0 to 1",
     )
     p.add_argument(
         "--coverage",
         type=probability,
         default=DEFAULT_COVERAGE,
-        help="a detection with less than this share of its box hidden is a residual "
-        "(default: %(default)s)",
+        help="a detection with less than this share of its box hidden is a residual, from 0 to 1",
     )
     p.add_argument("--out", metavar="FILE", help="write the whole report here as JSON")
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import glob
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
             "URLs (s3://...) and --inventory need --engine ray (pip install 'anonlab[ray]'); "
             "the local engine reads and writes local files"
         )
+    check_out_apart(local, args.out)
     auditors = None
     if args.audit:
         if is_url(args.out):
@@ -73,6 +77,44 @@ def run(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def check_out_apart(inputs: Sequence[str], out: str) -> None:
+    """ServingError, before anything is read or written, when the local --out folder is a folder
+    that blur searches for inputs (one given, or a glob's fixed part) or lies inside one, or
+    holds one: the outputs of one run would be the inputs of the next."""
+    from serving.runtime.errors import ServingError
+    from serving.runtime.inputs import fixed_prefix
+    from serving.runtime.storage import is_url
+
+    if is_url(out):
+        return
+    out_real = os.path.realpath(out)
+    for given in inputs:
+        if glob.has_magic(given):
+            folder = fixed_prefix(given)
+        elif os.path.isdir(given):
+            folder = given
+        else:
+            continue
+        named = folder if folder == given else f"{folder} (of {given})"
+        real = os.path.realpath(folder)
+        if out_real == real:
+            raise ServingError(
+                f"--out {out} is the input folder {named}: the outputs would replace the "
+                f"inputs. Give an --out outside {folder}; nothing was read or written"
+            )
+        if os.path.commonpath([out_real, real]) == real:
+            raise ServingError(
+                f"--out {out} is inside the input folder {named}: the next run would take "
+                f"this run's outputs for inputs. Give an --out outside {folder}; nothing was "
+                "read or written"
+            )
+        if os.path.commonpath([out_real, real]) == out_real:
+            raise ServingError(
+                f"the input folder {named} is inside --out {out}: outputs would be written "
+                f"among the inputs. Give an --out outside {folder}; nothing was read or written"
+            )
+
+
 def _blur_on_ray(args: argparse.Namespace, local: list[str], urls: list[str], ledger: Any) -> Any:
     from serving.runtime.inputs import find_inputs
     from serving.runtime.ray_engine import blur_found, ray_module
@@ -111,14 +153,15 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--out",
         required=True,
-        help="output folder (must not hold the inputs); each output keeps its input's path "
+        help="output folder: neither an input folder, nor inside one, nor holding one (refused "
+        "before anything is read); each output keeps its input's path "
         "below the folder or glob it was found through",
     )
     p.add_argument(
         "--engine",
         choices=("local", "ray"),
         default="local",
-        help="local: this machine, local files (default); ray: Ray Data actors on a Ray cluster "
+        help="local: this machine, local files; ray: Ray Data actors on a Ray cluster "
         "($RAY_ADDRESS, else a local one on every CPU), inputs and --out also fsspec URLs "
         "(s3://bucket/prefix/, s3://bucket/**/*.jpg) and --inventory (needs anonlab[ray])",
     )
@@ -135,13 +178,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "--gpus-per-actor, else one per --cpus-per-actor CPUs of the cluster, one CPU left over)",
     )
     p.add_argument(
-        "--cpus-per-actor", type=float, default=1.0, help="(--engine ray) default: %(default)s"
+        "--cpus-per-actor", type=float, default=1.0, help="(--engine ray) CPUs each actor takes"
     )
     p.add_argument(
         "--gpus-per-actor",
         type=float,
         default=0.0,
-        help="(--engine ray) GPUs each actor takes, with --device cuda (default: %(default)s)",
+        help="(--engine ray) GPUs each actor takes, with --device cuda",
     )
     p.add_argument(
         "--ledger",
@@ -161,7 +204,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=2,
-        help="(--engine local) threads decoding and encoding beside inference (default: 2)",
+        help="(--engine local) threads decoding and encoding beside inference",
     )
     p.add_argument(
         "--sidecar", action="store_true", help="write <name>.json beside each image: detections"

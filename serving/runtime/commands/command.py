@@ -20,6 +20,46 @@ class Command(NamedTuple):
     handler: Callable[[argparse.Namespace], int]
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, "(default: X)", unless its text already shows
+    it (`%(default)s`); flags (on or off) and options without a default show none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            "%(default)" in text
+            or action.default is None
+            or action.default is argparse.SUPPRESS
+            or action.nargs == 0
+            or not (action.option_strings or action.nargs in ("?", "*"))
+        ):
+            return action.help
+        return f"{text} (default: %(default)s)"
+
+
+def probability(text: str) -> float:
+    """An option's value from 0 to 1 (a score threshold); argparse's error names the option."""
+    value = _number(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not from 0 to 1")
+    return value
+
+
+def share(text: str) -> float:
+    """An option's value above 0 and at most 1 (a coverage, a recall target)."""
+    value = _number(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not above 0 and at most 1")
+    return value
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+
+
 def no_args(_: argparse.ArgumentParser) -> None:
     """The options of a command that has none of its own."""
 

@@ -62,7 +62,7 @@ def add_runtime_args(p: argparse.ArgumentParser, *, max_pixels_default: int) -> 
         "--backend",
         choices=("onnx", "torch"),
         default="onnx",
-        help="onnx: onnxruntime on model.onnx (default); torch: PyTorch on weights.safetensors",
+        help="onnx: onnxruntime on model.onnx; torch: PyTorch on weights.safetensors",
     )
     p.add_argument(
         "--device",
@@ -70,7 +70,7 @@ def add_runtime_args(p: argparse.ArgumentParser, *, max_pixels_default: int) -> 
         help="auto (a GPU where the backend has one, else the CPU), cpu, cuda or cuda:N",
     )
     p.add_argument(
-        "--threads", type=int, default=0, help="inference threads (0: the library's default)"
+        "--threads", type=int, default=0, help="inference threads (0: the library's own number)"
     )
     p.add_argument(
         "--batch",
@@ -85,7 +85,7 @@ def add_runtime_args(p: argparse.ArgumentParser, *, max_pixels_default: int) -> 
         type=positive_int,
         default=1,
         metavar="N",
-        help="batches of an image's windows in the network at once (default: %(default)s). On "
+        help="batches of an image's windows in the network at once. On "
         "CPUs, 2 or more lets each network call run on its own cores, which can pay for a model "
         "whose time goes into many small operations (BENCHMARKS.md); with --threads 0 each "
         "onnx call gets an equal share of the cores",
@@ -94,7 +94,7 @@ def add_runtime_args(p: argparse.ArgumentParser, *, max_pixels_default: int) -> 
         "--precision",
         choices=PRECISIONS,
         default="fp32",
-        help="fp32 (default), or bf16: bfloat16 autocast, --backend torch only, for GPUs with "
+        help="fp32, or bf16: bfloat16 autocast, --backend torch only, for GPUs with "
         "bfloat16 units. The operating thresholds were chosen on fp32 scores",
     )
     p.add_argument(
@@ -103,7 +103,7 @@ def add_runtime_args(p: argparse.ArgumentParser, *, max_pixels_default: int) -> 
         default=max_pixels_default,
         help="refuse images with more pixels than this, from the file's header before decoding "
         "(decompression bombs, and detection time, which grows with the pixels; an 8000x4000 "
-        f"panorama is 32 MP); default {max_pixels_default} ({max_pixels_default / 1e6:g} MP)",
+        f"panorama is 32 MP); default %(default)s ({max_pixels_default / 1e6:g} MP)",
     )
 
 

@@ -88,13 +88,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
 
     # Lower than blur's: each image the service takes holds a slot and its pixels while it runs.
     add_runtime_args(p, max_pixels_default=64_000_000)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on")
     p.add_argument(
         "--max-body-mb",
         type=number,
         default=64,
-        help="refuse bodies over this many MiB with 413, before reading them (default 64)",
+        help="refuse bodies over this many MiB with 413, before reading them",
     )
     p.add_argument(
         "--min-bytes-per-mp",
@@ -102,52 +102,52 @@ def add_args(p: argparse.ArgumentParser) -> None:
         default=16000,
         help="CPU-cost guard: refuse with 422 an image over --cost-check-mp whose file has fewer "
         "bytes than this per megapixel (a flat 36 MP PNG of 117 KB would cost minutes of "
-        "detection; a photo has far more); 0 turns the guard off (default 16000)",
+        "detection; a photo has far more); 0 turns the guard off",
     )
     p.add_argument(
         "--cost-check-mp",
         type=number,
         default=4,
-        help="images over this many megapixels face the CPU-cost guard (default 4)",
+        help="images over this many megapixels face the CPU-cost guard",
     )
     p.add_argument(
         "--max-uploads",
         type=int,
         default=16,
-        help="request bodies received at once; one more gets 503 (default 16)",
+        help="request bodies received at once; one more gets 503",
     )
     p.add_argument(
         "--upload-grace",
         type=number,
         default=5,
         help="seconds a body gets before its average rate since it began must reach "
-        "--min-upload-rate (default 5)",
+        "--min-upload-rate",
     )
     p.add_argument(
         "--min-upload-rate",
         type=int,
         default=8192,
         help="bytes/s a body must average after --upload-grace, else 408 and the connection "
-        "closed (default 8192, 64 kbit/s: a 2G/EDGE uplink passes, a client trickling bytes "
-        "is cut)",
+        "closed (default: %(default)s, 64 kbit/s: a 2G/EDGE uplink passes, a client "
+        "trickling bytes is cut)",
     )
     p.add_argument(
         "--max-concurrency",
         type=int,
         default=2,
-        help="images anonymized at once (default 2)",
+        help="images anonymized at once",
     )
     p.add_argument(
         "--max-queue",
         type=int,
         default=8,
-        help="received images admitted beyond those, waiting for a slot; more get 503 (default 8)",
+        help="received images admitted beyond those, waiting for a slot; more get 503",
     )
     p.add_argument(
         "--queue-timeout",
         type=number,
         default=30,
-        help="seconds an admitted image waits for a slot before 503 (default 30)",
+        help="seconds an admitted image waits for a slot before 503",
     )
     p.add_argument(
         "--read-timeout",
@@ -155,7 +155,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
         default=60,
         help="seconds of client silence within a body before 408 and the connection closed; "
         "also the time a request's line and headers have to arrive once its connection opened "
-        "or its previous response was sent, else the connection is closed (default 60)",
+        "or its previous response was sent, else the connection is closed",
     )
     p.add_argument(
         "--request-timeout",
@@ -163,19 +163,19 @@ def add_args(p: argparse.ArgumentParser) -> None:
         default=600,
         help="seconds from an image request's headers to its response (upload, queue and "
         "inference together) before 504; an inference under way still finishes, holding its "
-        "slot (default 600: a 5 MB photo from a 2G phone arrives in about 5 minutes)",
+        "slot (default: %(default)s; a 5 MB photo from a 2G phone arrives in about 5 minutes)",
     )
     p.add_argument(
         "--timeout-keep-alive",
         type=number,
         default=5,
-        help="seconds an idle keep-alive connection stays open for its next request (default 5)",
+        help="seconds an idle keep-alive connection stays open for its next request",
     )
     p.add_argument(
         "--workers",
         type=positive_int,
         default=1,
-        help="processes serving the one port (default 1); each loads its own copy of the "
+        help="processes serving the one port; each loads its own copy of the "
         "models and has its own limits and /metrics, so memory and the bounds above are per "
         "worker: N workers take about N times one's memory (the tiny test model: about 110 MB "
         "each; /metrics shows the answering worker's) and anonymize up to N x "
@@ -186,7 +186,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
         type=number,
         default=10,
         help="on SIGTERM or Ctrl-C, seconds to let uploads and admitted images finish; requests "
-        "still under way then are cancelled (default 10)",
+        "still under way then are cancelled",
     )
 
 

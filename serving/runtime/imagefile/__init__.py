@@ -103,6 +103,10 @@ __all__ = [
     "write_image",
 ]
 
+# An empty file (a copy that never started) and an empty request body, in their readers' words.
+EMPTY = "the image file is empty (0 bytes)"
+EMPTY_UPLOAD = "the image is empty (0 bytes): send the file's content"
+
 
 def read_image(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageFile:
     """Decode an image file (JPEG, PNG, TIFF or WebP) and keep what writing it back needs.
@@ -112,7 +116,7 @@ def read_image(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> I
     """
     data = bytes(data)
     if not data:
-        raise ImageError("the image is empty (0 bytes): send the file's content")
+        raise ImageError(EMPTY, upload=EMPTY_UPLOAD)
     kind = sniff(data)
     reader = {"JPEG": read_jpeg, "PNG": read_png, "TIFF": read_tiff, "WEBP": read_webp}
     return reader[kind](data, max_pixels)
@@ -123,7 +127,7 @@ def read_header(data: bytes) -> ImageHeader:
     huge or hostile file); ImageError when it is not a supported image or the header is damaged.
     `read_image` checks the same header again, so a file that passes here may still fail there."""
     if not data:
-        raise ImageError("the image is empty (0 bytes): send the file's content")
+        raise ImageError(EMPTY, upload=EMPTY_UPLOAD)
     kind = sniff(data)
     if kind == "JPEG":
         _, width, height, _ = jpeg_frame(jpeg_header(data)[0])

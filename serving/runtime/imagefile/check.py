@@ -46,11 +46,12 @@ def check_output(data: bytes, fmt: str) -> None:
 
 
 def _refused(why: str) -> ImageError:
-    return ImageError(
+    message = (
         f"the anonymized file was not written: {why}; the input carries an unanonymized copy "
         "of the picture where the runtime does not know to remove it. Strip the input's "
-        "metadata (e.g. exiftool -all=) and send it again"
+        "metadata (e.g. exiftool -all=)"
     )
+    return ImageError(f"{message} and anonymize it again", upload=f"{message} and send it again")
 
 
 def _jpeg_parts(data: bytes) -> list[bytes]:

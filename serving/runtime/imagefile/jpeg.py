@@ -13,7 +13,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image
 
-from serving.runtime.errors import ImageError
+from serving.runtime.errors import ImageError, IncompleteImageError
 from serving.runtime.imagefile.formats import ImageFile, check_size
 from serving.runtime.imagefile.metadata import (
     EXIF_ID,
@@ -81,9 +81,9 @@ def read_jpeg(data: bytes, max_pixels: int | None) -> ImageFile:
     components = [tuple(frame[6 + 3 * i : 9 + 3 * i]) for i in range(ncomp)]
     end = data.find(b"\xff\xd9", scan_start)
     if end < 0:
-        raise ImageError(
+        raise IncompleteImageError(
             "the JPEG is truncated: its image data has no end marker, so part of the picture "
-            "is missing; upload the whole file again"
+            "is missing"
         )
 
     tables = _jpeg_qtables(segments)
@@ -172,9 +172,9 @@ def decode_jpeg(data: bytes, *, gray: bool = False, scale: int = 1) -> np.ndarra
         message = str(exc)
         if not _JUNK_BEFORE_END.fullmatch(message):
             if "premature end" in message.lower():
-                raise ImageError(
+                raise IncompleteImageError(
                     f"the JPEG is truncated ({message}): part of the picture is missing, and "
-                    "decoders would show it as grey; upload the whole file again"
+                    "decoders would show it as grey"
                 ) from None
             raise ImageError(f"the JPEG image data is damaged ({message}): re-export it") from None
         pixels = simplejpeg.decode_jpeg(data, colorspace, strict=False, **scaling)
@@ -188,9 +188,7 @@ def jpeg_header(data: bytes) -> tuple[list[tuple[int, bytes]], int]:
     pos, size = 2, len(data)
     while True:
         if pos >= size:
-            raise ImageError(
-                "the JPEG is truncated: it ends inside its header; upload the whole file again"
-            )
+            raise IncompleteImageError("the JPEG is truncated: it ends inside its header")
         if data[pos] != 0xFF:
             raise ImageError(f"the JPEG header is corrupt at byte {pos}: the file is damaged")
         while pos < size and data[pos] == 0xFF:  # fill bytes
@@ -204,14 +202,10 @@ def jpeg_header(data: bytes) -> tuple[list[tuple[int, bytes]], int]:
         if marker in (_SOI, _EOI):
             raise ImageError("the JPEG has no image data before its end marker: re-export it")
         if pos + 2 > size:
-            raise ImageError(
-                "the JPEG is truncated: it ends inside its header; upload the whole file again"
-            )
+            raise IncompleteImageError("the JPEG is truncated: it ends inside its header")
         length = int.from_bytes(data[pos : pos + 2], "big")
         if length < 2 or pos + length > size:
-            raise ImageError(
-                "the JPEG is truncated: it ends inside its header; upload the whole file again"
-            )
+            raise IncompleteImageError("the JPEG is truncated: it ends inside its header")
         segments.append((marker, data[pos + 2 : pos + length]))
         pos += length
         if marker == _SOS:

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from serving.runtime.errors import ImageError
+from serving.runtime.errors import ImageError, IncompleteImageError
 from serving.runtime.imagefile.formats import PNG_SIGNATURE, ImageFile, check_size, mode_of
 from serving.runtime.imagefile.metadata import (
     clean_xmp,
@@ -44,9 +44,10 @@ def read_png(data: bytes, max_pixels: int | None) -> ImageFile:
     chunks = png_chunks(data)
     types = [t for t, _ in chunks]
     if b"acTL" in types:
+        animated = "animated PNG is not supported (its other frames would not be anonymized)"
         raise ImageError(
-            "animated PNG is not supported (its other frames would not be anonymized): "
-            "send the frames as separate images"
+            f"{animated}: save the frames as separate files",
+            upload=f"{animated}: send the frames as separate images",
         )
     if b"IDAT" not in types:
         raise ImageError("the PNG has no image data (IDAT): re-export it")
@@ -134,9 +135,8 @@ def png_chunks(data: bytes) -> list[tuple[bytes, memoryview]]:
         pos += 12 + length
         if ctype == b"IEND":
             return chunks
-    raise ImageError(
-        "the PNG is truncated: it has no end chunk (IEND), so part of the picture may be "
-        "missing; upload the whole file again"
+    raise IncompleteImageError(
+        "the PNG is truncated: it has no end chunk (IEND), so part of the picture may be missing"
     )
 
 

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 from PIL import Image, TiffImagePlugin, WebPImagePlugin
 
-from serving.runtime.errors import ImageError
+from serving.runtime.errors import ImageError, IncompleteImageError
 from serving.runtime.imagefile.formats import ImageFile, check_size, mode_of
 from serving.runtime.imagefile.metadata import (
     EXIF_ID,
@@ -36,9 +36,13 @@ def read_tiff(data: bytes, max_pixels: int | None) -> ImageFile:
     img = open_pil(TiffImagePlugin.TiffImageFile, data, "TIFF")
     check_size(img.width, img.height, max_pixels, "TIFF")
     if getattr(img, "n_frames", 1) > 1:
-        raise ImageError(
+        pages = (
             f"multi-page TIFF ({img.n_frames} pages) is not supported (the other pages would "
-            "not be anonymized): send each page as its own image"
+            "not be anonymized)"
+        )
+        raise ImageError(
+            f"{pages}: save each page as its own file",
+            upload=f"{pages}: send each page as its own image",
         )
     # Metadata first: loading turns the pixels upright and deletes the orientation tag.
     dropped: list[str] = []
@@ -104,23 +108,21 @@ def _check_tiff_data(img: Image.Image, size: int) -> None:
         offsets = offsets if isinstance(offsets, tuple) else (offsets,)
         counts = counts if isinstance(counts, tuple) else (counts,)
         if any(o + c > size for o, c in zip(offsets, counts, strict=False)):
-            raise ImageError(
-                "the TIFF is truncated: its image data runs past the end of the file; upload "
-                "the whole file again"
+            raise IncompleteImageError(
+                "the TIFF is truncated: its image data runs past the end of the file"
             )
 
 
 def read_webp(data: bytes, max_pixels: int | None) -> ImageFile:
     if int.from_bytes(data[4:8], "little") + 8 > len(data):
-        raise ImageError(
-            "the WebP is truncated: it is shorter than its header says; upload the whole file again"
-        )
+        raise IncompleteImageError("the WebP is truncated: it is shorter than its header says")
     img = open_pil(WebPImagePlugin.WebPImageFile, data, "WebP")
     check_size(img.width, img.height, max_pixels, "WebP")
     if getattr(img, "is_animated", False):
+        animated = "animated WebP is not supported (its other frames would not be anonymized)"
         raise ImageError(
-            "animated WebP is not supported (its other frames would not be anonymized): "
-            "send the frames as separate images"
+            f"{animated}: save the frames as separate files",
+            upload=f"{animated}: send the frames as separate images",
         )
     pixels = _pil_pixels(img, "WebP")
     dropped: list[str] = []
@@ -187,9 +189,8 @@ def _pil_pixels(img: Image.Image, fmt: str) -> np.ndarray:
         ) from None
     except (OSError, SyntaxError, ValueError, struct.error, EOFError) as e:
         what = "truncated" if "truncat" in str(e).lower() else "damaged"
-        raise ImageError(
-            f"the {fmt} image data cannot be decoded ({e}): the file is {what}; upload the "
-            "whole file again"
+        raise IncompleteImageError(
+            f"the {fmt} image data cannot be decoded ({e}): the file is {what}"
         ) from None
     mode = img.mode
     if mode == "1":

@@ -444,4 +444,4 @@ def _anonymized(runtime: Runtime, body: bytes) -> Anonymized:
     try:
         return runtime.anonymize_bytes(body)
     except ImageError as exc:
-        raise HttpError(422, str(exc), "bad_image") from None
+        raise HttpError(422, exc.for_upload(), "bad_image") from None

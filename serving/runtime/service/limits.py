@@ -23,11 +23,11 @@ T = TypeVar("T")
 def check_header(data: bytes, config: ServiceConfig) -> ImageHeader:
     """The header of the image file `data`, read by the runtime's own reader (no pixel
     decoded), once `check_image` passes it. 422 when it is not a supported image or its header
-    is damaged, with the message the decode would give."""
+    is damaged, with the message the decode would give, in the words of uploads."""
     try:
         header = read_header(data)
     except ImageError as exc:
-        raise HttpError(422, str(exc), "bad_image") from None
+        raise HttpError(422, exc.for_upload(), "bad_image") from None
     check_image(header.width, header.height, len(data), config)
     return header
 
