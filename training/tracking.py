@@ -387,7 +387,10 @@ class Tracker:
             client.restore_experiment(found.experiment_id)
         if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
             # Made by an older anonlab, or switched in the UI: runs are what this one holds.
-            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+            try:
+                client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+            except mlflow.MlflowException as exc:  # a display hint: the run is recorded anyway
+                self._warn("kind", f"MLflow experiment {self.experiment!r} keeps its kind: {exc}")
         return found.experiment_id
 
     def _start_monitor(self, *, resumed: bool) -> None:
