@@ -1,16 +1,18 @@
-"""pycocotools' own evaluation: inputs prepared as its `loadRes` does, and its 12 summary
-numbers for boxes and masks."""
+"""The COCO backend: pycocotools' evaluation computed by faster-coco-eval (the same IoUs and
+per-image matching, in C++) and accumulated and summarized as pycocotools does (`accumulate`), on
+inputs prepared as pycocotools' `loadRes` prepares them. Its numbers and arrays equal
+pycocotools' own for boxes, masks and keypoints; the tests compare them on generated cases."""
 
 from __future__ import annotations
 
-import contextlib
-import io
+from collections.abc import Sequence
 
+from faster_coco_eval import COCO, COCOeval_faster
 from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from data.coco.rle import as_rle
+from data.errors import AnonlabError
+from evaluation.scoring.accumulate import accumulate, summarize
 
 COCO_STATS = (
     "AP",
@@ -26,6 +28,39 @@ COCO_STATS = (
     "ARm",
     "ARl",
 )
+KEYPOINT_STATS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+
+# COCO's per-keypoint OKS sigmas (the constants of pycocotools' keypoint evaluation), by name.
+OKS_SIGMAS = {
+    "nose": 0.026,
+    "left_eye": 0.025,
+    "right_eye": 0.025,
+    "left_ear": 0.035,
+    "right_ear": 0.035,
+    "left_shoulder": 0.079,
+    "right_shoulder": 0.079,
+    "left_elbow": 0.072,
+    "right_elbow": 0.072,
+    "left_wrist": 0.062,
+    "right_wrist": 0.062,
+    "left_hip": 0.107,
+    "right_hip": 0.107,
+    "left_knee": 0.087,
+    "right_knee": 0.087,
+    "left_ankle": 0.089,
+    "right_ankle": 0.089,
+}
+
+
+def oks_sigmas(names: Sequence[str]) -> list[float]:
+    """The OKS sigma of each keypoint name (taxonomy.keypoints), in order."""
+    unknown = [name for name in names if name not in OKS_SIGMAS]
+    if unknown:
+        raise AnonlabError(
+            f"taxonomy.keypoints: no COCO OKS sigma for {', '.join(map(repr, unknown))}; the "
+            f"named keypoints are {', '.join(OKS_SIGMAS)}"
+        )
+    return [OKS_SIGMAS[name] for name in names]
 
 
 def gt_copy(ann: dict, height: int, width: int) -> dict:
@@ -52,29 +87,45 @@ def prediction_copy(p: dict, index: int, masks: bool) -> dict:
     return copy
 
 
-def _quiet_coco(images: list, categories: list, annotations: list) -> COCO:
+def quiet_coco(images: list, categories: list, annotations: list) -> COCO:
+    """A COCO index of these lists (faster-coco-eval's, which logs instead of printing). The
+    evaluation writes into the annotations (`ignore`, `rle`): give it copies."""
     coco = COCO()
     coco.dataset = {"images": images, "categories": categories, "annotations": annotations}
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
+    coco.createIndex()
     return coco
+
+
+def evaluate(
+    coco_gt: COCO, coco_dt: COCO, iou_type: str, sigmas: Sequence[float] | None = None
+) -> COCOeval_faster:
+    """pycocotools' COCOeval of one IoU type (bbox, segm or keypoints with these OKS sigmas),
+    evaluated and accumulated: `ious` per (image id, category id) and `eval` (precision, recall,
+    scores) as pycocotools computes them, `stats` its summary numbers."""
+    evaluation = COCOeval_faster(
+        coco_gt, coco_dt, iou_type, kpt_oks_sigmas=sigmas, separate_eval=True
+    )
+    # Every category of the ground truth, as pycocotools (faster-coco-eval keeps, for keypoints,
+    # only the categories with objects).
+    evaluation.params.catIds = sorted(coco_gt.getCatIds())
+    evaluation.evaluate()
+    evaluation.eval = accumulate(evaluation.params, evaluation._evalImgs_cpp)
+    del evaluation._evalImgs_cpp  # per-image matches: done with, and large
+    evaluation.stats = summarize(evaluation.eval, evaluation.params, iou_type == "keypoints")
+    return evaluation
 
 
 def coco_summaries(
     gt: dict, gt_anns: list[dict], dt_anns: list[dict], masks: bool
-) -> tuple[dict, COCOeval]:
+) -> tuple[dict, COCOeval_faster]:
     """pycocotools' 12 summary numbers for boxes (and masks), and the evaluation whose IoUs
     matching reuses (of masks when compared, else of boxes)."""
-    coco_gt = _quiet_coco(gt["images"], gt["categories"], gt_anns)
-    coco_dt = _quiet_coco(gt["images"], gt["categories"], dt_anns)
+    coco_gt = quiet_coco(gt["images"], gt["categories"], gt_anns)
+    coco_dt = quiet_coco(gt["images"], gt["categories"], dt_anns)
     summaries: dict[str, dict[str, float] | None] = {"bbox": None, "segm": None}
     evaluation = None
     for iou_type in ("bbox", "segm") if masks else ("bbox",):
-        evaluation = COCOeval(coco_gt, coco_dt, iou_type)
-        with contextlib.redirect_stdout(io.StringIO()):
-            evaluation.evaluate()
-            evaluation.accumulate()
-            evaluation.summarize()
+        evaluation = evaluate(coco_gt, coco_dt, iou_type)
         summaries[iou_type] = dict(zip(COCO_STATS, map(float, evaluation.stats), strict=True))
     assert evaluation is not None
     return summaries, evaluation

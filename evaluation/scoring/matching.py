@@ -1,5 +1,5 @@
 """Matching detections to ground-truth objects as COCO does (greedy, best detection first), for
-every image and class at once, on pycocotools' own IoUs."""
+every image and class at once, on the IoUs the COCO evaluation computed (`coco_summary`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
-from pycocotools.cocoeval import COCOeval
+from faster_coco_eval import COCOeval_faster
 
 from evaluation.scoring.instances import DetectionArrays, TruthArrays
 
@@ -27,14 +27,14 @@ class Pairs:
 
 
 def matching_pairs(
-    evaluation: COCOeval,
+    evaluation: COCOeval_faster,
     truth: TruthArrays,
     dets: DetectionArrays,
     image_ids: np.ndarray,
     category_ids: np.ndarray,
     max_dets: int,
 ) -> Pairs:
-    """The pairs to match, with pycocotools' IoUs (computed again past its own maxDets)."""
+    """The pairs to match, with the COCO evaluation's IoUs (computed again past its own maxDets)."""
     n_classes = len(category_ids)
     n_groups = len(image_ids) * n_classes
     gt_group = truth.image * n_classes + truth.category
@@ -53,7 +53,7 @@ def matching_pairs(
     cols = gt_count[groups]
     computed = evaluation.params.maxDets[-1]
     if max_dets > computed:
-        # pycocotools kept only its own maxDets best detections' IoUs: compute the rest.
+        # The evaluation kept only its own maxDets best detections' IoUs: compute the rest.
         saved = evaluation.params.maxDets
         evaluation.params.maxDets = [max_dets]
         matrices = {}
@@ -69,7 +69,7 @@ def matching_pairs(
             matrices[int(image_ids[g // n_classes]), int(category_ids[g % n_classes])]
         )
         if matrix.shape[0] < r or matrix.shape[1] != c:
-            raise RuntimeError(f"pycocotools' IoU matrix {matrix.shape} is not {r} x {c}")
+            raise RuntimeError(f"the COCO evaluation's IoU matrix {matrix.shape} is not {r} x {c}")
         flat.append(matrix[:r].ravel())
     sizes = rows * cols
     iou = np.concatenate(flat) if flat else np.zeros(0)
