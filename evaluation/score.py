@@ -105,10 +105,10 @@ def score(
     clock.lap("metrics")
     dt_anns = [prediction_copy(p, i, masks) for i, p in enumerate(predictions)]
 
-    coco, evaluation = coco_summaries(gt, gt_anns, dt_anns, masks)
+    coco, ious = coco_summaries(gt, gt_anns, dt_anns, masks, iou_rows=options.max_dets)
     clock.lap("coco")
 
-    pairs = matching_pairs(evaluation, truth, dets, image_ids, category_ids, options.max_dets)
+    pairs = matching_pairs(ious, truth, dets, image_ids, category_ids, options.max_dets)
     rank = pairs.rank
     kept = rank < options.max_dets
     det_threshold = np.array([thresholds[c] for c in classes])[dets.category]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,29 +23,90 @@ _STATE_FIELDS = 6
 _MATCHES, _SCORES, _GT_IGNORES, _IGNORES = 0, 2, 3, 4
 
 
-def accumulate(params: Any, image_evaluations: Sequence[Any]) -> dict[str, np.ndarray]:
-    """pycocotools' `eval` arrays (precision [T, R, K, A, M], recall [T, K, A, M], scores) from
-    faster-coco-eval's per-image evaluations (`COCOeval_faster(separate_eval=True)`, ordered by
-    category, then area range, then image, as its `_evalImgs_cpp`)."""
-    n_t, n_r = len(params.iouThrs), len(params.recThrs)
-    n_k, n_a, n_m = len(params.catIds), len(params.areaRng), len(params.maxDets)
-    n_i = len(params.imgIds)
+@dataclass(frozen=True)
+class Matches:
+    """The per-image matches of one category and area range, images in order, as flat arrays:
+    each image's detections in its own score order (at most the largest maxDets), and per image
+    T rows of them (`matched`, `ignored` at [t * n_det + d]), images one after the other."""
+
+    n_det: np.ndarray  # per image
+    scores: np.ndarray
+    matched: np.ndarray  # matched to an object (bool)
+    ignored: np.ndarray
+    n_counted: int  # objects neither ignored nor outside the area range
+
+    @staticmethod
+    def join(parts: Sequence[Matches]) -> Matches:
+        """The matches of consecutive chunks of images as one."""
+        return Matches(
+            n_det=np.concatenate([p.n_det for p in parts]),
+            scores=np.concatenate([p.scores for p in parts]),
+            matched=np.concatenate([p.matched for p in parts]),
+            ignored=np.concatenate([p.ignored for p in parts]),
+            n_counted=sum(p.n_counted for p in parts),
+        )
+
+    def top(self, max_det: int, n_t: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each image's first `max_det` detections: matched and ignored [T, N], scores [N]."""
+        start = np.cumsum(self.n_det) - self.n_det
+        rank = np.arange(len(self.scores)) - np.repeat(start, self.n_det)
+        image = np.repeat(np.arange(len(self.n_det)), self.n_det)
+        keep = np.flatnonzero(rank < max_det)
+        image, rank = image[keep], rank[keep]
+        at = n_t * start[image] + np.arange(n_t)[:, None] * self.n_det[image] + rank
+        return self.matched[at], self.ignored[at], self.scores[keep]
+
+
+def image_matches(params: Any, image_evaluations: Sequence[Any]) -> list[Matches]:
+    """Per (category, area range), category first, the `Matches` of faster-coco-eval's
+    per-image evaluations (`COCOeval_faster(separate_eval=True)`'s `_evalImgs_cpp`: by
+    category, then area range, then image)."""
+    n_k, n_a, n_i = len(params.catIds), len(params.areaRng), len(params.imgIds)
     if len(image_evaluations) != n_k * n_a * n_i:
         raise RuntimeError(
             f"faster-coco-eval returned {len(image_evaluations)} image evaluations, expected "
             f"{n_k} categories x {n_a} area ranges x {n_i} images"
         )
+    out = []
+    for start in range(0, n_k * n_a * n_i, max(n_i, 1)):
+        states = [e.__getstate__() for e in image_evaluations[start : start + n_i]]
+        if states and len(states[0]) != _STATE_FIELDS:
+            raise RuntimeError(
+                "faster-coco-eval's ImageEvaluation state has changed layout; the scorer reads "
+                f"{_STATE_FIELDS} fields: pin the version in pyproject.toml"
+            )
+        out.append(
+            Matches(
+                n_det=np.fromiter((len(s[_SCORES]) for s in states), np.int64, len(states)),
+                scores=_flat(states, _SCORES, float),
+                matched=_flat(states, _MATCHES, np.int64) > 0,
+                ignored=_flat(states, _IGNORES, bool),
+                n_counted=int(np.count_nonzero(~_flat(states, _GT_IGNORES, bool))),
+            )
+        )
+    if n_i == 0:
+        out = [Matches(*(np.zeros(0, t) for t in (np.int64, float, bool, bool)), 0)] * (n_k * n_a)
+    return out
+
+
+def _flat(states: list[tuple], field: int, dtype: type) -> np.ndarray:
+    return np.fromiter(itertools.chain.from_iterable(s[field] for s in states), dtype)
+
+
+def accumulate(params: Any, matches: Sequence[Matches]) -> dict[str, np.ndarray]:
+    """pycocotools' `eval` arrays (precision [T, R, K, A, M], recall [T, K, A, M], scores) from
+    the `Matches` of every (category, area range), category first, over `params.imgIds`."""
+    n_t, n_r = len(params.iouThrs), len(params.recThrs)
+    n_k, n_a, n_m = len(params.catIds), len(params.areaRng), len(params.maxDets)
     precision = -np.ones((n_t, n_r, n_k, n_a, n_m))
     recall = -np.ones((n_t, n_k, n_a, n_m))
     scores = -np.ones((n_t, n_r, n_k, n_a, n_m))
     rec_thresholds = np.asarray(params.recThrs)
-    for k, a in itertools.product(range(n_k), range(n_a)):
-        start = (k * n_a + a) * n_i
-        block = _Block([e.__getstate__() for e in image_evaluations[start : start + n_i]], n_t)
+    for (k, a), block in zip(itertools.product(range(n_k), range(n_a)), matches, strict=True):
         if block.n_counted == 0:
             continue
         for m, max_det in enumerate(params.maxDets):
-            matched, ignored, det_scores = block.top(max_det)
+            matched, ignored, det_scores = block.top(max_det, n_t)
             order = np.argsort(-det_scores, kind="mergesort")
             sorted_scores = det_scores[order]
             matched, ignored = matched[:, order], ignored[:, order]
@@ -64,40 +126,6 @@ def accumulate(params: Any, image_evaluations: Sequence[Any]) -> dict[str, np.nd
                 precision[t, :, k, a, m] = q
                 scores[t, :, k, a, m] = ss
     return {"precision": precision, "recall": recall, "scores": scores}
-
-
-class _Block:
-    """The images' evaluations of one category and area range, as flat arrays."""
-
-    def __init__(self, states: list[tuple], n_t: int) -> None:
-        if states and len(states[0]) != _STATE_FIELDS:
-            raise RuntimeError(
-                "faster-coco-eval's ImageEvaluation state has changed layout; the scorer reads "
-                f"{_STATE_FIELDS} fields: pin the version in pyproject.toml"
-            )
-        self.n_t = n_t
-        self.n_det = np.fromiter((len(s[_SCORES]) for s in states), np.int64, len(states))
-        self.scores = np.fromiter(itertools.chain.from_iterable(s[_SCORES] for s in states), float)
-        # Per image, T rows of its detections: [t * n_det + d], images one after the other.
-        self.matched = np.fromiter(
-            itertools.chain.from_iterable(s[_MATCHES] for s in states), np.int64
-        )
-        self.ignored = np.fromiter(itertools.chain.from_iterable(s[_IGNORES] for s in states), bool)
-        gt_ignored = np.fromiter(
-            itertools.chain.from_iterable(s[_GT_IGNORES] for s in states), bool
-        )
-        self.n_counted = int(np.count_nonzero(~gt_ignored))
-        self.start = np.cumsum(self.n_det) - self.n_det
-        self.rank = np.arange(len(self.scores)) - np.repeat(self.start, self.n_det)
-        self.image = np.repeat(np.arange(len(states)), self.n_det)
-
-    def top(self, max_det: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Each image's first `max_det` detections (already in its score order): matched and
-        ignored [T, N], and scores [N], images in order."""
-        keep = np.flatnonzero(self.rank < max_det)
-        image, rank = self.image[keep], self.rank[keep]
-        at = self.n_t * self.start[image] + np.arange(self.n_t)[:, None] * self.n_det[image] + rank
-        return self.matched[at] > 0, self.ignored[at], self.scores[keep]
 
 
 def summarize(evaluation: dict[str, np.ndarray], params: Any, keypoints: bool) -> np.ndarray:

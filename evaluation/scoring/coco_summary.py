@@ -6,13 +6,15 @@ pycocotools' own for boxes, masks and keypoints; the tests compare them on gener
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
+import numpy as np
 from faster_coco_eval import COCO, COCOeval_faster
 from pycocotools import mask as mask_utils
 
 from data.coco.rle import as_rle
 from data.errors import AnonlabError
-from evaluation.scoring.accumulate import accumulate, summarize
+from evaluation.scoring.accumulate import Matches, accumulate, image_matches, summarize
 
 COCO_STATS = (
     "AP",
@@ -28,6 +30,9 @@ COCO_STATS = (
     "ARm",
     "ARl",
 )
+# Images evaluated at a time: bounds the per-image matches and cached masks held at once.
+CHUNK_IMAGES = 500
+
 KEYPOINT_STATS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 
 # COCO's per-keypoint OKS sigmas (the constants of pycocotools' keypoint evaluation), by name.
@@ -96,36 +101,76 @@ def quiet_coco(images: list, categories: list, annotations: list) -> COCO:
     return coco
 
 
+@dataclass(frozen=True)
+class CocoEvaluation:
+    """One IoU type's evaluation: `eval` (precision, recall, scores) and `stats` as
+    pycocotools computes them, and `ious` per (image id, category id): for each image and
+    class with objects and detections, the IoU (or OKS) matrix of its detections by score
+    (rows, at least pycocotools' maxDets of them) and objects in file order (columns)."""
+
+    eval: dict[str, np.ndarray]
+    stats: np.ndarray
+    ious: dict[tuple[int, int], np.ndarray]
+
+
 def evaluate(
-    coco_gt: COCO, coco_dt: COCO, iou_type: str, sigmas: Sequence[float] | None = None
-) -> COCOeval_faster:
-    """pycocotools' COCOeval of one IoU type (bbox, segm or keypoints with these OKS sigmas),
-    evaluated and accumulated: `ious` per (image id, category id) and `eval` (precision, recall,
-    scores) as pycocotools computes them, `stats` its summary numbers."""
+    coco_gt: COCO,
+    coco_dt: COCO,
+    iou_type: str,
+    sigmas: Sequence[float] | None = None,
+    *,
+    iou_rows: int = 0,
+) -> CocoEvaluation:
+    """pycocotools' COCOeval of one IoU type (bbox, segm, or keypoints with these OKS sigmas).
+    `iou_rows`: keep the IoUs of that many detections per image and class when it is more than
+    pycocotools' maxDets. Images are evaluated CHUNK_IMAGES at a time, and the masks
+    faster-coco-eval caches in the annotations (`rle`) are dropped after each chunk, so that
+    memory follows the chunk, not the set."""
     evaluation = COCOeval_faster(
         coco_gt, coco_dt, iou_type, kpt_oks_sigmas=sigmas, separate_eval=True
     )
+    params = evaluation.params
     # Every category of the ground truth, as pycocotools (faster-coco-eval keeps, for keypoints,
     # only the categories with objects).
-    evaluation.params.catIds = sorted(coco_gt.getCatIds())
-    evaluation.evaluate()
-    evaluation.eval = accumulate(evaluation.params, evaluation._evalImgs_cpp)
-    del evaluation._evalImgs_cpp  # per-image matches: done with, and large
-    evaluation.stats = summarize(evaluation.eval, evaluation.params, iou_type == "keypoints")
-    return evaluation
+    params.catIds = sorted(coco_gt.getCatIds())
+    image_ids = sorted(coco_gt.getImgIds())
+    compute = evaluation.computeOks if iou_type == "keypoints" else evaluation.computeIoU
+    parts, ious = [], {}
+    for start in range(0, len(image_ids), CHUNK_IMAGES):
+        chunk = image_ids[start : start + CHUNK_IMAGES]
+        params.imgIds = chunk
+        evaluation.evaluate()
+        parts.append(image_matches(params, evaluation._evalImgs_cpp))
+        del evaluation._evalImgs_cpp
+        if iou_rows > params.maxDets[-1]:
+            saved, params.maxDets = params.maxDets, [iou_rows]
+            evaluation.ious = {k: compute(*k) if len(m) else m for k, m in evaluation.ious.items()}
+            params.maxDets = saved
+        ious.update({(int(i), int(c)): m for (i, c), m in evaluation.ious.items() if len(m)})
+        for coco in (coco_gt, coco_dt):
+            for ann in coco.loadAnns(coco.getAnnIds(imgIds=chunk)):
+                ann.pop("rle", None)
+    params.imgIds = image_ids
+    if not parts:
+        parts.append(image_matches(params, []))
+    matches = [Matches.join(group) for group in zip(*parts, strict=True)]
+    arrays = accumulate(params, matches)
+    return CocoEvaluation(arrays, summarize(arrays, params, iou_type == "keypoints"), ious)
 
 
 def coco_summaries(
-    gt: dict, gt_anns: list[dict], dt_anns: list[dict], masks: bool
-) -> tuple[dict, COCOeval_faster]:
-    """pycocotools' 12 summary numbers for boxes (and masks), and the evaluation whose IoUs
-    matching reuses (of masks when compared, else of boxes)."""
+    gt: dict, gt_anns: list[dict], dt_anns: list[dict], masks: bool, iou_rows: int = 0
+) -> tuple[dict, dict[tuple[int, int], np.ndarray]]:
+    """pycocotools' 12 summary numbers for boxes (and masks), and the IoU matrices that
+    matching reuses (of masks when compared, else of boxes; `iou_rows` as in `evaluate`)."""
     coco_gt = quiet_coco(gt["images"], gt["categories"], gt_anns)
     coco_dt = quiet_coco(gt["images"], gt["categories"], dt_anns)
     summaries: dict[str, dict[str, float] | None] = {"bbox": None, "segm": None}
-    evaluation = None
+    ious: dict[tuple[int, int], np.ndarray] = {}
     for iou_type in ("bbox", "segm") if masks else ("bbox",):
-        evaluation = evaluate(coco_gt, coco_dt, iou_type)
+        ious = {}  # the box IoUs are free before the masks' are computed
+        evaluation = evaluate(coco_gt, coco_dt, iou_type, iou_rows=iou_rows)
         summaries[iou_type] = dict(zip(COCO_STATS, map(float, evaluation.stats), strict=True))
-    assert evaluation is not None
-    return summaries, evaluation
+        ious = evaluation.ious
+        del evaluation
+    return summaries, ious

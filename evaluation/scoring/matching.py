@@ -4,10 +4,10 @@ every image and class at once, on the IoUs the COCO evaluation computed (`coco_s
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from faster_coco_eval import COCOeval_faster
 
 from evaluation.scoring.instances import DetectionArrays, TruthArrays
 
@@ -27,14 +27,15 @@ class Pairs:
 
 
 def matching_pairs(
-    evaluation: COCOeval_faster,
+    ious: Mapping[tuple[int, int], np.ndarray],
     truth: TruthArrays,
     dets: DetectionArrays,
     image_ids: np.ndarray,
     category_ids: np.ndarray,
     max_dets: int,
 ) -> Pairs:
-    """The pairs to match, with the COCO evaluation's IoUs (computed again past its own maxDets)."""
+    """The pairs to match, with the COCO evaluation's IoUs per (image id, category id)
+    (`coco_summary.evaluate`, with at least `max_dets` rows)."""
     n_classes = len(category_ids)
     n_groups = len(image_ids) * n_classes
     gt_group = truth.image * n_classes + truth.category
@@ -51,23 +52,9 @@ def matching_pairs(
     groups = np.flatnonzero((det_count > 0) & (gt_count > 0))
     rows = np.minimum(det_count[groups], max_dets)
     cols = gt_count[groups]
-    computed = evaluation.params.maxDets[-1]
-    if max_dets > computed:
-        # The evaluation kept only its own maxDets best detections' IoUs: compute the rest.
-        saved = evaluation.params.maxDets
-        evaluation.params.maxDets = [max_dets]
-        matrices = {}
-        for g in groups.tolist():
-            key = (image_ids[g // n_classes], category_ids[g % n_classes])
-            matrices[key] = evaluation.computeIoU(*key)
-        evaluation.params.maxDets = saved
-    else:
-        matrices = evaluation.ious
     flat = []
     for g, r, c in zip(groups.tolist(), rows.tolist(), cols.tolist(), strict=True):
-        matrix = np.asarray(
-            matrices[int(image_ids[g // n_classes]), int(category_ids[g % n_classes])]
-        )
+        matrix = np.asarray(ious[int(image_ids[g // n_classes]), int(category_ids[g % n_classes])])
         if matrix.shape[0] < r or matrix.shape[1] != c:
             raise RuntimeError(f"the COCO evaluation's IoU matrix {matrix.shape} is not {r} x {c}")
         flat.append(matrix[:r].ravel())
