@@ -5,15 +5,12 @@ images without objects or without predictions, and classes nobody predicted."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from data.errors import AnonlabError
@@ -21,7 +18,7 @@ from evaluation.score import score
 from evaluation.scoring import coco_summary
 from evaluation.scoring.coco_summary import COCO_STATS, evaluate, oks_sigmas, quiet_coco
 from evaluation.scoring.options import ScoreOptions
-from tests.evaluation.test_score import CLASSES, cat, random_case
+from tests.evaluation.test_score import CLASSES, cat, pycoco, random_case
 
 TAXONOMY = Path(__file__).parents[2] / "conf" / "taxonomy" / "default.yaml"
 
@@ -43,21 +40,6 @@ def harder(seed: int, masks: bool) -> tuple[dict, list[dict]]:
     if masks:
         del predictions[0]["segmentation"]  # the empty image's copy keeps it
     return gt, [p for p in predictions if p["category_id"] != cat("license_plate")]
-
-
-def pycoco(gt: dict, predictions: list[dict], iou_type: str, sigmas=None) -> COCOeval:
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = copy.deepcopy(gt)
-        coco_gt.createIndex()
-        coco_dt = coco_gt.loadRes(copy.deepcopy(predictions))
-        evaluation = COCOeval(coco_gt, coco_dt, iou_type)
-        if sigmas is not None:
-            evaluation.params.kpt_oks_sigmas = np.array(sigmas)
-        evaluation.evaluate()
-        evaluation.accumulate()
-        evaluation.summarize()
-    return evaluation
 
 
 def backend(reference: COCOeval, iou_type: str, sigmas=None):
@@ -170,7 +152,7 @@ def test_keypoints_with_the_taxonomys_sigmas_equal_pycocotools_bit_for_bit(seed:
     sigmas = oks_sigmas(names)
     assert sigmas == [0.026, 0.025, 0.025, 0.035, 0.035]  # COCO's, for the head keypoints
     gt, predictions = keypoint_case(500 + seed, names)
-    reference = pycoco(gt, predictions, "keypoints", sigmas)
+    reference = pycoco(gt, predictions, "keypoints", kpt_oks_sigmas=np.array(sigmas))
     assert (reference.eval["precision"] > 0).any()  # a case with matches, not all misses
     assert_same(backend(reference, "keypoints", sigmas), reference)
 
