@@ -5,6 +5,7 @@ pycocotools' own for boxes, masks and keypoints; the tests compare them on gener
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,6 +16,8 @@ from pycocotools import mask as mask_utils
 from data.coco.rle import as_rle
 from data.errors import AnonlabError
 from evaluation.scoring.accumulate import Matches, accumulate, image_matches, summarize
+
+logger = logging.getLogger(__name__)
 
 COCO_STATS = (
     "AP",
@@ -127,7 +130,12 @@ def evaluate(
     faster-coco-eval caches in the annotations (`rle`) are dropped after each chunk, so that
     memory follows the chunk, not the set."""
     evaluation = COCOeval_faster(
-        coco_gt, coco_dt, iou_type, kpt_oks_sigmas=sigmas, separate_eval=True
+        coco_gt,
+        coco_dt,
+        iou_type,
+        kpt_oks_sigmas=sigmas,
+        separate_eval=True,
+        print_function=logger.debug,  # its progress lines, twice per chunk: not for the user
     )
     params = evaluation.params
     # Every category of the ground truth, as pycocotools (faster-coco-eval keeps, for keypoints,
