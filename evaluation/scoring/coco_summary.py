@@ -34,7 +34,7 @@ COCO_STATS = (
     "ARl",
 )
 # Images evaluated at a time: bounds the per-image matches and cached masks held at once.
-CHUNK_IMAGES = 500
+CHUNK_IMAGES = 100
 
 KEYPOINT_STATS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 
