@@ -109,6 +109,7 @@ def score(
     clock.lap("coco")
 
     pairs = matching_pairs(ious, truth, dets, image_ids, category_ids, options.max_dets)
+    del ious  # the matrices are in `pairs` now
     rank = pairs.rank
     kept = rank < options.max_dets
     det_threshold = np.array([thresholds[c] for c in classes])[dets.category]

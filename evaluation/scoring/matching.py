@@ -58,17 +58,25 @@ def matching_pairs(
         if matrix.shape[0] < r or matrix.shape[1] != c:
             raise RuntimeError(f"the COCO evaluation's IoU matrix {matrix.shape} is not {r} x {c}")
         flat.append(matrix[:r].ravel())
+    # Millions of pairs on a large set: 32-bit indices, and each temporary freed once used.
     sizes = rows * cols
     iou = np.concatenate(flat) if flat else np.zeros(0)
-    pair = np.repeat(np.arange(len(groups)), sizes)
-    local = np.arange(len(iou)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    width = cols[pair]
+    del flat
+    pair = np.repeat(np.arange(len(groups), dtype=np.int32), sizes)
+    local = np.arange(len(iou), dtype=np.int32) - np.repeat(
+        (np.cumsum(sizes) - sizes).astype(np.int32), sizes
+    )
+    width = cols.astype(np.int32)[pair]
     row = local // width
-    det = det_order[det_start[groups][pair] + row]
-    gt = gt_order[gt_start[groups][pair] + (local - row * width)]
+    local -= row * width  # now the column
+    del width
+    det = det_order.astype(np.int32)[det_start[groups].astype(np.int32)[pair] + row]
+    gt = gt_order.astype(np.int32)[gt_start[groups].astype(np.int32)[pair] + local]
+    del pair, local
 
     order = np.argsort(row, kind="stable")
     row, iou, det, gt = row[order], np.ascontiguousarray(iou[order]), det[order], gt[order]
+    del order
     new_segment = np.ones(len(det), bool)
     new_segment[1:] = det[1:] != det[:-1]
     segment_start = np.flatnonzero(new_segment)
