@@ -1,5 +1,6 @@
-"""Scores a detector's COCO results against COCO ground truth for anonymization: pycocotools' own
-COCO AP, and recall and pixel coverage per class and size bucket with bootstrap intervals.
+"""Scores a detector's COCO results against COCO ground truth for anonymization: COCO AP equal to
+pycocotools' own (computed by faster-coco-eval, `scoring/coco_summary.py`), and recall and pixel
+coverage per class and size bucket with bootstrap intervals.
 
 Decisions the numbers rest on:
 - `coco.segm` is computed when every ground-truth annotation has a segmentation and at least one
@@ -63,7 +64,8 @@ def score_files(
 ) -> ScoreResult:
     """Load and check both files, then `score` them. `timings` (when given) receives the wall
     seconds of each phase, and its CPU seconds under the phase's name + "_cpu": load (read and
-    check), coco (pycocotools, on inputs prepared as its loadRes does), metrics (the rest)."""
+    check), coco (the COCO evaluation, on inputs prepared as pycocotools' loadRes does), metrics
+    (the rest)."""
     clock = _Stopwatch(timings)
     gt = load_ground_truth(gt_path)
     predictions = load_predictions(pred_path, gt, gt_name=str(gt_path))
@@ -103,10 +105,11 @@ def score(
     clock.lap("metrics")
     dt_anns = [prediction_copy(p, i, masks) for i, p in enumerate(predictions)]
 
-    coco, evaluation = coco_summaries(gt, gt_anns, dt_anns, masks)
+    coco, ious = coco_summaries(gt, gt_anns, dt_anns, masks, iou_rows=options.max_dets)
     clock.lap("coco")
 
-    pairs = matching_pairs(evaluation, truth, dets, image_ids, category_ids, options.max_dets)
+    pairs = matching_pairs(ious, truth, dets, image_ids, category_ids, options.max_dets)
+    del ious  # the matrices are in `pairs` now
     rank = pairs.rank
     kept = rank < options.max_dets
     det_threshold = np.array([thresholds[c] for c in classes])[dets.category]

@@ -1,2 +1,3 @@
-"""The parts of the scorer (`evaluation.score`), one concern each: options, pycocotools'
-summaries, matching, coverage, recall per bucket, bootstrap intervals, curves, the table."""
+"""The parts of the scorer (`evaluation.score`), one concern each: options, the COCO backend
+(faster-coco-eval, accumulated as pycocotools), matching, coverage, recall per bucket, bootstrap
+intervals, curves, the table."""

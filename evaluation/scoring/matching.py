@@ -1,13 +1,13 @@
 """Matching detections to ground-truth objects as COCO does (greedy, best detection first), for
-every image and class at once, on pycocotools' own IoUs."""
+every image and class at once, on the IoUs the COCO evaluation computed (`coco_summary`)."""
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-from pycocotools.cocoeval import COCOeval
 
 from evaluation.scoring.instances import DetectionArrays, TruthArrays
 
@@ -27,14 +27,15 @@ class Pairs:
 
 
 def matching_pairs(
-    evaluation: COCOeval,
+    ious: Mapping[tuple[int, int], np.ndarray],
     truth: TruthArrays,
     dets: DetectionArrays,
     image_ids: np.ndarray,
     category_ids: np.ndarray,
     max_dets: int,
 ) -> Pairs:
-    """The pairs to match, with pycocotools' IoUs (computed again past its own maxDets)."""
+    """The pairs to match, with the COCO evaluation's IoUs per (image id, category id)
+    (`coco_summary.evaluate`, with at least `max_dets` rows)."""
     n_classes = len(category_ids)
     n_groups = len(image_ids) * n_classes
     gt_group = truth.image * n_classes + truth.category
@@ -51,37 +52,31 @@ def matching_pairs(
     groups = np.flatnonzero((det_count > 0) & (gt_count > 0))
     rows = np.minimum(det_count[groups], max_dets)
     cols = gt_count[groups]
-    computed = evaluation.params.maxDets[-1]
-    if max_dets > computed:
-        # pycocotools kept only its own maxDets best detections' IoUs: compute the rest.
-        saved = evaluation.params.maxDets
-        evaluation.params.maxDets = [max_dets]
-        matrices = {}
-        for g in groups.tolist():
-            key = (image_ids[g // n_classes], category_ids[g % n_classes])
-            matrices[key] = evaluation.computeIoU(*key)
-        evaluation.params.maxDets = saved
-    else:
-        matrices = evaluation.ious
     flat = []
     for g, r, c in zip(groups.tolist(), rows.tolist(), cols.tolist(), strict=True):
-        matrix = np.asarray(
-            matrices[int(image_ids[g // n_classes]), int(category_ids[g % n_classes])]
-        )
+        matrix = np.asarray(ious[int(image_ids[g // n_classes]), int(category_ids[g % n_classes])])
         if matrix.shape[0] < r or matrix.shape[1] != c:
-            raise RuntimeError(f"pycocotools' IoU matrix {matrix.shape} is not {r} x {c}")
+            raise RuntimeError(f"the COCO evaluation's IoU matrix {matrix.shape} is not {r} x {c}")
         flat.append(matrix[:r].ravel())
+    # Millions of pairs on a large set: 32-bit indices, and each temporary freed once used.
     sizes = rows * cols
     iou = np.concatenate(flat) if flat else np.zeros(0)
-    pair = np.repeat(np.arange(len(groups)), sizes)
-    local = np.arange(len(iou)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
-    width = cols[pair]
+    del flat
+    pair = np.repeat(np.arange(len(groups), dtype=np.int32), sizes)
+    local = np.arange(len(iou), dtype=np.int32) - np.repeat(
+        (np.cumsum(sizes) - sizes).astype(np.int32), sizes
+    )
+    width = cols.astype(np.int32)[pair]
     row = local // width
-    det = det_order[det_start[groups][pair] + row]
-    gt = gt_order[gt_start[groups][pair] + (local - row * width)]
+    local -= row * width  # now the column
+    del width
+    det = det_order.astype(np.int32)[det_start[groups].astype(np.int32)[pair] + row]
+    gt = gt_order.astype(np.int32)[gt_start[groups].astype(np.int32)[pair] + local]
+    del pair, local
 
     order = np.argsort(row, kind="stable")
     row, iou, det, gt = row[order], np.ascontiguousarray(iou[order]), det[order], gt[order]
+    del order
     new_segment = np.ones(len(det), bool)
     new_segment[1:] = det[1:] != det[:-1]
     segment_start = np.flatnonzero(new_segment)

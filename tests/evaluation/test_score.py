@@ -170,7 +170,7 @@ def pycoco(gt: dict, predictions: list[dict], iou_type: str, **params: object) -
             setattr(evaluation.params, name, value)
         evaluation.evaluate()
         evaluation.accumulate()
-        if not params:
+        if not {"areaRng", "maxDets"} & set(params):  # pycocotools summarizes its own only
             evaluation.summarize()
     return evaluation
 
