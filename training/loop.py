@@ -46,6 +46,7 @@ from torch.utils.data import DataLoader
 from data.atomic import write_json, write_text
 from data.config import TaxonomyConfig
 from data.errors import AnonlabError
+from data.headline import train_headline
 from data.retention import refuse_overdue_datasets
 from data.stage_paths import StagePaths
 from serving.runtime.progress import bar
@@ -503,6 +504,7 @@ class _Trainer:
             "untrained": self.untrained,
         }
         write_json(self.files.metrics, metrics)
+        write_json(self.files.headline, train_headline(metrics))
         write_json(self.files.loss_curve, self.history["loss"])
         write_json(self.files.val_curve, self.history["val"])
         self.tracker.log_artifact(self.files.metrics)

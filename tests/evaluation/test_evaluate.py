@@ -110,7 +110,7 @@ def test_evaluate_writes_metrics_report_and_mlflow_consistent_with_score(
     if missed:
         assert "data:image/jpeg;base64," in report  # the gallery of missed objects
     assert "No champion in the registry yet." in report
-    assert (out / "plots" / MODEL / "holdout" / "pr.json").is_file()
+    assert (out / "plots" / "pr" / MODEL / "holdout.json").is_file()
 
     client = _client(project)
     experiment = client.get_experiment_by_name("anonlab/evaluate")
