@@ -195,15 +195,7 @@ def run_prepare(
         stats["val"]["missing_strata"] = [f"{c}/{b}" for c, b in split.missing_in_val]
         atomic.write_json(out.stats, stats)
         atomic.write_json(out.headline, prepare_headline(stats))
-        atomic.write_json(
-            out.sizes,
-            [
-                {"split": name, "class": c, "bucket": b, "objects": n}
-                for name, s in stats.items()
-                for c, per_bucket in s["objects"].items()
-                for b, n in per_bucket.items()
-            ],
-        )
+        atomic.write_json(out.sizes, sizes_rows(stats))
     if not datasets["train"]["images"]:
         log.warning("train is empty: every annotated image is in a reference set or in val")
     if split.missing_in_val:
@@ -432,6 +424,17 @@ def _jpeg(pixels: np.ndarray, quality: int) -> bytes:
     out = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(pixels)).save(out, "JPEG", quality=quality)
     return out.getvalue()
+
+
+def sizes_rows(stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """stats.json's objects as rows for `dvc plots` (sizes.json): one per split, class and size
+    bucket."""
+    return [
+        {"split": name, "class": c, "bucket": b, "objects": n}
+        for name, s in stats.items()
+        for c, per_bucket in s["objects"].items()
+        for b, n in per_bucket.items()
+    ]
 
 
 def _stats(ds: dict[str, Any], name_of: dict[int, str]) -> dict[str, Any]:

@@ -33,7 +33,7 @@ def measure_label(metrics: ScoreResult, metric: str) -> str:
     return f"coverage >= {metrics.options['coverage']:g}"
 
 
-def size_rows(metrics: ScoreResult) -> list[dict[str, Any]]:
+def recall_by_size_rows(metrics: ScoreResult) -> list[dict[str, Any]]:
     """Recall per class, size bucket and measure; a bucket without objects has recall None."""
     return [
         {
@@ -52,4 +52,4 @@ def size_rows(metrics: ScoreResult) -> list[dict[str, Any]]:
 def write_plots(outputs: EvalOutputs, model: str, set_name: str, metrics: ScoreResult) -> None:
     """Both plot files of `model` on `set_name`."""
     write_json(outputs.pr_plot(model, set_name), pr_rows(metrics))
-    write_json(outputs.size_plot(model, set_name), size_rows(metrics))
+    write_json(outputs.size_plot(model, set_name), recall_by_size_rows(metrics))
