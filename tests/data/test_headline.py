@@ -28,7 +28,7 @@ STATS = {
 
 
 def test_prepare_headline_counts_images_and_objects_per_split() -> None:
-    headline = prepare_headline(STATS)
+    headline = prepare_headline(STATS)["prepared"]
     assert headline == {
         "train": {"images": 5, "objects": 6},
         "ref-holdout": {"images": 2, "objects": 1},
@@ -42,18 +42,15 @@ def test_prepare_headline_counts_images_and_objects_per_split() -> None:
     }
 
 
-def test_collect_review_and_annotate_keep_the_counts_and_leave_the_details() -> None:
+def test_collect_review_and_annotate_keep_the_counts_under_their_folder() -> None:
     collected = {"images": 9, "new": 4, "duplicate": 1, "quarantined": 2, "seen": 12}
     collected["quarantined_by_reason"] = {"truncated": 2}
     assert collect_headline(collected) == {
-        "images": 9,
-        "new": 4,
-        "duplicate": 1,
-        "quarantined": 2,
+        "raw": {"images": 9, "new": 4, "duplicate": 1, "quarantined": 2}
     }
     reviewed = {"input": 9, "kept": 7, "rejected": 2, "rejected_by_reason": {"blurry": 2}}
     reviewed["thresholds"] = {"blur_threshold": 40.0}
-    assert review_headline(reviewed) == {"input": 9, "kept": 7, "rejected": 2}
+    assert review_headline(reviewed) == {"reviewed": {"input": 9, "kept": 7, "rejected": 2}}
     pulled = {
         "tasks": 10,
         "images": 7,
@@ -62,10 +59,12 @@ def test_collect_review_and_annotate_keep_the_counts_and_leave_the_details() -> 
         "conversion": {"regions": 40},
     }
     assert annotate_headline(pulled) == {
-        "images": 7,
-        "objects": 7,
-        "objects_by_class": {"face": 3, "person": 4},
-        "issues": 4,
+        "annotations": {
+            "images": 7,
+            "objects": 7,
+            "objects_by_class": {"face": 3, "person": 4},
+            "issues": 4,
+        }
     }
 
 
@@ -78,7 +77,7 @@ def test_train_headline_is_the_best_validation_beside_the_last_and_the_untrained
         "final": {"step": 60, "score": -0.3, "recall": {"face": {"iou": 0.1, "coverage": 0.4}}},
         "untrained": {"step": 0, "score": -0.9},
     }
-    assert train_headline(metrics) == {
+    assert train_headline(metrics)["m"] == {
         "best_step": 40,
         "best_score": -0.1,
         "final_score": -0.3,
@@ -90,6 +89,6 @@ def test_train_headline_is_the_best_validation_beside_the_last_and_the_untrained
 
 @pytest.mark.parametrize("best", [{}, {"step": 2, "score": 0.5}])
 def test_train_headline_without_a_measured_recall_has_no_recall_columns(best: dict) -> None:
-    headline = train_headline({"best": best, "final": {}, "untrained": {}})
+    headline = train_headline({"model": "m", "best": best, "final": {}, "untrained": {}})["m"]
     assert "iou" not in headline and "coverage" not in headline
     assert headline["best_step"] == best.get("step")
