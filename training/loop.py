@@ -8,8 +8,10 @@ untrained model's numbers, to compare against), and writes `artifacts/models/<na
   before stopping on a non-finite loss; `checkpoints/best.pt` at the best validation;
 - `weights.safetensors` (the best checkpoint's weights) and `config.yaml`: what evaluation,
   export and MLflow's model loader read;
-- `metrics.json` (DVC metrics): the best, final and untrained validations' records;
-- `curves/loss.json` and `curves/val.json` (DVC plots: the validation score per step).
+- `metrics.json`: the best, final and untrained validations' records, and `headline.json` (DVC
+  metrics: their few numbers, `data.headline`);
+- `curves/loss.json` and `curves/val.json` (DVC plots: the loss and the validation score per
+  step).
 
 Decisions worth knowing:
 - The best checkpoint is the validation with the highest score (ties: the higher tie-break,
