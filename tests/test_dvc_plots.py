@@ -13,10 +13,11 @@ import pytest
 import yaml
 
 from data.atomic import write_json
+from data.errors import AnonlabError
 from data.prepare import sizes_rows
 from data.stage_paths import StagePaths
 from evaluation.plot_rows import write_plots
-from evaluation.plots_page import page, write_page
+from evaluation.plots_page import main, page, write_page
 from evaluation.score import score
 from tests.commands import sh
 from tests.conftest import REPO
@@ -114,5 +115,14 @@ def test_the_plots_page_draws_with_vega_inlined_and_nothing_from_a_network(repo:
 
 @pytest.mark.parametrize("bad", ["</script>", "{plot_divs}"])
 def test_a_bundle_that_cannot_be_inlined_is_refused(bad: str) -> None:
-    with pytest.raises(Exception, match="cannot be inlined"):
+    with pytest.raises(AnonlabError, match="cannot be inlined"):
         page(f"window.vegaEmbed = 1; // {bad}")
+
+
+def test_outside_a_dvc_repository_the_page_is_not_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main([]) == 2
+    assert "run this in the repository root" in caplog.text
+    assert not any(tmp_path.iterdir())
