@@ -1,5 +1,9 @@
 """The `annotation` config section: where labels come from and how to reach Label Studio.
 
+`url` left unset (null) is the address of the local server `annotate serve` starts,
+`http://<serve.host>:<serve.port>` (loopback when it listens on every interface), so that moving
+`serve.port` moves push, pull and status with it; set it to reach another server.
+
 Credentials are never part of it: they come from the environment (`ANONLAB_LS_TOKEN` for the
 API; `ANONLAB_LS_USERNAME` and `ANONLAB_LS_PASSWORD` for the admin user `annotate serve`
 creates). A `url` that carries a user or password (`http://user:pass@host`) is refused, here
@@ -8,9 +12,9 @@ and by the client, with an error that shows the URL without them.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from data.config import CredentialInConfig, Section
 
@@ -45,6 +49,13 @@ def url_credentials_error(url: str, where: str) -> str | None:
     )
 
 
+def url_host(host: str) -> str:
+    """`host` as a URL writes it; a server bound to every interface is reached on loopback."""
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
+
+
 class ServeConfig(Section):
     host: str
     port: int = Field(ge=1, le=65535)
@@ -57,6 +68,7 @@ class AnnotationConfig(Section):
     # on the synthetic ground truth; `server`: push to and pull from Label Studio at `url`.
     source: Literal["export", "server"]
     export_file: str
+    # Unset (null): `serve_url(serve)`, the server `annotate serve` starts; validated, it is a URL.
     url: str
     # Label Studio refuses titles shorter than 3 characters.
     project_title: str = Field(min_length=3)
@@ -73,6 +85,17 @@ class AnnotationConfig(Section):
     second_opinion_min_score: float = Field(gt=0, lt=1)
     serve: ServeConfig
 
+    @model_validator(mode="before")
+    @classmethod
+    def _url_from_serve(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("url") is None:
+            serve = data.get("serve")
+            if isinstance(serve, dict):
+                serve = ServeConfig.model_validate(serve)
+            if isinstance(serve, ServeConfig):
+                data = {**data, "url": serve_url(serve)}
+        return data
+
     @field_validator("url")
     @classmethod
     def _no_credentials(cls, value: str) -> str:
@@ -80,3 +103,8 @@ class AnnotationConfig(Section):
         if problem:
             raise CredentialInConfig(problem)
         return value
+
+
+def serve_url(serve: ServeConfig) -> str:
+    """Where the server `annotate serve` starts with `serve` answers."""
+    return f"http://{url_host(serve.host)}:{serve.port}"

@@ -12,6 +12,13 @@ synthetic ground truth (`data.synthetic.labelstudio_task`) all refer to regions 
 | `rectangle`  | `RectangleLabels` | plates, as rotatable rectangles                 |
 | `keypoint`   | `KeyPointLabels`  | head keypoints, one label per keypoint name     |
 
+Label Studio shows one row of labels per control, so a class drawn with several tools appears in
+several rows. Each label therefore shows its class and the tool it draws with ("person
+(polygon)", "person (brush)"; `label_names`), and hovering it says how to draw; its `alias` is the
+bare class name, which is what Label Studio writes into annotations and exports and what it
+matches predictions against. Exports of the earlier interface (labels without a tool) and the
+synthetic export carry the same class names, so the converter reads them all alike.
+
 Regions linked by the relation `same_object` are one object (an object split by an occluder
 or by a panorama's seam, a person and its keypoints). A class the mapping does not know gets
 polygon, brush and rectangle, so annotators can still label it with any shape.
@@ -45,6 +52,14 @@ CLASS_CONTROLS: dict[str, tuple[str, ...]] = {
 }
 UNKNOWN_CLASS_CONTROLS = ("polygon", "brush", "rectangle")
 KEYPOINT_CONTROL = "keypoint"
+# Control name -> how to draw with it: the tooltip of each of its labels.
+CONTROL_HINTS = {
+    "ellipse": "Ellipse: drag over the face, brows to chin",
+    "polygon": "Polygon: click around the outline and close it on the first point",
+    "brush": "Brush: paint the pixels; the eraser takes them off",
+    "rectangle": "Rectangle: drag a box, then turn it with its rotation handle",
+    "keypoint": "Keypoint: click the point; relate it to its person with same_object",
+}
 
 # Colours an annotator tells apart at a glance for the known labels; others are spread around
 # the hue circle.
@@ -94,11 +109,21 @@ def labeling_config(classes: Sequence[str], keypoints: Sequence[str]) -> str:
             attrs["canRotate"] = "true"
         tag = ET.SubElement(view, CONTROL_TAGS[control], attrs)
         for label in labels:
-            ET.SubElement(tag, "Label", value=label, background=colours[label])
+            names = {"value": label} if control == KEYPOINT_CONTROL else label_names(label, control)
+            ET.SubElement(
+                tag, "Label", names, background=colours[label], hint=CONTROL_HINTS[control]
+            )
     relations = ET.SubElement(view, "Relations")
     ET.SubElement(relations, "Relation", value=SAME_OBJECT)
     ET.indent(view)
     return ET.tostring(view, encoding="unicode") + "\n"
+
+
+def label_names(label: str, control: str) -> dict[str, str]:
+    """The `Label` attributes of class `label` in `control`: the text shown, "<class> (<tool>)"
+    (a control is named after the Label Studio tool it draws with), and the alias that
+    annotations and exports carry, the class name."""
+    return {"value": f"{label} ({control})", "alias": label}
 
 
 def label_colours(labels: Sequence[str]) -> dict[str, str]:

@@ -1,6 +1,8 @@
 """A pre-annotation of one image (`Prediction`: Label Studio regions, their uncertainty, the
-faces a second opinion finds that they miss) and the pre-annotator that runs the registry's
-champions. How uncertainty, order and score are defined: `annotation.push`'s docstring.
+faces a second opinion finds that they miss), the pre-annotator that runs the registry's
+champions, and `Champions`: those models and why they are the ones (or why there are none, and
+Haar cascades pre-annotate). How uncertainty, order and score are defined: `annotation.push`'s
+docstring.
 """
 
 from __future__ import annotations
@@ -54,6 +56,16 @@ class Prediction:
         if self.missed is not None:
             out.update(self.missed.meta(width, height))
         return out
+
+
+@dataclass(frozen=True)
+class Champions:
+    """The models that pre-annotate (the registry's champions; none: Haar cascades) and why, in
+    words push prints after the model version: where the champions were found, or why there is
+    none and what would make one."""
+
+    models: list[ModelDetector]
+    why: str
 
 
 def score_uncertainty(confidences: Sequence[float]) -> float:

@@ -18,7 +18,9 @@ of the upright image, `original_width`/`_height` its size. The prediction's `mod
 `<registered name>:<version>` (several champions: joined by `+`). Without a champion, OpenCV's
 bundled Haar cascades pre-annotate: faces (`haarcascade_frontalface_default`) as ellipses, plates
 (`haarcascade_russian_plate_number`) as rectangles, found on the upright image reduced to a long
-side of 800 pixels.
+side of 800 pixels. Push's summary says which models pre-annotated and why (`Champions.why`):
+where the champions were found, or why there is none (no registry; only a challenger, which
+`anonlab validate promote` makes the champion; neither).
 
 Import order, uncertain first. A champion's detection's confidence c is its score; an image's
 uncertainty is U = mean over its detections of (1 - |2c - 1|). For Haar, a detection's
@@ -58,7 +60,7 @@ from annotation.client import LabelStudio, connect
 from annotation.config import AnnotationConfig
 from annotation.haar_preannotation import HaarDetector
 from annotation.mining import FACE, Missed, SecondOpinion, queue_order
-from annotation.preannotation import ChampionPreannotator, Prediction
+from annotation.preannotation import ChampionPreannotator, Champions, Prediction
 from annotation.predictions import ModelDetector
 from data import atomic
 from data.collect import LABEL_STUDIO_LOCAL_FILES
@@ -88,6 +90,7 @@ class PushReport:
     already: int  # reviewed images that were tasks before this push
     imported: int
     model_version: str | None  # of the new tasks' predictions
+    preannotated_by: str | None = None  # which models pre-annotated and why (`Champions.why`)
     uncertainty: list[float] = field(default_factory=list)  # of the new tasks, import order
     missed_faces: list[int] = field(default_factory=list)  # of the new tasks, import order
     second_opinion: str | None = None  # the independent detector that looked for misses
@@ -102,7 +105,8 @@ class PushReport:
         if self.config_updated:
             lines.append("  labeling interface updated from the taxonomy")
         if self.imported:
-            lines.append(f"  pre-annotations: {self.model_version}")
+            why = f": {self.preannotated_by}" if self.preannotated_by else ""
+            lines.append(f"  pre-annotations: {self.model_version}{why}")
             early = [n for n in self.missed_faces if n]
             if self.second_opinion is None:
                 lines.append("  no second opinion looked for missed faces")
@@ -129,13 +133,13 @@ def run_push(
     cfg: AnnotationConfig,
     taxonomy: TaxonomyConfig,
     artifacts: Path,
-    champions: Callable[[], Sequence[ModelDetector]] | None = None,
+    champions: Callable[[], Champions] | None = None,
 ) -> PushReport:
     """Create or update the project and import the reviewed images that are not tasks yet.
 
-    `champions` gives the models that pre-annotate (the registry's champions); it is called
-    only when there are images to import. None, or no model: Haar cascades. Refuses before
-    connecting when a reviewed image is past its `delete_after` (data.retention).
+    `champions` gives the models that pre-annotate (the registry's champions) and why; it is
+    called only when there are images to import. None, or no model: Haar cascades. Refuses
+    before connecting when a reviewed image is past its `delete_after` (data.retention).
     """
     artifacts = Path(artifacts).resolve()
     records = read_reviewed(artifacts)
@@ -162,12 +166,12 @@ def run_push(
             len(records) - len(new),
             len(new),
         )
-        models = champions() if champions is not None and new else ()
+        found = champions() if champions is not None and new else None
         predictions = preannotate(
             new,
             StagePaths(artifacts).raw.folder,
             taxonomy,
-            models,
+            found.models if found is not None else (),
             min_score=cfg.champion_min_score,
             second_opinion=opinion,
         )
@@ -206,6 +210,7 @@ def run_push(
         already=len(records) - len(new),
         imported=imported,
         model_version=model_version,
+        preannotated_by=found.why if found is not None else None,
         uncertainty=[predictions[i].uncertainty for i in order],
         missed_faces=[predictions[i].missed_faces for i in order],
         second_opinion=opinion.name if opinion is not None else None,

@@ -6,7 +6,8 @@ and API token from the environment: ANONLAB_LS_USERNAME, ANONLAB_LS_PASSWORD and
 ANONLAB_LS_TOKEN. They reach Label Studio through its own environment variables, never its
 command line (visible to every user in `ps`) and never a log line. Label Studio applies the
 user and the token when it creates its database (the first start with a new `data_dir`); later
-starts keep them.
+starts keep them. Open sign-up is off: the login page offers no sign-up, and a new account needs
+the organization's invite link.
 """
 
 from __future__ import annotations
@@ -26,7 +27,15 @@ from types import TracebackType
 import requests
 
 from annotation.client import LabelStudio, TokenRefused, jwt_type
-from annotation.config import PASSWORD_ENV, TOKEN_ENV, USERNAME_ENV, AnnotationConfig
+from annotation.config import (
+    PASSWORD_ENV,
+    TOKEN_ENV,
+    USERNAME_ENV,
+    AnnotationConfig,
+    redact_url,
+    serve_url,
+    url_host,
+)
 from data.errors import AnonlabError
 
 log = logging.getLogger(__name__)
@@ -156,7 +165,7 @@ def start_server(
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
-    server = RunningServer(f"http://{_url_host(host)}:{port}", process, log_path)
+    server = RunningServer(f"http://{url_host(host)}:{port}", process, log_path)
     try:
         _wait_healthy(server, timeout_s)
     except BaseException:
@@ -176,9 +185,8 @@ def serve(cfg: AnnotationConfig, root: Path, artifacts: Path) -> int:
     data_dir = (root / s.data_dir).resolve()
     first_start = not any(data_dir.glob("*.sqlite3"))
     log.info(
-        "starting Label Studio at http://%s:%d (data in %s%s; log in %s)",
-        _url_host(s.host),
-        s.port,
+        "starting Label Studio at %s (data in %s%s; log in %s)",
+        serve_url(s),
         data_dir,
         ", first start: creating the database takes a minute or two" if first_start else "",
         data_dir / LOG_FILE,
@@ -198,6 +206,12 @@ def serve(cfg: AnnotationConfig, root: Path, artifacts: Path) -> int:
             server.url,
             creds.username,
         )
+        if cfg.url.rstrip("/") != server.url:
+            log.warning(
+                "annotation.url is %s: push, pull and status talk to it, not to this server; "
+                "unset it (annotation.url=null) to use this one",
+                redact_url(cfg.url),
+            )
         _check_token(server.url, creds.token, cfg)
         status = server.wait()
     except KeyboardInterrupt:
@@ -255,6 +269,9 @@ def _server_env(
         LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED="true",
         LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=str(document_root),
         LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN="true",
+        # No open sign-up: the admin above is created from the environment, not the form, and
+        # further users need an invite link from the organization page.
+        LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK="true",
         # Relative URLs in tasks and pages (a stray HOST in the environment would set it).
         LABEL_STUDIO_HOST="",
         # Otherwise every start asks pypi.org for a newer version.
@@ -325,10 +342,3 @@ def _port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
         s.settimeout(1.0)
         return s.connect_ex((host, port)) == 0
-
-
-def _url_host(host: str) -> str:
-    # Bound to every interface, the server is still reached on loopback from here.
-    if host in ("0.0.0.0", "::", ""):
-        return "127.0.0.1"
-    return f"[{host}]" if ":" in host else host

@@ -21,7 +21,8 @@ evaluation read through `read_upright` as well.
 
 Retention (data.retention): prepare refuses to start when a reviewed image is past its
 `delete_after`. Every image entry it writes carries its image's `delete_after` (a tile its source
-image's), so that train and evaluate refuse overdue images without reading the manifest. A
+image's), so that train and evaluate refuse overdue images without reading the manifest; a whole
+image's entry also carries its capture `session`, which evaluate's gallery names. A
 reference set made of collected images expires with them: when some expire within
 `prepare.reference_expiry_warning_days`, prepare warns and stats.json's `ref-<name>.expiring`
 says how many and the earliest date.
@@ -108,9 +109,14 @@ def run_prepare(
     _check_categories(coco, taxonomy)
 
     # Each entry carries its image's delete_after, so that train and evaluate can refuse
-    # overdue images without the manifest (a tile inherits its source image's).
+    # overdue images without the manifest (a tile inherits its source image's), and its
+    # session, which evaluate's gallery names.
     images = [
-        {**i, "delete_after": records[i["sha256"]].delete_after}
+        {
+            **i,
+            "delete_after": records[i["sha256"]].delete_after,
+            "session": records[i["sha256"]].session,
+        }
         for i in coco["images"]
         if i.get("sha256") in records
     ]

@@ -38,7 +38,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -54,7 +54,7 @@ from data.image_scores import ImageScores, pixel_digest, score_image, thumbnail_
 from data.manifest import ManifestRecord, read_manifest, write_manifest
 from data.near_duplicates import near_duplicate_rejections
 from data.retention import refuse_overdue
-from data.review_report import Section, Tile
+from data.review_sections import NEAR, report_sections
 from data.stage_paths import HEADLINE, MANIFEST, METRICS, REJECTED, REVIEW_REPORT
 from serving.runtime.progress import progress
 
@@ -70,18 +70,6 @@ REASONS = (
     "blurry",
     "near_duplicate",
 )
-# Reasons whose score is above its threshold when the image is rejected; the others are below.
-_ABOVE = frozenset({"overexposed"})
-# Comparing how near kept images are to thresholds of different units needs a relative gap;
-# these floors keep a threshold of 0 from dividing by zero.
-_GAP_FLOOR = {
-    "too_small": 1.0,
-    "too_dark": 0.01,
-    "overexposed": 0.01,
-    "blurry": 1.0,
-    "near_duplicate": 1.0,
-}
-
 T = TypeVar("T")
 
 
@@ -172,7 +160,7 @@ def run_review(cfg: ReviewConfig, raw_dir: Path, out_dir: Path) -> ReviewReport:
             return list(results)
 
         decision = _decide(cfg, raw_dir, records, run)
-        sections, wanted = _report_sections(cfg, records, decision)
+        sections, wanted = report_sections(cfg, records, decision, _rules(cfg), REASONS)
         thumbs = run(lambda i: _thumbnail(raw_dir, records[i]), wanted)
 
     report = ReviewReport(
@@ -193,7 +181,8 @@ def run_review(cfg: ReviewConfig, raw_dir: Path, out_dir: Path) -> ReviewReport:
             f"{report.input} images reviewed: {report.kept} kept, {report.rejected} rejected. "
             f"Scores are measured at {cfg.work_size} px on the long side. Each section shows "
             f"up to {cfg.report_thumbnails} images, nearest the threshold first: check those "
-            "to see whether a threshold is right."
+            "to see whether a threshold is right. The kept images shown are only those near a "
+            f"threshold: a score within {NEAR:.0%} of the threshold's value from it."
         ),
         overview=report.overview(),
         sections=sections,
@@ -224,7 +213,7 @@ def run_review(cfg: ReviewConfig, raw_dir: Path, out_dir: Path) -> ReviewReport:
 
 
 @dataclass
-class _Decision:
+class Decision:
     """Where every input image (by index in the manifest) ended up."""
 
     kept: list[int]  # in input order
@@ -257,7 +246,7 @@ def _decide(
     raw_dir: Path,
     records: list[ManifestRecord],
     run: Callable[..., list[Any]],
-) -> _Decision:
+) -> Decision:
     rejected: dict[int, Rejection] = {}
 
     def reject(i: int, reason: str, score: float | None, threshold: float | None, **kw: Any):
@@ -354,7 +343,7 @@ def _decide(
             for i, d, j in zip(kept, distance, other, strict=True)
             if j >= 0
         }
-    return _Decision(kept, rejected, scores, nearest)
+    return Decision(kept, rejected, scores, nearest)
 
 
 def too_small(
@@ -441,138 +430,6 @@ def _rules(cfg: ReviewConfig) -> dict[str, str]:
             + " (the sharpest of each cluster is kept)"
         ),
     }
-
-
-# ---------------------------------------------------------------------------------------------
-# The report
-
-
-def _gap(reason: str, score: float, threshold: float) -> float:
-    """How far `score` is past `threshold` on the rejected side, relative to the threshold.
-
-    Negative for images the rule keeps; near zero where a person should check the threshold.
-    """
-    gap = score - threshold if reason in _ABOVE else threshold - score
-    return gap / max(abs(threshold), _GAP_FLOOR[reason])
-
-
-def _score_text(reason: str, score: float | None) -> str:
-    if score is None:
-        return ""
-    return {
-        "too_dark": f"mean luminance {score:.3f}",
-        "overexposed": f"{100 * score:.1f} % of pixels >= 250",
-        "blurry": f"Laplacian variance {score:.1f}",
-        "near_duplicate": f"{score:.0f} bits from the kept image",
-    }.get(reason, f"{score:g}")
-
-
-def _report_sections(
-    cfg: ReviewConfig, records: list[ManifestRecord], decision: _Decision
-) -> tuple[list[Section], list[int]]:
-    """The report's sections and the indices of the images that need a thumbnail."""
-    limit = cfg.report_thumbnails
-    rules = _rules(cfg)
-    by_sha = {rec.sha256: i for i, rec in enumerate(records)}
-    wanted: dict[int, None] = {}  # insertion-ordered set
-
-    def tile(i: int, caption: str, label: str = "") -> Tile:
-        wanted[i] = None
-        rec = records[i]
-        return Tile(
-            rec.sha256, caption, title=f"{rec.source_path} (store: {rec.path})", label=label
-        )
-
-    sections = []
-    for reason in REASONS:
-        rows = [(i, r) for i, r in sorted(decision.rejected.items()) if r.reason == reason]
-        if reason not in ("duplicate", "unreadable"):
-            rows.sort(key=lambda row: _gap(reason, row[1].score or 0.0, row[1].threshold or 0.0))
-        items = []
-        for i, r in rows[:limit]:
-            name = _short_name(records[i])
-            if r.duplicate_of is not None:
-                keeper = by_sha[r.duplicate_of]
-                # The image a duplicate repeats can itself fail a later rule (both are dark).
-                fate = decision.rejected.get(keeper)
-                label = f"original, {fate.reason}" if fate else "kept"
-                shown = _score_text(reason, r.score) or "same pixels"
-                items.append(
-                    (
-                        tile(keeper, _short_name(records[keeper]), label=label),
-                        tile(i, f"{shown} · {name}", label="rejected"),
-                    )
-                )
-            else:
-                shown = r.detail if reason in ("unreadable", "too_small") else ""
-                shown = shown or _score_text(reason, r.score)
-                caption = f"{shown} · {name}"
-                items.append((tile(i, caption),))
-        note = ""
-        if len(rows) > len(items):
-            note = f"showing {len(items)} of {len(rows)}; all are in {REJECTED}"
-        if reason not in ("duplicate", "unreadable") and items:
-            note = "nearest the threshold first. " + note
-        sections.append(Section(reason, reason, len(rows), rules[reason], items, note.strip()))
-
-    sections.append(_kept_section(cfg, records, decision, tile))
-    return sections, list(wanted)
-
-
-def _kept_section(
-    cfg: ReviewConfig,
-    records: list[ManifestRecord],
-    decision: _Decision,
-    tile: Callable[..., Tile],
-) -> Section:
-    """Kept images that came nearest to being rejected by any threshold, nearest first."""
-    near: list[tuple[float, int, str, float, int | None]] = []
-    for i in decision.kept:
-        s = decision.scores[i]
-        candidates = [
-            ("too_dark", s.mean, cfg.dark_threshold, None),
-            ("overexposed", s.overexposed, cfg.overexposed_threshold, None),
-            ("blurry", s.sharpness, cfg.blur_threshold, None),
-        ]
-        if i in decision.nearest_kept:
-            distance, other = decision.nearest_kept[i]
-            candidates.append(
-                ("near_duplicate", float(distance), float(cfg.near_duplicate_hamming), other)
-            )
-        gap, reason, score, other = max(
-            (_gap(reason, score, t), reason, score, other) for reason, score, t, other in candidates
-        )
-        near.append((-gap, i, reason, score, other))
-    near.sort()
-    items = []
-    shown_pairs: set[frozenset[int]] = set()
-    for _, i, reason, score, other in near:
-        if len(items) == cfg.report_thumbnails:
-            break
-        name = _short_name(records[i])
-        if reason == "near_duplicate" and other is not None:
-            if frozenset((i, other)) in shown_pairs:  # each is the other's nearest: show once
-                continue
-            shown_pairs.add(frozenset((i, other)))
-            caption = f"near_duplicate? {score:.0f} bits from the image beside it · {name}"
-            other_name = _short_name(records[other])
-            items.append((tile(i, caption, label="kept"), tile(other, other_name, label="kept")))
-        else:
-            items.append((tile(i, f"{reason}? {_score_text(reason, score)} · {name}"),))
-    return Section(
-        "kept",
-        "kept, nearest a threshold",
-        len(decision.kept),
-        "kept images whose score came closest to a rejection threshold",
-        items,
-        "nearest first; the rule each one came closest to is named in its caption",
-    )
-
-
-def _short_name(rec: ManifestRecord) -> str:
-    """The last two parts of where the image was found (drive-07/frame-0012.jpg): the store's
-    own name is a hash, which tells a person nothing."""
-    return "/".join(PurePosixPath(rec.source_path).parts[-2:]) or rec.path
 
 
 def _thumbnail(raw_dir: Path, rec: ManifestRecord) -> bytes | None:

@@ -28,7 +28,7 @@ class Tile:
 
 @dataclass(frozen=True)
 class Section:
-    """A part of the report: a rejection reason, or the kept images nearest a threshold."""
+    """A part of the report: a rejection reason, or the kept images near a threshold."""
 
     anchor: str
     title: str

@@ -65,7 +65,7 @@ from evaluation.anonymizer import (
 )
 from evaluation.config import AnonymizerConfig, EvaluateConfig
 from evaluation.evaluate_runs import flat_recall, peer_metrics, track_anonymizer, track_model
-from evaluation.gallery import caption, crops
+from evaluation.gallery import MissGallery, detections_at, miss_gallery
 from evaluation.headline import evaluate_headline
 from evaluation.operating import only_classes, operating_thresholds
 from evaluation.peers import (
@@ -80,7 +80,6 @@ from evaluation.plot_rows import write_plots
 from evaluation.predict import predict_set, torch_detector
 from evaluation.registry import CHAMPION, RegisteredModel, Registry
 from evaluation.report import (
-    Miss,
     ModelReport,
     PeerReport,
     SetReport,
@@ -88,7 +87,7 @@ from evaluation.report import (
 )
 from evaluation.score import score
 from evaluation.scoring.options import ScoreOptions
-from evaluation.scoring.result import ObjectOutcome, ScoreResult, sets_to_json
+from evaluation.scoring.result import ScoreResult, sets_to_json
 from serving.runtime.anonymize import Style
 from serving.runtime.checksum import file_sha256
 from serving.runtime.composite import Member
@@ -321,13 +320,14 @@ def _peers(
 @dataclass
 class _Result:
     """One model's evaluation: the sha256 of the weights scored, thresholds chosen on val,
-    scores and misses per set; for the evaluated weights (not a champion's) also the model as
-    an anonymizer member and its detections per set and image id."""
+    scores per set; for the evaluated weights (not a champion's) also the gallery of its misses
+    per reference set, the model as an anonymizer member and its detections per set and image
+    id."""
 
     weights_sha256: str
     thresholds: dict[str, dict[str, Any]]
     scores: dict[str, ScoreResult]
-    misses: dict[str, tuple[list[Miss], int]]
+    misses: dict[str, MissGallery]
     member: Member
     detections: dict[str, dict[int, Detections]]
 
@@ -383,7 +383,7 @@ class _ModelEvaluation:
             keypoint_names=tuple(model_cfg.get("keypoint_names") or ()),
         )
         scores: dict[str, ScoreResult] = {}
-        misses: dict[str, tuple[list[Miss], int]] = {}
+        misses: dict[str, MissGallery] = {}
         thresholds: dict[str, dict[str, Any]] = {}
         detections: dict[str, dict[int, Detections]] = {}
         for set_name, path in self.sets.items():
@@ -403,8 +403,14 @@ class _ModelEvaluation:
             chosen = {c: thresholds[c]["threshold"] for c in classes}
             options = self._options(chosen, per_object=set_name != VAL)
             scores[set_name] = score(gt, results, options)
-            if set_name != VAL:
-                misses[set_name] = self._misses(path, gt, scores[set_name].objects or [])
+            if set_name != VAL and outputs:  # the report shows the evaluated model's misses
+                misses[set_name] = miss_gallery(
+                    path.parent.parent,
+                    gt,
+                    scores[set_name].objects or [],
+                    detections_at(results, gt, chosen),
+                    self.cfg.gallery,
+                )
             if outputs:
                 write_json(EvalOutputs(self.out).predictions / name / f"{set_name}.json", results)
                 write_plots(EvalOutputs(self.out), name, set_name, scores[set_name])
@@ -424,20 +430,6 @@ class _ModelEvaluation:
             identifiable=self.setup.taxonomy.identifiable,
             per_object=per_object,
         )
-
-    def _misses(
-        self, path: Path, gt: dict[str, Any], outcomes: list[ObjectOutcome]
-    ) -> tuple[list[Miss], int]:
-        """Crops of the objects not covered, identifiable ones first (the legal incidents),
-        each group smallest first, at most gallery.max_per_set."""
-        missed = [o for o in outcomes if not o.covered]
-        area = {a["id"]: a["area"] for a in gt["annotations"]}
-        missed.sort(key=lambda o: (not o.identifiable, area[o.id]))
-        chosen = [
-            (o.id, caption(gt, o.id, o.identifiable, f"{o.coverage:.0%} covered"))
-            for o in missed[: self.cfg.gallery.max_per_set]
-        ]
-        return crops(path.parent.parent, gt, chosen, self.cfg.gallery.context), len(missed)
 
 
 def _metrics_entry(
@@ -472,8 +464,8 @@ def _model_report(
             name=set_name,
             metrics=metrics,
             champion=champion.scores.get(set_name) if champion else None,
-            misses=mine.misses.get(set_name, ([], 0))[0],
-            missed_total=mine.misses.get(set_name, ([], 0))[1],
+            misses=mine.misses[set_name].crops if set_name in mine.misses else [],
+            missed=mine.misses[set_name].by_class if set_name in mine.misses else {},
         )
         for set_name, metrics in mine.scores.items()
         if set_name != VAL

@@ -1,9 +1,11 @@
 """report.html of the evaluate stage: first the anonymizer (the models run as one, what the gate
 judges) beside each member, with the faces only its heads caught; then the peer baselines
 (independent detectors, `evaluation.peers`); then per model recall per class and size with
-intervals, the plots, the champion beside the new model, and a gallery of the objects each
-model misses. Each peer's rows stand next to ours in every recall table, for the classes it
-finds, marked as a peer.
+intervals (by mask IoU, or box IoU where there are no masks, and by coverage), false
+positives per image, the plots, the champion beside the new model, and a gallery of the
+objects each model misses ("N of M missed" per class), each crop captioned with its image's
+file and session and showing the model's own detections there. Each peer's rows stand next to
+ours in every recall table, for the classes it finds, marked as a peer.
 
 One self-contained page (plots and crops embedded as data URIs) a person reads to see what a
 model misses before it is released. It takes the scorer's results (`ScoreResult`) and
@@ -42,8 +44,17 @@ class SetReport:
     name: str
     metrics: ScoreResult  # the model's on this set
     champion: ScoreResult | None = None  # the champion's, when there is one
-    misses: Sequence[Miss] = field(default_factory=list)
-    missed_total: int = 0
+    misses: Sequence[Miss] = field(default_factory=list)  # the crops shown
+    # class -> (objects missed, objects counted) on this set
+    missed: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+
+    @property
+    def missed_total(self) -> int:
+        return sum(m for m, _ in self.missed.values())
+
+    @property
+    def counted_total(self) -> int:
+        return sum(n for _, n in self.missed.values())
 
 
 @dataclass(frozen=True)
@@ -100,9 +111,9 @@ td.low { background: #fde2e2; } td.ok { background: #e3f6e3; }
 .notice { background: #fde2e2; border: 1px solid #b00; padding: 6px; }
 .note { color: #555; } .plots img { max-width: 560px; margin-right: 1em; }
 .grid { display: flex; flex-wrap: wrap; gap: 8px; }
-figure { margin: 0; padding: 3px; border: 1px solid #ddd; border-radius: 4px; width: 168px; }
-figure img { display: block; max-width: 160px; max-height: 160px; }
-figcaption { font-size: 11px; }
+figure { margin: 0; padding: 3px; border: 1px solid #ddd; border-radius: 4px; width: 248px; }
+figure img { display: block; max-width: 240px; max-height: 240px; }
+figcaption { font-size: 11px; overflow-wrap: anywhere; }
 """
 
 
@@ -133,10 +144,13 @@ def render_report(
         banner,
         "<h1>Anonymization recall</h1>",
         "<p class='note'>A missed face or plate is a legal incident, an extra blur a cosmetic "
-        "one: models are judged by recall. <b>iou</b>: share of objects found by a detection "
-        "of their class (IoU &ge; 0.5) at the operating threshold. <b>coverage</b>: share of "
-        f"objects whose pixels are at least {coverage:.0%} covered by the detections of any "
-        "class (what the blur hides). Brackets: bootstrap 95% intervals over images. "
+        "one: models are judged by recall. <b>mask IoU</b> (<b>box IoU</b> where the ground "
+        "truth or the detections have no masks): share of objects found by a detection of "
+        "their class at the operating threshold whose mask (box) overlaps theirs by IoU &ge; "
+        "0.5. <b>coverage</b>: share of objects whose pixels are at least "
+        f"{coverage:.0%} covered by the detections of any class (what the blur hides). "
+        "<b>FP / image</b>: detections of the class at the operating threshold that match no "
+        "object, per image of the set. Brackets: bootstrap 95% intervals over images. "
         f"Targets: {_e(', '.join(f'{c} {t:.2f}' for c, t in targets.items()))}, for "
         f"identifiable objects ({_e(_identifiable(identifiable))}); smaller ones are in "
         "<b>below identifiable</b>, not judged, and hiding them is no false positive. "
@@ -201,13 +215,14 @@ def _anonymizer_set(
         who += [(f"peer {p}", r) for p, r in _peer_scores(peers, s.name, name)]
         for label, result in who:
             cell = result.recall[name].get("all", empty)
-            cells = []
+            cells = [f"<td>{iou_name(result).split()[0]}</td>"]
             for metric in ("iou", "coverage"):
                 value = cell.value(metric)
                 low = label == "anonymizer" and _below(value, targets.get(name))
                 ok = label == "anonymizer" and cell.n and not low
                 css = "low" if low else ("ok" if ok else "")
                 cells.append(f"<td class='{css}'>{_num(value)}{_ci(cell.interval(metric))}</td>")
+            cells.append(f"<td>{_num(result.false_positives_per_image.get(name))}</td>")
             who_label = f"<b>{_e(label)}</b>" if label == "anonymizer" else _e(label)
             supplier = " (supplies it)" if a.supplies.get(name) == label else ""
             rows.append(
@@ -223,8 +238,9 @@ def _anonymizer_set(
     return "\n".join(
         [
             f"<h3>Anonymizer on {_e(s.name)}</h3>",
-            "<table><tr><th>class</th><th>model</th><th>n</th><th>iou (all sizes)</th>"
-            "<th>coverage (all sizes)</th></tr>",
+            "<table><tr><th>class</th><th>model</th><th>n</th><th>IoU of</th>"
+            "<th>IoU recall (all sizes)</th><th>coverage (all sizes)</th><th>FP / image</th>"
+            "</tr>",
             *rows,
             "</table>",
             f"<h3>Faces only the heads hid on {_e(s.name)}: {s.heads_only_total}</h3>",
@@ -246,15 +262,16 @@ def _peers(peers: Sequence[PeerReport]) -> str:
         "whose IoU recall still reaches the target, never below evaluate.min_threshold. Peers "
         "are shown, never gated.</p>",
         "<table><tr><th>peer</th><th>licence and origin</th><th>class</th><th>threshold</th>"
-        "<th>val recall (iou)</th></tr>",
+        "<th>val recall (IoU)</th></tr>",
     ]
     for p in peers:
+        kind = iou_name(next(iter(p.scores.values()))) if p.scores else "IoU"
         for name, t in p.thresholds.items():
             reached = "" if t.get("reached") else " <span class='worse'>target not reached</span>"
             out.append(
                 f"<tr><td>{_e(p.name)}</td><td>{_e(p.licence)}</td><td>{_e(name)}</td>"
-                f"<td>{_num(t.get('threshold'))}</td><td>{_num(t.get('val_recall'))}{reached}"
-                "</td></tr>"
+                f"<td>{_num(t.get('threshold'))}</td><td>{_num(t.get('val_recall'))}{reached} "
+                f"<span class='ci'>{kind}</span></td></tr>"
             )
     out.append("</table>")
     return "\n".join(out)
@@ -275,6 +292,7 @@ def _model(model: ModelReport, targets: Mapping[str, float], peers: Sequence[Pee
         if model.champion_version
         else "No champion in the registry yet."
     )
+    kind = iou_name(model.sets[0].metrics) if model.sets else "IoU"
     rows = []
     for name, t in model.thresholds.items():
         reached = "" if t.get("reached") else " <span class='worse'>target not reached</span>"
@@ -286,7 +304,7 @@ def _model(model: ModelReport, targets: Mapping[str, float], peers: Sequence[Pee
         f"<h2 id='{_e(model.name)}'>{_e(model.name)}{_e(version)}</h2>",
         f"<p class='note'>{champion}</p>",
         "<h3>Operating thresholds (chosen on val)</h3>",
-        "<table><tr><th>class</th><th>threshold</th><th>val recall (iou)</th></tr>",
+        f"<table><tr><th>class</th><th>threshold</th><th>val recall ({kind})</th></tr>",
         *rows,
         "</table>",
     ]
@@ -301,11 +319,12 @@ def _set(
     recall = s.metrics.recall
     old_recall = s.champion.recall if s.champion else {}
     empty = RecallCell(n=0)
+    iou = iou_name(s.metrics)
     head = "".join(f"<th colspan='2'>{b.replace('_', ' ')}</th>" for b in BUCKET_ORDER)
-    sub = "".join("<th>iou</th><th>coverage</th>" for _ in BUCKET_ORDER)
+    sub = "".join(f"<th>{iou}</th><th>coverage</th>" for _ in BUCKET_ORDER)
     rows = []
     for name, buckets in recall.items():
-        cells = []
+        cells = [f"<td>{_num(s.metrics.false_positives_per_image.get(name))}</td>"]
         for bucket in BUCKET_ORDER:
             cell = buckets.get(bucket, empty)
             old = old_recall.get(name, {}).get(bucket, empty)
@@ -320,37 +339,58 @@ def _set(
                 )
         rows.append(f"<tr><td>{_e(name)}</td>{''.join(cells)}</tr>")
         for peer, result in _peer_scores(peers, s.name, name):
-            rows.append(_peer_row(peer, name, result.recall[name]))
+            rows.append(_peer_row(peer, name, result, iou))
     coco = s.metrics.coco
     coco_line = " &middot; ".join(
         f"{kind} AP {_num((coco.get(kind) or {}).get('AP'))}" for kind in ("bbox", "segm")
     )
     plots = [_png(pr_figure(s.metrics, model.thresholds)), _png(size_figure(s.metrics, s.champion))]
     gallery = "\n".join(_figure(m) for m in s.misses)
-    shown = (
-        f"{len(s.misses)} of {s.missed_total} objects not covered, smallest first"
-        if s.missed_total
-        else "every object covered"
-    )
     champ = " &Delta; against the champion under each value." if s.champion else ""
     return "\n".join(
         [
             f"<h3>{_e(model.name)} on {_e(s.name)}</h3>",
             f"<p class='note'>{coco_line}.{champ}</p>",
-            f"<table><tr><th rowspan='2'>class</th>{head}</tr><tr>{sub}</tr>",
+            f"<table><tr><th rowspan='2'>class</th><th rowspan='2'>FP / image</th>{head}</tr>"
+            f"<tr>{sub}</tr>",
             *rows,
             "</table>",
             f"<div class='plots'>{''.join(plots)}</div>",
-            f"<h3>Missed on {_e(s.name)}: {shown}</h3>",
+            f"<h3>Missed on {_e(s.name)}: {_missed_line(s)}</h3>",
+            _gallery_note(s, model.thresholds),
             f"<div class='grid'>{gallery}</div>",
         ]
     )
 
 
-def _peer_row(peer: str, name: str, buckets: Mapping[str, RecallCell]) -> str:
-    """A peer's row of a model's table: class `name` by size bucket, marked as a peer."""
+def _missed_line(s: SetReport) -> str:
+    """How many objects of the set were missed (not covered), of how many, per class."""
+    if not s.counted_total:
+        return "no objects"
+    per_class = ", ".join(f"{_e(c)} {m} of {n}" for c, (m, n) in s.missed.items())
+    return f"{s.missed_total} of {s.counted_total} objects missed ({per_class})"
+
+
+def _gallery_note(s: SetReport, thresholds: Mapping[str, Mapping[str, Any]]) -> str:
+    """What the gallery shows: which crops, and what is drawn in them."""
+    if not s.missed_total:
+        return "<p class='note'>Every object covered.</p>"
+    at = ", ".join(f"{_e(c)} {_num(t.get('threshold'))}" for c, t in thresholds.items())
+    return (
+        f"<p class='note'>Missed: not covered by the coverage rule above. Showing "
+        f"{len(s.misses)} of {s.missed_total}, identifiable objects first, smallest first. "
+        "Red: the missed object's box. Cyan: the model's own detections at its operating "
+        f"thresholds ({at}), each with its box, its score and its mask's outline where it has "
+        "one; none drawn: the model found nothing there at those thresholds.</p>"
+    )
+
+
+def _peer_row(peer: str, name: str, result: ScoreResult, kind: str) -> str:
+    """A peer's row of a model's table: class `name` by size bucket, marked as a peer; its IoU
+    named when it is not the model's (`kind`)."""
     empty = RecallCell(n=0)
-    cells = []
+    buckets = result.recall[name]
+    cells = [f"<td>{_num(result.false_positives_per_image.get(name))}</td>"]
     for bucket in BUCKET_ORDER:
         cell = buckets.get(bucket, empty)
         for metric in ("iou", "coverage"):
@@ -358,7 +398,9 @@ def _peer_row(peer: str, name: str, buckets: Mapping[str, RecallCell]) -> str:
                 f"<td>{_num(cell.value(metric))}{_ci(cell.interval(metric))}"
                 f"<br><span class='ci'>n={cell.n}</span></td>"
             )
-    label = f"{_e(name)} <span class='note'>peer {_e(peer)}</span>"
+    own = iou_name(result)
+    note = f"peer {peer}" + (f", {own}" if own != kind else "")
+    label = f"{_e(name)} <span class='note'>{_e(note)}</span>"
     return f"<tr class='peer'><td>{label}</td>{''.join(cells)}</tr>"
 
 
@@ -383,7 +425,9 @@ def pr_figure(metrics: ScoreResult, thresholds: Mapping[str, Mapping[str, Any]])
                     point = min(above, key=lambda p: p.score)
                     ax.plot(point.recall, point.precision, "o", color=line[0].get_color())
         ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
-        ax.set_title("precision / recall (IoU 0.5); dot: operating threshold", fontsize=10)
+        ax.set_title(
+            f"precision / recall ({iou_name(metrics)} 0.5); dot: operating threshold", fontsize=10
+        )
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
@@ -440,6 +484,12 @@ def size_figure(metrics: ScoreResult, champion: ScoreResult | None) -> bytes:
         return _save(fig)
     finally:
         plt.close(fig)
+
+
+def iou_name(result: ScoreResult) -> str:
+    """How `result` matched detections to objects: "mask IoU" or "box IoU" (`score` uses masks
+    when the ground truth and the detections both have them)."""
+    return "mask IoU" if result.iou_type == "segm" else "box IoU"
 
 
 def _save(fig: Any) -> bytes:

@@ -25,12 +25,12 @@ def handle_serve(args: argparse.Namespace) -> int:
 
 def handle_push(args: argparse.Namespace) -> int:
     project = load(args)
-    from annotation.predictions import ModelDetector
+    from annotation.preannotation import Champions
     from annotation.push import run_push
 
     p = project.params
 
-    def champions() -> list[ModelDetector]:
+    def champions() -> Champions:
         from evaluation.champion import load_champions  # mlflow and torch: only when needed
 
         return load_champions(

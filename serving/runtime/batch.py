@@ -8,11 +8,12 @@ overwrite an input, an output folder or a ledger that cannot be created or writt
 
 One path per image, fail closed: read, decode, detect, anonymize, encode, write. An output image
 exists only when its image was decoded, searched, anonymized, written in full and checked
-(`imagefile.check`). Everything for one image (the image, and the optional `<name>.json`
-sidecar and `<name>.mask.png`) is written under temporary names in its final folder and renamed
-into place at the end; on any error the temporaries are removed, any output left for that
-image by an earlier run is deleted too, and the failed step is recorded. A failure to write (a
-full disk) is that image's failure and the run goes on.
+(`imagefile.check`). An image more than half hidden is written, logged as a warning and named
+in the summary (`one_image.MOSTLY_HIDDEN`). Everything for one image (the image, and the
+optional `<name>.json` sidecar and `<name>.mask.png`) is written under temporary names in its
+final folder and renamed into place at the end; on any error the temporaries are removed, any
+output left for that image by an earlier run is deleted too, and the failed step is recorded.
+A failure to write (a full disk) is that image's failure and the run goes on.
 
 The ledger (serving.runtime.ledger) gets one row per input as the run goes: `ok` (with the
 input's sha256, the regions hidden and the output), `failed` (the step and the error) or
@@ -43,6 +44,7 @@ from serving.runtime.errors import ServingError
 from serving.runtime.inputs import Inputs, check_output_names, output_jobs
 from serving.runtime.ledger import FAILED, OK, SKIPPED, Ledger, Row
 from serving.runtime.one_image import (
+    MOSTLY_HIDDEN,
     StepError,
     Work,
     companions,
@@ -75,6 +77,10 @@ class BatchReport:
     skipped: int = 0
     resumed: int = 0  # `ok` in the ledger before this run (resume): not done again
     failures: list[Row] = field(default_factory=list)  # the first SHOWN of this run
+    # Images written with more than one_image.MOSTLY_HIDDEN of their pixels hidden: how many,
+    # and the first SHOWN inputs.
+    mostly_hidden: int = 0
+    mostly_hidden_shown: list[str] = field(default_factory=list)
     # With keep_outputs (blur --audit), the output of every image written by this run.
     keep_outputs: bool = False
     outputs: list[str] = field(default_factory=list)
@@ -95,7 +101,21 @@ class BatchReport:
             text += f"; {self.failed} FAILED, no output written for them"
         if self.skipped:
             text += f"; {self.skipped} skipped (hidden, or not images)"
+        if self.mostly_hidden:
+            more = self.mostly_hidden - len(self.mostly_hidden_shown)
+            text += (
+                f"; {self.mostly_hidden} more than half hidden, check them: "
+                + ", ".join(self.mostly_hidden_shown)
+                + (f" and {more} more" if more else "")
+            )
         return text
+
+    def hidden(self, key: str, share: float) -> None:
+        """Note that the image of input `key` was written with `share` of it hidden."""
+        if share > MOSTLY_HIDDEN:
+            self.mostly_hidden += 1
+            if len(self.mostly_hidden_shown) < SHOWN:
+                self.mostly_hidden_shown.append(key)
 
     def record(self, ledger: Ledger, row: Row) -> None:
         ledger.append(row)
@@ -200,6 +220,7 @@ def _run(
                 fail(work, exc, sha256)
             else:
                 report.record(ledger, ok_row(work, sha256, done))
+                report.hidden(work.input, done.hidden_share or 0.0)
                 report.detections += len(done.detections)
                 report.megapixels += done.width * done.height / 1e6
             progress.update(1)

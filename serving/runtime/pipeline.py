@@ -70,6 +70,9 @@ class Anonymized:
     # What of the input file's metadata was not written back, and why (`ImageFile.dropped`):
     # embedded thumbnails and previews, which would show what was hidden, for instance.
     dropped: tuple[str, ...] = ()
+    # The share of the image's pixels that anonymizing changed (`Runtime.hidden_mask`); blur
+    # measures it (one_image.finish_write), the HTTP service does not: None there.
+    hidden_share: float | None = None
 
     def report(self) -> dict[str, Any]:
         """What was done to the image, JSON-ready: the blur sidecar and the service's JSON
@@ -304,6 +307,13 @@ class Runtime:
             panorama=panorama,
             dropped=image.dropped,
         )
+
+    def thresholds(self) -> dict[str, dict[str, float]]:
+        """Per model that runs (the anonymizer, for a composite), the score from which each of
+        its classes is hidden (a composite's `head` included)."""
+        if self.composite is not None:
+            return {self.composite.manifest.name: dict(self.composition.thresholds)}
+        return {a.manifest.name: dict(a.manifest.thresholds) for a in self.artifacts}
 
     def identity(self) -> list[dict[str, Any]]:
         """What runs, JSON-ready: the composite's identity (members included), or each

@@ -75,8 +75,8 @@ class Anonymizer:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[str]]:
         rows = []
         for item in batch["work"]:
-            row, megapixels = process(self.runtime, Work(**json.loads(item)))
-            rows.append(json.dumps({**row.to_dict(), "megapixels": megapixels}))
+            row, megapixels, hidden = process(self.runtime, Work(**json.loads(item)))
+            rows.append(json.dumps({**row.to_dict(), "megapixels": megapixels, "hidden": hidden}))
         return {"row": rows}
 
 
@@ -143,10 +143,11 @@ def _run(
         progress = bar(total=len(works), desc="blur (ray)", unit="img")
         for out in _streamed(rows):
             data = json.loads(out["row"])
-            megapixels = data.pop("megapixels")
+            megapixels, hidden = data.pop("megapixels"), data.pop("hidden")
             row = Row.from_dict(data)
             report.record(ledger, row)
             if row.status == OK:
+                report.hidden(row.input, hidden)
                 report.detections += row.regions or 0
                 report.megapixels += megapixels
             progress.update(1)

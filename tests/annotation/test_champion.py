@@ -1,6 +1,7 @@
 """`annotate push` with a champion in a real MLflow registry (SQLite) and the session's real Label
 Studio: the predictions the server holds are the champion's detections on the upright image, and
-convert reads them back as the same objects; without a champion, one log line says why Haar."""
+convert reads them back as the same objects; push's summary names the champion, and without one
+says why Haar (no registry, only a challenger, neither), as one log line does."""
 
 from __future__ import annotations
 
@@ -17,8 +18,7 @@ from annotation.client import connect
 from annotation.convert import ImageRef, to_coco
 from annotation.convert.brush_rle import decode_brush_rle
 from annotation.mining import queue_score
-from annotation.preannotation import score_uncertainty
-from annotation.predictions import ModelDetector
+from annotation.preannotation import Champions, score_uncertainty
 from annotation.push import image_url
 from data.manifest import ManifestRecord
 from evaluation.champion import load_champions
@@ -64,7 +64,7 @@ def _alias(root: Path, alias: str) -> None:
     )
 
 
-def _load(root: Path) -> list[ModelDetector]:
+def _load(root: Path) -> Champions:
     return load_champions([NAME], root=root, evaluate=evaluate_cfg(), min_score=MIN_SCORE)
 
 
@@ -77,14 +77,30 @@ def test_without_a_champion_push_says_why_it_uses_haar(
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DVC_ROOT", raising=False)
     caplog.set_level(logging.INFO, logger="evaluation.champion")
-    assert _load(tmp_path) == []
+    none = _load(tmp_path)
+    assert none.models == []
     assert not (tmp_path / "mlflow.db").exists()  # looking does not create a registry
+    assert none.why == (
+        f"Haar cascades, because the MLflow registry at sqlite:///{tmp_path}/mlflow.db does not "
+        "exist (no model was trained with tracking here)"
+    )
     assert f"Haar cascades: the MLflow registry at sqlite:///{tmp_path}/mlflow.db does not" in (
         caplog.text
     )
+    # Registered, but neither alias yet: validate would make it the challenger.
+    unvalidated = _load(registry)
+    assert unvalidated.models == []
+    assert f"({NAME}: neither a champion nor a challenger); `anonlab validate` makes" in (
+        unvalidated.why
+    )
     caplog.clear()
     _alias(registry, "challenger")
-    assert _load(registry) == []
+    challenger = _load(registry)
+    assert challenger.models == []
+    assert challenger.why == (
+        f"Haar cascades, because the MLflow registry at sqlite:///{registry}/mlflow.db has no "
+        f"champion ({NAME}: only a challenger (version 1)); promote with `anonlab validate promote`"
+    )
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1
     assert f"sqlite:///{registry}/mlflow.db" in lines[0]
@@ -144,11 +160,16 @@ def test_annotate_push_predicts_with_the_champion_on_the_upright_image(
         *(f"evaluate.tiling.{k}={v}" for k, v in TILING.items()),
     ]
     assert cli_main(argv) == 0
-    assert "push: 3 new tasks" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "push: 3 new tasks" in out
+    assert (
+        f"pre-annotations: {NAME}:1: the champion {NAME} version 1 of the MLflow registry at "
+        f"sqlite:///{registry}/mlflow.db"
+    ) in out
     assert f"pre-annotations from the champion {NAME} version 1 of the MLflow registry" in (
         caplog.text
     )
-    [champion] = _load(registry)  # the same version: what the champion finds, to compare
+    [champion] = _load(registry).models  # the same version: what the champion finds, to compare
     cfg = annotation_cfg(ls.url, "push-champion")
     client = connect(cfg)
     project_id = client.find_project("push-champion")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import requests
 from annotation.client import LabelStudio, connect, jwt_type
 from annotation.config import PASSWORD_ENV, TOKEN_ENV, USERNAME_ENV
 from annotation.haar_preannotation import Detection, image_uncertainty
+from annotation.labeling_config import labeling_config
 from annotation.mining import queue_order, queue_score
 from annotation.push import STATE_FILE, image_url, run_push
 from annotation.server import credentials_from_env, start_server
@@ -117,7 +119,70 @@ def test_taxonomy_change_updates_the_labeling_config(ls: LabelStudioUnderTest) -
     second = run_push(cfg, wider, ls.artifacts)
     assert second.project_id == first.project_id
     assert second.config_updated
-    assert 'value="animal"' in connect(cfg).get_project(first.project_id)["label_config"]
+    assert 'alias="animal"' in connect(cfg).get_project(first.project_id)["label_config"]
+
+
+def test_a_project_labelled_before_labels_named_their_tool_takes_the_new_interface(
+    ls: LabelStudioUnderTest,
+) -> None:
+    cfg = annotation_cfg(ls.url, "push-old-labels")
+    [record] = add_images(ls.artifacts, [8])
+    review(ls.artifacts, [record])
+    # The interface as it was: one bare class name per label, in every tool's row.
+    new_xml = labeling_config(TAXONOMY.classes, TAXONOMY.keypoints)
+    old_xml = re.sub(r'value="([^"]+) \([a-z]+\)" alias="\1"', r'value="\1"', new_xml)
+    assert 'value="person"' in old_xml and "alias=" not in old_xml
+    client = connect(cfg)
+    project_id = client.create_project("push-old-labels", old_xml)
+    client.import_tasks(project_id, [{"data": {"image": image_url(record)}}])
+    [task] = client.tasks(project_id)
+    person = {
+        "id": "p1",
+        "from_name": "polygon",
+        "to_name": "image",
+        "type": "polygonlabels",
+        "original_width": record.width,
+        "original_height": record.height,
+        "value": {"points": [[10, 10], [40, 10], [40, 80]], "polygonlabels": ["person"]},
+    }
+    response = requests.post(
+        f"{ls.url}/api/tasks/{task['id']}/annotations",
+        json={"result": [person]},
+        headers={"Authorization": f"Token {ls.token}"},
+        timeout=10,
+    )
+    assert response.status_code == 201
+    # Label Studio refuses a config that drops a label annotations use; the aliases keep them.
+    report = run_push(cfg, TAXONOMY, ls.artifacts)
+    assert (report.project_id, report.config_updated, report.imported) == (project_id, True, 0)
+    assert client.get_project(project_id)["label_config"].count("person (polygon)") == 1
+    [exported] = client.export_tasks(project_id)
+    [region] = exported["annotations"][0]["result"]
+    assert region["value"]["polygonlabels"] == ["person"]
+
+
+def test_login_page_offers_no_sign_up_and_the_form_is_refused(ls: LabelStudioUnderTest) -> None:
+    session = requests.Session()
+    login = session.get(f"{ls.url}/user/login/", timeout=10)
+    assert login.status_code == 200 and "Log in" in login.text
+    assert "/user/signup" not in login.text
+    session.get(f"{ls.url}/user/signup/", timeout=10)  # the CSRF cookie, as a browser gets it
+    refused = session.post(
+        f"{ls.url}/user/signup/",
+        data={
+            "csrfmiddlewaretoken": session.cookies.get("csrftoken", ""),
+            "email": "stranger@anonlab.test",
+            "password": "pw-Stranger-1a2b3c4d",
+            "allow_newsletters": "false",
+        },
+        headers={"Referer": f"{ls.url}/user/signup/"},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert refused.status_code == 403
+    users = connect(annotation_cfg(ls.url, "sign-up")).users()
+    assert "stranger@anonlab.test" not in users.values()
+    assert ls.username in users.values()  # the admin, created from the environment as before
 
 
 def test_annotations_are_exported_and_counted(
@@ -323,6 +388,10 @@ def test_serve_runs_label_studio_with_the_project_folders(
     assert (started["host"], started["port"]) == ("127.0.0.1", 8080)
     assert started["secrets"] == ("admin@anonlab.test", "pw-Secret-serve", "c0ffee" * 6)
     assert "pw-Secret-serve" not in caplog.text and "c0ffee" * 6 not in caplog.text
+    # The fake listens elsewhere than annotation.url, which is set: push would miss it.
+    assert "annotation.url is http://127.0.0.1:8080: push, pull and status talk to it" in (
+        caplog.text
+    )
 
 
 GRACE_HOPPER = Path(np.__file__).parents[1] / "matplotlib/mpl-data/sample_data/grace_hopper.jpg"

@@ -354,11 +354,11 @@ def mixed_store(store: Store) -> Store:
     store.add(jpeg_bytes(blur(scene, 0.6)), "b.jpg")  # near-duplicate of a
     store.add(with_comment(jpeg_bytes(scene), b"x"), "c.jpg")  # exact duplicate of a
     store.add(jpeg_bytes((texture(W, H, 2) * 0.05).astype(np.uint8)), "d.jpg")
-    store.add(jpeg_bytes(blur(texture(W, H, 3), 8)), "e.jpg")
+    store.add(jpeg_bytes(blur(texture(W, H, 3), 8)), "e<b>&'x\".jpg")  # blurry: shown
     store.add(jpeg_bytes(np.full((H, W, 3), 255, np.uint8)), "white.jpg")
     store.add(jpeg_bytes(texture(100, 80, 4)), "f.jpg")
     store.add(b"broken", "g.jpg")
-    store.add(jpeg_bytes(texture(W, H, 5)), "h<b>&'x\".jpg")
+    store.add(jpeg_bytes(texture(W, H, 5)), "h.jpg")
     for seed in range(6, 10):
         store.add(jpeg_bytes(texture(W, H, seed)), f"{seed}.jpg")
     return store
@@ -425,9 +425,36 @@ def test_report_shows_every_reason_with_thumbnails_and_escapes_text(store: Store
     for reason in REASONS:
         assert f'id="{reason}"' in page and result.report.rules[reason].split()[0] in page
     assert page.count("data:image/jpeg;base64,") >= result.report.rejected - 1  # not `broken`
-    assert "<b>&" not in page and "h&lt;b&gt;&amp;&#x27;x&quot;.jpg" in page
+    assert "<b>&" not in page and "e&lt;b&gt;&amp;&#x27;x&quot;.jpg" in page
     assert "http" not in page  # self-contained: nothing to fetch
-    assert "kept, nearest a threshold" in page
+    assert "kept, near a threshold" in page
+
+
+def _kept_section(store: Store) -> str:
+    page = (store.root.parent / "reviewed" / "report.html").read_text()
+    return page.split('<section id="kept">')[1].split("</section>")[0]
+
+
+def test_kept_gallery_shows_only_the_images_near_a_threshold(store: Store) -> None:
+    store.add(jpeg_bytes(texture(W, H, 1)), "far.jpg")  # far from every threshold
+    store.add(jpeg_bytes((texture(W, H, 2) * 0.3).astype(np.uint8)), "dim.jpg")  # mean 0.13
+    result = review(store, config(blur_threshold=10.0))
+    assert result.report.kept == 2
+    kept = _kept_section(store)
+    assert "too_dark? mean luminance 0.13" in kept and "dim.jpg" in kept
+    assert "far.jpg" not in kept and kept.count("<figure") == 1
+    assert "1 of 2 kept images are near a threshold" in kept
+    # What "near" is, in each rule's own units: within half the threshold's value.
+    assert "mean luminance 0.12 to 0.18" in kept and "7 to 9 pHash bits" in kept
+
+
+def test_kept_gallery_says_so_when_no_image_is_near_a_threshold(store: Store) -> None:
+    for seed in (1, 3):  # 0 % overexposed: far below the 40 % threshold, as every other score
+        store.add(jpeg_bytes(texture(W, H, seed)), f"{seed}.jpg")
+    assert review(store).report.kept == 2
+    kept = _kept_section(store)
+    assert "no kept image is near a threshold: none shown" in kept
+    assert "<figure" not in kept
 
 
 def test_summary_is_a_readable_table(store: Store) -> None:

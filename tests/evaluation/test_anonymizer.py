@@ -175,7 +175,7 @@ def test_report_shows_the_anonymizer_first_with_the_faces_only_heads_hid(tmp_pat
     section = anonymizer_report(result, "anon", {"holdout": gt}, {"holdout": tmp_path}, gallery)
     assert section.sets[0].heads_only_total == 2 and len(section.sets[0].heads_only) == 1
     assert section.sets[0].heads_only[0].caption == (
-        "face (tiny, 8x8 px), covered with the heads of persons scoring 0.80 or more; image 1"
+        "face (tiny, 8x8 px), covered with the heads of persons scoring 0.80 or more; a.png"
     )
     page = render_report(
         [],

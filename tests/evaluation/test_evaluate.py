@@ -109,6 +109,10 @@ def test_evaluate_writes_metrics_report_and_mlflow_consistent_with_score(
     )
     if missed:
         assert "data:image/jpeg;base64," in report  # the gallery of missed objects
+        # Counted against every object of the set, each crop named by its file and session.
+        n = sum(holdout[c][b]["n"] for c in classes for b in ("all", "below_identifiable"))
+        assert f" of {n} objects missed (" in report
+        assert ".jpg, session synthetic-drive-" in report
     assert "No champion in the registry yet." in report
     assert (out / "plots" / "pr" / MODEL / "holdout.json").is_file()
     # DVC's metrics: the headline of each model and the anonymizer on the reference sets.
@@ -167,7 +171,10 @@ def _check_peer(metrics: dict, report: str, runs: dict, project: Project) -> Non
 
     assert "id='peers'" in report and "peer centerface" in report
     model_section = report[report.index(f"id='{MODEL}'") :]
-    assert "<tr class='peer'><td>face <span class='note'>peer centerface</span>" in model_section
+    # CenterFace gives boxes: its recall is box IoU, beside the model's mask IoU.
+    assert "<th>mask IoU</th>" in model_section
+    peer_label = "<tr class='peer'><td>face <span class='note'>peer centerface, box IoU</span>"
+    assert peer_label in model_section
     assert "<td>peer centerface</td>" in report[: report.index("id='peers'")]  # anonymizer's
 
     for run in (runs[MODEL], runs["anonymizer"]):

@@ -22,6 +22,7 @@ from PIL import Image
 
 from serving.cli import main as cli_main
 from serving.runtime import pipeline
+from serving.runtime.artifact import load_artifact
 from serving.runtime.artifact_set import artifact_folders
 from serving.runtime.batch import DEFAULT_LEDGER, blur_batch
 from serving.runtime.detections import Detections
@@ -110,6 +111,13 @@ def test_blur_writes_anonymized_copies_that_keep_their_metadata(
     assert sidecar["detections"], "the tiny model hides something at its 0.1 thresholds"
     assert {d["class"] for d in sidecar["detections"]} <= set(sidecar["classes"])
     assert sidecar["metadata_dropped"] == []  # a plain camera JPEG loses nothing
+    # What did it: the model (name, version, the manifest pins name), thresholds and styles.
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    [model] = sidecar["models"]
+    assert (model["name"], model["version"]) == (manifest["name"], manifest["version"])
+    assert model["manifest_sha256"] == load_artifact(artifact).manifest_sha256
+    assert sidecar["thresholds"] == {manifest["name"]: manifest["thresholds"]}
+    assert sidecar["styles"] == {c: manifest["styles"][c] for c in manifest["classes"]}
 
     # PNG: lossless, so every pixel outside the hidden mask is the input's, bit for bit, and
     # pixels inside it changed.
@@ -117,6 +125,8 @@ def test_blur_writes_anonymized_copies_that_keep_their_metadata(
     after = cv2.imread(str(out / "day1" / "still.png"), cv2.IMREAD_UNCHANGED)
     hidden = cv2.imread(str(out / "day1" / "still.png.mask.png"), cv2.IMREAD_GRAYSCALE) > 0
     assert hidden.any() and not hidden.all()
+    share = json.loads((out / "day1" / "still.png.json").read_text())["hidden_share"]
+    assert share == round(hidden.mean(), 4)  # the share of the image the mask shows hidden
     np.testing.assert_array_equal(after[~hidden], before[~hidden])
     assert (after[hidden] != before[hidden]).any()
 
@@ -462,6 +472,34 @@ def _marker_detector(tiles: list[np.ndarray]) -> list[Detections]:
             Detections(np.array(boxes).reshape(-1, 4), [0.9] * len(boxes), [1] * len(boxes), masks)
         )
     return found
+
+
+def test_an_image_more_than_half_hidden_is_written_and_warned_about(
+    runtime: Runtime, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    marked = Runtime(runtime.artifacts, [_marker_detector])
+    big, small = texture(120, 100, seed=4), texture(120, 100, seed=5)
+    big[:, :80] = (255, 0, 255)  # a face over two thirds of the image (more with its margin)
+    small[10:30, 10:30] = (255, 0, 255)
+    write(tmp_path / "in" / "big.png", _png(big))
+    write(tmp_path / "in" / "small.png", _png(small))
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="serving.runtime.one_image"):
+        report = blur_batch(marked, find_inputs([str(tmp_path / "in")]), out, sidecar=True)
+    assert report.written == 2 and (out / "big.png").is_file()  # written all the same
+    assert report.mostly_hidden == 1 and report.mostly_hidden_shown == [
+        str(tmp_path / "in" / "big.png")
+    ]
+    assert f"1 more than half hidden, check them: {tmp_path / 'in' / 'big.png'}" in (
+        report.summary()
+    )
+    warned = [r.getMessage() for r in caplog.records if "more than half" in r.getMessage()]
+    assert len(warned) == 1 and "big.png" in warned[0] and f"check {out / 'big.png'}" in warned[0]
+    shares = {
+        name: json.loads((out / f"{name}.png.json").read_text())["hidden_share"]
+        for name in ("big", "small")
+    }
+    assert shares["big"] > 0.5 > shares["small"] > 0
 
 
 def test_a_face_across_a_panoramas_seam_is_hidden_on_both_sides(runtime: Runtime) -> None:
