@@ -34,6 +34,7 @@ from data import atomic
 from data.coco import layout as coco_layout
 from data.config import TaxonomyConfig
 from data.errors import AnonlabError
+from data.headline import annotate_headline
 from data.manifest import read_reviewed
 from data.stage_paths import PULL_REPORT, RELATIVE, SNAPSHOTS, StagePaths
 
@@ -115,16 +116,15 @@ def run_pull(
     )
     coco_layout.write(out.coco, conversion.coco)
     atomic.write_json(out.pull_report, {"source": origin, "issues": issues})
-    atomic.write_json(
-        out.metrics,
-        {
-            "tasks": report.tasks,
-            "images": report.images,
-            "objects": report.objects,
-            "issues": report.issues,
-            "conversion": conversion.counts,
-        },
-    )
+    metrics = {
+        "tasks": report.tasks,
+        "images": report.images,
+        "objects": report.objects,
+        "issues": report.issues,
+        "conversion": conversion.counts,
+    }
+    atomic.write_json(out.metrics, metrics)
+    atomic.write_json(out.headline, annotate_headline(metrics))
     if issues:
         log.warning("pull: %d issue(s), see %s", len(issues), out.pull_report)
     return report

@@ -52,6 +52,7 @@ from data import atomic, retention
 from data.collect_report import CollectReport
 from data.config import CollectConfig, TaxonomyConfig
 from data.errors import AnonlabError
+from data.headline import collect_headline
 from data.image_info import STORE_EXTENSION, BadImage, ImageInfo, inspect_image
 from data.intake import ERASED, EXPIRED, Intake
 from data.manifest import (
@@ -65,6 +66,7 @@ from data.manifest import (
 from data.sources import SYNTHETIC, Unlisted, list_source
 from data.stage_paths import (
     DUPLICATES,
+    HEADLINE,
     IMAGES,
     MANIFEST,
     METRICS,
@@ -255,6 +257,7 @@ def run_collect(
     # Written even when empty, so the file a pipeline declares is always there.
     atomic.write_json(raw_dir / SYNTHETIC_EXPORT, tasks)
     atomic.write_json(raw_dir / METRICS, report.to_dict())
+    atomic.write_json(raw_dir / HEADLINE, collect_headline(report.to_dict()))
     for r in removed:  # only once the new manifest no longer names them
         (raw_dir / r.path).unlink(missing_ok=True)
     if quarantine:

@@ -30,8 +30,8 @@ says how many and the earliest date.
 Outputs in `artifacts/prepared/` (replaced as a whole only on success): `train.json`,
 `val.json`, `refs/<name>.json` (COCO, one entry per line: data.coco.layout; every `file_name`
 is relative to `prepared/` itself; categories and keypoint names from the taxonomy), `tiles/`,
-`stats.json` (images and objects per class and size bucket per split) and `sizes.json` (the
-same as rows, for `dvc plots`).
+`stats.json` (images and objects per class and size bucket per split), `sizes.json` (the
+same as rows, for `dvc plots`) and `headline.json` (images and objects per split: DVC metrics).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ from data.coco import categories as coco_categories
 from data.coco import layout as coco_layout
 from data.config import PrepareConfig, ReferenceSetConfig, TaxonomyConfig
 from data.errors import AnonlabError
+from data.headline import prepare_headline
 from data.image_info import read_upright_sized
 from data.leakage import find_leaks
 from data.manifest import ManifestRecord, read_reviewed
@@ -199,15 +200,8 @@ def run_prepare(
             )
         stats["val"]["missing_strata"] = [f"{c}/{b}" for c, b in split.missing_in_val]
         atomic.write_json(out.stats, stats)
-        atomic.write_json(
-            out.sizes,
-            [
-                {"split": name, "class": c, "bucket": b, "objects": n, "group": f"{name} {c} {b}"}
-                for name, s in stats.items()
-                for c, per_bucket in s["objects"].items()
-                for b, n in per_bucket.items()
-            ],
-        )
+        atomic.write_json(out.headline, prepare_headline(stats))
+        atomic.write_json(out.sizes, sizes_rows(stats))
     if not datasets["train"]["images"]:
         log.warning("train is empty: every annotated image is in a reference set or in val")
     if split.missing_in_val:
@@ -436,6 +430,17 @@ def _jpeg(pixels: np.ndarray, quality: int) -> bytes:
     out = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(pixels)).save(out, "JPEG", quality=quality)
     return out.getvalue()
+
+
+def sizes_rows(stats: dict[str, Any]) -> list[dict[str, Any]]:
+    """stats.json's objects as rows for `dvc plots` (sizes.json): one per split, class and size
+    bucket."""
+    return [
+        {"split": name, "class": c, "bucket": b, "objects": n}
+        for name, s in stats.items()
+        for c, per_bucket in s["objects"].items()
+        for b, n in per_bucket.items()
+    ]
 
 
 def _stats(ds: dict[str, Any], name_of: dict[int, str]) -> dict[str, Any]:

@@ -49,12 +49,13 @@ from data.atomic import staged_dir, write_json, write_jsonl, write_text
 from data.config import ReviewConfig
 from data.errors import AnonlabError
 from data.hamming import nearest_other
+from data.headline import review_headline
 from data.image_scores import ImageScores, pixel_digest, score_image, thumbnail_jpeg
 from data.manifest import ManifestRecord, read_manifest, write_manifest
 from data.near_duplicates import near_duplicate_rejections
 from data.retention import refuse_overdue
 from data.review_sections import NEAR, report_sections
-from data.stage_paths import MANIFEST, METRICS, REJECTED, REVIEW_REPORT
+from data.stage_paths import HEADLINE, MANIFEST, METRICS, REJECTED, REVIEW_REPORT
 from serving.runtime.progress import progress
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,7 @@ def run_review(cfg: ReviewConfig, raw_dir: Path, out_dir: Path) -> ReviewReport:
         write_jsonl(stage / REJECTED, rejected_rows)
         write_text(stage / REVIEW_REPORT, html)
         write_json(stage / METRICS, report.metrics())
+        write_json(stage / HEADLINE, review_headline(report.metrics()))
 
     if decision.unreadable:
         log.warning(

@@ -16,7 +16,9 @@ MANIFEST = "manifest.jsonl"  # also reviewed/'s: the images review kept
 DUPLICATES = "duplicates.jsonl"
 QUARANTINE = "quarantine.jsonl"
 SYNTHETIC_EXPORT = "synthetic/labelstudio_export.json"
-METRICS = "metrics.json"  # every stage's DVC metrics file, in its own folder
+METRICS = "metrics.json"  # every stage's full counts or scores, in its own folder
+# every stage's few numbers for `dvc metrics show` and `dvc exp show` (data/headline.py)
+HEADLINE = "headline.json"
 
 # reviewed/ (review)
 REJECTED = "rejected.jsonl"
@@ -44,6 +46,8 @@ CURVES = "curves"
 EVAL_REPORT = "report.html"
 PREDICTIONS = "predictions"
 PLOTS = "plots"
+PR_PLOTS = "pr"  # plots/pr/<model>/<set>.json: precision/recall points per class
+SIZE_PLOTS = "recall_by_size"  # plots/recall_by_size/<model>/<set>.json
 
 # validation/ (validate)
 VERDICT = "verdict.json"
@@ -86,6 +90,10 @@ class RawStore:
     def metrics(self) -> Path:
         return self.folder / METRICS
 
+    @property
+    def headline(self) -> Path:
+        return self.folder / HEADLINE
+
 
 @dataclass(frozen=True)
 class Reviewed:
@@ -109,6 +117,10 @@ class Reviewed:
     def metrics(self) -> Path:
         return self.folder / METRICS
 
+    @property
+    def headline(self) -> Path:
+        return self.folder / HEADLINE
+
 
 @dataclass(frozen=True)
 class Annotations:
@@ -131,6 +143,10 @@ class Annotations:
     @property
     def metrics(self) -> Path:
         return self.folder / METRICS
+
+    @property
+    def headline(self) -> Path:
+        return self.folder / HEADLINE
 
     @property
     def label_studio_state(self) -> Path:
@@ -182,6 +198,10 @@ class Prepared:
     def sizes(self) -> Path:
         return self.folder / SIZES
 
+    @property
+    def headline(self) -> Path:
+        return self.folder / HEADLINE
+
 
 @dataclass(frozen=True)
 class ModelFolder:
@@ -210,6 +230,10 @@ class ModelFolder:
         return self.folder / METRICS
 
     @property
+    def headline(self) -> Path:
+        return self.folder / HEADLINE
+
+    @property
     def loss_curve(self) -> Path:
         return self.folder / CURVES / "loss.json"
 
@@ -229,6 +253,10 @@ class EvalOutputs:
         return self.folder / METRICS
 
     @property
+    def headline(self) -> Path:
+        return self.folder / HEADLINE
+
+    @property
     def report(self) -> Path:
         return self.folder / EVAL_REPORT
 
@@ -239,6 +267,22 @@ class EvalOutputs:
     @property
     def plots(self) -> Path:
         return self.folder / PLOTS
+
+    @property
+    def pr_plots(self) -> Path:
+        return self.plots / PR_PLOTS
+
+    @property
+    def size_plots(self) -> Path:
+        return self.plots / SIZE_PLOTS
+
+    def pr_plot(self, model: str, set_name: str) -> Path:
+        """plots/pr/<model>/<set>.json: the rows of one precision/recall plot."""
+        return self.pr_plots / model / f"{set_name}.json"
+
+    def size_plot(self, model: str, set_name: str) -> Path:
+        """plots/recall_by_size/<model>/<set>.json: the rows of one recall-by-size plot."""
+        return self.size_plots / model / f"{set_name}.json"
 
 
 @dataclass(frozen=True)

@@ -23,14 +23,14 @@ And the peer baselines (`evaluation.peers`): each independent detector of evalua
 every set, scored the same way on the classes it finds, its thresholds chosen on val as a
 model's are; shown beside our models, never gated.
 
-Outputs under `artifacts/eval/`: `metrics.json` (DVC metrics: per model the sha256 of the
+Outputs under `artifacts/eval/`: `metrics.json` (per model the sha256 of the
 weights it scored, which validate and export check the weights against; per set, recall and
 coverage per class and bucket, thresholds, champion; and under `anonymizer` the anonymizer's
 entry: members and their weights sha256, which model supplies which class, head geometry,
 styles, thresholds with the head threshold, per set the same recall/coco/false positives as a
 model's, and per reference set the faces only its heads hide; under `peer:<name>` each peer's
-entry), `plots/<model>/<set>/`
-(precision/recall points and recall by size bucket, for `dvc plots`),
+entry), `headline.json` (DVC metrics: the few numbers `evaluation.headline` picks),
+`plots/pr/` and `plots/recall_by_size/` (`evaluation.plot_rows`, for `dvc plots`),
 `predictions/<model>/<set>.json` (COCO results: `anonlab score` reads them), `report.html` (the
 anonymizer beside its members first). The folder is replaced as a whole, so a failed run leaves
 the previous outputs. Each model, and the anonymizer, also gets an MLflow run in the experiment
@@ -66,6 +66,7 @@ from evaluation.anonymizer import (
 from evaluation.config import AnonymizerConfig, EvaluateConfig
 from evaluation.evaluate_runs import flat_recall, peer_metrics, track_anonymizer, track_model
 from evaluation.gallery import MissGallery, detections_at, miss_gallery
+from evaluation.headline import evaluate_headline
 from evaluation.operating import only_classes, operating_thresholds
 from evaluation.peers import (
     PEER_PREFIX,
@@ -75,6 +76,7 @@ from evaluation.peers import (
     load_peer,
     peer_key,
 )
+from evaluation.plot_rows import write_plots
 from evaluation.predict import predict_set, torch_detector
 from evaluation.registry import CHAMPION, RegisteredModel, Registry
 from evaluation.report import (
@@ -238,6 +240,8 @@ def run_evaluate(setup: EvalSetup) -> dict[str, Any]:
         track_anonymizer(setup.root, setup.evaluate, setup.anonymizer, anonymizer, peer_flat)
         targets = {c: setup.evaluate.target(c) for c in setup.taxonomy.classes}
         write_json(EvalOutputs(out).metrics, metrics)
+        entries, refs = [*setup.models, ANONYMIZER], list(setup.reference_sets)
+        write_json(EvalOutputs(out).headline, evaluate_headline(metrics, entries, refs))
         html = render_report(
             reports,
             targets=targets,
@@ -409,7 +413,7 @@ class _ModelEvaluation:
                 )
             if outputs:
                 write_json(EvalOutputs(self.out).predictions / name / f"{set_name}.json", results)
-                _write_plots(EvalOutputs(self.out).plots / name / set_name, scores[set_name])
+                write_plots(EvalOutputs(self.out), name, set_name, scores[set_name])
                 detections[set_name] = per_image
         return _Result(weights_sha256, thresholds, scores, misses, member, detections)
 
@@ -426,22 +430,6 @@ class _ModelEvaluation:
             identifiable=self.setup.taxonomy.identifiable,
             per_object=per_object,
         )
-
-
-def _write_plots(folder: Path, metrics: ScoreResult) -> None:
-    """Rows for `dvc plots`: precision/recall points per class, recall by size bucket."""
-    pr = [
-        {"class": name, "score": p.score, "recall": p.recall, "precision": p.precision}
-        for name, curve in metrics.pr_curve.items()
-        for p in curve
-    ]
-    sizes = [
-        {"class": name, "bucket": bucket, "iou": cell.iou, "coverage": cell.coverage}
-        for name, buckets in metrics.recall.items()
-        for bucket, cell in buckets.items()
-    ]
-    write_json(folder / "pr.json", pr)
-    write_json(folder / "recall_by_size.json", sizes)
 
 
 def _metrics_entry(

@@ -8,8 +8,10 @@ untrained model's numbers, to compare against), and writes `artifacts/models/<na
   before stopping on a non-finite loss; `checkpoints/best.pt` at the best validation;
 - `weights.safetensors` (the best checkpoint's weights) and `config.yaml`: what evaluation,
   export and MLflow's model loader read;
-- `metrics.json` (DVC metrics): the best, final and untrained validations' records;
-- `curves/loss.json` and `curves/val.json` (DVC plots: the validation score per step).
+- `metrics.json`: the best, final and untrained validations' records, and `headline.json` (DVC
+  metrics: their few numbers, `data.headline`);
+- `curves/loss.json` and `curves/val.json` (DVC plots: the loss and the validation score per
+  step).
 
 Decisions worth knowing:
 - The best checkpoint is the validation with the highest score (ties: the higher tie-break,
@@ -46,6 +48,7 @@ from torch.utils.data import DataLoader
 from data.atomic import write_json, write_text
 from data.config import TaxonomyConfig
 from data.errors import AnonlabError
+from data.headline import train_headline
 from data.retention import refuse_overdue_datasets
 from data.stage_paths import StagePaths
 from serving.runtime.progress import bar
@@ -505,6 +508,7 @@ class _Trainer:
             "untrained": self.untrained,
         }
         write_json(self.files.metrics, metrics)
+        write_json(self.files.headline, train_headline(metrics))
         write_json(self.files.loss_curve, self.history["loss"])
         write_json(self.files.val_curve, self.history["val"])
         self.tracker.log_artifact(self.files.metrics)

@@ -495,7 +495,8 @@ def test_a_failed_run_leaves_the_previous_outputs(
     review(store)
     out = store.root.parent / "reviewed"
     before = snapshot(out)
-    assert set(before) == {"manifest.jsonl", "rejected.jsonl", "report.html", "metrics.json"}
+    written = {"manifest.jsonl", "rejected.jsonl", "report.html", "metrics.json", "headline.json"}
+    assert set(before) == written
 
     manifest = store.root / "manifest.jsonl"
     manifest.write_text(manifest.read_text() + "{not json\n")
@@ -514,7 +515,7 @@ def test_a_failed_run_leaves_the_previous_outputs(
     def broken(*_: object) -> None:
         raise RuntimeError("disk full")
 
-    # metrics.json is the last file written into the staging folder.
+    # metrics.json and headline.json are the last files written into the staging folder.
     monkeypatch.setattr(review_module, "write_json", broken)
     with pytest.raises(RuntimeError, match="disk full"):
         run_review(config(), store.root, out)

@@ -114,7 +114,11 @@ def test_evaluate_writes_metrics_report_and_mlflow_consistent_with_score(
         assert f" of {n} objects missed (" in report
         assert ".jpg, session synthetic-drive-" in report
     assert "No champion in the registry yet." in report
-    assert (out / "plots" / MODEL / "holdout" / "pr.json").is_file()
+    assert (out / "plots" / "pr" / MODEL / "holdout.json").is_file()
+    # DVC's metrics: the headline of each model and the anonymizer on the reference sets.
+    headline = json.loads((out / "headline.json").read_text())
+    assert set(headline) == {MODEL, "anonymizer"} and set(headline[MODEL]) == {"holdout"}
+    assert headline[MODEL]["holdout"]["coverage"]["face"] == holdout["face"]["all"]["coverage"]
 
     client = _client(project)
     experiment = client.get_experiment_by_name("anonlab/evaluate")

@@ -195,6 +195,8 @@ def test_best_is_the_validation_with_the_highest_score_then_tie_break(
     assert not all(torch.equal(weights[k], _last_weights(project)[k]) for k in weights)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["best"]["step"] == 4 and metrics["untrained"]["score"] == 0.9
+    headline = json.loads((out / "headline.json").read_text())  # DVC's metrics: a few numbers
+    assert (headline[MODEL]["best_step"], headline[MODEL]["untrained_score"]) == (4, 0.9)
     curve = json.loads((out / "curves" / "val.json").read_text())
     assert curve == [{"step": s, "score": validator.scores[s]} for s in (0, 2, 4, 6)]
 
