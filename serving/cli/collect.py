@@ -25,7 +25,8 @@ COMMAND = Command(
     "Read every source in collect.sources (local folders and globs, fsspec URLs such as "
     "s3://, the built-in synthetic source), verify each image, store it once under "
     "artifacts/raw/images/<sha256[:2]>/<sha256>.<ext>, and write manifest.jsonl, "
-    "duplicates.jsonl, quarantine.jsonl and metrics.json. Re-runs are incremental: files "
+    "duplicates.jsonl, quarantine.jsonl, metrics.json and headline.json (DVC's metrics). "
+    "Re-runs are incremental: files "
     "seen before (same path, size and modification time) are not read again.",
     no_args,
     run,

@@ -45,7 +45,8 @@ COMMAND = Command(
     "(default CenterFace) is scored the same way on the classes it finds, as a baseline "
     "beside ours (metrics.json's peer:<name>, MLflow's peer/<name>/...); the gate never "
     "judges it. "
-    "Writes artifacts/eval/: metrics.json, plots/, predictions/, report.html (with a "
+    "Writes artifacts/eval/: metrics.json, headline.json (DVC's metrics), plots/, "
+    "predictions/, report.html (with a "
     "gallery of the missed objects); logs recall/<set>/<class>/<bucket> to MLflow.",
     no_args,
     run,

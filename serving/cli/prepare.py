@@ -24,7 +24,7 @@ COMMAND = Command(
     "class and object size), refuse any train image that equals or nearly equals a "
     "reference image, and cut large images and panoramas into overlapping tiles (the "
     "seam wraps). Writes artifacts/prepared/: train.json, val.json, refs/<name>.json, "
-    "tiles/, stats.json, sizes.json.",
+    "tiles/, stats.json, sizes.json, headline.json (DVC's metrics).",
     no_args,
     run,
 )

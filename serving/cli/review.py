@@ -25,7 +25,7 @@ COMMAND = Command(
     "near-duplicates (keeping the sharpest of each cluster), too dark, over-exposed, blurry "
     "and too small images. Writes artifacts/reviewed/: manifest.jsonl (kept), "
     "rejected.jsonl (reason and score each), report.html (thumbnails per reason, nearest "
-    "the threshold first) and metrics.json.",
+    "the threshold first), metrics.json and headline.json (DVC's metrics).",
     no_args,
     run,
 )

@@ -207,7 +207,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
         help="(--engine local) threads decoding and encoding beside inference",
     )
     p.add_argument(
-        "--sidecar", action="store_true", help="write <name>.json beside each image: detections"
+        "--sidecar",
+        action="store_true",
+        help="write <name>.json beside each image: detections, the share of the image hidden, "
+        "each model's name, version and checksums, thresholds and styles",
     )
     p.add_argument(
         "--audit",
